@@ -1,0 +1,1 @@
+"""Shared fixtures of the bench suite; see bench/README.md (written with the bench reporter)."""

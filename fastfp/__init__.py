@@ -1,0 +1,30 @@
+"""fastfp: fast, faithful DNN fingerprinting.
+
+Characteristic examples (C, RC, RC+GM, LTRC; Wang et al., IJCAI'21) and FBI, fingerprinting with
+benign inputs (Maho, Furon, Le Merrer, TIFS'23), with compiled kernels where they pay off.
+Heavy optional pieces (Triton, CuPy, the compiled extension) load lazily on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from . import backend  # noqa: E402  (light: no optional imports at module level)
+from .ops import highpass, sign_step  # noqa: E402
+
+_SUBMODULES = ("cexamples", "noise", "fbi", "metrics", "variants", "zoo", "attacks", "store",
+               "reference", "fingerprint")
+
+
+def __getattr__(name):
+    # Submodules load on first access so that `import fastfp` stays cheap.
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name == "Fingerprint":
+        return importlib.import_module(".fingerprint", __name__).Fingerprint
+    raise AttributeError(f"module 'fastfp' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "backend", "highpass", "sign_step", "Fingerprint", *_SUBMODULES]

@@ -1,0 +1,3 @@
+from fastfp.cli.main import main
+
+raise SystemExit(main())

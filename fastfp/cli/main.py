@@ -1,0 +1,60 @@
+"""Entry point of the ``fastfp`` command: argument parsing, and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import fastfp
+
+# Each sub-command module defines add_parser(subparsers) and run(args) -> int.
+SUBCOMMANDS = ("demo", "generate", "verify", "fbi", "bench", "info")
+
+
+class UserError(Exception):
+    """A mistake of the user's (bad argument, unreadable file): printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastfp",
+        description="Fast DNN fingerprinting: characteristic examples (C/RC/RC+GM/LTRC) and FBI.",
+    )
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and the available backends, then exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"fastfp.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fastfp.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"fastfp {fastfp.__version__}")
+        print(fastfp.backend.format_report())
+        return 0
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError,
+            IsADirectoryError, NotADirectoryError) as exc:
+        print(f"fastfp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastfp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend(monkeypatch):
+    # Tests choose a backend explicitly; never inherit one from the caller's shell.
+    monkeypatch.setenv("FASTFP_BACKEND", os.environ.get("FASTFP_TEST_BACKEND", "auto"))
+    yield
