@@ -1,0 +1,55 @@
+"""Conventions shared by every benchmark file (bench_<area>.py).
+
+Each case is a *group* with one ``role="baseline"`` entry and one or more ``role="fastfp"``
+entries measured in the same run; the reporter (bench/report.py) pairs them by group and prints
+speed-up = baseline time / fastfp time, the fraction of the device's peak where ``bytes`` or
+``flops`` are given, and pass/fail against ``target_speedup`` / ``target_peak`` (per device type).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+QUICK = os.environ.get("FASTFP_BENCH_QUICK", "0") not in ("", "0")
+
+
+def bench_device() -> torch.device:
+    """The device under test: FASTFP_BENCH_DEVICE (cpu|cuda), else cuda when present."""
+    name = os.environ.get("FASTFP_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(benchmark, fn, *, group: str, role: str, device: torch.device, rounds: int = 5,
+            warmup: int = 1, **extra):
+    """Time ``fn()`` with warm-up rounds, synchronising the device inside the timed call.
+
+    ``extra`` lands in ``extra_info``: shape, dtype, bytes (moved per call), flops (per call),
+    target_speedup={"cpu": x, "cuda": y}, target_peak={"cuda": 0.75} ...
+    """
+    if role not in ("fastfp", "baseline"):
+        raise ValueError(f"role: expected 'fastfp' or 'baseline', got {role!r}")
+    benchmark.group = group
+    benchmark.extra_info.update(role=role, device=device_name(device), device_type=device.type,
+                                torch=torch.__version__, **extra)
+
+    def timed():
+        out = fn()
+        synchronize(device)
+        return out
+
+    return benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
