@@ -15,7 +15,7 @@ from . import backend  # noqa: E402  (light: no optional imports at module level
 from .ops import highpass, sign_step  # noqa: E402
 
 _SUBMODULES = ("cexamples", "noise", "fbi", "metrics", "variants", "zoo", "attacks", "store",
-               "reference", "fingerprint")
+               "reference", "fingerprint", "distributed")
 
 
 def __getattr__(name):

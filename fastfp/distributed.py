@@ -1,0 +1,248 @@
+"""Sharded work across processes, GPUs and machines with ``torch.distributed`` (torchrun).
+
+The unit of work is an *item* (a fingerprint batch, a model of the output database, a tile of
+rows of a distance matrix). Items are assigned round-robin to ranks; each finished item is written
+atomically as its own shard file, so a killed rank loses only the item it was working on and a
+restart skips what is done. Rank 0 merges the shards in item order, so the result does not depend
+on the number of processes: a single-process run and an N-process run give the same bytes.
+
+A run folder holds ``manifest.json`` (a hash of the settings, the world size, the item count) and
+``shard-NNNNNN.safetensors`` files. Resuming with other settings or another world size, a shard
+written under other settings, or a missing shard at merge time are errors that name the culprit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from . import store
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init(backend: str | None = None) -> Context:
+    """Join the process group that torchrun describes in the environment (no-op when alone).
+
+    NCCL when the process has a CUDA device, Gloo otherwise. Each rank uses cuda:LOCAL_RANK.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context()
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return Context(dist.get_rank(), dist.get_world_size())
+
+
+def device_for(ctx: Context) -> torch.device:
+    """The device this rank should compute on."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def settings_hash(settings: dict) -> str:
+    """A stable hash of JSON-able settings: two runs may share shards only if they agree on it."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_same_settings(ctx: Context, digest: str) -> None:
+    """Every rank must be running the same configuration; say which ranks disagree."""
+    if not ctx.distributed:
+        return
+    import torch.distributed as dist
+
+    gathered: list = [None] * ctx.world_size
+    dist.all_gather_object(gathered, digest)
+    odd = [r for r, d in enumerate(gathered) if d != gathered[0]]
+    if odd:
+        raise ValueError(
+            f"settings: ranks disagree on the configuration (rank 0 has {gathered[0]}, ranks {odd} "
+            f"have {[gathered[r] for r in odd]}); launch every rank with the same arguments")
+
+
+def my_items(n_items: int, ctx: Context) -> list[int]:
+    """Round-robin assignment: item i belongs to rank i % world_size."""
+    return list(range(ctx.rank, n_items, ctx.world_size))
+
+
+class ShardStore:
+    """A run folder of per-item shards with a manifest guarding against mixing runs."""
+
+    def __init__(self, folder, settings: dict, n_items: int, ctx: Context):
+        if n_items < 1:
+            raise ValueError(f"n_items: expected at least 1 item, got {n_items}")
+        self.folder = Path(folder)
+        self.settings = settings
+        self.digest = settings_hash(settings)
+        self.n_items = n_items
+        self.ctx = ctx
+
+    # -- layout -------------------------------------------------------------------------------
+    def shard_path(self, item: int) -> Path:
+        return self.folder / f"shard-{item:06d}.safetensors"
+
+    def open(self) -> "ShardStore":
+        """Create or validate the manifest (rank 0), then let every rank proceed."""
+        check_same_settings(self.ctx, self.digest)
+        if self.ctx.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            manifest = self.folder / MANIFEST
+            wanted = {"settings_hash": self.digest, "world_size": self.ctx.world_size,
+                      "n_items": self.n_items, "settings": self.settings}
+            if manifest.exists():
+                self._check_manifest(json.loads(manifest.read_text()), wanted)
+            else:
+                store.write_json(manifest, wanted)
+        barrier(self.ctx)
+        return self
+
+    def _check_manifest(self, have: dict, wanted: dict) -> None:
+        where = self.folder / MANIFEST
+        if have.get("settings_hash") != wanted["settings_hash"]:
+            raise ValueError(
+                f"{where}: the shards in this folder come from a different configuration "
+                f"(settings hash {have.get('settings_hash')}, this run {wanted['settings_hash']}); "
+                "use a new folder or the original settings")
+        if have.get("world_size") != wanted["world_size"]:
+            raise ValueError(
+                f"{where}: this run was started with world size {have.get('world_size')}, the resume "
+                f"has {wanted['world_size']}; resume with the same number of processes")
+        if have.get("n_items") != wanted["n_items"]:
+            raise ValueError(f"{where}: {have.get('n_items')} items recorded, this run has "
+                             f"{wanted['n_items']}")
+
+    # -- shards -------------------------------------------------------------------------------
+    def done(self, item: int) -> bool:
+        return self.shard_path(item).exists()
+
+    def save(self, item: int, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        header = {"settings_hash": self.digest, "item": str(item),
+                  "meta": json.dumps(meta or {}, sort_keys=True, default=str)}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        with store.atomic_path(self.shard_path(item), suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+
+    def load(self, item: int) -> tuple[dict[str, torch.Tensor], dict]:
+        from safetensors import safe_open
+
+        path = self.shard_path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"shard {path.name}: missing in {self.folder} (item {item} of "
+                                    f"{self.n_items}; was rank {item % self.ctx.world_size} killed? "
+                                    "run again to finish it)")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:
+            raise ValueError(f"shard {path}: unreadable ({exc}); delete it and run again") from exc
+        if header.get("settings_hash") != self.digest or header.get("item") != str(item):
+            raise ValueError(f"shard {path}: written by a different configuration or item "
+                             f"(hash {header.get('settings_hash')}, item {header.get('item')}); "
+                             "delete it and run again")
+        return tensors, json.loads(header.get("meta", "{}"))
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.n_items) if not self.done(i)]
+
+
+def run_sharded(shards: ShardStore, work: Callable[[int], tuple[dict, dict]],
+                progress: bool = True, desc: str = "shards") -> list[int]:
+    """Compute this rank's unfinished items with ``work(item) -> (tensors, meta)``, each saved at once.
+
+    Returns the items computed by this call (finished ones are skipped). Ends with a barrier so that
+    rank 0 can merge afterwards.
+    """
+    todo = [i for i in my_items(shards.n_items, shards.ctx) if not shards.done(i)]
+    bar = _progress(todo, progress and shards.ctx.is_main, desc)
+    for item in bar:
+        tensors, meta = work(item)
+        shards.save(item, tensors, meta)
+    barrier(shards.ctx)
+    return todo
+
+
+def merge(shards: ShardStore) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
+    """All shards in item order (rank 0 calls this); any missing shard is an error naming it."""
+    absent = shards.missing()
+    if absent:
+        names = ", ".join(shards.shard_path(i).name for i in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise FileNotFoundError(f"shards missing in {shards.folder}: {names}{more}; the database/"
+                                "fingerprint would be partial, so nothing was merged. Run again to "
+                                "finish them")
+    loaded = [shards.load(i) for i in range(shards.n_items)]
+    return [t for t, _ in loaded], [m for _, m in loaded]
+
+
+def _progress(items: Iterable, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="shard")
+
+
+def pairwise_rajski_tiled(A, B=None, ctx: Context | None = None, tile_rows: int = 256):
+    """All-pairs Rajski distances with each rank computing tiles of rows; the matrix lands on rank 0.
+
+    Memory per rank is bounded by one (tile_rows x n) block plus the rank's finished tiles; other
+    ranks return ``None``.
+    """
+    from . import fbi
+    from ._validate import integer
+
+    integer("tile_rows", tile_rows, lo=1)
+    ctx = ctx or Context()
+    A = torch.as_tensor(A)
+    B = A if B is None else torch.as_tensor(B)
+    n_tiles = (A.shape[0] + tile_rows - 1) // tile_rows
+    mine = {t: fbi.pairwise_rajski(A[t * tile_rows:(t + 1) * tile_rows], B)
+            for t in my_items(n_tiles, ctx)}
+    if not ctx.distributed:
+        return torch.cat([mine[t] for t in range(n_tiles)]) if n_tiles else A.new_zeros((0, B.shape[0]))
+    import torch.distributed as dist
+
+    gathered: list = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(mine, gathered, dst=0)
+    if not ctx.is_main:
+        return None
+    tiles = {t: block for part in gathered for t, block in part.items()}
+    return torch.cat([tiles[t] for t in range(n_tiles)])

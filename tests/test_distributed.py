@@ -1,0 +1,96 @@
+"""Sharded runs with 2 Gloo processes equal single-process runs, resume, and refuse mixed runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastfp import distributed as dd
+
+WORKER = str(Path(__file__).with_name("_dist_worker.py"))
+
+
+def _run(folder, *extra, nproc=1, timeout=120):
+    if nproc == 1:
+        cmd = [sys.executable, WORKER, str(folder), *extra]
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--standalone", WORKER, str(folder), *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_processes_equal_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = _run(one)
+    assert r1.returncode == 0, r1.stderr
+    r2 = _run(two, nproc=2)
+    assert r2.returncode == 0, r2.stderr
+    assert "rank 1 computed [1, 3, 5]" in r2.stdout
+    a, b = torch.load(one / "result.pt"), torch.load(two / "result.pt")
+    assert a.shape == (7, 3, 3) and torch.equal(a, b)
+
+
+def test_resume_after_killed_worker(tmp_path):
+    r = _run(tmp_path, "--crash-item", "3", nproc=2)
+    assert r.returncode != 0
+    assert not (tmp_path / "result.pt").exists()
+    assert not (tmp_path / "shard-000003.safetensors").exists()
+    assert (tmp_path / "shard-000000.safetensors").exists()  # finished work survived
+    r = _run(tmp_path, nproc=2)
+    assert r.returncode == 0, r.stderr
+    # only the unfinished shards were recomputed
+    done_again = [ln for ln in r.stdout.splitlines() if "computed" in ln]
+    recomputed = sum(len(json.loads(ln.split("computed ")[1])) for ln in done_again)
+    assert 1 <= recomputed < 7
+    fresh = tmp_path.parent / "fresh"
+    assert _run(fresh).returncode == 0
+    assert torch.equal(torch.load(tmp_path / "result.pt"), torch.load(fresh / "result.pt"))
+
+
+def test_ranks_disagreeing_on_settings(tmp_path):
+    r = _run(tmp_path, "--rank-dependent-settings", nproc=2)
+    assert r.returncode != 0
+    assert "ranks disagree on the configuration" in r.stderr
+
+
+def test_resume_with_other_settings_or_world_size(tmp_path):
+    assert _run(tmp_path, "--items", "4").returncode == 0
+    r = _run(tmp_path, "--items", "4", "--seed", "9")
+    assert r.returncode != 0 and "different configuration" in r.stderr
+    r = _run(tmp_path, "--items", "4", nproc=2)
+    assert r.returncode != 0 and "world size" in r.stderr
+
+
+def test_merge_names_missing_and_foreign_shards(tmp_path):
+    ctx = dd.Context()
+    shards = dd.ShardStore(tmp_path, {"a": 1}, 3, ctx).open()
+    shards.save(0, {"y": torch.ones(2)})
+    shards.save(2, {"y": torch.ones(2)})
+    with pytest.raises(FileNotFoundError, match="shard-000001"):
+        dd.merge(shards)
+    other = dd.ShardStore(tmp_path / "other", {"a": 2}, 3, ctx).open()
+    other.save(1, {"y": torch.zeros(2)})
+    os.replace(other.shard_path(1), shards.shard_path(1))
+    with pytest.raises(ValueError, match="different configuration"):
+        dd.merge(shards)
+
+
+def test_truncated_shard_is_reported(tmp_path):
+    shards = dd.ShardStore(tmp_path, {"a": 1}, 1, dd.Context()).open()
+    shards.save(0, {"y": torch.arange(100.0)})
+    data = shards.shard_path(0).read_bytes()
+    shards.shard_path(0).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="unreadable"):
+        dd.merge(shards)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="n_items"):
+        dd.ShardStore("x", {}, 0, dd.Context())
+    assert dd.my_items(7, dd.Context(1, 3)) == [1, 4]
