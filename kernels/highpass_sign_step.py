@@ -1,0 +1,133 @@
+"""Fused sign step + clip + low-rank DCT high-pass, one Triton program per (batch*channel) image.
+
+    s   = clamp(x - alpha * sign(grad), lo, hi)          (STEP; else s = x)
+    out = s - Dh^T (M * (Dh s Dw^T)) Dw                   (k >= 1; else out = s)
+
+with Dh (rh x H), Dw (rw x W) the first rh = min(k+1, H), rw = min(k+1, W) rows of the orthonormal
+DCT-II matrices and M[i, j] = 1 iff 1 <= i + j <= k. The removed corner of the spectrum is walked
+in RB x RB blocks of frequencies (one block for the usual k = 20 at 224 or k = 2 at 32; more when
+k is large, up to full rank): per block, pass 1 projects s onto the block's DCT rows/columns
+(C = Dh_a s Dw_b^T, kept in registers) and pass 2 subtracts Dh_a^T (M * C) Dw_b from the image.
+x and grad are read from memory, out written once per block; pass 2 walks the rows backwards so
+that its re-read of the image tile hits the cache lines pass 1 touched last. Everything is
+accumulated in float32 (``input_precision="ieee"``: no TF32), whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw, alpha, lo, hi,
+               STEP: tl.constexpr):
+    inside = (rows[:, None] < H) & (cols[None, :] < W)
+    v = tl.load(x_ptr + rows[:, None] * sxh + cols[None, :] * sxw, mask=inside, other=0.0)
+    v = v.to(tl.float32)
+    if STEP:
+        g = tl.load(g_ptr + rows[:, None] * sgh + cols[None, :] * sgw, mask=inside, other=0.0)
+        g = g.to(tl.float32)
+        sgn = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))
+        v = tl.minimum(tl.maximum(v - alpha * sgn, lo), hi)
+        v = tl.where(inside, v, 0.0)  # padding must not leak into the projection
+    return v
+
+
+@triton.jit
+def highpass_sign_step_kernel(
+    x_ptr, g_ptr, out_ptr, dh_ptr, dw_ptr,
+    H, W, k, rh, rw,
+    sxn, sxh, sxw, sgn_, sgh, sgw,
+    alpha, lo, hi,
+    STEP: tl.constexpr, HIGHPASS: tl.constexpr,
+    BH: tl.constexpr, BW: tl.constexpr, RB: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    x_ptr += n * sxn
+    g_ptr += n * sgn_
+    out_ptr += n * H * W  # out is contiguous (N, H, W)
+    ri = tl.arange(0, BH)
+    ci = tl.arange(0, BW)
+    fi = tl.arange(0, RB)
+    n_rb = tl.cdiv(H, BH)
+
+    if not HIGHPASS:
+        for r in range(0, n_rb):
+            rows = r * BH + ri
+            for c0 in range(0, W, BW):
+                cols = c0 + ci
+                v = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw,
+                               alpha, lo, hi, STEP)
+                inside = (rows[:, None] < H) & (cols[None, :] < W)
+                tl.store(out_ptr + rows[:, None] * W + cols[None, :],
+                         v.to(out_ptr.dtype.element_ty), mask=inside)
+    else:
+        for a in range(0, tl.cdiv(rh, RB)):
+            for b in range(0, tl.cdiv(rw, RB)):
+                if (a + b) * RB <= k:  # does this frequency block meet the removed triangle?
+                    fa = a * RB + fi  # frequencies along H of the block
+                    fb = b * RB + fi  # frequencies along W of the block
+                    # pass 1: C = Dh_a s Dw_b^T  (RB x RB)
+                    acc = tl.zeros((RB, RB), dtype=tl.float32)
+                    for r in range(0, n_rb):
+                        rows = r * BH + ri
+                        # Dh_a^T rows of this tile: (BH x RB), element [y, i] = Dh[fa_i, y]
+                        dhT = tl.load(dh_ptr + fa[None, :] * H + rows[:, None],
+                                      mask=(fa[None, :] < rh) & (rows[:, None] < H), other=0.0)
+                        t = tl.zeros((BH, RB), dtype=tl.float32)
+                        for c0 in range(0, W, BW):
+                            cols = c0 + ci
+                            v = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw,
+                                           alpha, lo, hi, STEP)
+                            dwT = tl.load(dw_ptr + fb[None, :] * W + cols[:, None],
+                                          mask=(fb[None, :] < rw) & (cols[:, None] < W), other=0.0)
+                            t = tl.dot(v, dwT, t, input_precision="ieee")
+                        acc = tl.dot(tl.trans(dhT), t, acc, input_precision="ieee")
+                    f = fa[:, None] + fb[None, :]
+                    acc = tl.where((f >= 1) & (f <= k), acc, 0.0)
+                    first = (a == 0) & (b == 0)
+                    # pass 2: out = base - Dh_a^T (M * C) Dw_b, base = s on the first block
+                    for rr in range(0, n_rb):
+                        r = n_rb - 1 - rr
+                        rows = r * BH + ri
+                        dhT = tl.load(dh_ptr + fa[None, :] * H + rows[:, None],
+                                      mask=(fa[None, :] < rh) & (rows[:, None] < H), other=0.0)
+                        u = tl.dot(dhT, acc, input_precision="ieee")  # (BH x RB)
+                        for c0 in range(0, W, BW):
+                            cols = c0 + ci
+                            inside = (rows[:, None] < H) & (cols[None, :] < W)
+                            dw = tl.load(dw_ptr + fb[:, None] * W + cols[None, :],
+                                         mask=(fb[:, None] < rw) & (cols[None, :] < W), other=0.0)
+                            o_ptrs = out_ptr + rows[:, None] * W + cols[None, :]
+                            if first:
+                                base = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw,
+                                                  sgh, sgw, alpha, lo, hi, STEP)
+                            else:
+                                base = tl.load(o_ptrs, mask=inside, other=0.0).to(tl.float32)
+                            res = base - tl.dot(u, dw, input_precision="ieee")
+                            tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=inside)
+                    # later blocks read back what this one stored (other threads' elements)
+                    tl.debug_barrier()
+
+
+def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, step: bool) -> None:
+    """x3 / g3: (N, H, W) views (any strides); out3 contiguous (N, H, W); dh (rh x H), dw (rw x W)
+    float32 contiguous DCT rows (unused when k == 0)."""
+    n, h, w = x3.shape
+    if n == 0 or h == 0 or w == 0:
+        return
+    rh, rw = dh.shape[0], dw.shape[0]
+    # Tiles: tl.dot wants every dim >= 16; keep one image tile around 4K elements.
+    bw = max(16, min(triton.next_power_of_2(w), 128))
+    bh = max(16, min(triton.next_power_of_2(h), 4096 // bw))
+    rb = max(16, min(triton.next_power_of_2(max(rh, rw)), 32))
+    g3 = g3 if step else x3
+    highpass_sign_step_kernel[(n,)](
+        x3, g3, out3, dh, dw,
+        h, w, k, rh, rw,
+        x3.stride(0), x3.stride(1), x3.stride(2), g3.stride(0), g3.stride(1), g3.stride(2),
+        float(alpha), float(lo), float(hi),
+        STEP=step, HIGHPASS=k > 0, BH=bh, BW=bw, RB=rb,
+        num_warps=4,
+    )
