@@ -3,11 +3,16 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
+#include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "fastfp.h"
+#include "noise.h"
 
 namespace nb = nanobind;
 
@@ -23,6 +28,108 @@ static void sign_step_cpu(CpuF32Const x, CpuF32Const g, CpuF32 out, float alpha,
   nb::gil_scoped_release release;
   fastfp::sign_step_f32(x.data(), g.data(), out.data(),
                         static_cast<std::int64_t>(x.size()), alpha, lo, hi);
+}
+
+// ---------------------------------------------------------------------------- weight noise
+
+using AnyArray = nb::ndarray<>;
+
+static std::string item(const char *name, std::size_t i) {
+  return std::string(name) + "[" + std::to_string(i) + "]";
+}
+
+static std::int32_t noise_dtype(const AnyArray &a, const std::string &name) {
+  const nb::dlpack::dtype d = a.dtype();
+  if (d.lanes == 1 && d.bits == 32 && d.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float))
+    return fastfp::noise::F32;
+  if (d.lanes == 1 && d.bits == 16 && d.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat))
+    return fastfp::noise::BF16;
+  if (d.lanes == 1 && d.bits == 16 && d.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float))
+    return fastfp::noise::F16;
+  throw nb::type_error((name + ": expected float32, bfloat16 or float16").c_str());
+}
+
+// Row-major with no gaps (dims of extent 1 may carry any stride).
+static void require_contiguous(const AnyArray &a, const std::string &name) {
+  std::int64_t expect = 1;
+  for (std::size_t d = a.ndim(); d-- > 0;) {
+    if (a.shape(d) != 1 && a.stride(d) != expect)
+      throw std::invalid_argument(name + ": must be contiguous (row-major, no strides)");
+    expect *= static_cast<std::int64_t>(a.shape(d));
+  }
+}
+
+static void require_device(const AnyArray &a, const std::string &name, const AnyArray &ref) {
+  if (a.device_type() != ref.device_type() || a.device_id() != ref.device_id())
+    throw std::invalid_argument(name + ": on another device than masters[0] (all arrays must share one)");
+  if (a.device_type() != nb::device::cpu::value && a.device_type() != nb::device::cuda::value)
+    throw std::invalid_argument(name + ": expected a CPU or CUDA array");
+}
+
+static float check_delta(double delta) {
+  if (!(delta >= 0.0) || !std::isfinite(delta))
+    throw std::invalid_argument("delta: expected a finite number >= 0");
+  return static_cast<float>(delta);
+}
+
+static void run_noise(const std::vector<fastfp::NoiseTensor> &table, const AnyArray &ref, float delta,
+                      std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) {
+  const bool cuda = ref.device_type() == nb::device::cuda::value;
+  const int device = ref.device_id();
+  nb::gil_scoped_release release;
+  if (!cuda) {
+    fastfp::noise_perturb_cpu(table.data(), static_cast<int>(table.size()), delta, seed, offset);
+    return;
+  }
+#if defined(FASTFP_WITH_CUDA)
+  fastfp::noise_perturb_cuda(table.data(), static_cast<int>(table.size()), delta, seed, offset,
+                             device, stream);
+#else
+  (void)device;
+  (void)stream;
+  throw std::runtime_error("fastfp._ext was built without CUDA: rebuild on a machine with nvcc");
+#endif
+}
+
+static void noise_perturb(const std::vector<AnyArray> &masters, const std::vector<AnyArray> &outs,
+                          double delta, std::uint64_t seed, std::uint64_t offset,
+                          std::uintptr_t stream) {
+  if (masters.empty()) throw std::invalid_argument("masters: expected at least one array, got none");
+  if (outs.size() != masters.size())
+    throw std::invalid_argument("outs: expected one array per master (" + std::to_string(masters.size()) +
+                                "), got " + std::to_string(outs.size()));
+  const float d = check_delta(delta);
+  std::vector<fastfp::NoiseTensor> table(masters.size());
+  std::int64_t base = 0;
+  for (std::size_t i = 0; i < masters.size(); ++i) {
+    const AnyArray &a = masters[i], &o = outs[i];
+    const std::int32_t dt = noise_dtype(a, item("masters", i));
+    if (noise_dtype(o, item("outs", i)) != dt)
+      throw nb::type_error((item("outs", i) + ": dtype differs from masters[i]").c_str());
+    if (o.size() != a.size())
+      throw std::invalid_argument(item("outs", i) + ": must have as many elements as masters[i]");
+    require_contiguous(a, item("masters", i));
+    require_contiguous(o, item("outs", i));
+    require_device(a, item("masters", i), masters[0]);
+    require_device(o, item("outs", i), masters[0]);
+    table[i] = {a.data(), o.data(), static_cast<std::int64_t>(a.size()), base, dt};
+    base += static_cast<std::int64_t>(a.size());
+  }
+  run_noise(table, masters[0], d, seed, offset, stream);
+}
+
+static void noise_fill(const AnyArray &out, std::int64_t start, double delta, std::uint64_t seed,
+                       std::uint64_t offset, std::uintptr_t stream) {
+  if (noise_dtype(out, "out") != fastfp::noise::F32)
+    throw nb::type_error("out: expected float32");
+  require_contiguous(out, "out");
+  require_device(out, "out", out);
+  if (start < 0) throw std::invalid_argument("start: expected an int >= 0");
+  const float d = check_delta(delta);
+  if (out.size() == 0) return;
+  std::vector<fastfp::NoiseTensor> table{
+      {nullptr, out.data(), static_cast<std::int64_t>(out.size()), start, fastfp::noise::F32}};
+  run_noise(table, out, d, seed, offset, stream);
 }
 
 NB_MODULE(_ext, m) {
@@ -46,4 +153,13 @@ NB_MODULE(_ext, m) {
         nb::arg("grad").noconvert(), nb::arg("out").noconvert(), nb::arg("alpha"),
         nb::arg("lo"), nb::arg("hi"),
         "out = clamp(x - alpha * sign(grad), lo, hi) on contiguous float32 CPU arrays");
+  m.def("noise_perturb", &noise_perturb, nb::arg("masters").noconvert(), nb::arg("outs").noconvert(),
+        nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
+        "outs[i] = masters[i] + U(-delta, delta) for a list of contiguous float32/bfloat16/float16\n"
+        "arrays on one device (CPU: one OpenMP region; CUDA: one launch per 40 arrays on `stream`).\n"
+        "Noise of element i of the list laid end to end: Philox4x32-10 word i % 4 of counter\n"
+        "(i // 4, offset), key seed; outs[i] may be masters[i] (in place).");
+  m.def("noise_fill", &noise_fill, nb::arg("out").noconvert(), nb::arg("start"), nb::arg("delta"),
+        nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
+        "out = the float32 noise of global indices start .. start + out.size - 1");
 }

@@ -9,4 +9,25 @@ int openmp_max_threads();
 void sign_step_f32(const float *x, const float *g, float *out, std::int64_t n,
                    float alpha, float lo, float hi);
 
+// One tensor of a multi-tensor noise launch: out[j] = in[j] + noise(base + j), j < numel.
+// `base` is the global index of its first element (tensors laid end to end, bases increasing);
+// in == nullptr means a zero master (out = the noise itself). dtype: noise::Dtype.
+struct NoiseTensor {
+  const void *in;
+  void *out;
+  std::int64_t numel;
+  std::int64_t base;
+  std::int32_t dtype;
+};
+
+// One OpenMP parallel region over the whole list (bits independent of the thread count).
+void noise_perturb_cpu(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
+                       std::uint64_t offset);
+
+#if defined(FASTFP_WITH_CUDA)
+// One kernel launch per kMaxNoiseTensors tensors on `stream` (a cudaStream_t, 0 = default).
+void noise_perturb_cuda(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
+                        std::uint64_t offset, int device, std::uintptr_t stream);
+#endif
+
 } // namespace fastfp
