@@ -208,6 +208,10 @@ def library_versions() -> dict:
     cupy = next((v for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy")
                  if (v := _version(d))), None)
     versions["cupy"] = cupy
+    import torch  # already loaded by the suite; its __version__ carries the CUDA build tag
+
+    versions["torch"] = torch.__version__
+    versions["torch_cuda"] = torch.version.cuda
     versions["python"] = platform.python_version()
     return versions
 

@@ -1,0 +1,384 @@
+"""The bench reporter, the peak table and `fastfp bench`, on synthetic pytest-benchmark data."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_test_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("report")
+peaks = _load("peaks")
+
+
+def entry(group, role, seconds, name=None, **info):
+    """One benchmark as pytest-benchmark's JSON writes it (min, and a larger median)."""
+    return {"group": group, "name": name or f"{group}[{role}]", "fullname": f"x::{group}",
+            "extra_info": {"role": role, "device": "cpu (test)", "device_type": "cpu", **info},
+            "stats": {"min": seconds, "median": seconds * 3, "mean": seconds * 4, "rounds": 5}}
+
+
+def rows_of(benchmarks, peaks_for=None):
+    return {(r["group"], r["name"]): r for r in report.build_rows(benchmarks, peaks_for)}
+
+
+# --- pairing and ratios -------------------------------------------------------------------------
+
+def test_pairs_by_group_and_uses_min_times():
+    rows = rows_of([entry("a", "baseline", 2.0), entry("a", "fastfp", 0.5),
+                    entry("b", "fastfp", 1.0), entry("b", "baseline", 3.0)])
+    assert rows[("a", "a[fastfp]")]["speedup"] == pytest.approx(4.0)
+    assert rows[("a", "a[fastfp]")]["baseline_s"] == 2.0
+    assert rows[("b", "b[fastfp]")]["speedup"] == pytest.approx(3.0)
+    assert len(rows) == 2
+
+
+def test_several_fastfp_entries_and_unpaired_entries():
+    rows = rows_of([entry("g", "baseline", 1.0), entry("g", "fastfp", 0.5, name="torch"),
+                    entry("g", "fastfp", 0.25, name="triton"),
+                    entry("lonely", "baseline", 1.0, target_speedup={"cpu": 2}),
+                    entry("nobase", "fastfp", 1.0, target_speedup={"cpu": 2}),
+                    {"group": "g", "name": "no role", "extra_info": {}, "stats": {"min": 9.0}}])
+    assert rows[("g", "torch")]["speedup"] == pytest.approx(2.0)
+    assert rows[("g", "triton")]["speedup"] == pytest.approx(4.0)
+    lonely = rows[("lonely", "lonely[baseline]")]
+    assert lonely["fastfp_s"] is None and lonely["result"] == "FAIL"
+    assert "no fastfp entry" in lonely["why"]
+    nobase = rows[("nobase", "nobase[fastfp]")]
+    assert nobase["speedup"] is None and nobase["result"] == "FAIL"
+    assert "no baseline" in nobase["why"]
+    assert len(rows) == 4  # the entry without a role is not part of any pair
+
+
+def test_extrapolated_baseline_replaces_the_sample_time():
+    rows = rows_of([entry("mi", "baseline", 0.01, baseline_extrapolated_s=50.0),
+                    entry("mi", "fastfp", 0.1, target_speedup={"cpu": 150})])
+    row = rows[("mi", "mi[fastfp]")]
+    assert row["baseline_extrapolated"] is True
+    assert row["baseline_s"] == 50.0
+    assert row["speedup"] == pytest.approx(500.0)
+    assert row["result"] == "PASS"
+    table = report.format_table({"rows": list(rows.values())})
+    assert "50 s ~" in table
+
+
+def test_targets_are_per_device_type():
+    def case(device_type, target):
+        fast = entry("t", "fastfp", 1.0, target_speedup=target)
+        fast["extra_info"]["device_type"] = device_type
+        return rows_of([entry("t", "baseline", 5.0), fast])[("t", "t[fastfp]")]
+
+    assert case("cpu", {"cpu": 2, "cuda": 10})["result"] == "PASS"
+    cuda = case("cuda", {"cpu": 2, "cuda": 10})
+    assert cuda["result"] == "FAIL" and "5x < 10x" in cuda["why"]
+    assert case("cuda", {"cpu": 2})["result"] == "-"  # no target stated for this device type
+    assert case("cpu", 6)["result"] == "FAIL"  # a bare number applies to every device type
+    assert case("cpu", 5)["result"] == "PASS"  # the bound is inclusive
+
+
+def test_peak_fraction_bandwidth_flops_and_target():
+    gpu = {"gbps": 1000.0, "tflops": {"bf16": 100.0, "fp32": 10.0}}
+
+    def row(**info):
+        fast = entry("p", "fastfp", 1e-3, **info)
+        fast["extra_info"]["device_type"] = "cuda"
+        return rows_of([entry("p", "baseline", 1e-2), fast],
+                       lambda t, n: gpu)[("p", "p[fastfp]")]
+
+    r = row(bytes=8e8, target_peak={"cuda": 0.75})  # 800 GB/s of 1000
+    assert r["gbps"] == pytest.approx(800.0) and r["peak_frac"] == pytest.approx(0.8)
+    assert r["peak_of"] == "bandwidth" and r["result"] == "PASS"
+    r = row(bytes=5e8, target_peak={"cuda": 0.75})
+    assert r["result"] == "FAIL" and "50% of peak" in r["why"]
+    r = row(flops=6e10, dtype="torch.bfloat16", target_peak={"cuda": 0.5})  # 60 of 100 TFLOP/s
+    assert r["tflops"] == pytest.approx(60.0) and r["peak_of"] == "bf16 FLOP/s"
+    assert r["peak_frac"] == pytest.approx(0.6) and r["result"] == "PASS"
+    r = row(flops=6e9, dtype="float32", peak_precision="bf16")  # explicit precision wins
+    assert r["peak_frac"] == pytest.approx(0.06)
+    # both recorded: the bound resource (the larger fraction) is reported
+    r = row(bytes=1e8, flops=6e10, dtype="bfloat16")
+    assert r["peak_of"] == "bf16 FLOP/s" and r["peak_frac"] == pytest.approx(0.6)
+    # no peak known for the device: no fraction, and a peak target cannot pass
+    fast = entry("q", "fastfp", 1e-3, bytes=1e9, target_peak={"cpu": 0.5})
+    r = rows_of([entry("q", "baseline", 1.0), fast], lambda t, n: None)[("q", "q[fastfp]")]
+    assert r["gbps"] == pytest.approx(1000.0) and r["peak_frac"] is None
+    assert r["result"] == "FAIL" and "peak unknown" in r["why"]
+
+
+def test_absolute_time_target():
+    ok = rows_of([entry("m", "baseline", 1.0), entry("m", "fastfp", 5e-4,
+                                                     target_max_s={"cpu": 1e-3})])
+    assert ok[("m", "m[fastfp]")]["result"] == "PASS"
+    slow = rows_of([entry("m", "baseline", 1.0), entry("m", "fastfp", 2e-3,
+                                                       target_max_s={"cpu": 1e-3})])
+    assert slow[("m", "m[fastfp]")]["result"] == "FAIL"
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+def synthetic_report():
+    rep = report.build([entry("ops hp", "baseline", 0.2), entry("ops hp", "fastfp", 0.01,
+                                                                target_speedup={"cpu": 15}),
+                        entry("fbi", "baseline", 1e-3, baseline_extrapolated_s=3.0),
+                        entry("fbi", "fastfp", 1e-3, target_speedup={"cpu": 150})],
+                       measure_cpu=False)
+    return rep
+
+
+def test_build_adds_run_metadata_and_summary():
+    rep = synthetic_report()
+    meta = rep["meta"]
+    assert meta["device"] == "cpu (test)" and meta["device_type"] == "cpu"
+    assert meta["versions"]["torch"] and meta["versions"]["numpy"] and meta["versions"]["python"]
+    assert "triton" in meta["versions"] and "cupy" in meta["versions"]
+    assert meta["timestamp"].endswith("+00:00")
+    assert set(meta["commit"]) == {"id", "dirty"}
+    assert rep["summary"] == {"rows": 2, "pass": 2, "fail": 0, "no_target": 0}
+
+
+def test_table_csv_json_png(tmp_path):
+    rep = synthetic_report()
+    table = report.format_table(rep)
+    assert "ops hp" in table and "20x" in table and "PASS" in table and "3e+03x" in table
+    parsed = list(csv.DictReader(io.StringIO(report.to_csv(rep))))
+    assert [r["group"] for r in parsed] == ["ops hp", "fbi"]
+    assert float(parsed[0]["speedup"]) == pytest.approx(20.0)
+    assert parsed[1]["baseline_extrapolated"] == "True"
+    written = report.save(rep, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["report.csv", "report.json", "report.png"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["rows"][0]["speedup"] == \
+        pytest.approx(20.0)
+    assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing to chart: no PNG, and no error
+    empty = report.build([entry("z", "baseline", 1.0)], measure_cpu=False)
+    assert [p.name for p in report.save(empty, tmp_path / "e")] == ["report.json", "report.csv"]
+
+
+def test_report_from_benchmark_json(tmp_path):
+    run = {"datetime": "2026-01-01T00:00:00", "commit_info": {"id": "abc", "dirty": False},
+           "machine_info": {"python_version": "3.11"},
+           "benchmarks": [entry("a", "baseline", 2.0), entry("a", "fastfp", 1.0)]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    rep = report.from_benchmark_json(path)
+    assert rep["rows"][0]["speedup"] == pytest.approx(2.0)
+    assert rep["meta"]["commit"]["id"] == "abc"
+    assert report.main([str(path), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "report.csv").is_file()
+    with pytest.raises(FileNotFoundError, match="run"):
+        report.from_benchmark_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        report.from_benchmark_json(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="benchmarks"):
+        report.from_benchmark_json(tmp_path / "other.json")
+    assert report.main([str(tmp_path / "bad.json")]) == 2
+
+
+# --- peaks --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, key", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"),
+    ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"), ("NVIDIA A100-SXM4-40GB", "A100 SXM 40GB"),
+    ("NVIDIA A100 80GB PCIe", "A100 PCIe 80GB"), ("NVIDIA A100-PCIE-40GB", "A100 PCIe 40GB"),
+    ("NVIDIA L4", "L4"), ("NVIDIA L40S", "L40S"), ("NVIDIA L40", "L40"), ("NVIDIA A10", "A10"),
+    ("Tesla T4", "T4"), ("Tesla V100-SXM2-16GB", "V100 SXM2"), ("NVIDIA GH200 480GB", "GH200"),
+])
+def test_peak_lookup(name, key):
+    found = peaks.lookup(name)
+    assert found is not None and found[0] == key
+    assert found[1] == peaks.GPU_PEAKS[key][0]
+
+
+def test_peak_values_and_unknowns(monkeypatch):
+    assert peaks.lookup("NVIDIA H100 80GB HBM3")[1:] == (3350.0, peaks.GPU_PEAKS["H100 SXM"][1])
+    assert peaks.lookup("NVIDIA H200")[1] == 4800.0
+    assert peaks.lookup("NVIDIA H100 80GB HBM3")[2]["bf16"] == pytest.approx(989.4)
+    assert peaks.lookup("Some Future GPU") is None and peaks.lookup("") is None
+    assert peaks.precision_of(torch.bfloat16) == "bf16"
+    assert peaks.precision_of("float16") == "fp16" and peaks.precision_of(None) is None
+    monkeypatch.delenv("FASTFP_PEAK_GBPS", raising=False)
+    monkeypatch.delenv("FASTFP_PEAK_TFLOPS", raising=False)
+    unknown = peaks.device_peaks("cuda", "Some Future GPU")
+    assert unknown["gbps"] is None and unknown["tflops"] == {}
+    monkeypatch.setenv("FASTFP_PEAK_GBPS", "1234")
+    monkeypatch.setenv("FASTFP_PEAK_TFLOPS", "99")
+    forced = peaks.device_peaks("cuda", "Some Future GPU")
+    assert forced["gbps"] == 1234.0 and forced["tflops"]["bf16"] == 99.0
+    monkeypatch.setenv("FASTFP_PEAK_GBPS", "fast")
+    with pytest.raises(ValueError, match="FASTFP_PEAK_GBPS"):
+        peaks.device_peaks("cuda", "NVIDIA L4")
+
+
+def test_cpu_bandwidth_is_measured(monkeypatch):
+    monkeypatch.delenv("FASTFP_PEAK_GBPS", raising=False)
+    gbps = peaks.measure_cpu_bandwidth(nbytes=1 << 22, repeats=2)
+    assert 0.1 < gbps < 10_000
+    assert peaks.device_peaks("cpu", "cpu", measure_cpu=False)["gbps"] is None
+
+
+# --- the bench suite end to end on a synthetic bench folder --------------------------------------
+
+SYNTHETIC = '''
+import pytest, torch
+from common import measure, bench_device
+
+X = torch.randn(64, 64)
+
+@pytest.mark.parametrize("role", ["baseline", "fastfp"])
+def test_matmul(benchmark, role):
+    dev = bench_device()
+    fn = (lambda: X @ X) if role == "fastfp" else (
+        lambda: torch.stack([(X[i] * X.T).sum(1) for i in range(64)]))
+    out = measure(benchmark, fn, group="matmul", role=role, device=dev, rounds=2,
+                  bytes=3 * 4 * 64 * 64, flops=2 * 64 ** 3, dtype="float32",
+                  target_speedup={"cpu": 1e-9})
+    torch.testing.assert_close(out, X @ X, atol=1e-4, rtol=1e-4)
+
+@pytest.mark.gpu
+def test_gpu_only():
+    assert torch.cuda.is_available()
+'''
+
+
+@pytest.fixture
+def bench_copy(tmp_path):
+    """A bench folder with the real conftest/report/peaks/common and one synthetic benchmark."""
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    for name in ("conftest.py", "report.py", "peaks.py", "common.py"):
+        shutil.copy(BENCH / name, folder / name)
+    (folder / "bench_ops.py").write_text(SYNTHETIC)
+    return folder
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTFP_BENCH")}
+    env.update(FASTFP_PEAK_GBPS="10", **extra)  # no bandwidth measurement in tests
+    return env
+
+
+def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(bench_copy), "-q", "--benchmark-disable",
+         "-o", "python_files=bench_*.py", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=tmp_path, env=_env(FASTFP_BENCH_OUT=str(out)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "benchmarks disabled" in proc.stdout
+    assert "ratios against the baselines" not in proc.stdout
+    assert not out.exists()
+
+
+def test_fastfp_bench_end_to_end(bench_copy, tmp_path):
+    out = tmp_path / "res"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastfp", "bench", "--bench-dir", str(bench_copy), "--out",
+         str(out), "--quick", "--device", "cpu", "--json", str(tmp_path / "copy.json")],
+        capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ratios against the baselines" in proc.stdout and "matmul" in proc.stdout
+    assert "1 PASS, 0 FAIL" in proc.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["meta"]["quick"] is True and rep["meta"]["device_type"] == "cpu"
+    (row,) = rep["rows"]
+    assert row["group"] == "matmul" and row["speedup"] > 0 and row["peak_frac"] is not None
+    raw = json.loads((out / "benchmark.json").read_text())
+    assert raw["fastfp"]["meta"]["versions"]["torch"] == torch.__version__
+    assert len(raw["benchmarks"]) == 2  # the raw file stays pytest-benchmark's own format
+    assert (out / "report.png").is_file() and (out / "report.csv").is_file()
+    assert json.loads((tmp_path / "copy.json").read_text())["rows"][0]["group"] == "matmul"
+
+
+# --- CLI argument handling ----------------------------------------------------------------------
+
+def cli(argv, capsys):
+    from fastfp.cli.main import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def test_cli_help(capsys):
+    rc, text = cli(["bench", "--help"], capsys)
+    assert rc == 0
+    for option in ("--quick", "--device", "--only", "--out", "--curves", "--json"):
+        assert option in text
+
+
+def test_cli_bad_arguments_name_the_option(capsys, tmp_path, bench_copy):
+    rc, text = cli(["bench", "--only", "everything"], capsys)
+    assert rc == 2 and "--only" in text and "everything" in text
+    rc, text = cli(["bench", "--device", "tpu"], capsys)
+    assert rc == 2 and "--device" in text
+    rc, text = cli(["bench", "--bench-dir", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and "--bench-dir" in text
+    rc, text = cli(["bench", "--bench-dir", str(bench_copy), "--only", "fbi",
+                    "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--only fbi" in text and "bench_fbi.py" in text
+    (tmp_path / "file").write_text("")
+    rc, text = cli(["bench", "--bench-dir", str(bench_copy), "--out", str(tmp_path / "file")],
+                   capsys)
+    assert rc == 2 and "--out" in text
+    if not torch.cuda.is_available():
+        rc, text = cli(["bench", "--bench-dir", str(bench_copy), "--device", "cuda"], capsys)
+        assert rc == 2 and "--device cuda" in text
+
+
+def test_cli_environment_and_pytest_command(tmp_path, bench_copy):
+    from fastfp.cli import bench as cli_bench
+    from fastfp.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--device", "cpu", "--only", "ops",
+                                      "--out", str(tmp_path / "o"), "-k", "matmul"])
+    env = cli_bench._environment(args, bench_copy)
+    assert env["FASTFP_BENCH_QUICK"] == "1" and env["FASTFP_BENCH_DEVICE"] == "cpu"
+    assert env["FASTFP_BENCH_OUT"] == str((tmp_path / "o").resolve())
+    files = cli_bench._check_args(args, bench_copy)
+    assert files == [bench_copy / "bench_ops.py"]
+    cmd = cli_bench.pytest_command(args, bench_copy, files)
+    assert "--benchmark-enable" in cmd and str(bench_copy / "bench_ops.py") in cmd
+    assert cmd[cmd.index("-k") + 1] == "matmul"
+    assert f"--benchmark-json={(tmp_path / 'o' / 'benchmark.json').resolve()}" in cmd
+    curves = cli_bench.curves_command(args, bench_copy)
+    assert curves[1] == str(bench_copy / "curves.py") and "--quick" in curves
+
+
+def test_find_bench_dir_checkout_wheel_and_missing(tmp_path, monkeypatch):
+    import fastfp
+    from fastfp.cli import bench as cli_bench
+    from fastfp.cli.main import UserError
+
+    assert cli_bench.find_bench_dir() in (BENCH, Path(fastfp.__file__).resolve().parent / "_bench")
+    wheel = tmp_path / "site-packages" / "fastfp"
+    (wheel / "_bench").mkdir(parents=True)
+    monkeypatch.setattr(fastfp, "__file__", str(wheel / "__init__.py"))
+    with pytest.raises(UserError, match="cannot find the bench suite"):
+        cli_bench.find_bench_dir()
+    for name in ("conftest.py", "report.py"):
+        (wheel / "_bench" / name).write_text("")
+    assert cli_bench.find_bench_dir() == wheel / "_bench"
