@@ -1,0 +1,299 @@
+"""Characteristic-examples engine: paper-literal equivalence, success on a real model, bad input."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastfp
+from fastfp import backend, cexamples
+from fastfp.cexamples import defaults, settings_for
+from fastfp.reference import cexamples as ref
+
+METHODS = ("vanilla", "rc", "rcgm", "ltrc")
+
+
+def tiny_cnn(in_ch=1, num_classes=5, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(in_ch, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                         nn.Flatten(), nn.Linear(64, num_classes))
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+@functools.lru_cache(maxsize=None)
+def digits_cnn():
+    """A small CNN trained on scikit-learn's real handwritten digits, 8x8 upsampled to 32x32
+    (a few seconds on CPU); returns (model, held-out accuracy)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    test, train = perm[:300], perm[300:]
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _epoch in range(4):
+        for b in torch.randperm(len(train), generator=g).split(64):
+            idx = train[b]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+    model.zero_grad(set_to_none=True)
+    return model, acc
+
+
+# ----------------------------------------------------------------------------- reference equivalence
+
+@pytest.mark.parametrize("method", METHODS)
+def test_engine_matches_reference_trajectory(method):
+    model = tiny_cnn(in_ch=2, num_classes=5)
+    shape = (2, 9, 7)  # non-square, odd
+    s = settings_for(method, shape, steps=6, q=3, k=3 if method == "ltrc" else None)
+    x_ref, labels_ref, used_ref, loss_ref = ref.generate(model, 3, shape, 5, s)
+    fp = cexamples.generate(model, 3, shape, 5, method=method, steps=6, q=3,
+                            k=3 if method == "ltrc" else None, progress=False)
+    assert torch.equal(fp.labels, labels_ref)
+    torch.testing.assert_close(fp.inputs, x_ref, atol=1e-5, rtol=0)
+    assert fp.meta["steps_used"] == used_ref.tolist()
+    torch.testing.assert_close(torch.tensor(fp.meta["final_loss"], dtype=torch.float64), loss_ref,
+                               rtol=1e-4, atol=1e-6)
+    # The trajectory really moved, and the start really is the shared uniform draw.
+    x0, _ = ref.start(3, shape, 5, 0)
+    assert (fp.inputs - x0).abs().max() > s.alpha / 2
+
+
+def test_early_stop_matches_reference_and_compacts():
+    model, _ = digits_cnn()
+    eta = 0.05  # loose, so examples finish at different steps
+    s = settings_for("rcgm", (1, 32, 32), steps=12, q=2, eta=eta)
+    x_ref, _, used_ref, loss_ref = ref.generate(model, 6, (1, 32, 32), 10, s)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].shape[0]))
+    try:
+        fp = cexamples.generate(model, 6, (1, 32, 32), 10, method="rcgm", steps=12, q=2, eta=eta,
+                                progress=False, batch_size=6)
+    finally:
+        handle.remove()
+    assert fp.meta["steps_used"] == used_ref.tolist()
+    torch.testing.assert_close(fp.inputs, x_ref, atol=1e-5, rtol=0)
+    finished = [i for i, n in enumerate(fp.meta["steps_used"]) if n < 12]
+    assert finished, "eta=0.05 should stop some examples early"
+    assert all(fp.meta["final_loss"][i] < eta for i in finished)
+    assert len(set(seen)) > 1 and min(seen[1:]) < 6, "finished examples must leave the batch"
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_result_does_not_depend_on_batch_size(batch_size):
+    model = tiny_cnn()
+    kw = dict(method="ltrc", steps=5, q=2, progress=False)
+    full = cexamples.generate(model, 5, (1, 8, 8), 5, **kw)
+    part = cexamples.generate(model, 5, (1, 8, 8), 5, batch_size=batch_size, **kw)
+    torch.testing.assert_close(part.inputs, full.inputs, atol=1e-5, rtol=0)
+
+
+def test_forced_reference_backend_serves_generate(monkeypatch):
+    model = tiny_cnn()
+    fast = cexamples.generate(model, 2, (1, 6, 6), 5, method="rc", steps=4, progress=False)
+    assert backend.last_used("cexamples.generate") == "torch"
+    monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    slow = cexamples.generate(model, 2, (1, 6, 6), 5, method="rc", steps=4, progress=False)
+    assert backend.last_used("cexamples.generate") == "reference"
+    torch.testing.assert_close(slow.inputs, fast.inputs, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- on a real model
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_fingerprint_a_real_model(method):
+    model, acc = digits_cnn()
+    assert acc > 0.9, f"the digits CNN should learn (held-out accuracy {acc:.2f})"
+    before = [p.detach().clone() for p in model.parameters()]
+    fp = cexamples.generate(model, 24, (1, 32, 32), 10, method=method, steps=40, q=4,
+                            seed=3, progress=False, model_name="digits-cnn")
+    assert cexamples.verify(model, fp) >= 0.99
+    assert fp.inputs.shape == (24, 1, 32, 32) and fp.inputs.dtype == torch.float32
+    assert fp.labels.unique().numel() > 3, "targets are drawn uniformly"
+    # Parameters untouched, no gradient accumulated, eval/train mode restored.
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    m = fp.meta
+    assert m["method"] == method and m["model"] == "digits-cnn" and m["input_shape"] == [1, 32, 32]
+    assert m["fastfp_version"] == fastfp.__version__ and m["steps"] == 40 and m["seed"] == 3
+    assert m["k"] == (2 if method == "ltrc" else 0)
+    assert m["delta"] == (0.0 if method == "vanilla" else 0.03)
+    assert m["q"] == (4 if method in ("rcgm", "ltrc") else 1)
+    assert len(m["steps_used"]) == 24 and all(0 <= n <= 40 for n in m["steps_used"])
+    assert len(m["final_loss"]) == 24
+    if method != "ltrc":  # the high-pass may step slightly outside the box (eq. 3)
+        assert fp.inputs.min() >= 0 and fp.inputs.max() <= 1
+
+
+def test_verify_tells_models_apart():
+    model, _ = digits_cnn()
+    fp = cexamples.generate(model, 16, (1, 32, 32), 10, method="vanilla", steps=30,
+                            progress=False)
+    assert cexamples.verify(model, fp) == 1.0
+    other = DigitsCNN()  # untrained: no reason to agree with the targets
+    assert cexamples.verify(other, fp) < 0.7
+    flipped = fastfp.Fingerprint(fp.inputs, (fp.labels + 1) % 10, fp.meta)
+    assert cexamples.verify(model, flipped) == 0.0
+
+
+def test_bf16_autocast_and_user_labels():
+    model, _ = digits_cnn()
+    labels = torch.tensor([0, 3, 7, 9])
+    fp = cexamples.generate(model, 4, (1, 32, 32), 10, method="ltrc", steps=25, q=2,
+                            labels=labels, precision="bf16", progress=False)
+    assert torch.equal(fp.labels, labels) and fp.meta["precision"] == "bf16"
+    assert cexamples.verify(model, fp) >= 0.75
+
+
+def test_progress_bar_and_default_alpha(capsys):
+    model = tiny_cnn()
+    fp = cexamples.generate(model, 3, (1, 8, 8), 5, method="vanilla", steps=10, progress=True)
+    err = capsys.readouterr().err
+    assert "vanilla" in err and "3/3" in err
+    assert fp.meta["alpha"] == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------- defaults
+
+def test_paper_defaults():
+    assert defaults.k_for((3, 224, 224)) == 20 and defaults.k_for((3, 32, 32)) == 2
+    assert defaults.k_for((3, 64, 64)) == 5 and defaults.k_for((1, 8, 8)) == 1
+    assert defaults.k_for((1, 1, 2)) == 1 and defaults.k_for((1, 1, 1)) == 0
+    assert defaults.delta_for((3, 224, 224)) == 0.001 and defaults.delta_for((3, 32, 32)) == 0.03
+    d = defaults.delta_for((3, 96, 96))
+    assert 0.001 < d < 0.03
+    assert defaults.delta_for((3, 16, 64)) == defaults.delta_for((3, 32, 32))  # same pixel count
+    assert defaults.alpha_for(500) == pytest.approx(0.005)
+    s = settings_for("ltrc", (3, 224, 224))
+    assert (s.k, s.delta, s.q, s.alpha, s.steps, s.eta) == (20, 0.001, 10, 0.005, 500, 1e-6)
+    assert settings_for("rc", (3, 32, 32)).q == 1 and settings_for("vanilla", (3, 32, 32)).k == 0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+class NotAClassifier(nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+        self.out = out
+
+    def forward(self, x):
+        n = x.shape[0]
+        return {"tuple": (x, x), "4d": x, "1d": x.flatten()[:n]}[self.out]
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(method="fgsm"), ValueError, "method"),
+    (dict(q=0), ValueError, "q"),
+    (dict(delta=-0.1), ValueError, "delta"),
+    (dict(steps=0), ValueError, "steps"),
+    (dict(steps=2.5), TypeError, "steps"),
+    (dict(num=0), ValueError, "num"),
+    (dict(num_classes=7), ValueError, "num_classes"),
+    (dict(input_shape=(8, 8)), ValueError, "input_shape"),
+    (dict(input_shape=(1, 1, 8, 8)), ValueError, "input_shape"),
+    (dict(input_shape="1x8x8"), TypeError, "input_shape"),
+    (dict(k=50), ValueError, "k"),
+    (dict(method="rc", k=2), ValueError, "k"),
+    (dict(method="vanilla", delta=0.1), ValueError, "delta"),
+    (dict(alpha=0.0), ValueError, "alpha"),
+    (dict(alpha=-1.0), ValueError, "alpha"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(precision="fp16"), ValueError, "precision"),
+    (dict(labels=torch.tensor([0, 5])), ValueError, "labels"),
+    (dict(labels=torch.tensor([0, -1])), ValueError, "labels"),
+    (dict(labels=torch.tensor([0, 1, 2])), ValueError, "labels"),
+    (dict(labels=torch.tensor([0.0, 1.0])), TypeError, "labels"),
+    (dict(device="meta"), ValueError, "device"),
+    (dict(progress="yes"), TypeError, "progress"),
+    (dict(model="resnet"), TypeError, "model"),
+    (dict(model=NotAClassifier("tuple")), TypeError, "model"),
+    (dict(model=NotAClassifier("4d")), ValueError, "model"),
+    (dict(model=NotAClassifier("1d")), ValueError, "model"),
+    (dict(input_shape=(3, 8, 8)), ValueError, "input_shape"),
+])
+def test_bad_input_is_rejected_before_work(kwargs, exc, name, monkeypatch):
+    from fastfp.cexamples import engine
+
+    calls = []
+    monkeypatch.setattr(engine, "run_batch", lambda *a, **k: calls.append(1))
+    args = dict(model=tiny_cnn(), num=2, input_shape=(1, 8, 8), num_classes=5, progress=False)
+    args.update(kwargs)
+    with pytest.raises(exc, match=name):
+        cexamples.generate(**args)
+    assert not calls
+
+
+def test_verify_bad_input():
+    model = tiny_cnn()
+    fp = fastfp.Fingerprint(torch.rand(2, 1, 8, 8), torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="fp"):
+        cexamples.verify(model, fp)
+    with pytest.raises(TypeError, match="fp"):
+        cexamples.verify(model, torch.rand(2, 1, 8, 8))
+    with pytest.raises(TypeError, match="model"):
+        cexamples.verify("model", fp)
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_matches_cpu_and_graph_path(method):
+    model, _ = digits_cnn()
+    cpu = cexamples.generate(model, 8, (1, 32, 32), 10, method=method, steps=20, q=3,
+                             progress=False)
+    gpu_model = DigitsCNN().cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    kw = dict(method=method, steps=20, q=3, progress=False)
+    eager = cexamples.generate(gpu_model, 8, (1, 32, 32), 10, graphs=False, **kw)
+    assert backend.last_used("cexamples.generate") == "torch"
+    graph = cexamples.generate(gpu_model, 8, (1, 32, 32), 10, graphs=True, **kw)
+    assert backend.last_used("cexamples.generate") == "cuda"
+    for fp in (eager, graph):
+        assert cexamples.verify(model, fp) >= 0.99
+        # sign() may flip on a rounding-level gradient component: compare in bulk
+        close = ((fp.inputs - cpu.inputs).abs() < 1e-4).float().mean()
+        assert close > 0.97
+    close = ((graph.inputs - eager.inputs).abs() < 1e-4).float().mean()
+    assert close > 0.97
+    assert graph.meta["steps_used"] == eager.meta["steps_used"] or method != "vanilla"
+
+
+@pytest.mark.gpu
+def test_cuda_graph_with_early_stop_and_bf16():
+    model, _ = digits_cnn()
+    gpu_model = DigitsCNN().cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    fp = cexamples.generate(gpu_model, 40, (1, 32, 32), 10, method="ltrc", steps=60, q=4,
+                            eta=0.01, graphs=True, precision="bf16", progress=False)
+    assert backend.last_used("cexamples.generate") == "cuda"
+    assert cexamples.verify(model, fp) >= 0.97
+    used = fp.meta["steps_used"]
+    assert min(used) < 60
+    assert all(fp.meta["final_loss"][i] < 0.01 for i, n in enumerate(used) if n < 60)

@@ -1,0 +1,134 @@
+"""Fingerprint files: exact round trip, atomic writes, and clear errors for anything else."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from fastfp import Fingerprint
+
+
+def make(num=5, shape=(3, 7, 9), seed=0, meta=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((num, *shape), generator=g)
+    y = torch.randint(0, 10, (num,), generator=g)
+    return Fingerprint(x, y, meta if meta is not None else
+                       {"method": "ltrc", "k": 2, "steps_used": list(range(num)),
+                        "final_loss": [1e-7] * num, "nested": {"a": [1, 2]}})
+
+
+def test_round_trip_is_exact(tmp_path):
+    fp = make()
+    path = fp.save(tmp_path / "fp.safetensors")
+    back = Fingerprint.load(path)
+    assert torch.equal(back.inputs, fp.inputs) and back.inputs.dtype == torch.float32
+    assert torch.equal(back.labels, fp.labels) and back.labels.dtype == torch.int64
+    assert back.meta == fp.meta
+    assert len(back) == 5 and "ltrc" in repr(back)
+
+
+def test_constructor_normalises_device_dtype_and_layout():
+    x = torch.rand(4, 2, 5, 3, dtype=torch.float64).transpose(2, 3)
+    fp = Fingerprint(x, torch.tensor([1, 2, 3, 4], dtype=torch.int32))
+    assert fp.inputs.dtype == torch.float32 and fp.inputs.is_contiguous()
+    assert fp.labels.dtype == torch.int64
+    assert torch.allclose(fp.inputs, x.float())
+
+
+def test_save_is_atomic_and_leaves_no_temporaries(tmp_path, monkeypatch):
+    path = tmp_path / "fp.safetensors"
+    make(seed=1).save(path)
+    before = path.read_bytes()
+
+    # A save that dies half-way must leave the old file intact and no temporary behind.
+    import fastfp.fingerprint as mod
+
+    def boom(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod.Fingerprint, "to_bytes", boom)
+    with pytest.raises(KeyboardInterrupt):
+        make(seed=2).save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["fp.safetensors"]
+
+
+def test_truncated_file_raises_value_error(tmp_path):
+    path = make().save(tmp_path / "fp.safetensors")
+    data = path.read_bytes()
+    for cut in (0, 4, 8, 20, len(data) // 2, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.safetensors"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="not a fastfp fingerprint"):
+            Fingerprint.load(bad)
+
+
+def test_corrupt_header_raises_value_error(tmp_path):
+    path = make().save(tmp_path / "fp.safetensors")
+    data = bytearray(path.read_bytes())
+    data[12] ^= 0xFF  # inside the JSON header
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not a fastfp fingerprint"):
+        Fingerprint.load(bad)
+
+
+def test_foreign_files_raise_value_error(tmp_path):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"inputs": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1, dtype=torch.int64)},
+              str(plain))
+    with pytest.raises(ValueError, match="format"):
+        Fingerprint.load(plain)
+
+    header = {"format": "fastfp.fingerprint", "version": "1", "meta": "{}"}
+    extra = tmp_path / "extra.safetensors"
+    save_file({"inputs": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1, dtype=torch.int64),
+               "weights": torch.zeros(3)}, str(extra), metadata=header)
+    with pytest.raises(ValueError, match="expected tensors"):
+        Fingerprint.load(extra)
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"inputs": torch.zeros(2, 1, 2, 2), "labels": torch.zeros(3, dtype=torch.int64)},
+              str(wrong), metadata=header)
+    with pytest.raises(ValueError, match="labels"):
+        Fingerprint.load(wrong)
+
+    future = tmp_path / "future.safetensors"
+    save_file({"inputs": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1, dtype=torch.int64)},
+              str(future), metadata={**header, "version": "99"})
+    with pytest.raises(ValueError, match="version"):
+        Fingerprint.load(future)
+
+    text = tmp_path / "fp.json"
+    text.write_text(json.dumps({"inputs": [1, 2]}))
+    with pytest.raises(ValueError, match="not a fastfp fingerprint"):
+        Fingerprint.load(text)
+
+
+def test_missing_and_directory_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="path"):
+        Fingerprint.load(tmp_path / "nope.safetensors")
+    with pytest.raises(IsADirectoryError, match="path"):
+        Fingerprint.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="folder"):
+        make().save(tmp_path / "no" / "such" / "dir.safetensors")
+
+
+@pytest.mark.parametrize("inputs, labels, meta, exc, name", [
+    ([1.0], torch.zeros(1, dtype=torch.int64), None, TypeError, "inputs"),
+    (torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.int64), None, ValueError, "inputs"),
+    (torch.zeros(2, 1, 3, 4, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), None,
+     TypeError, "inputs"),
+    (torch.zeros(2, 1, 3, 4), torch.zeros(3, dtype=torch.int64), None, ValueError, "labels"),
+    (torch.zeros(2, 1, 3, 4), torch.zeros(2), None, TypeError, "labels"),
+    (torch.zeros(2, 1, 3, 4), torch.tensor([0, -1]), None, ValueError, "labels"),
+    (torch.zeros(2, 1, 3, 4), torch.zeros(2, dtype=torch.int64), [1], TypeError, "meta"),
+    (torch.zeros(2, 1, 3, 4), torch.zeros(2, dtype=torch.int64), {"x": object()}, TypeError,
+     "meta"),
+])
+def test_bad_construction(inputs, labels, meta, exc, name):
+    with pytest.raises(exc, match=name):
+        Fingerprint(inputs, labels, meta)
