@@ -1,0 +1,455 @@
+"""The embedded default model zoo: small classifiers of real handwritten digits, trained on the fly.
+
+No downloads: the data is scikit-learn's bundled ``load_digits`` (1797 real 8x8 handwritten digits),
+upsampled to 32x32, 1 channel, values in [0, 1]. Several architectures x several seeds are trained
+deterministically on CPU and cached on disk under ``FASTFP_CACHE`` (default ``~/.cache/fastfp``,
+or ``$XDG_CACHE_HOME/fastfp``). The cache key is a hash of the whole training recipe (the source of
+the architecture and of the training code, epochs, seed, data preparation), so a changed recipe
+retrains; an unreadable or mismatching cache entry retrains too (never stale weights).
+
+Same-architecture, different-seed models are the papers' "other model of the same kind"
+(transferability set); different architectures are other families.
+
+Also :func:`load_arch`: a timm / torchvision architecture by name, random init or a user's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _validate as V
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (1, 32, 32)
+DATA_VERSION = 1  # bump when the data preparation below changes (it is also hashed by source)
+_TEST_SIZE = 500
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Digits:
+    """Fixed split of the digits: ``x_*`` float32 (N, 1, 32, 32) in [0, 1], ``y_*`` int64 (N,)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+_DIGITS: Digits | None = None
+
+
+def digits() -> Digits:
+    """scikit-learn's ``load_digits`` upsampled to 32x32 (bilinear) with a fixed held-out split."""
+    global _DIGITS
+    if _DIGITS is None:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8) in [0,1]
+        # Upsample 8x8 -> 28x28 and pad 2 pixels: strokes stay inside the frame so that shifts and
+        # rotations of the benign set do not cut them off (like MNIST's 20x20-in-28x28 framing).
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+        x = F.pad(x, (2, 2, 2, 2)).clamp_(0.0, 1.0)
+        y = torch.tensor(d.target, dtype=torch.int64)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
+        test, train = perm[:_TEST_SIZE], perm[_TEST_SIZE:]
+        _DIGITS = Digits(x[train].contiguous(), y[train].contiguous(),
+                         x[test].contiguous(), y[test].contiguous())
+    return _DIGITS
+
+
+def _affine(x: torch.Tensor, angle_deg: torch.Tensor, shift_px: torch.Tensor,
+            scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate by ``angle_deg`` and shift by ``shift_px`` (N, 2) pixels, per image (zero fill)."""
+    n, _, h, w = x.shape
+    a = angle_deg * math.pi / 180.0
+    s = torch.ones(n) if scale is None else scale
+    cos, sin = torch.cos(a) / s, torch.sin(a) / s
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    theta[:, 0, 2] = -2.0 * shift_px[:, 0] / w  # grid coords are in [-1, 1]
+    theta[:, 1, 2] = -2.0 * shift_px[:, 1] / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, max_angle: float, max_shift: float,
+            noise: float = 0.0, contrast: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+    """Random rotation, shift, scale, contrast change and Gaussian noise; result clipped to [0, 1]."""
+    n = x.shape[0]
+    g = generator
+    angle = (torch.rand(n, generator=g) * 2 - 1) * max_angle
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * max_shift
+    sc = 1.0 + (torch.rand(n, generator=g) * 2 - 1) * scale
+    out = _affine(x, angle, shift, sc)
+    if contrast > 0:
+        c = (1.0 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * contrast)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean) * c + mean
+    if noise > 0:
+        sigma = torch.rand(n, 1, 1, 1, generator=g) * noise
+        out = out + sigma * torch.randn(out.shape, generator=g)
+    return out.clamp(0.0, 1.0)
+
+
+def benign_inputs(n: int = 2000, seed: int = 0, *, with_labels: bool = True):
+    """Benign but hard inputs for FBI: held-out digits under strong shifts, rotations, scale,
+    contrast and noise, so that the zoo's models disagree on a fair share of them.
+
+    Returns ``(x, y)`` (float32 (n, 1, 32, 32) in [0, 1], int64 ground truth) or ``x`` alone.
+    The inputs come from the test split only, never from the training data.
+    """
+    n = V.integer("n", n, lo=1)
+    seed = V.integer("seed", seed, lo=0)
+    d = digits()
+    g = torch.Generator().manual_seed(10_000 + seed)
+    idx = torch.randint(0, len(d.y_test), (n,), generator=g)
+    x = augment(d.x_test[idx], g, max_angle=25.0, max_shift=3.0, noise=0.25, contrast=0.5, scale=0.15)
+    return (x, d.y_test[idx].clone()) if with_labels else x
+
+
+# -------------------------------------------------------------------------------- architectures
+class SmallCNN(nn.Module):
+    def __init__(self, width: int = 16, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * width, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = (nn.Identity() if stride == 1 and cin == cout else
+                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.layers = nn.Sequential(_Block(width, width, 2), _Block(width, 2 * width, 2),
+                                    _Block(2 * width, 2 * width, 2))
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        y = self.layers(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+class TinyVGG(nn.Module):
+    def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        w = width
+
+        def stage(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(),
+                    nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*stage(1, w), *stage(w, 2 * w), *stage(2 * w, 2 * w))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * 16, 64), nn.ReLU(),
+                                        nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int = 128, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# name -> (class, constructor kwargs, training epochs)
+ARCHITECTURES = {
+    "cnn": (SmallCNN, {"width": 16}, 10),
+    "widecnn": (SmallCNN, {"width": 32}, 10),
+    "resnet": (TinyResNet, {"width": 12}, 10),
+    "vgg": (TinyVGG, {"width": 12}, 10),
+    "mlp": (MLP, {"hidden": 128}, 20),
+}
+SEEDS = (0, 1, 2)
+QUICK_ARCHS = ("cnn", "resnet", "mlp")
+QUICK_SEEDS = (0, 1)
+
+
+def names(*, quick: bool = False) -> list[str]:
+    """Names of the default zoo's models, ``"<arch>-s<seed>"`` (e.g. ``"cnn-s0"``)."""
+    archs, seeds = (QUICK_ARCHS, QUICK_SEEDS) if quick else (tuple(ARCHITECTURES), SEEDS)
+    return [f"{a}-s{s}" for a in archs for s in seeds]
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    """``"cnn-s1"`` -> ``("cnn", 1)``; ValueError naming the known architectures otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str such as 'cnn-s0', got {type(name).__name__}")
+    arch, sep, seed = name.rpartition("-s")
+    if not sep or arch not in ARCHITECTURES or not seed.isdigit():
+        raise ValueError(f"name: unknown zoo model {name!r}; expected '<arch>-s<seed>' with arch in "
+                         f"{', '.join(ARCHITECTURES)} (e.g. 'cnn-s0'); known: {', '.join(names())}")
+    return arch, int(seed)
+
+
+def build(arch: str) -> nn.Module:
+    """An untrained zoo architecture."""
+    V.choice("arch", arch, tuple(ARCHITECTURES))
+    cls, kwargs, _ = ARCHITECTURES[arch]
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- training
+BATCH = 64
+LR = 2e-3
+
+
+def _train(model: nn.Module, seed: int, epochs: int, data: Digits) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    n = len(data.y_train)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, BATCH):
+            idx = perm[i:i + BATCH]
+            # Mild augmentation: models generalise a bit, but the harder benign set still splits them.
+            x = augment(data.x_train[idx], g, max_angle=15.0, max_shift=2.0, noise=0.1)
+            loss = F.cross_entropy(model(x), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    model.eval()
+
+
+def recipe(arch: str, seed: int) -> dict:
+    """Everything that determines the trained weights; its hash is the cache key."""
+    cls, kwargs, epochs = ARCHITECTURES[arch]
+    src = "".join(inspect.getsource(o) for o in (cls, _Block, _train, augment, _affine, digits))
+    return {"arch": arch, "class": cls.__name__, "kwargs": kwargs, "epochs": epochs, "seed": seed,
+            "batch": BATCH, "lr": LR, "data_version": DATA_VERSION, "test_size": _TEST_SIZE,
+            "source_sha256": hashlib.sha256(src.encode()).hexdigest(),
+            "torch": torch.__version__.split("+")[0].rsplit(".", 1)[0]}
+
+
+def recipe_hash(arch: str, seed: int) -> str:
+    return hashlib.sha256(json.dumps(recipe(arch, seed), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_dir() -> Path:
+    """``$FASTFP_CACHE``, else ``$XDG_CACHE_HOME/fastfp``, else ``~/.cache/fastfp``."""
+    env = os.environ.get("FASTFP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fastfp"
+
+
+@contextlib.contextmanager
+def _deterministic(threads: int = 1):
+    """Bit-reproducible CPU training: deterministic kernels and a fixed thread count."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
+
+
+def _cache_file(arch: str, seed: int) -> Path:
+    return cache_dir() / "zoo" / f"{arch}-s{seed}-{recipe_hash(arch, seed)}.safetensors"
+
+
+def _try_load(path: Path, arch: str, seed: int) -> nn.Module | None:
+    """The cached model, or None when absent, unreadable, or made by another recipe."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("recipe_hash") != recipe_hash(arch, seed):
+                return None
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        model = build(arch)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+    except Exception:  # corrupt file, foreign tensors, wrong shapes: retrain
+        return None
+
+
+def _save(path: Path, model: nn.Module, arch: str, seed: int) -> None:
+    from safetensors.torch import save_file
+
+    from .store import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta = {"recipe_hash": recipe_hash(arch, seed), "recipe": json.dumps(recipe(arch, seed), sort_keys=True)}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def load(name: str, *, train: bool = True) -> nn.Module:
+    """A trained zoo model by name (``"cnn-s0"``), from the cache or trained now (and cached).
+
+    ``train=False`` raises FileNotFoundError instead of training when the cache lacks it.
+    The model is in eval mode, on CPU, float32.
+    """
+    arch, seed = parse_name(name)
+    path = _cache_file(arch, seed)
+    model = _try_load(path, arch, seed)
+    if model is not None:
+        return model
+    if not train:
+        raise FileNotFoundError(f"name: {name!r} is not in the zoo cache {str(cache_dir())!r}")
+    with _deterministic():
+        torch.manual_seed(seed)
+        model = build(arch)
+        _train(model, seed, ARCHITECTURES[arch][2], digits())
+    try:
+        _save(path, model, arch, seed)
+    except OSError as exc:  # read-only cache: still usable, just not cached
+        import warnings
+
+        warnings.warn(f"fastfp.zoo: could not cache {name!r} in {str(path.parent)!r}: {exc}", stacklevel=2)
+    return model
+
+
+def default_zoo(model_names=None, *, quick: bool = False, progress: bool = True) -> dict[str, nn.Module]:
+    """``{name: trained model}`` for ``model_names`` (default: :func:`names`)."""
+    if model_names is None:
+        model_names = names(quick=quick)
+    model_names = list(model_names)
+    if not model_names:
+        raise ValueError("model_names: expected at least one zoo model name")
+    for n in model_names:
+        parse_name(n)  # validate all before training any
+    from tqdm.auto import tqdm
+
+    out = {}
+    bar = tqdm(model_names, desc="zoo", unit="model", disable=not progress)
+    for n in bar:
+        bar.set_postfix_str(n)
+        out[n] = load(n)
+    return out
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    return correct / max(len(y), 1)
+
+
+# ----------------------------------------------------------------- timm / torchvision by name
+def load_arch(name: str, weights=None, *, num_classes: int | None = None, source: str = "auto") -> nn.Module:
+    """A torchvision or timm architecture by name (``"resnet18"``, ``"vgg16"``, ...), in eval mode.
+
+    ``weights``: path of a state dict (``.safetensors``, or a torch ``.pt``/``.pth`` file holding a
+    state dict); random initialisation when None (throughput work). A file that does not match the
+    architecture raises ValueError listing the mismatching keys. ``source``: ``"auto"`` (torchvision
+    first, then timm), ``"torchvision"`` or ``"timm"``.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected an architecture name such as 'resnet18', got {name!r}")
+    V.choice("source", source, ("auto", "torchvision", "timm"))
+    kwargs = {} if num_classes is None else {"num_classes": V.integer("num_classes", num_classes, lo=1)}
+    model = None
+    errors = []
+    if source in ("auto", "torchvision"):
+        try:
+            import torchvision
+        except ImportError:
+            errors.append("torchvision is not installed (pip install torchvision)")
+        else:
+            if name in torchvision.models.list_models():
+                model = torchvision.models.get_model(name, weights=None, **kwargs)
+            else:
+                errors.append(f"torchvision has no model {name!r}")
+    if model is None and source in ("auto", "timm"):
+        try:
+            import timm
+        except ImportError:
+            errors.append("timm is not installed (pip install timm, or pip install 'fastfp[vision]')")
+        else:
+            if name in timm.list_models():
+                model = timm.create_model(name, pretrained=False, **kwargs)
+            else:
+                errors.append(f"timm has no model {name!r}")
+    if model is None:
+        raise ValueError(f"name: unknown architecture {name!r}: " + "; ".join(errors))
+    if weights is not None:
+        _load_weights(model, weights)
+    return model.eval()
+
+
+def _load_weights(model: nn.Module, weights) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights: no such file {str(path)!r}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as exc:
+        raise ValueError(f"weights: cannot read {str(path)!r} as a state dict: {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights: {str(path)!r} does not hold a state dict of tensors")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+        raise ValueError(f"weights: {str(path)!r} does not match the architecture: " + ", ".join(parts))
+    model.load_state_dict(state, strict=True)

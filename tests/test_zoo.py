@@ -1,0 +1,146 @@
+"""The embedded zoo: data, determinism, the recipe-keyed cache, and the timm/torchvision loader."""
+
+import pytest
+import torch
+
+from fastfp import zoo
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # One cache per test session, shared by the zoo/variants/metrics/demo tests (trained once).
+    monkeypatch.setenv("FASTFP_CACHE", str(tmp_path_factory.getbasetemp() / "fastfp-cache"))
+
+
+def test_digits_split_is_fixed_and_in_range():
+    d = zoo.digits()
+    assert d.x_train.shape[1:] == (1, 32, 32) and d.x_test.shape == (500, 1, 32, 32)
+    assert len(d.x_train) + len(d.x_test) == 1797
+    assert d.x_train.dtype == torch.float32 and 0 <= d.x_train.min() and d.x_train.max() <= 1
+    assert set(d.y_test.tolist()) == set(range(10))
+    # disjoint: no test image equals a training image exactly
+    tr = {bytes(v.numpy().tobytes()) for v in d.x_train}
+    assert not any(bytes(v.numpy().tobytes()) in tr for v in d.x_test[:50])
+
+
+def test_benign_inputs_deterministic_and_bounded():
+    x1, y1 = zoo.benign_inputs(64, seed=3)
+    x2, y2 = zoo.benign_inputs(64, seed=3)
+    x3, _ = zoo.benign_inputs(64, seed=4)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
+    assert x1.shape == (64, 1, 32, 32) and 0 <= x1.min() and x1.max() <= 1
+    with pytest.raises(ValueError, match="n"):
+        zoo.benign_inputs(0)
+
+
+def test_names_and_bad_names():
+    assert "cnn-s0" in zoo.names() and len(zoo.names()) >= 15
+    assert len(set(n.rpartition("-s")[0] for n in zoo.names())) >= 5
+    for bad in ("nope-s0", "cnn", "cnn-sx"):
+        with pytest.raises(ValueError, match="unknown zoo model"):
+            zoo.load(bad)
+    with pytest.raises(TypeError):
+        zoo.load(3)
+    with pytest.raises(ValueError, match="model_names"):
+        zoo.default_zoo([])
+
+
+def test_every_architecture_runs_on_the_input_shape():
+    for arch in zoo.ARCHITECTURES:
+        out = zoo.build(arch)(torch.rand(2, *zoo.INPUT_SHAPE))
+        assert out.shape == (2, zoo.NUM_CLASSES)
+
+
+def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTFP_CACHE", str(tmp_path / "a"))
+    m1 = zoo.load("mlp-s1")
+    files = list((tmp_path / "a" / "zoo").glob("mlp-s1-*.safetensors"))
+    assert len(files) == 1
+    monkeypatch.setenv("FASTFP_CACHE", str(tmp_path / "b"))
+    m2 = zoo.load("mlp-s1")  # retrained from scratch in another cache
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    d = zoo.digits()
+    assert zoo.accuracy(m1, d.x_test, d.y_test) > 0.85  # it did learn the digits
+    # a second load reads the cache (no training): same weights, and train=False works
+    m3 = zoo.load("mlp-s1", train=False)
+    assert all(torch.equal(a, b) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))
+
+
+def test_corrupt_or_foreign_cache_entry_retrains(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTFP_CACHE", str(tmp_path))
+    good = zoo.load("mlp-s0")
+    path = next((tmp_path / "zoo").glob("mlp-s0-*.safetensors"))
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(FileNotFoundError):
+        zoo.load("mlp-s0", train=False)  # unreadable entry is never used
+    again = zoo.load("mlp-s0")
+    assert all(torch.equal(a, b) for a, b in zip(good.state_dict().values(), again.state_dict().values()))
+    # a well-formed file holding another model's weights under this name: rejected too
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in zoo.build("cnn").state_dict().items()}, str(path),
+              metadata={"recipe_hash": zoo.recipe_hash("mlp", 0)})
+    with pytest.raises(FileNotFoundError):
+        zoo.load("mlp-s0", train=False)
+
+
+def test_changed_recipe_changes_the_key(monkeypatch):
+    h = zoo.recipe_hash("cnn", 0)
+    assert h != zoo.recipe_hash("cnn", 1) and h != zoo.recipe_hash("widecnn", 0)
+    cls, kw, epochs = zoo.ARCHITECTURES["cnn"]
+    monkeypatch.setitem(zoo.ARCHITECTURES, "cnn", (cls, kw, epochs + 1))
+    assert zoo.recipe_hash("cnn", 0) != h
+    monkeypatch.setattr(zoo, "LR", zoo.LR * 2)
+    monkeypatch.setitem(zoo.ARCHITECTURES, "cnn", (cls, kw, epochs))
+    assert zoo.recipe_hash("cnn", 0) != h
+
+
+def test_zoo_models_disagree_on_benign_inputs():
+    a, b = zoo.load("cnn-s0"), zoo.load("mlp-s0")
+    x, y = zoo.benign_inputs(400)
+    with torch.no_grad():
+        pa, pb = a(x).argmax(1), b(x).argmax(1)
+    disagree = (pa != pb).float().mean().item()
+    assert disagree > 0.1, disagree
+    for p in (pa, pb):
+        acc = (p == y).float().mean().item()
+        assert 0.3 < acc < 0.95, acc  # hard, yet far above chance (0.1)
+
+
+def test_load_arch_torchvision_and_weights(tmp_path):
+    pytest.importorskip("torchvision")
+    m = zoo.load_arch("resnet18", num_classes=7)
+    assert m.fc.out_features == 7 and not m.training
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(good))
+    m2 = zoo.load_arch("resnet18", good, num_classes=7)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    pt = tmp_path / "w.pt"
+    torch.save(m.state_dict(), pt)
+    zoo.load_arch("resnet18", pt, num_classes=7)
+    with pytest.raises(ValueError, match="does not match"):
+        zoo.load_arch("resnet18", good)  # 1000-class head vs 7-class weights
+    with pytest.raises(ValueError, match="does not match"):
+        zoo.load_arch("resnet34", good, num_classes=7)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        zoo.load_arch("resnet18", bad)
+    with pytest.raises(FileNotFoundError):
+        zoo.load_arch("resnet18", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        zoo.load_arch("no_such_net")
+
+
+def test_load_arch_timm_message_when_missing():
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="timm is not installed"):
+            zoo.load_arch("resnet18", source="timm")
+    else:
+        assert zoo.load_arch("resnet18", source="timm", num_classes=3)(torch.rand(1, 3, 64, 64)).shape == (1, 3)
