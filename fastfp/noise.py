@@ -195,6 +195,9 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
     masters = _check_params("model.parameters()", [p for _, p in named])
     if masters[0].device != x.device:
         raise ValueError(f"x: on {x.device}, but the model's parameters are on {masters[0].device}")
+    dtypes = {p.dtype for p in masters}
+    if len(dtypes) == 1 and x.dtype not in dtypes:
+        raise TypeError(f"x: {x.dtype} does not match the model's parameters ({masters[0].dtype})")
     impl = implementation(x.device, "noise.grad_mean")
 
     from torch.func import functional_call

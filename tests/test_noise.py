@@ -1,0 +1,384 @@
+"""Weight noise: the Philox stream, the extension vs the torch twin, statistics, grad_mean, errors."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fastfp
+from fastfp import backend
+from fastfp import noise as N
+from fastfp.reference import noise as R
+
+HAS_EXT = backend.extension() is not None and hasattr(backend.extension(), "noise_perturb")
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="extension not built")
+
+# Random123's published known-answer vectors for Philox4x32-10 (kat_vectors).
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+def _params(dtypes=(torch.float32,), seed=0, device="cpu"):
+    """A parameter list with awkward sizes: odd, tiny, same shapes twice, not multiples of 4."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 9), (1,), (3, 3, 3), (5,), (33, 31), (5,), (2, 257), (1, 1)]
+    out = []
+    for i, s in enumerate(shapes):
+        t = torch.randn(s, generator=g) * 3
+        out.append(t.to(dtypes[i % len(dtypes)]).to(device))
+    return out
+
+
+def _tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 5, 5))
+
+
+# ----------------------------------------------------------------------------- the Philox stream
+
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_philox_known_answers(counter, key, expected):
+    assert R.philox4x32_10_scalar(counter, key) == expected
+    words = R.philox4x32_10(*[torch.tensor([c], dtype=torch.int64) for c in counter], key)
+    assert tuple(int(w) for w in words) == expected
+
+
+def test_vectorised_philox_equals_scalar_and_counter_layout():
+    rng = np.random.default_rng(1)
+    seed, offset = int(rng.integers(2**63)) * 2 + 1, 2**40 + 12345  # both words non-zero
+    starts = [0, 3, 2**34 + 1, 2**35 - 2]  # block index crosses 2^32: high counter word used
+    for start in starts:
+        got = R.bits(start, 9, seed, offset)
+        for k in range(9):
+            i = start + k
+            b = i // 4
+            want = R.philox4x32_10_scalar((b, b >> 32, offset, offset >> 32), R.split64(seed))[i % 4]
+            assert int(got[k]) == want
+
+
+def test_noise_statistics():
+    delta = 0.05
+    z = N.noise(400_000, delta, seed=3).double()
+    assert z.min() >= -delta and z.max() < delta
+    assert abs(z.mean().item()) < 4 * delta / (3 * 400_000) ** 0.5
+    assert z.var().item() == pytest.approx(delta**2 / 3, rel=0.01)
+    # uniform: chi-square over 20 equal bins (19 dof; 99.9 % quantile ~ 43.8)
+    counts = torch.histc(z, bins=20, min=-delta, max=delta)
+    expected = z.numel() / 20
+    assert ((counts - expected) ** 2 / expected).sum().item() < 43.8
+
+
+def test_noise_independence_across_copies_steps_seeds_and_neighbours():
+    n = 200_000
+    a = N.noise(n, 1.0, seed=5, offset=0)
+    others = [N.noise(n, 1.0, seed=5, offset=1), N.noise(n, 1.0, seed=5, offset=10 * 7 + 3),
+              N.noise(n, 1.0, seed=6, offset=0), N.noise(n, 1.0, seed=5, offset=0, start=1)]
+    for b in others:
+        r = torch.corrcoef(torch.stack([a, b]).double())[0, 1].item()
+        assert abs(r) < 5 / n**0.5
+    assert not torch.equal(a, others[0])
+
+
+def test_noise_dtype_rounding_bounds():
+    delta = 1e-3
+    p = torch.zeros(10_000)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        out = N.perturb([p.to(dtype)], delta, seed=1)[0].float()
+        bound = delta * (1 + torch.finfo(dtype).eps)
+        assert out.abs().max() <= bound and out.std() > delta / 3
+
+
+# ----------------------------------------------------------------------------- extension == twin
+
+@needs_ext
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float16,),
+                                    (torch.float32, torch.float16, torch.bfloat16)])
+def test_extension_equals_reference_bit_for_bit(dtypes):
+    params = _params(dtypes, seed=len(dtypes))
+    for seed, offset, delta in [(0, 0, 0.01), (2**33 + 7, 2**32 + 5, 0.3), (2**64 - 1, 2**64 - 1, 2.5)]:
+        got = N.perturb(params, delta, seed, offset)
+        assert backend.last_used("noise.perturb") == "ext"
+        want = R.perturb(params, delta, seed, offset)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert torch.equal(g.view(torch.int16) if g.element_size() == 2 else g.view(torch.int32),
+                               w.view(torch.int16) if w.element_size() == 2 else w.view(torch.int32))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_extension_half_conversions_exhaustive(dtype):
+    # Every finite 16-bit pattern as a master, with noise that lands on ties, subnormals, overflow.
+    bits_ = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    master = bits_.view(dtype)
+    master = master[torch.isfinite(master.float())]
+    for delta in (0.0, 1e-6, 3e-3, 70.0):
+        got = N.perturb([master], delta, seed=11, offset=2)[0]
+        want = R.perturb([master], delta, seed=11, offset=2)[0]
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+@needs_ext
+def test_fill_equals_reference_at_any_start():
+    for start, n in [(0, 1), (1, 7), (253, 600), (2**33 + 3, 1000)]:
+        got = N.noise(n, 0.2, seed=4, offset=9, start=start)
+        assert backend.last_used("noise.noise") == "ext"
+        assert torch.equal(got, R.noise(start, n, 0.2, seed=4, offset=9))
+
+
+def test_torch_fallback_equals_reference(monkeypatch):
+    monkeypatch.setenv("FASTFP_BACKEND", "torch")
+    params = _params((torch.float32, torch.bfloat16), seed=2)
+    got = N.perturb(params, 0.05, 17, 4)
+    assert backend.last_used("noise.perturb") == "torch"
+    for g, w in zip(got, R.perturb(params, 0.05, 17, 4)):
+        assert torch.equal(g, w)
+    monkeypatch.setattr(N, "_TORCH_CHUNK", 100)  # chunk edges inside tensors change nothing
+    for g, w in zip(N.perturb(params, 0.05, 17, 4), got):
+        assert torch.equal(g, w)
+
+
+@needs_ext
+def test_extension_takes_numpy_through_dlpack():
+    ext = backend.extension()
+    rng = np.random.default_rng(0)
+    masters = [rng.standard_normal(s).astype(np.float32) for s in [(3, 5), (11,)]]
+    outs = [np.empty_like(m) for m in masters]
+    ext.noise_perturb(masters, outs, 0.1, 8, 3)
+    want = R.perturb([torch.from_numpy(m) for m in masters], 0.1, 8, 3)
+    for o, w in zip(outs, want):
+        np.testing.assert_array_equal(o, w.numpy())
+
+
+def test_same_shape_tensors_get_different_noise():
+    p = [torch.zeros(64), torch.zeros(64)]
+    a, b = N.perturb(p, 1.0, seed=0)
+    assert not torch.equal(a, b)
+    assert torch.equal(b, N.noise(64, 1.0, seed=0, start=64))  # counter continues end to end
+
+
+def test_reproducible_and_stream_selection():
+    params = _params(seed=5)
+    a = N.perturb(params, 0.1, seed=42, offset=3)
+    b = N.perturb(params, 0.1, seed=42, offset=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for seed, offset in [(42, 4), (43, 3)]:
+        c = N.perturb(params, 0.1, seed=seed, offset=offset)
+        assert not any(torch.equal(x, y) for x, y in zip(a, c) if x.numel() > 4)
+
+
+@needs_ext
+def test_bits_independent_of_thread_count():
+    code = ("import torch, fastfp; "
+            "z = fastfp.noise.noise(300_001, 0.5, seed=9, offset=2, start=5); "
+            "print(fastfp.backend.last_used('noise.noise'), float((z.double() * torch.arange(z.numel())).sum()))")
+    outs = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, FASTFP_BACKEND="auto")
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, check=True).stdout.strip())
+    assert len(outs) == 1 and outs.pop().startswith("ext ")
+
+
+def test_master_untouched_and_in_place_out():
+    params = _params((torch.float32, torch.float16))
+    before = [p.clone() for p in params]
+    out = N.perturb(params, 0.1, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    N.perturb(params, 0.1, seed=1, out=params)  # in place: same values as the fresh outputs
+    assert all(torch.equal(p, o) for p, o in zip(params, out))
+
+
+def test_non_contiguous_params_follow_row_major_order():
+    base = torch.randn(6, 10)
+    t = base.t()  # non-contiguous view
+    got = N.perturb([t, base[:, 1]], 0.2, seed=3)
+    want = R.perturb([t.contiguous(), base[:, 1].contiguous()], 0.2, seed=3)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_requires_grad_params_are_fine():
+    lin = torch.nn.Linear(5, 3)
+    out = N.perturb(list(lin.parameters()), 0.1, seed=0)
+    assert not any(o.requires_grad for o in out) and lin.weight.grad is None
+
+
+def test_forced_backends(monkeypatch):
+    monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    N.perturb([torch.zeros(3)], 0.1, 0)
+    assert backend.last_used("noise.perturb") == "torch"
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("FASTFP_BACKEND", "cuda")
+        with pytest.raises(RuntimeError, match="FASTFP_BACKEND=auto"):
+            N.perturb([torch.zeros(3)], 0.1, 0)
+
+
+# ----------------------------------------------------------------------------- grad_mean
+
+@pytest.mark.parametrize("forced", ["auto", "torch"])
+def test_grad_mean_equals_literal_deepcopy_loop(monkeypatch, forced):
+    monkeypatch.setenv("FASTFP_BACKEND", forced)
+    model = _tiny_cnn().train()  # grad_mean must evaluate in eval mode and restore the mode
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.rand(3, 3, 6, 5)
+    labels = torch.tensor([0, 4, 2])
+    got = N.grad_mean(model, x, labels, delta=0.05, q=3, seed=7, offset=6)
+    want = R.grad_mean(model, x, labels, delta=0.05, q=3, seed=7, offset=6)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert got.shape == x.shape and not got.requires_grad
+    assert model.training
+    for k, v in model.state_dict().items():  # weights and BN statistics bit-identical
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert backend.last_used("noise.grad_mean") == ("torch" if forced == "torch" else
+                                                    ("ext" if HAS_EXT else "torch"))
+
+
+def test_grad_mean_copies_are_the_offset_streams():
+    model = _tiny_cnn(1).eval()
+    x, labels = torch.rand(2, 3, 6, 5), torch.tensor([1, 3])
+    singles = [N.grad_mean(model, x, labels, 0.1, 1, seed=2, offset=o) for o in (4, 5)]
+    both = N.grad_mean(model, x, labels, 0.1, 2, seed=2, offset=4)
+    torch.testing.assert_close(both, (singles[0] + singles[1]) / 2, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(singles[0], singles[1])
+    # per-example gradients: the loss is summed, so an example's gradient ignores its batch
+    alone = N.grad_mean(model, x[:1], labels[:1], 0.1, 1, seed=2, offset=4)
+    torch.testing.assert_close(alone, singles[0][:1], rtol=1e-5, atol=1e-7)
+
+
+def test_grad_mean_zero_delta_is_the_plain_gradient():
+    model = _tiny_cnn(2).eval()
+    x, labels = torch.rand(2, 3, 6, 5), torch.tensor([0, 1])
+    xg = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(xg), labels, reduction="sum").backward()
+    torch.testing.assert_close(N.grad_mean(model, x, labels, 0.0, 2, seed=0), xg.grad)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("params,delta,seed,offset,exc,match", [
+    ([torch.zeros(3)], -0.1, 0, 0, ValueError, "delta"),
+    ([torch.zeros(3)], float("nan"), 0, 0, ValueError, "delta"),
+    ([torch.zeros(3)], 0.1, -1, 0, ValueError, "seed"),
+    ([torch.zeros(3)], 0.1, 0, 2**64, ValueError, "offset"),
+    ([torch.zeros(3)], 0.1, 1.5, 0, TypeError, "seed"),
+    ([], 0.1, 0, 0, ValueError, "params"),
+    (torch.zeros(3), 0.1, 0, 0, TypeError, "params"),
+    ([torch.zeros(3), "w"], 0.1, 0, 0, TypeError, r"params\[1\]"),
+    ([torch.zeros(3, dtype=torch.float64)], 0.1, 0, 0, TypeError, r"params\[0\].*float64"),
+    ([torch.zeros(3, dtype=torch.int32)], 0.1, 0, 0, TypeError, r"params\[0\]"),
+    ([torch.zeros(3), torch.zeros(3, device="meta")], 0.1, 0, 0, ValueError, r"params\[1\].*device"),
+])
+def test_perturb_bad_input(params, delta, seed, offset, exc, match):
+    with pytest.raises(exc, match=match):
+        N.perturb(params, delta, seed, offset)
+
+
+def test_perturb_bad_out():
+    p = [torch.zeros(3), torch.zeros(4)]
+    with pytest.raises(ValueError, match="out"):
+        N.perturb(p, 0.1, 0, out=[torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"out\[1\]"):
+        N.perturb(p, 0.1, 0, out=[torch.zeros(3), torch.zeros(5)])
+    with pytest.raises(ValueError, match=r"out\[0\].*contiguous"):
+        N.perturb([torch.zeros(2, 3)], 0.1, 0, out=[torch.zeros(3, 2).t()])
+
+
+def test_grad_mean_bad_input():
+    model = _tiny_cnn()
+    x, labels = torch.rand(2, 3, 6, 5), torch.tensor([0, 1])
+    cases = [
+        (dict(q=0), ValueError, "q"),
+        (dict(q=2.0), TypeError, "q"),
+        (dict(delta=-1.0), ValueError, "delta"),
+        (dict(labels=torch.tensor([0.0, 1.0])), TypeError, "labels"),
+        (dict(labels=torch.tensor([0, 1, 2])), ValueError, "labels"),
+        (dict(x=x.double()), TypeError, "x: torch.float64"),
+        (dict(x=x.to(device="meta"), labels=labels.to(device="meta")), ValueError, "x: on meta"),
+        (dict(model="net"), TypeError, "model"),
+        (dict(model=torch.nn.ReLU()), ValueError, "model"),
+        (dict(loss="mse"), ValueError, "loss"),
+        (dict(offset=2**64 - 1, q=2), ValueError, "offset"),
+    ]
+    for override, exc, match in cases:
+        kw = dict(model=model, x=x, labels=labels, delta=0.1, q=2, seed=0)
+        kw.update(override)
+        with pytest.raises(exc, match=match):
+            N.grad_mean(**kw)
+
+
+@needs_ext
+def test_extension_errors_are_clear():
+    ext = backend.extension()
+    a = np.zeros(6, dtype=np.float32)
+    with pytest.raises(ValueError, match="masters"):
+        ext.noise_perturb([], [], 0.1, 0, 0)
+    with pytest.raises(ValueError, match="outs"):
+        ext.noise_perturb([a], [], 0.1, 0, 0)
+    with pytest.raises(TypeError, match=r"masters\[0\]"):
+        ext.noise_perturb([a.astype(np.float64)], [a.astype(np.float64)], 0.1, 0, 0)
+    with pytest.raises(TypeError, match=r"outs\[0\]"):
+        ext.noise_perturb([a], [a.astype(np.float16)], 0.1, 0, 0)
+    with pytest.raises(ValueError, match=r"masters\[0\].*contiguous"):
+        ext.noise_perturb([np.zeros((4, 3), np.float32).T], [np.zeros((3, 4), np.float32)], 0.1, 0, 0)
+    with pytest.raises(ValueError, match=r"outs\[0\]"):
+        ext.noise_perturb([a], [np.zeros(5, np.float32)], 0.1, 0, 0)
+    with pytest.raises(ValueError, match="delta"):
+        ext.noise_perturb([a], [a], -1.0, 0, 0)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+def _bits(t):
+    return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
+
+
+@pytest.mark.gpu
+def test_cuda_equals_cpu_bit_for_bit():
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    cpu = _params(dtypes, seed=9)
+    # 50 tensors: more than one launch's table; odd sizes and offsets break vector alignment
+    cpu = cpu + [torch.randn(n) for n in range(1, 43)]
+    storage = torch.randn(10_001)
+    cpu.append(storage[1:4001].view(40, 100))  # contiguous but not 16-byte aligned on the GPU too
+    gpu = [p.cuda() for p in cpu]
+    gpu[-1] = storage.cuda()[1:4001].view(40, 100)
+    for seed, offset in [(0, 0), (2**40 + 3, 2**33 + 1)]:
+        want = N.perturb(cpu, 0.02, seed, offset)
+        got = N.perturb(gpu, 0.02, seed, offset)
+        assert backend.last_used("noise.perturb") == ("cuda" if HAS_EXT and backend.extension_cuda_usable()
+                                                      else "torch")
+        for g, w in zip(got, want):
+            assert torch.equal(_bits(g.cpu()), _bits(w))
+    z = N.noise(100_003, 0.5, 1, 2, start=3, device="cuda")
+    assert torch.equal(z.cpu(), N.noise(100_003, 0.5, 1, 2, start=3))
+
+
+@pytest.mark.gpu
+def test_cuda_torch_fallback_equals_kernel(monkeypatch):
+    params = [p.cuda() for p in _params((torch.float32, torch.bfloat16), seed=4)]
+    fast = N.perturb(params, 0.1, 5, 6)
+    monkeypatch.setenv("FASTFP_BACKEND", "torch")
+    slow = N.perturb(params, 0.1, 5, 6)
+    assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(fast, slow))
+
+
+@pytest.mark.gpu
+def test_cuda_grad_mean_matches_cpu():
+    model = _tiny_cnn(3).eval()
+    x, labels = torch.rand(4, 3, 6, 5), torch.tensor([0, 1, 2, 3])
+    cpu = N.grad_mean(model, x, labels, 0.05, 3, seed=1)
+    gpu = N.grad_mean(model.cuda(), x.cuda(), labels.cuda(), 0.05, 3, seed=1)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
