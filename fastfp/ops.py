@@ -128,7 +128,7 @@ def _step_cpu(x: torch.Tensor, grad: torch.Tensor, alpha, lo, hi, wd) -> torch.T
         out = torch.empty(x.shape, dtype=torch.float32)
         ext.sign_step_cpu(x.reshape(-1), grad.reshape(-1), out.view(-1), alpha, lo, hi)
         return out
-    s = torch.sign(grad).to(wd, memory_format=torch.contiguous_format)  # fresh: ours to overwrite
+    s = torch.sign(grad).to(wd).contiguous()  # a fresh tensor: ours to overwrite
     return s.mul_(-alpha).add_(x).clamp_(lo, hi)
 
 
