@@ -21,6 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def _load(name):
     spec = importlib.util.spec_from_file_location(f"_test_bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -382,3 +383,46 @@ def test_find_bench_dir_checkout_wheel_and_missing(tmp_path, monkeypatch):
     for name in ("conftest.py", "report.py"):
         (wheel / "_bench" / name).write_text("")
     assert cli_bench.find_bench_dir() == wheel / "_bench"
+
+
+# --- scaling curves -----------------------------------------------------------------------------
+
+def test_curve_timing_budget_and_plot(tmp_path):
+    curves = _load("curves")
+    calls = {"fastfp": 0, "baseline": 0}
+
+    def make(n):
+        def fast():
+            calls["fastfp"] += 1
+            return sum(range(n))
+
+        def base():
+            calls["baseline"] += 1
+            return sum(range(100 * n))
+        return fast, (base if n > 1 else None)
+
+    curve = curves.Curve("models", [1, 10, 100, 1000], make, "synthetic")
+    curves.run_curve(curve, torch.device("cpu"), repeats=2, budget_s=0.0)
+    assert [p["value"] for p in curve.points] == [1, 10, 100, 1000]
+    # every line is timed until one call exceeds the (zero) budget, then skipped
+    assert curve.points[0]["fastfp_s"] > 0 and curve.points[0]["baseline_s"] is None
+    assert curve.points[1]["fastfp_s"] is None and "fastfp skipped" in curve.points[1]["note"]
+    assert curve.points[1]["baseline_s"] > 0
+    assert curve.points[2]["baseline_s"] is None and "baseline skipped" in curve.points[2]["note"]
+    assert calls == {"fastfp": 3, "baseline": 3}  # warm-up + 2 repeats, once each
+    curves.plot("synthetic", [curve], "cpu (test)", tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    text = curves.format_area("synthetic", [curve])
+    assert "models" in text and "10:" in text
+
+
+def test_curves_skip_an_area_without_api(tmp_path, monkeypatch):
+    curves = _load("curves")
+
+    def missing(device, quick):
+        raise curves.SkipArea("fastfp.fbi.pairwise_rajski is not available yet")
+
+    monkeypatch.setitem(curves.BUILDERS, "fbi", missing)
+    result = curves.run(tmp_path, ("fbi",), device=torch.device("cpu"), quick=True)
+    assert "not available" in result["areas"]["fbi"]["skipped"]
+    assert json.loads((tmp_path / "curves.json").read_text())["areas"]["fbi"]["skipped"]
