@@ -75,11 +75,11 @@ def _check_labels(labels, num: int, num_classes: int) -> torch.Tensor:
     return labels.detach().to("cpu", torch.int64)
 
 
-def probe(model, x1: torch.Tensor, num_classes: int, device: torch.device) -> int:
+def probe(model, x1: torch.Tensor, num_classes, device: torch.device) -> tuple[int, int]:
     """One forward on one example: checks the model is a classifier with ``num_classes`` logits.
 
-    Returns the bytes of all leaf-module outputs for that example (the activation estimate that
-    sizes batches).
+    Returns (bytes of all leaf-module outputs for that example: the activation estimate that
+    sizes batches, number of logits). ``num_classes=None`` skips the class-count check.
     """
     from .engine import model_dtype
 
@@ -110,10 +110,10 @@ def probe(model, x1: torch.Tensor, num_classes: int, device: torch.device) -> in
     if out.dim() != 2 or out.shape[0] != 1 or not out.is_floating_point():
         raise ValueError(f"model: expected 2-D float logits (batch, num_classes), got "
                          f"{out.dtype} of shape {tuple(out.shape)} for a batch of 1")
-    if out.shape[1] != num_classes:
+    if num_classes is not None and out.shape[1] != num_classes:
         raise ValueError(f"num_classes: {num_classes} given, but the model outputs "
                          f"{out.shape[1]} logits")
-    return int(sum(sizes)) + x1.numel() * x1.element_size()
+    return int(sum(sizes)) + x1.numel() * x1.element_size(), int(out.shape[1])
 
 
 def settings_for(method, input_shape, *, k=None, delta=None, q=10, alpha=None, steps=500,
@@ -203,7 +203,7 @@ def generate(model, num, input_shape, num_classes, method="ltrc", k=None, delta=
     dev = _check_device(device, model)
     x0, drawn = start(num, input_shape, num_classes, s.seed)
     targets = drawn if labels is None else _check_labels(labels, num, num_classes)
-    per_example = probe(model, x0[:1], num_classes, dev)
+    per_example, _ = probe(model, x0[:1], num_classes, dev)
     x, steps_used, final_loss, impl = optimize(model, x0, targets, s, dev, batch_size=batch_size,
                                                progress=progress, graphs=graphs,
                                                per_example=per_example)

@@ -1,0 +1,62 @@
+"""torchattacks-style adapters: same results as generate, images or noise as the start."""
+
+import pytest
+import torch
+
+import fastfp
+from fastfp import attacks, cexamples
+from test_cexamples import METHODS, digits_cnn, tiny_cnn
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_from_noise_equals_generate(method):
+    model = tiny_cnn()
+    fp = cexamples.generate(model, 3, (1, 8, 8), 5, method=method, steps=5, q=2, seed=4,
+                            progress=False)
+    atk = attacks.ATTACKS[method](model, input_shape=(1, 8, 8), steps=5, q=2, seed=4)
+    x = atk(None, fp.labels)
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 1, 8, 8)
+    torch.testing.assert_close(x, fp.inputs, atol=1e-6, rtol=0)
+    assert isinstance(atk.fingerprint, fastfp.Fingerprint)
+    assert atk.fingerprint.meta["method"] == method and atk.fingerprint.meta["start"] == "uniform"
+    assert method.upper() in repr(atk).upper() or type(atk).__name__ in repr(atk)
+
+
+def test_adapter_from_images_reaches_targets():
+    model, _ = digits_cnn()
+    images = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1)).double()
+    targets = torch.tensor([1, 2, 3, 4, 5, 6])
+    x = attacks.LTRC(model, steps=40, q=3)(images, targets)
+    assert x.dtype == torch.float64  # the caller's dtype comes back
+    with torch.no_grad():
+        assert torch.equal(model(x.float()).argmax(1), targets)
+    assert float((x - images).abs().max()) > 0
+
+
+@pytest.mark.parametrize("build, call, exc, name", [
+    (dict(), (None, torch.tensor([0, 1])), ValueError, "images"),
+    (dict(input_shape=(1, 8, 8)), (None, [0, 1]), TypeError, "labels"),
+    (dict(input_shape=(1, 8, 8)), (None, torch.tensor([0, 7])), ValueError, "labels"),
+    (dict(input_shape=(1, 8, 8)), (None, torch.zeros(2, 2, dtype=torch.int64)), ValueError,
+     "labels"),
+    (dict(), (torch.rand(2, 1, 8, 8) * 2, torch.tensor([0, 1])), ValueError, "images"),
+    (dict(), (torch.rand(3, 1, 8, 8), torch.tensor([0, 1])), ValueError, "labels"),
+    (dict(), (torch.rand(1, 8, 8), torch.tensor([0])), ValueError, "images"),
+    (dict(input_shape=(1, 8, 9)), (torch.rand(1, 1, 8, 8), torch.tensor([0])), ValueError,
+     "images"),
+])
+def test_adapter_bad_calls(build, call, exc, name):
+    atk = attacks.RCGM(tiny_cnn(), steps=2, **build)
+    with pytest.raises(exc, match=name):
+        atk(*call)
+
+
+def test_adapter_bad_construction():
+    with pytest.raises(TypeError, match="model"):
+        attacks.LTRC(object())
+    with pytest.raises(ValueError, match="q"):
+        attacks.LTRC(tiny_cnn(), q=0)
+    with pytest.raises(ValueError, match="delta"):
+        attacks.Vanilla(tiny_cnn(), delta=0.5)
+    with pytest.raises(ValueError, match="input_shape"):
+        attacks.RC(tiny_cnn(), input_shape=(8, 8))
