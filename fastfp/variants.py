@@ -1,0 +1,403 @@
+"""Model variants: the FBI paper's list (Maho et al., TIFS'23, App. A) plus the C-examples paper's
+unstructured global magnitude pruning (Wang et al., IJCAI'21, Sect. 4).
+
+A variant is always an ``nn.Module`` built from a deep copy: the source model is never modified.
+Input-side variants (JPEG, histogram equalisation, posterize, randomized smoothing) wrap the model.
+Inputs are images in [0, 1], (N, C, H, W); the image-codec variants need C = 1 or 3.
+
+Procedures and parameters (the paper's):
+
+- identity; half precision (weights and activations in float16);
+- JPEG compression, quality 30..90 step 10 (PIL, encode + decode, per image);
+- histogram equalisation (PIL ``ImageOps.equalize``, torchvision's ``equalize`` does the same);
+- posterize (colour depth reduction) to 3..7 bits (keep the top bits of the 8-bit value);
+- randomized smoothing (Cohen et al.): majority vote over ``n`` Gaussian-noised copies, sigma in
+  0.01, 0.02, 0.04, 0.06, 0.08, 0.1; the outputs are vote frequencies (so top-k works);
+- fine-tuning all layers / only the last layer, on a given data set (SGD);
+- pruning, ``torch.nn.utils.prune``: all layers (L1 unstructured per layer) 1..4 %, filters (L1 norm
+  of conv output channels) 10..30 %, last layer (L1 unstructured) 70..95 %;
+- global unstructured magnitude pruning (C-examples paper, Han et al.) 40..80 %.
+
+:func:`accuracy_filter` drops variants losing more than 15 points of accuracy (the paper's rule).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _validate as V
+
+JPEG_QUALITIES = (30, 40, 50, 60, 70, 80, 90)
+POSTERIZE_BITS = (3, 4, 5, 6, 7)
+SMOOTHING_SIGMAS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1)
+PRUNE_ALL = (0.01, 0.02, 0.03, 0.04)
+PRUNE_FILTERS = (0.10, 0.20, 0.30)
+PRUNE_LAST = (0.70, 0.80, 0.90, 0.95)
+PRUNE_GLOBAL = (0.40, 0.50, 0.60, 0.70, 0.80)
+FINETUNE_EPOCHS = (1, 3)
+MAX_DROP = 0.15
+
+
+# ------------------------------------------------------------------------- input transforms
+def _check_images(x: torch.Tensor) -> torch.Tensor:
+    V.tensor("x", x, floating=True)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"x: expected images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
+    return x
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounding to the nearest level."""
+    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _from_uint8(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).to(like.device, like.dtype) / 255.0
+
+
+def _per_image_pil(x: torch.Tensor, fn) -> torch.Tensor:
+    from PIL import Image
+
+    a = _to_uint8(_check_images(x))
+    mode = "L" if a.shape[-1] == 1 else "RGB"
+    out = np.empty_like(a)
+    for i in range(a.shape[0]):
+        img = Image.fromarray(a[i, :, :, 0] if mode == "L" else a[i], mode=mode)
+        res = np.asarray(fn(img), dtype=np.uint8)
+        out[i] = res.reshape(out[i].shape)
+    return _from_uint8(out, x)
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG encode + decode each image at ``quality`` (1..95), via PIL."""
+    quality = V.integer("quality", quality, lo=1, hi=95)
+    from PIL import Image
+
+    def fn(img):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        return Image.open(buf).convert(img.mode)
+
+    return _per_image_pil(x, fn)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each image (PIL ``ImageOps.equalize`` on the 8-bit image)."""
+    from PIL import ImageOps
+
+    return _per_image_pil(x, ImageOps.equalize)
+
+
+def posterize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Keep the top ``bits`` (1..8) bits of each 8-bit value (torchvision / PIL posterize)."""
+    bits = V.integer("bits", bits, lo=1, hi=8)
+    _check_images(x)
+    u = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    mask = (0xFF << (8 - bits)) & 0xFF
+    return (u & mask).to(x.dtype) / 255.0
+
+
+class InputTransform(nn.Module):
+    """``model(transform(x))``: an input-side variant that is still a model."""
+
+    def __init__(self, model: nn.Module, transform: Callable, name: str):
+        super().__init__()
+        self.model = model
+        self.transform = transform
+        self.name = name
+
+    def forward(self, x):
+        return self.model(self.transform(x))
+
+    def extra_repr(self):
+        return f"transform={self.name}"
+
+
+class HalfPrecision(nn.Module):
+    """Weights and activations in float16; float32 in and out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).half()
+
+    def forward(self, x):
+        return self.model(x.half()).float()
+
+
+class RandomizedSmoothing(nn.Module):
+    """Cohen et al.'s smoothed classifier: the outputs are the vote frequencies of the base model's
+    top-1 over ``n`` copies of the input with N(0, sigma^2) noise (argmax = the smoothed prediction).
+
+    The noise is drawn from a generator seeded with ``seed`` at every call, so the variant is a
+    deterministic function, like the other variants.
+    """
+
+    def __init__(self, model: nn.Module, sigma: float, n: int = 100, seed: int = 0, chunk: int = 4096):
+        super().__init__()
+        self.model = model
+        self.sigma = V.real("sigma", sigma, lo=0.0)
+        self.n = V.integer("n", n, lo=1)
+        self.seed = V.integer("seed", seed, lo=0)
+        self.chunk = V.integer("chunk", chunk, lo=1)
+
+    @torch.no_grad()
+    def forward(self, x):
+        g = torch.Generator(device=x.device).manual_seed(self.seed)
+        counts = None
+        per = max(1, self.chunk // max(x.shape[0], 1))  # noisy copies per model call
+        done = 0
+        while done < self.n:
+            r = min(per, self.n - done)
+            xr = x.unsqueeze(0).expand(r, *x.shape).reshape(r * x.shape[0], *x.shape[1:])
+            noisy = xr + self.sigma * torch.randn(xr.shape, generator=g, device=x.device, dtype=x.dtype)
+            pred = self.model(noisy).argmax(-1).view(r, x.shape[0])
+            c = F.one_hot(pred, self.num_classes(x)).sum(0)
+            counts = c if counts is None else counts + c
+            done += r
+        return counts.float() / self.n
+
+    def num_classes(self, x):
+        if not hasattr(self, "_nc"):
+            self._nc = int(self.model(x[:1]).shape[-1])
+        return self._nc
+
+    def extra_repr(self):
+        return f"sigma={self.sigma}, n={self.n}, seed={self.seed}"
+
+
+# ------------------------------------------------------------------------------------ pruning
+def _prunable(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def prune_global(model: nn.Module, rate: float) -> nn.Module:
+    """Unstructured global magnitude pruning (Han et al.): zero the ``rate`` fraction of all conv and
+    linear weights with the smallest |w|, across layers. Returns a pruned deep copy."""
+    from torch.nn.utils import prune
+
+    rate = V.real("rate", rate, lo=0.0, hi=1.0)
+    m = copy.deepcopy(model)
+    params = [(layer, "weight") for layer in _prunable(m)]
+    if not params:
+        raise ValueError("model: has no Conv2d or Linear layer to prune")
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=rate)
+    for layer, name in params:
+        prune.remove(layer, name)
+    return m
+
+
+def prune_all(model: nn.Module, amount: float) -> nn.Module:
+    """L1 unstructured pruning of ``amount`` of the weights of every conv / linear layer."""
+    from torch.nn.utils import prune
+
+    amount = V.real("amount", amount, lo=0.0, hi=1.0)
+    m = copy.deepcopy(model)
+    for layer in _prunable(m):
+        prune.l1_unstructured(layer, "weight", amount=amount)
+        prune.remove(layer, "weight")
+    return m
+
+
+def prune_filters(model: nn.Module, amount: float) -> nn.Module:
+    """Filter pruning: zero ``amount`` of the output channels (smallest L1 norm) of every conv layer.
+    Models without conv layers (an MLP) get their hidden linear layers' output units pruned instead."""
+    from torch.nn.utils import prune
+
+    amount = V.real("amount", amount, lo=0.0, hi=1.0)
+    m = copy.deepcopy(model)
+    layers = [x for x in m.modules() if isinstance(x, nn.Conv2d)] or _prunable(m)[:-1]
+    for layer in layers:
+        prune.ln_structured(layer, "weight", amount=amount, n=1, dim=0)
+        prune.remove(layer, "weight")
+    return m
+
+
+def prune_last(model: nn.Module, amount: float) -> nn.Module:
+    """L1 unstructured pruning of ``amount`` of the weights of the last conv / linear layer."""
+    from torch.nn.utils import prune
+
+    amount = V.real("amount", amount, lo=0.0, hi=1.0)
+    m = copy.deepcopy(model)
+    layers = _prunable(m)
+    if not layers:
+        raise ValueError("model: has no Conv2d or Linear layer to prune")
+    prune.l1_unstructured(layers[-1], "weight", amount=amount)
+    prune.remove(layers[-1], "weight")
+    return m
+
+
+# ----------------------------------------------------------------------------------- fine-tuning
+def finetune(model: nn.Module, data, *, layers: str = "all", epochs: int = 1, lr: float = 0.01,
+             batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Fine-tune a deep copy on ``data = (x, y)`` with SGD (momentum 0.9), deterministically.
+
+    ``layers="all"`` trains every parameter (BatchNorm statistics update too); ``"last"`` only the last
+    conv / linear layer, with the rest frozen and in eval mode.
+    """
+    from .zoo import _deterministic
+
+    V.choice("layers", layers, ("all", "last"))
+    epochs = V.integer("epochs", epochs, lo=0)
+    lr = V.real("lr", lr, lo=0.0)
+    batch_size = V.integer("batch_size", batch_size, lo=1)
+    seed = V.integer("seed", seed, lo=0)
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError("data: expected a pair (x, y) of tensors")
+    x, y = data
+    V.tensor("data[0]", x, floating=True)
+    V.tensor("data[1]", y)
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and {len(y)}")
+    m = copy.deepcopy(model).float()
+    if layers == "all":
+        params = list(m.parameters())
+        m.train()
+    else:
+        last = _prunable(m)[-1]
+        for p in m.parameters():
+            p.requires_grad_(False)
+        params = list(last.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        m.eval()
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    with _deterministic():
+        for _ in range(epochs):
+            perm = torch.randperm(len(y), generator=g)
+            for i in range(0, len(y), batch_size):
+                idx = perm[i:i + batch_size]
+                loss = F.cross_entropy(m(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m.eval()
+
+
+# ------------------------------------------------------------------------------------ catalogue
+@dataclass(frozen=True)
+class Spec:
+    """One variant procedure with its parameter: ``kind`` groups them (the paper's F(m, Psi))."""
+
+    kind: str
+    param: float | int | str | None = None
+    options: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.param is None else f"{self.kind}:{self.param}"
+
+    def needs_data(self) -> bool:
+        return self.kind.startswith("finetune")
+
+    def apply(self, model: nn.Module, data=None) -> nn.Module:
+        """The variant of ``model`` (a new module; ``model`` is left untouched)."""
+        k, p, o = self.kind, self.param, self.options
+        if k == "identity":
+            return copy.deepcopy(model).eval()
+        if k == "half":
+            return HalfPrecision(model).eval()
+        if k == "jpeg":
+            return InputTransform(copy.deepcopy(model), lambda x, q=p: jpeg(x, q), f"jpeg(q={p})").eval()
+        if k == "equalize":
+            return InputTransform(copy.deepcopy(model), equalize, "equalize").eval()
+        if k == "posterize":
+            return InputTransform(copy.deepcopy(model), lambda x, b=p: posterize(x, b), f"posterize({p})").eval()
+        if k == "smoothing":
+            return RandomizedSmoothing(copy.deepcopy(model), p, n=o.get("n", 100), seed=o.get("seed", 0)).eval()
+        if k in ("finetune_all", "finetune_last"):
+            if data is None:
+                raise ValueError(f"data: variant {self.name!r} needs a fine-tuning data set (x, y)")
+            return finetune(model, data, layers=k.split("_")[1], epochs=int(p), lr=o.get("lr", 0.01),
+                            seed=o.get("seed", 0))
+        if k == "prune_all":
+            return prune_all(model, p).eval()
+        if k == "prune_filters":
+            return prune_filters(model, p).eval()
+        if k == "prune_last":
+            return prune_last(model, p).eval()
+        if k == "prune_global":
+            return prune_global(model, p).eval()
+        raise ValueError(f"kind: unknown variant kind {k!r}; expected one of {', '.join(KINDS)}")
+
+
+KINDS = ("identity", "half", "jpeg", "equalize", "posterize", "smoothing", "finetune_all",
+         "finetune_last", "prune_all", "prune_filters", "prune_last", "prune_global")
+
+
+def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = True,
+            finetune: bool = True) -> list[Spec]:
+    """The paper's procedures (33 with the paper's parameters, 38 with global pruning).
+
+    ``quick`` keeps the extremes and the middle of each range (for tests and quick demos).
+    """
+    smoothing_n = V.integer("smoothing_n", smoothing_n, lo=1)
+
+    def pick(values):
+        return (values[0], values[len(values) // 2], values[-1]) if quick and len(values) > 3 else values
+
+    specs = [Spec("identity"), Spec("half")]
+    specs += [Spec("jpeg", q) for q in pick(JPEG_QUALITIES)]
+    specs += [Spec("equalize")]
+    specs += [Spec("posterize", b) for b in pick(POSTERIZE_BITS)]
+    specs += [Spec("smoothing", s, {"n": smoothing_n}) for s in pick(SMOOTHING_SIGMAS)]
+    if finetune:
+        eps = FINETUNE_EPOCHS[:1] if quick else FINETUNE_EPOCHS
+        specs += [Spec("finetune_all", e) for e in eps] + [Spec("finetune_last", e) for e in eps]
+    specs += [Spec("prune_all", a) for a in pick(PRUNE_ALL)]
+    specs += [Spec("prune_filters", a) for a in pick(PRUNE_FILTERS)]
+    specs += [Spec("prune_last", a) for a in pick(PRUNE_LAST)]
+    if with_global:
+        specs += [Spec("prune_global", r) for r in pick(PRUNE_GLOBAL)]
+    return specs
+
+
+def make_variants(model: nn.Module, specs=None, data=None, *, progress: bool = False) -> dict[str, nn.Module]:
+    """``{spec.name: variant}`` for each spec (default :func:`catalog`)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    specs = catalog() if specs is None else list(specs)
+    for s in specs:
+        if not isinstance(s, Spec):
+            raise TypeError(f"specs: expected fastfp.variants.Spec items, got {type(s).__name__}")
+        if s.kind not in KINDS:
+            raise ValueError(f"specs: unknown variant kind {s.kind!r}; expected one of {', '.join(KINDS)}")
+        if s.needs_data() and data is None:
+            raise ValueError(f"data: variant {s.name!r} needs a fine-tuning data set (x, y)")
+    from tqdm.auto import tqdm
+
+    return {s.name: s.apply(model, data) for s in tqdm(specs, desc="variants", disable=not progress)}
+
+
+@torch.no_grad()
+def accuracy_filter(model: nn.Module, variants: dict, x: torch.Tensor, y: torch.Tensor, *,
+                    max_drop: float = MAX_DROP):
+    """Keep the variants whose accuracy on ``(x, y)`` is at least ``acc(model) - max_drop``
+    (absolute drop, fractions). Returns ``(kept, accuracies)`` where ``accuracies`` covers every
+    variant and the base model (key ``None``)."""
+    from .zoo import accuracy
+
+    max_drop = V.real("max_drop", max_drop, lo=0.0, hi=1.0)
+    V.tensor("x", x, floating=True)
+    V.tensor("y", y)
+    if len(x) != len(y):
+        raise ValueError(f"y: length {len(y)} does not match x's {len(x)}")
+    base = accuracy(model, x, y)
+    accs = {None: base}
+    kept = {}
+    for name, v in variants.items():
+        accs[name] = accuracy(v, x, y)
+        if accs[name] >= base - max_drop - 1e-12:
+            kept[name] = v
+    return kept, accs

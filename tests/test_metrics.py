@@ -1,0 +1,161 @@
+"""Metrics against scikit-learn where it has the same metric, and against hand-made cases."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from sklearn import metrics as skm
+
+from fastfp import metrics as M
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    for n in (2, 7, 50, 333):
+        y = rng.integers(0, 2, n)
+        y[0], y[1] = 0, 1
+        yield rng.normal(size=n) + y, y  # distinct scores
+        yield rng.integers(0, 4, n).astype(float), y  # many ties
+    yield np.array([0.0, 0.0, 1.0, 1.0]), np.array([0, 1, 0, 1])
+    yield np.array([3.0, 1.0]), np.array([1, 0])  # perfect
+
+
+def test_roc_auc_and_curve_match_sklearn():
+    for s, y in _cases():
+        assert M.roc_auc(s, y) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+        f, t, th = M.roc_curve(s, y)
+        fs, ts, ths = skm.roc_curve(y, s, drop_intermediate=False)
+        np.testing.assert_allclose(f, fs)
+        np.testing.assert_allclose(t, ts)
+        np.testing.assert_allclose(th[1:], ths[1:])
+        assert M.roc_auc(s, y) == pytest.approx(np.trapezoid(t, f))
+
+
+def test_tpr_at_fpr_uses_the_negatives_quantile():
+    for s, y in _cases():
+        fs, ts, _ = skm.roc_curve(y, s, drop_intermediate=False)
+        for target in (0.0, 0.05, 0.3, 1.0):
+            assert M.tpr_at_fpr(s, y, target) == pytest.approx(ts[fs <= target + 1e-12].max())
+            tau = M.threshold_at_fpr(s, y, target)
+            neg, pos = s[y == 0], s[y == 1]
+            assert np.mean(neg >= tau) <= target + 1e-12
+            assert M.tpr_at_fpr(s, y, target) == pytest.approx(np.mean(pos >= tau))
+    # by hand: negatives 0..19, positives 17.5 and 30 -> tau = 19 keeps FPR 1/20, TPR 1/2
+    s = np.r_[np.arange(20.0), 17.5, 30.0]
+    y = np.r_[np.zeros(20), 1, 1]
+    assert M.threshold_at_fpr(s, y, 0.05) == 19.0 and M.tpr_at_fpr(s, y, 0.05) == 0.5
+    assert M.tpr_at_fpr(s, y, 0.10) == 1.0
+
+
+def test_f1_matches_sklearn():
+    rng = np.random.default_rng(1)
+    for n in (1, 5, 100):
+        p, y = rng.integers(0, 2, n), rng.integers(0, 2, n)
+        assert M.f1(p, y) == pytest.approx(skm.f1_score(y, p, zero_division=0.0))
+    assert M.f1([0, 0], [0, 0]) == 0.0
+
+
+def test_binary_metrics_reject_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        M.roc_auc([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match="labels"):
+        M.roc_auc([0.1, 0.2], [0, 2])
+    with pytest.raises(ValueError, match="labels"):
+        M.tpr_at_fpr([0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(ValueError, match="scores"):
+        M.roc_auc([np.nan, 0.2], [0, 1])
+    with pytest.raises(ValueError, match="fpr"):
+        M.tpr_at_fpr([0.1, 0.2], [0, 1], fpr=1.5)
+    with pytest.raises(ValueError, match="predicted"):
+        M.f1([0, 3], [0, 1])
+
+
+def test_identification_counts():
+    c = M.identification_counts(["a", None, "b", "c"], ["a", "a", "c", "c"])
+    assert (c["correct"], c["abstain"], c["wrong"], c["n"]) == (2, 1, 1, 4)
+    assert c["success"] + c["abstain_rate"] + c["error"] == pytest.approx(1.0)
+    c = M.identification_counts(np.array([1, -1, 2]), np.array([1, 1, 1]))
+    assert (c["correct"], c["abstain"], c["wrong"]) == (1, 1, 1)
+    c = M.identification_counts([0, 9], [0, 1], abstain=9)
+    assert (c["correct"], c["abstain"], c["wrong"]) == (1, 1, 0)
+    with pytest.raises(ValueError, match="truth"):
+        M.identification_counts([1], [1, 2])
+    with pytest.raises(ValueError, match="predicted"):
+        M.identification_counts([], [])
+
+
+class _Fixed(nn.Module):
+    """Predicts a fixed label per input index (inputs carry their index in pixel 0)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.as_tensor(table)
+        self.dummy = nn.Linear(1, 1)
+
+    def forward(self, x):
+        idx = x[:, 0, 0, 0].round().long()
+        return torch.nn.functional.one_hot(self.table[idx], 10).float()
+
+
+def test_transferability_and_accuracy_by_hand():
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    fp = (x, torch.tensor([1, 2, 3, 4]))
+    a = _Fixed([1, 2, 3, 4])  # 4/4
+    b = _Fixed([1, 2, 0, 0])  # 2/4
+    c = _Fixed([0, 0, 0, 0])  # 0/4
+    assert M.fp_accuracy(fp, a) == 1.0 and M.fp_accuracy(fp, b) == 0.5
+    assert M.transferability(fp, [b, c]) == 0.25
+    assert M.transferability(fp, {"b": b}) == 0.5
+    with pytest.raises(ValueError, match="other_models"):
+        M.transferability(fp, [])
+    with pytest.raises(ValueError, match="fp"):
+        M.fp_accuracy((x, torch.tensor([1, 2])), a)
+    with pytest.raises(TypeError, match="model"):
+        M.fp_accuracy(fp, "a")
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def test_robustness_on_pruned_copies():
+    m = _mlp()
+    x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(7)) * 5
+    with torch.no_grad():
+        fp = (x, m(x).argmax(1))
+    assert len(fp[1].unique()) > 2  # a varied fingerprint: a constant model cannot get it all
+    # pruning nothing keeps every prediction; pruning everything leaves a constant model
+    assert M.robustness_per_rate(fp, m, rates=(0.0,)) == {0.0: 1.0}
+    per = M.robustness_per_rate(fp, m, rates=(0.0, 0.5, 1.0))
+    assert per[0.0] == 1.0 and per[1.0] < 1.0
+    assert M.robustness(fp, m, rates=(0.0, 1.0)) == pytest.approx((1.0 + per[1.0]) / 2)
+    copies = M.pruned_copies(m, rates=(0.5,), repeats=5)
+    assert len(copies[0.5]) == 1  # no data: magnitude pruning is deterministic, one copy
+    w = torch.cat([l.weight.flatten() for l in copies[0.5][0] if isinstance(l, nn.Linear)])
+    assert int((w == 0).sum()) == round(0.5 * w.numel())
+    other = _mlp(1)
+    u = M.uniqueness(fp, m, [other], rates=(0.0,))
+    assert u == pytest.approx(1.0 - M.fp_accuracy(fp, other))
+
+
+def test_pruned_copies_with_retraining_keep_the_mask_and_differ_per_repeat():
+    m = _mlp()
+    data = (torch.rand(96, 1, 4, 4), torch.randint(0, 10, (96,)))
+    copies = M.pruned_copies(m, rates=(0.6,), repeats=3, data=data, epochs=1, lr=0.05)
+    ref = M.pruned_copies(m, rates=(0.6,))[0.6][0]
+    zero_ref = [l.weight == 0 for l in ref if isinstance(l, nn.Linear)]
+    ws = []
+    for c in copies[0.6]:
+        layers = [l for l in c if isinstance(l, nn.Linear)]
+        for z, l in zip(zero_ref, layers):
+            assert torch.all(l.weight[z] == 0)  # pruned weights stay pruned through retraining
+        ws.append(torch.cat([l.weight.flatten() for l in layers]))
+    assert not torch.equal(ws[0], ws[1]) and not torch.equal(ws[1], ws[2])
+    again = M.pruned_copies(m, rates=(0.6,), repeats=3, data=data, epochs=1, lr=0.05)
+    assert all(torch.equal(list(a.parameters())[1], list(b.parameters())[1])
+               for a, b in zip(copies[0.6], again[0.6]))
+    with pytest.raises(ValueError, match="rates"):
+        M.pruned_copies(m, rates=())
+    with pytest.raises(ValueError, match="repeats"):
+        M.pruned_copies(m, repeats=0)
