@@ -1,0 +1,29 @@
+"""FBI: fingerprinting with benign inputs (Maho, Furon, Le Merrer, IEEE TIFS 2023).
+
+Decide whether a black-box classifier belongs to a model family (detection) and which family
+(identification) from its top-k outputs on a few benign inputs.
+
+- :mod:`.database`    query known models once on benign inputs; store compact top-k outputs
+- :mod:`.surjection`  S_k: top-k output -> rank of the reference class (0..k)
+- :mod:`.information` entropy, mutual information, Rajski distance, all pairs at once
+- :mod:`.greedy`      walled garden (A = B): greedy detection / identification
+- :mod:`.openworld`   open world (A != B): thresholds, input selection, delegates, abstention
+- :mod:`.law`         the fitted E(L) ~ a E|F| nF / k + beta(k) report
+
+Array functions take numpy, torch or cupy arrays and return the same kind.
+"""
+
+from .database import Database, query_topk
+from .greedy import (DetectionResult, IdentificationResult, SequentialResult, detection_scores, encode,
+                     greedy_detect, greedy_identify, sequential_identify)
+from .information import entropy, mutual_information, pairwise_rajski, rajski_distance
+from .law import fit_query_law, query_law_experiment
+from .openworld import OpenWorld, select_inputs
+from .surjection import surjection
+
+__all__ = [
+    "Database", "query_topk", "surjection", "entropy", "mutual_information", "rajski_distance",
+    "pairwise_rajski", "encode", "detection_scores", "greedy_detect", "greedy_identify",
+    "sequential_identify", "DetectionResult", "IdentificationResult", "SequentialResult",
+    "OpenWorld", "select_inputs", "fit_query_law", "query_law_experiment",
+]

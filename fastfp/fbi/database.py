@@ -1,0 +1,289 @@
+"""The output database of the FBI paper: every known model queried once on the benign inputs.
+
+Stores the top-k labels of M models on N inputs compactly (uint8 when the classes fit, else
+int16/int32), the inputs' reference classes (ground truth, or the majority vote of all known
+models' top-1 outputs, recomputed from the stored outputs so appending a model never needs the
+others again), model names and one family per model. One ``.safetensors`` file holds it all
+(tensors + JSON metadata in the header), written atomically through :mod:`fastfp.store`.
+
+Building streams: inputs go through each model in batches, one model on the device at a time,
+with a progress bar; given ``path``, the database is saved after every finished model and a
+rerun skips the models already stored, so an interruption loses only the model in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastfp import _validate, store
+
+from .surjection import surjection
+
+FORMAT = "fastfp.fbi.database/1"
+
+
+def _label_dtype(num_classes: int):
+    if num_classes <= 256:
+        return np.uint8
+    if num_classes <= 32768:
+        return np.int16
+    return np.int32
+
+
+def inputs_digest(inputs: torch.Tensor) -> str:
+    """A short hash of the benign inputs: a database only grows on the inputs it was built on."""
+    t = inputs.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def query_topk(model, inputs: torch.Tensor, k: int, *, batch_size: int = 256, device=None,
+               progress: bool = False, desc: str | None = None) -> np.ndarray:
+    """Top-k labels (N, k) int64 of ``model`` (any callable mapping a batch to logits) on ``inputs``."""
+    _validate.tensor("inputs", inputs, min_dim=1)
+    k = _validate.integer("k", k, lo=1)
+    batch_size = _validate.integer("batch_size", batch_size, lo=1)
+    from tqdm.auto import tqdm
+
+    dev = torch.device(device) if device is not None else None
+    out = []
+    starts = range(0, inputs.shape[0], batch_size)
+    for i in tqdm(starts, desc=desc or "query", disable=not progress, leave=False):
+        x = inputs[i:i + batch_size]
+        if dev is not None:
+            x = x.to(dev)
+        logits = model(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ValueError(f"model: expected logits of shape (batch, classes), got "
+                             f"{getattr(logits, 'shape', type(logits).__name__)}")
+        if logits.shape[1] < k:
+            raise ValueError(f"k: {k} exceeds the model's {logits.shape[1]} classes")
+        out.append(logits.topk(k, dim=1).indices.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, k), dtype=np.int64)
+
+
+class Database:
+    """Top-k outputs (M, N, k) of named models grouped into families, on N benign inputs."""
+
+    def __init__(self, topk, names, families, *, k: int, num_classes: int, ground_truth=None,
+                 digest: str | None = None):
+        k = _validate.integer("k", k, lo=1, hi=254)
+        num_classes = _validate.integer("num_classes", num_classes, lo=1)
+        topk = np.asarray(topk)
+        if topk.ndim != 3 or topk.shape[2] != k:
+            raise ValueError(f"topk: expected shape (M, N, k={k}), got {topk.shape}")
+        names = [str(n) for n in names]
+        families = [str(f) for f in families]
+        if len(names) != topk.shape[0] or len(families) != topk.shape[0]:
+            raise ValueError(f"names / families: expected {topk.shape[0]} entries each, got "
+                             f"{len(names)} / {len(families)}")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"names: duplicate model names {dup}")
+        if topk.size and (topk.min() < 0 or topk.max() >= num_classes):
+            raise ValueError(f"topk: labels must lie in 0..num_classes-1 = 0..{num_classes - 1}")
+        if ground_truth is not None:
+            ground_truth = np.asarray(ground_truth).astype(np.int64).reshape(-1)
+            if ground_truth.shape[0] != topk.shape[1]:
+                raise ValueError(f"ground_truth: has {ground_truth.shape[0]} labels, expected N = {topk.shape[1]}")
+        self.topk = topk.astype(_label_dtype(num_classes))
+        self.names, self.families = names, families
+        self.k, self.num_classes = k, num_classes
+        self.ground_truth = ground_truth
+        self.digest = digest
+
+    # --- shape and lookup ----------------------------------------------------------------------
+    @property
+    def num_models(self) -> int:
+        return self.topk.shape[0]
+
+    @property
+    def num_inputs(self) -> int:
+        return self.topk.shape[1]
+
+    def __len__(self) -> int:
+        return self.num_models
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def index(self, name: str) -> int:
+        """Row of a model; a name not in the database is an error, never another model's row."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"name: model {name!r} is not in the database "
+                             f"(known: {', '.join(self.names[:8])}{' ...' if len(self.names) > 8 else ''})") from None
+
+    def outputs(self, name: str) -> np.ndarray:
+        return self.topk[self.index(name)]
+
+    @property
+    def family_names(self) -> list[str]:
+        return list(dict.fromkeys(self.families))
+
+    def members(self, family: str) -> list[int]:
+        rows = [i for i, f in enumerate(self.families) if f == family]
+        if not rows:
+            raise ValueError(f"family: unknown family {family!r} (known: {', '.join(self.family_names)})")
+        return rows
+
+    # --- reference classes and symbols ---------------------------------------------------------
+    @property
+    def reference(self) -> np.ndarray:
+        """c(x): the ground truth when given, else the majority vote of all models' top-1 outputs
+        (ties go to the smallest class)."""
+        if self.ground_truth is not None:
+            return self.ground_truth
+        if self.num_models == 0:
+            raise ValueError("database: no model yet, and no ground truth to serve as reference")
+        top1 = self.topk[:, :, 0].astype(np.int64)
+        votes = np.zeros((self.num_inputs, self.num_classes), dtype=np.int64)
+        np.add.at(votes, (np.broadcast_to(np.arange(self.num_inputs), top1.shape), top1), 1)
+        return votes.argmax(1)
+
+    def symbols(self, k: int | None = None) -> np.ndarray:
+        """S_k of every stored output: (M, N) uint8 in 0..k (k <= the database's k)."""
+        k = self.k if k is None else _validate.integer("k", k, lo=1, hi=self.k)
+        return surjection(self.topk.astype(np.int64), self.reference, k)
+
+    # --- growing ----------------------------------------------------------------------------------
+    def add(self, name: str, family: str, topk) -> None:
+        """Append one model's precomputed top-k outputs (N, c >= k)."""
+        name, family = str(name), str(family)
+        if name in self.names:
+            raise ValueError(f"name: model {name!r} is already in the database")
+        topk = np.asarray(topk)
+        if topk.ndim != 2 or topk.shape[0] != self.num_inputs:
+            raise ValueError(f"topk: expected ({self.num_inputs}, k) outputs, got shape {topk.shape}")
+        if topk.shape[1] < self.k:
+            raise ValueError(f"topk: has {topk.shape[1]} columns; the database was built with k = {self.k}")
+        topk = topk[:, : self.k]
+        if topk.size and (topk.min() < 0 or topk.max() >= self.num_classes):
+            raise ValueError(f"topk: labels must lie in 0..{self.num_classes - 1}")
+        self.topk = np.concatenate([self.topk, topk.astype(self.topk.dtype)[None]], 0)
+        self.names.append(name)
+        self.families.append(family)
+
+    @classmethod
+    def empty(cls, num_inputs: int, *, k: int, num_classes: int, ground_truth=None, digest=None) -> "Database":
+        num_inputs = _validate.integer("num_inputs", num_inputs, lo=1)
+        return cls(np.zeros((0, num_inputs, k), dtype=np.int64), [], [], k=k, num_classes=num_classes,
+                   ground_truth=ground_truth, digest=digest)
+
+    @classmethod
+    def build(cls, models, inputs: torch.Tensor, *, k: int, families, labels=None, num_classes=None,
+              batch_size: int = 256, device=None, path=None, progress: bool = True) -> "Database":
+        """Query ``models`` (mapping name -> module, or (name, module) pairs) on ``inputs``.
+
+        families: mapping model name -> family name (every model needs one); labels: ground-truth
+        classes (N,) or None for the majority vote. With ``path`` the database is resumable: an
+        existing file built on the same inputs and k is extended, each model saved as it finishes.
+        """
+        _validate.tensor("inputs", inputs, min_dim=1)
+        k = _validate.integer("k", k, lo=1, hi=254)
+        pairs = list(models.items()) if hasattr(models, "items") else list(models)
+        if not pairs:
+            raise ValueError("models: no model given")
+        if not hasattr(families, "get"):
+            raise TypeError("families: expected a mapping model name -> family name")
+        missing = [str(n) for n, _ in pairs if n not in families]
+        if missing:
+            raise ValueError(f"families: no family given for models {missing}")
+        digest = inputs_digest(inputs)
+        if path is not None and Path(path).exists():
+            db = cls.load(path)
+            if db.k != k:
+                raise ValueError(f"k: the database at {path} was built with k = {db.k}, got k = {k}")
+            if db.digest != digest:
+                raise ValueError(f"inputs: differ from the inputs the database at {path} was built on")
+        else:
+            if num_classes is None:
+                num_classes = _probe_classes(pairs[0][1], inputs, device)
+            gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+            if gt is not None and gt.shape[0] != inputs.shape[0]:
+                raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
+            db = cls.empty(inputs.shape[0], k=k, num_classes=num_classes, ground_truth=gt, digest=digest)
+        from tqdm.auto import tqdm
+
+        todo = [(str(n), m) for n, m in pairs if str(n) not in db.names]
+        for name, model in tqdm(todo, desc="fbi database", unit="model", disable=not progress):
+            db.add(name, families[name], _query_one(model, inputs, k, batch_size, device, progress, name))
+            if path is not None:
+                db.save(path)  # finished models survive an interruption
+        return db
+
+    def extend(self, models, inputs, *, families, batch_size: int = 256, device=None, progress: bool = True):
+        """Query more models on the same inputs and append them (nothing else is recomputed)."""
+        if self.digest is not None and inputs_digest(inputs) != self.digest:
+            raise ValueError("inputs: differ from the inputs this database was built on")
+        pairs = list(models.items()) if hasattr(models, "items") else list(models)
+        missing = [str(n) for n, _ in pairs if n not in families]
+        if missing:
+            raise ValueError(f"families: no family given for models {missing}")
+        for name, model in pairs:
+            if str(name) in self.names:
+                raise ValueError(f"models: {name!r} is already in the database")
+            self.add(name, families[name], _query_one(model, inputs, self.k, batch_size, device, progress, name))
+        return self
+
+    # --- files ------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        from safetensors.numpy import save
+
+        tensors = {"topk": np.ascontiguousarray(self.topk)}
+        if self.ground_truth is not None:
+            tensors["ground_truth"] = np.ascontiguousarray(self.ground_truth)
+        meta = {"format": FORMAT, "names": self.names, "families": self.families, "k": self.k,
+                "num_classes": self.num_classes, "num_inputs": self.num_inputs, "digest": self.digest}
+        store.write_bytes(path, save(tensors, metadata={"fastfp": json.dumps(meta)}))
+
+    @classmethod
+    def load(cls, path) -> "Database":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"path: no database at {str(path)!r}")
+        try:
+            with safe_open(str(path), framework="np") as fh:
+                meta = json.loads((fh.metadata() or {}).get("fastfp", "{}"))
+                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        except Exception as exc:
+            raise ValueError(f"path: {str(path)!r} is not a readable FBI database ({exc})") from exc
+        if meta.get("format") != FORMAT or "topk" not in tensors:
+            raise ValueError(f"path: {str(path)!r} is not an FBI database (format {meta.get('format')!r})")
+        topk = tensors["topk"]
+        if topk.shape[0] == 0:
+            topk = topk.reshape(0, meta["num_inputs"], meta["k"])
+        return cls(topk, meta["names"], meta["families"], k=meta["k"], num_classes=meta["num_classes"],
+                   ground_truth=tensors.get("ground_truth"), digest=meta.get("digest"))
+
+    def __repr__(self) -> str:
+        return (f"Database({self.num_models} models, {len(self.family_names)} families, "
+                f"{self.num_inputs} inputs, k={self.k}, classes={self.num_classes})")
+
+
+def _probe_classes(model, inputs, device) -> int:
+    with torch.no_grad():
+        x = inputs[:1] if device is None else inputs[:1].to(device)
+        return int(model(x).shape[1])
+
+
+def _query_one(model, inputs, k, batch_size, device, progress, name):
+    if device is not None and hasattr(model, "to"):
+        model = model.to(device)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        return query_topk(model, inputs, k, batch_size=batch_size, device=device, progress=progress, desc=name)
+    finally:
+        if device is not None and hasattr(model, "to"):
+            model.to("cpu")  # one model on the device at a time

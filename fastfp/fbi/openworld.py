@@ -1,0 +1,303 @@
+"""Open world (A != B, paper section IV): the black box may be a variant Alice has never seen.
+
+Alice queries L benign inputs drawn from a selection X' of X, maps the black box's top-k answers
+through S_k, and measures the Rajski distance to a family's delegates (compound distance: min over
+delegates, eq. 22). Detection says "positive" when D < tau; identification picks the closest
+family, abstains (H0) when even that one is at D >= tau, and abstains on ties.
+
+``fit`` sets tau from a target false-positive rate as the empirical quantile of the distances of
+negative pairs drawn from the database itself (``trials`` random draws of L inputs): for
+detection, every (model, family) pair with the model outside the family; for identification,
+every model against the closest family that is not its own (its family unknown to Alice).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fastfp import _validate
+
+from .information import pairwise_rajski
+from .surjection import surjection
+
+SELECTIONS = ("all", "50/50", "30/70", "entropy")
+DELEGATES = ("close", "median", "far")
+_RATIO = {"50/50": 0.5, "30/70": 0.3}
+
+
+def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, entropy=None,
+                  pool_fraction: float = 0.5, guard: bool = True) -> np.ndarray:
+    """Draw L distinct input indices from the selection X' of section IV-B2.
+
+    correct: (M, N) bool, model m classifies input x correctly (S_k = 1); anchor_correct: (N,)
+    the same for the hypothesis' vanilla model (50/50 and 30/70); entropy: (N,) entropy of the
+    models' top-1 labels (Entropy keeps the ``pool_fraction`` head of the ranking, at least L).
+    guard: every model gets at least one correct and one wrong input when X' allows it (found by
+    a greedy cover first; the rest is drawn at random).
+    """
+    strategy = _validate.choice("selection", strategy, SELECTIONS)
+    correct = np.asarray(correct, dtype=bool)
+    N = correct.shape[1]
+    L = _validate.integer("L", L, lo=1)
+    if strategy == "entropy":
+        if entropy is None:
+            raise ValueError("entropy: the Entropy selection needs the per-input entropies")
+        size = max(L, int(math.ceil(_validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0) * N)))
+        pool = np.argsort(-np.asarray(entropy), kind="stable")[:size]
+    else:
+        pool = np.arange(N)
+    if L > pool.size:
+        raise ValueError(f"L: {L} queries asked, but the selection {strategy!r} has only {pool.size} inputs")
+    perm = rng.permutation(pool)
+    chosen: list[int] = []
+    if guard:
+        cover = np.concatenate([correct[:, perm], ~correct[:, perm]], 0)  # (2M, P) requirements
+        uncovered = cover.any(1)
+        while uncovered.any():
+            best = int(cover[uncovered].sum(0).argmax())
+            chosen.append(int(perm[best]))
+            uncovered &= ~cover[:, best]
+        if len(chosen) > L:
+            raise ValueError(f"L: {L} queries cannot give every model one correct and one wrong input "
+                             f"(the cover needs {len(chosen)}); raise L or pass guard=False")
+    taken = set(chosen)
+    rest = [int(x) for x in perm if int(x) not in taken]
+    need = L - len(chosen)
+    if strategy in _RATIO:
+        if anchor_correct is None:
+            raise ValueError(f"anchor_correct: the {strategy} selection needs the vanilla model's correctness")
+        ok = np.asarray(anchor_correct, dtype=bool)
+        want_right = max(0, int(round(_RATIO[strategy] * L)) - sum(bool(ok[x]) for x in chosen))
+        right = [x for x in rest if ok[x]]
+        wrong = [x for x in rest if not ok[x]]
+        n_right = min(want_right, len(right), need)
+        n_wrong = min(need - n_right, len(wrong))
+        n_right = need - n_wrong  # short of one kind: fill with the other
+        picked = right[:n_right] + wrong[:n_wrong]
+        picked = [int(x) for x in rng.permutation(np.asarray(picked, dtype=np.int64))] if picked else []
+    else:
+        picked = rest[:need]
+    return np.asarray(chosen + picked, dtype=np.int64)
+
+
+def _threshold(negatives: np.ndarray, fpr: float) -> float:
+    """tau such that P(D < tau) <= fpr over the negatives: the floor(fpr * n)-th smallest."""
+    d = np.sort(np.asarray(negatives, dtype=np.float64))
+    return float(d[int(math.floor(fpr * d.size))])
+
+
+@dataclass
+class OpenDetection:
+    family: str
+    positive: bool
+    distance: float
+    tau: float
+    queries: np.ndarray
+
+
+@dataclass
+class OpenIdentification:
+    family: str | None       # None: abstain
+    status: str              # "identified", "abstain-h0" (all distances >= tau), "abstain-tie"
+    distances: dict = field(default_factory=dict)
+    tau: float = float("nan")
+    queries: np.ndarray | None = None
+
+
+class OpenWorld:
+    """Open-world detection and identification fitted on an output database.
+
+    L: queries per decision; selection: for detection (All, 50/50, 30/70, Entropy);
+    identify_selection: All or Entropy (the 50/50-style selections need a hypothesis);
+    delegates: "close" / "median" / "far" or several of them (compound distance, min over them),
+    ranked by the distance of each member to the family's anchor (vanilla) model on all inputs;
+    fpr: target false-positive rate in (0, 1); trials: random draws used to set tau.
+    """
+
+    def __init__(self, L: int = 100, *, selection: str = "30/70", identify_selection: str = "entropy",
+                 delegates="close", fpr: float = 0.05, trials: int = 20, guard: bool = True,
+                 pool_fraction: float = 0.5, k: int | None = None, seed: int = 0):
+        self.L = _validate.integer("L", L, lo=1)
+        self.selection = _validate.choice("selection", selection, SELECTIONS)
+        self.identify_selection = _validate.choice("identify_selection", identify_selection, ("all", "entropy"))
+        names = (delegates,) if isinstance(delegates, str) else tuple(delegates)
+        if not names:
+            raise ValueError("delegates: give at least one of 'close', 'median', 'far'")
+        for d in names:
+            _validate.choice("delegates", d, DELEGATES)
+        self.delegate_kinds = names
+        self.fpr = _validate.real("fpr", fpr, lo=0.0, hi=1.0)
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr: expected a rate strictly between 0 and 1, got {fpr}")
+        self.trials = _validate.integer("trials", trials, lo=1)
+        self.guard = bool(guard)
+        self.pool_fraction = _validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0)
+        self.k = None if k is None else _validate.integer("k", k, lo=1, hi=254)
+        self.seed = _validate.integer("seed", seed)
+        self.db = None
+
+    # --- fitting ------------------------------------------------------------------------------------
+    def fit(self, db, *, anchors=None, progress: bool = False) -> "OpenWorld":
+        """Delegates, then tau for detection and for identification, from database ``db``.
+
+        anchors: mapping family -> the name of its vanilla model (any model of the database; for
+        F(m, Psi) it lies outside the family). Default: the member named like the family, else
+        the family's first model.
+        """
+        from .database import Database
+
+        if not isinstance(db, Database):
+            raise TypeError(f"db: expected a fastfp.fbi.Database, got {type(db).__name__}")
+        k = db.k if self.k is None else self.k
+        if k > db.k:
+            raise ValueError(f"k: {k} exceeds the database's k = {db.k} (a database built with another k)")
+        if len(db.family_names) < 2:
+            raise ValueError("db: needs at least two families (negative pairs set the threshold)")
+        if self.L > db.num_inputs:
+            raise ValueError(f"L: {self.L} queries asked, but the database has only {db.num_inputs} inputs")
+        self.db, self.k_ = db, k
+        self.families_ = db.family_names
+        self.reference_ = db.reference
+        self.sym_ = db.symbols(k)                      # (M, N) uint8
+        self.correct_ = self.sym_ == 1
+        top1 = db.topk[:, :, 0].astype(np.int64)
+        self.entropy_ = np.asarray(_label_entropy(top1))
+        anchors = {} if anchors is None else dict(anchors)
+        unknown = [f for f in anchors if f not in self.families_]
+        if unknown:
+            raise ValueError(f"anchors: unknown family names {unknown}")
+        self.anchors_ = {}
+        for f in self.families_:
+            members = db.members(f)
+            if f in anchors:
+                self.anchors_[f] = db.index(anchors[f])
+            else:
+                self.anchors_[f] = db.index(f) if f in db.names and db.index(f) in members else members[0]
+        self.delegates_ = self._delegates()
+        rng = np.random.default_rng(self.seed)
+        fam_of = np.array([self.families_.index(f) for f in db.families])
+        neg, pos = [], []
+        self.samples_ = {"detect": [], "identify": []}
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(self.trials), desc="fbi open world fit", disable=not progress):
+            draw = {}
+            for i, f in enumerate(self.families_):
+                S = self.sample(f, rng)
+                draw[f] = S
+                d = self._family_distance_all(S, f)
+                neg.append(d[fam_of != i])
+                pos.append(d[fam_of == i])
+            self.samples_["detect"].append(draw)
+        self.tau_ = _threshold(np.concatenate(neg), self.fpr)
+        self.detect_tpr_ = float(np.mean(np.concatenate(pos) < self.tau_))
+        neg_id = []
+        for _ in range(self.trials):
+            S = self.sample(None, rng)
+            self.samples_["identify"].append(S)
+            D = np.stack([self._family_distance_all(S, f) for f in self.families_], 1)  # (M, nF)
+            D_other = np.where(np.arange(len(self.families_))[None, :] == fam_of[:, None], np.inf, D)
+            neg_id.append(D_other.min(1))
+        self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
+        return self
+
+    def _delegates(self) -> dict:
+        db, out = self.db, {}
+        for f in self.families_:
+            members = db.members(f)
+            a = self.anchors_[f]
+            d = np.asarray(pairwise_rajski(self.sym_[a][None], self.sym_[members], k=self.k_))[0]
+            order = [members[i] for i in np.argsort(d, kind="stable")]
+            pick = {"close": order[0], "median": order[(len(order) - 1) // 2], "far": order[-1]}
+            out[f] = list(dict.fromkeys(pick[kind] for kind in self.delegate_kinds))
+        return out
+
+    def _check_fitted(self):
+        if self.db is None:
+            raise RuntimeError("OpenWorld: call fit(db) first")
+
+    def sample(self, family: str | None, rng) -> np.ndarray:
+        """L input indices for a detection of ``family`` (None: for identification)."""
+        strategy = self.identify_selection if family is None else self.selection
+        anchor = None if family is None else self.correct_[self.anchors_[family]]
+        return select_inputs(self.L, strategy, rng, correct=self.correct_, anchor_correct=anchor,
+                             entropy=self.entropy_, pool_fraction=self.pool_fraction, guard=self.guard)
+
+    def _family_distance_all(self, S, family) -> np.ndarray:
+        """Compound distance of every database model to ``family`` on inputs S: (M,)."""
+        symS = self.sym_[:, S]
+        return np.asarray(pairwise_rajski(symS, symS[self.delegates_[family]], k=self.k_)).min(1)
+
+    # --- black box ------------------------------------------------------------------------------------
+    def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
+        """Query the black box on inputs S and map its answers through S_k."""
+        if isinstance(blackbox, str):
+            labels = self.db.topk[self.db.index(blackbox)][S]
+        elif callable(blackbox):
+            labels = np.asarray(blackbox(S))
+        else:
+            full = np.asarray(blackbox)
+            if full.ndim == 1:
+                full = full[:, None]
+            if full.ndim != 2 or full.shape[0] != self.db.num_inputs:
+                raise ValueError(f"blackbox: expected its outputs on all N = {self.db.num_inputs} inputs, "
+                                 f"(N,) or (N, k), got shape {full.shape}")
+            labels = full[S]
+        if labels.ndim == 1:
+            labels = labels[:, None]
+        if labels.shape[0] != len(S):
+            raise ValueError(f"blackbox: answered {labels.shape[0]} outputs for {len(S)} queries")
+        if labels.shape[1] < self.k_:
+            raise ValueError(f"blackbox: gives top-{labels.shape[1]} outputs, but the open world was fitted "
+                             f"with k = {self.k_} (a database built with another k)")
+        return surjection(labels.astype(np.int64), self.reference_[S], self.k_)
+
+    def _distance(self, z: np.ndarray, S: np.ndarray, family: str) -> float:
+        dele = self.sym_[self.delegates_[family]][:, S]
+        return float(np.asarray(pairwise_rajski(z[None], dele, k=self.k_)).min())
+
+    def detect(self, blackbox, family: str, *, seed: int | None = None) -> OpenDetection:
+        """Is the black box a variant of ``family``? blackbox: a database model name (simulation),
+        its outputs (N,) / (N, c) on every input, or a callable ``indices -> (L, c) top-k labels``."""
+        self._check_fitted()
+        if family not in self.families_:
+            raise ValueError(f"family: unknown family {family!r} (known: {', '.join(self.families_)})")
+        S = self.sample(family, np.random.default_rng(seed))
+        z = self._symbols(blackbox, S)
+        d = self._distance(z, S, family)
+        return OpenDetection(family, d < self.tau_, d, self.tau_, S)
+
+    def identify(self, blackbox, *, seed: int | None = None) -> OpenIdentification:
+        """Which family, or abstain (H0 when every distance >= tau; ties abstain too)."""
+        self._check_fitted()
+        S = self.sample(None, np.random.default_rng(seed))
+        z = self._symbols(blackbox, S)
+        dist = {f: self._distance(z, S, f) for f in self.families_}
+        best = min(dist.values())
+        winners = [f for f, d in dist.items() if d == best]
+        if best >= self.tau_identify_:
+            return OpenIdentification(None, "abstain-h0", dist, self.tau_identify_, S)
+        if len(winners) > 1:
+            return OpenIdentification(None, "abstain-tie", dist, self.tau_identify_, S)
+        return OpenIdentification(winners[0], "identified", dist, self.tau_identify_, S)
+
+    def report(self) -> dict:
+        self._check_fitted()
+        return {"L": self.L, "k": self.k_, "selection": self.selection, "identify_selection": self.identify_selection,
+                "delegates": list(self.delegate_kinds), "fpr": self.fpr, "tau": self.tau_,
+                "tau_identify": self.tau_identify_, "detect_tpr_on_database": self.detect_tpr_,
+                "delegate_models": {f: [self.db.names[i] for i in r] for f, r in self.delegates_.items()}}
+
+
+def _label_entropy(top1: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of the models' top-1 labels on each input: (M, N) -> (N,)."""
+    M, N = top1.shape
+    counts = np.zeros((N, int(top1.max()) + 1), dtype=np.float64)
+    np.add.at(counts, (np.broadcast_to(np.arange(N), top1.shape), top1), 1.0)
+    p = counts / M
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -(np.where(p > 0, p * np.log(p), 0.0)).sum(1)
