@@ -6,13 +6,20 @@
   (default ``bench-results/``); ``--benchmark-json`` files also get the run's fastfp metadata
   (device peaks, library versions, commit) under the key ``"fastfp"``.
 - With ``--benchmark-disable`` (CI: correctness only) the reporter prints one line and never fails.
+- Without pytest-benchmark installed (e.g. an offline GPU machine), a minimal built-in stand-in
+  provides the ``benchmark`` fixture (``pedantic``, ``group``, ``extra_info``) and the options
+  ``--benchmark-enable/-disable/-json``, so the suite and its ratio table still run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import platform
+import statistics
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -31,6 +38,102 @@ def _sibling(name: str):
     return sys.modules[key]
 
 
+# --- stand-in for pytest-benchmark when it is not installed --------------------------------------
+
+_PLUGIN = importlib.util.find_spec("pytest_benchmark") is not None and \
+    os.environ.get("FASTFP_BENCH_FALLBACK", "0") in ("", "0")  # =1 tests the stand-in
+
+
+class _Timed:
+    """One benchmark's result, shaped like pytest-benchmark's (``as_dict``)."""
+
+    def __init__(self, fixture, times):
+        self.group, self.name, self.fullname = fixture.group, fixture.name, fixture.fullname
+        self.extra_info = fixture.extra_info
+        self.times = times
+
+    def as_dict(self, include_data=False):
+        t = self.times
+        stats = {"min": min(t), "max": max(t), "mean": statistics.mean(t),
+                 "median": statistics.median(t),
+                 "stddev": statistics.stdev(t) if len(t) > 1 else 0.0, "rounds": len(t),
+                 "iterations": 1, "ops": 1.0 / statistics.mean(t)}
+        if include_data:
+            stats["data"] = list(t)
+        return {"group": self.group, "name": self.name, "fullname": self.fullname,
+                "params": None, "param": None, "extra_info": self.extra_info, "options": {},
+                "stats": stats}
+
+
+class _Session:
+    def __init__(self, config):
+        self.disabled = bool(config.getoption("benchmark_disable")) and \
+            not config.getoption("benchmark_enable")
+        self.benchmarks: list[_Timed] = []
+        self.json_path = config.getoption("benchmark_json")
+
+
+class _Fixture:
+    """``benchmark.pedantic(fn, rounds=, warmup_rounds=, iterations=)`` and ``benchmark(fn)``."""
+
+    def __init__(self, node, session: _Session):
+        self.name, self.fullname = node.name, node.nodeid
+        self.group = None
+        self.extra_info: dict = {}
+        self._session = session
+
+    def pedantic(self, target, args=(), kwargs=None, setup=None, rounds=1, warmup_rounds=0,
+                 iterations=1):
+        kwargs = kwargs or {}
+        if setup is not None:
+            args, kwargs = setup() or (args, kwargs)
+        if self._session.disabled:
+            return target(*args, **kwargs)
+        for _ in range(warmup_rounds):
+            target(*args, **kwargs)
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(iterations):
+                result = target(*args, **kwargs)
+            times.append((time.perf_counter() - start) / iterations)
+        self._session.benchmarks.append(_Timed(self, times))
+        return result
+
+    def __call__(self, target, *args, **kwargs):
+        return self.pedantic(target, args, kwargs, rounds=5, warmup_rounds=1)
+
+
+if not _PLUGIN:
+    def pytest_addoption(parser):
+        group = parser.getgroup("benchmark", "fastfp stand-in for pytest-benchmark")
+        group.addoption("--benchmark-enable", action="store_true", help="time the benchmarks")
+        group.addoption("--benchmark-disable", action="store_true",
+                        help="run each benchmark once, untimed (correctness only)")
+        group.addoption("--benchmark-json", metavar="PATH", help="save the timings as JSON")
+        for name in ("columns", "sort", "group-by", "min-rounds", "warmup"):
+            group.addoption(f"--benchmark-{name}", help="accepted and ignored by the stand-in")
+
+    @pytest.fixture
+    def benchmark(request):
+        return _Fixture(request.node, request.config._benchmarksession)
+
+    def pytest_sessionfinish(session, exitstatus):
+        bench = getattr(session.config, "_benchmarksession", None)
+        if bench is None or bench.disabled or not bench.json_path or not bench.benchmarks:
+            return
+        from fastfp.store import write_json
+
+        data = {"machine_info": {"node": platform.node(), "machine": platform.machine(),
+                                 "python_version": platform.python_version()},
+                "commit_info": _sibling("report").git_commit(),
+                "benchmarks": [b.as_dict(include_data=True) for b in bench.benchmarks],
+                "datetime": datetime.now(timezone.utc).isoformat(),
+                "version": "fastfp stand-in"}
+        pytest_benchmark_update_json(session.config, bench.benchmarks, data)
+        write_json(bench.json_path, data)
+
+
 def _is_bench_item(item) -> bool:
     try:
         return HERE in Path(str(item.path)).resolve().parents
@@ -39,6 +142,8 @@ def _is_bench_item(item) -> bool:
 
 
 def pytest_configure(config):
+    if not _PLUGIN:
+        config._benchmarksession = _Session(config)
     # Also registered in pyproject.toml; repeated here for a bench folder run from a wheel.
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped cleanly on CPU)")
     config.addinivalue_line("markers", "slow: longer CPU benchmarks")
@@ -81,6 +186,7 @@ def _report(config, benchmarks: list[dict]) -> dict:
     return cached
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-benchmark: unknown without the plugin
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Store device peaks, versions and commit with the raw --benchmark-json of the run."""
     try:

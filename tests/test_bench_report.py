@@ -279,16 +279,40 @@ def _env(**extra):
     return env
 
 
-def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path):
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-o", "python_files=bench_*.py", "-p",
+          "no:cacheprovider"]
+# pytest-benchmark switched off: the suite's built-in stand-in takes over
+STAND_IN = (["-p", "no:benchmark"], {"FASTFP_BENCH_FALLBACK": "1"})
+
+
+@pytest.mark.parametrize("args, env", [([], {}), STAND_IN], ids=["plugin", "stand-in"])
+def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path, args, env):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(bench_copy), "-q", "--benchmark-disable",
-         "-o", "python_files=bench_*.py", "-p", "no:cacheprovider"],
-        capture_output=True, text=True, cwd=tmp_path, env=_env(FASTFP_BENCH_OUT=str(out)))
+    proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-disable", *args],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env=_env(FASTFP_BENCH_OUT=str(out), **env))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed, 1 skipped" in proc.stdout  # the benchmark bodies ran, the GPU one skipped
     assert "benchmarks disabled" in proc.stdout
     assert "ratios against the baselines" not in proc.stdout
     assert not out.exists()
+
+
+def test_stand_in_times_and_reports(bench_copy, tmp_path):
+    out, raw = tmp_path / "out", tmp_path / "raw.json"
+    args, env = STAND_IN
+    proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-enable",
+                           f"--benchmark-json={raw}", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=_env(FASTFP_BENCH_OUT=str(out), **env))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ratios against the baselines" in proc.stdout
+    data = json.loads(raw.read_text())
+    assert {b["extra_info"]["role"] for b in data["benchmarks"]} == {"baseline", "fastfp"}
+    assert all(b["stats"]["rounds"] == 2 for b in data["benchmarks"])
+    assert data["fastfp"]["rows"][0]["group"] == "matmul"
+    rep = report.from_benchmark_json(raw)  # the saved run re-reports like a plugin run
+    assert rep["rows"][0]["speedup"] > 0
+    assert json.loads((out / "report.json").read_text())["summary"]["rows"] == 1
 
 
 def test_fastfp_bench_end_to_end(bench_copy, tmp_path):
