@@ -39,7 +39,10 @@ def measure(benchmark, fn, *, group: str, role: str, device: torch.device, round
     """Time ``fn()`` with warm-up rounds, synchronising the device inside the timed call.
 
     ``extra`` lands in ``extra_info``: shape, dtype, bytes (moved per call), flops (per call),
-    target_speedup={"cpu": x, "cuda": y}, target_peak={"cuda": 0.75} ...
+    target_speedup={"cpu": x, "cuda": y}, target_peak={"cuda": 0.75} ...; also understood by
+    the reporter (bench/report.py): target_max_s={"cuda": 1e-3} (fastfp time bound),
+    peak_precision="bf16" (which FLOP/s peak ``flops`` is compared with; default from dtype), and
+    baseline_extrapolated_s on a baseline entry timed on a sample (replaces its measured time).
     """
     if role not in ("fastfp", "baseline"):
         raise ValueError(f"role: expected 'fastfp' or 'baseline', got {role!r}")
