@@ -48,6 +48,22 @@ def band_mask(rh: int, rw: int, k: int, dtype: torch.dtype, device: torch.device
     return keep.to(dtype=dtype, device=device)
 
 
+def plan(k: int, h: int, w: int) -> tuple[bool, int, int, int, int]:
+    """How to filter an H x W image with cutoff k >= 1: (kept, h0, w0, rh, rw).
+
+    kept=False: subtract the removed band, DCT rows 0..rh-1 along H and 0..rw-1 along W.
+    kept=True (when the kept high corner i + j > k is the smaller one, large k): rebuild the
+    image from its mean (the DC term) plus that corner, DCT rows h0..h0+rh-1 and w0..w0+rw-1
+    (rh or rw may be 0: only the mean is left). Rebuilding also avoids the cancellation of
+    x - (almost all of x).
+    """
+    rh, rw = rank(k, h), rank(k, w)
+    h0, w0 = max(0, k - w + 2), max(0, k - h + 2)
+    if (h - h0) * (w - w0) < rh * rw:
+        return True, h0, w0, h - h0, w - w0
+    return False, 0, 0, rh, rw
+
+
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half types are computed in float32 (fp32 accumulate); float32 / float64 in themselves."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -81,9 +97,8 @@ def _apply(s: torch.Tensor, k: int, out: torch.Tensor) -> None:
     Same cost class either way, and no cancellation when nearly everything is removed.
     """
     h, w = s.shape[-2:]
-    rh, rw = rank(k, h), rank(k, w)
-    h0, w0 = max(0, k - w + 2), max(0, k - h + 2)
-    if (h - h0) * (w - w0) < rh * rw:
+    kept, h0, w0, rh, rw = plan(k, h, w)
+    if kept:
         _rebuild_kept(s, k, out, h0, w0)
         return
     dh = dct_rows(h, rh, s.dtype, s.device)

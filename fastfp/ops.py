@@ -88,14 +88,6 @@ def _lowrank_name(x: torch.Tensor) -> str:
     return "cpu" if x.device.type == "cpu" else "torch"
 
 
-def _dct_f32(k: int, h: int, w: int, device):
-    if k == 0:  # unused by the kernel; any valid float32 pointer will do
-        empty = torch.zeros(1, 1, dtype=torch.float32, device=device)
-        return empty, empty
-    return (_lowrank.dct_rows(h, _lowrank.rank(k, h), torch.float32, device),
-            _lowrank.dct_rows(w, _lowrank.rank(k, w), torch.float32, device))
-
-
 def _triton(x, grad, k, alpha, lo, hi, step: bool) -> torch.Tensor:
     from .kernels import highpass_sign_step as kern  # imports triton: only here
 
@@ -103,8 +95,11 @@ def _triton(x, grad, k, alpha, lo, hi, step: bool) -> torch.Tensor:
     x3 = x.reshape(-1, h, w)  # a view whenever the strides allow: the kernel takes any strides
     g3 = grad.reshape(-1, h, w) if step else x3
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dh, dw = _dct_f32(k, h, w, x.device)
-    kern.launch(x3, g3, out.view(-1, h, w), dh, dw, k, alpha, lo, hi, step)
+    kept, h0, w0, rh, rw = _lowrank.plan(k, h, w) if k > 0 else (False, 0, 0, 0, 0)
+    dh = _lowrank.dct_rows(h, rh, torch.float32, x.device, h0)
+    dw = _lowrank.dct_rows(w, rw, torch.float32, x.device, w0)
+    kern.launch(x3, g3, out.view(-1, h, w), dh, dw, k, alpha, lo, hi, step=step, kept=kept,
+                h0=h0, w0=w0)
     return out
 
 

@@ -9,12 +9,16 @@ in RB x RB blocks of frequencies (one block for the usual k = 20 at 224 or k = 2
 k is large, up to full rank): per block, pass 1 projects s onto the block's DCT rows/columns
 (C = Dh_a s Dw_b^T, kept in registers) and pass 2 subtracts Dh_a^T (M * C) Dw_b from the image.
 x and grad are read from memory, out written once per block; pass 2 walks the rows backwards so
-that its re-read of the image tile hits the cache lines pass 1 touched last. Everything is
+that its re-read of the image tile hits the cache lines pass 1 touched last. When k is so large
+that the kept part (DC + the high corner i + j > k) is the smaller one, the kernel rebuilds the
+image from its mean plus that corner instead (same blocks, no cancellation): see
+fastfp._lowrank.plan. Everything is
 accumulated in float32 (``input_precision="ieee"``: no TF32), whatever the input dtype.
 """
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -35,12 +39,17 @@ def _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw, alpha, lo, hi
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
 def highpass_sign_step_kernel(
     x_ptr, g_ptr, out_ptr, dh_ptr, dw_ptr,
-    H, W, k, rh, rw,
+    H, W, k, rh, rw, h0, w0,
     sxn, sxh, sxw, sgn_, sgh, sgw,
     alpha, lo, hi,
-    STEP: tl.constexpr, HIGHPASS: tl.constexpr,
+    STEP: tl.constexpr, HIGHPASS: tl.constexpr, KEPT: tl.constexpr,
     BH: tl.constexpr, BW: tl.constexpr, RB: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
@@ -50,32 +59,52 @@ def highpass_sign_step_kernel(
     ri = tl.arange(0, BH)
     ci = tl.arange(0, BW)
     fi = tl.arange(0, RB)
-    n_rb = tl.cdiv(H, BH)
+    # No tl.cdiv / tl.zeros / tl.sum here: they are std-library @jit functions, which the interpreter
+    # cannot call when triton was imported before TRITON_INTERPRET was set (as in a test run).
+    n_rb = (H + BH - 1) // BH
 
-    if not HIGHPASS:
+    if (not HIGHPASS) or KEPT:
+        # k = 0: out = s. KEPT: out = mean(s) (the DC term); the blocks below add the high corner.
+        if KEPT:
+            tot = tl.full((BH, BW), 0.0, tl.float32)
+            for r in range(0, n_rb):
+                for c0 in range(0, W, BW):
+                    tot += _load_step(x_ptr, g_ptr, r * BH + ri, c0 + ci, H, W, sxh, sxw, sgh,
+                                      sgw, alpha, lo, hi, STEP)
+            mean = tl.reduce(tl.reduce(tot, 1, _add), 0, _add) / (H * W)
         for r in range(0, n_rb):
             rows = r * BH + ri
             for c0 in range(0, W, BW):
                 cols = c0 + ci
-                v = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw,
-                               alpha, lo, hi, STEP)
                 inside = (rows[:, None] < H) & (cols[None, :] < W)
+                if KEPT:
+                    v = tl.full((BH, BW), 0.0, tl.float32) + mean
+                else:
+                    v = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw,
+                                   alpha, lo, hi, STEP)
                 tl.store(out_ptr + rows[:, None] * W + cols[None, :],
                          v.to(out_ptr.dtype.element_ty), mask=inside)
-    else:
-        for a in range(0, tl.cdiv(rh, RB)):
-            for b in range(0, tl.cdiv(rw, RB)):
-                if (a + b) * RB <= k:  # does this frequency block meet the removed triangle?
-                    fa = a * RB + fi  # frequencies along H of the block
-                    fb = b * RB + fi  # frequencies along W of the block
+        tl.debug_barrier()
+
+    if HIGHPASS:
+        for a in range(0, (rh + RB - 1) // RB):
+            for b in range(0, (rw + RB - 1) // RB):
+                # does this block of frequencies (h0 + a*RB + i, w0 + b*RB + j) meet the band?
+                if KEPT:
+                    meets = (a + b + 2) * RB - 2 + h0 + w0 > k
+                else:
+                    meets = (a + b) * RB <= k
+                if meets:
+                    fa = a * RB + fi  # block rows of dh (frequency h0 + fa along H)
+                    fb = b * RB + fi  # block rows of dw (frequency w0 + fb along W)
                     # pass 1: C = Dh_a s Dw_b^T  (RB x RB)
-                    acc = tl.zeros((RB, RB), dtype=tl.float32)
+                    acc = tl.full((RB, RB), 0.0, tl.float32)
                     for r in range(0, n_rb):
                         rows = r * BH + ri
                         # Dh_a^T rows of this tile: (BH x RB), element [y, i] = Dh[fa_i, y]
                         dhT = tl.load(dh_ptr + fa[None, :] * H + rows[:, None],
                                       mask=(fa[None, :] < rh) & (rows[:, None] < H), other=0.0)
-                        t = tl.zeros((BH, RB), dtype=tl.float32)
+                        t = tl.full((BH, RB), 0.0, tl.float32)
                         for c0 in range(0, W, BW):
                             cols = c0 + ci
                             v = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw,
@@ -84,10 +113,14 @@ def highpass_sign_step_kernel(
                                           mask=(fb[None, :] < rw) & (cols[:, None] < W), other=0.0)
                             t = tl.dot(v, dwT, t, input_precision="ieee")
                         acc = tl.dot(tl.trans(dhT), t, acc, input_precision="ieee")
-                    f = fa[:, None] + fb[None, :]
-                    acc = tl.where((f >= 1) & (f <= k), acc, 0.0)
+                    f = (h0 + fa)[:, None] + (w0 + fb)[None, :]
+                    if KEPT:
+                        acc = tl.where(f > k, acc, 0.0)
+                    else:
+                        acc = tl.where((f >= 1) & (f <= k), -acc, 0.0)  # subtracted below
                     first = (a == 0) & (b == 0)
-                    # pass 2: out = base - Dh_a^T (M * C) Dw_b, base = s on the first block
+                    # pass 2: out = base + Dh_a^T (M * C) Dw_b; base = s on the first block of
+                    # the removed band, else what earlier blocks (or the mean) left in out
                     for rr in range(0, n_rb):
                         r = n_rb - 1 - rr
                         rows = r * BH + ri
@@ -100,34 +133,45 @@ def highpass_sign_step_kernel(
                             dw = tl.load(dw_ptr + fb[:, None] * W + cols[None, :],
                                          mask=(fb[:, None] < rw) & (cols[None, :] < W), other=0.0)
                             o_ptrs = out_ptr + rows[:, None] * W + cols[None, :]
-                            if first:
-                                base = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw,
-                                                  sgh, sgw, alpha, lo, hi, STEP)
-                            else:
+                            if KEPT:
                                 base = tl.load(o_ptrs, mask=inside, other=0.0).to(tl.float32)
-                            res = base - tl.dot(u, dw, input_precision="ieee")
+                            else:
+                                if first:
+                                    base = _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw,
+                                                      sgh, sgw, alpha, lo, hi, STEP)
+                                else:
+                                    base = tl.load(o_ptrs, mask=inside, other=0.0).to(tl.float32)
+                            res = tl.dot(u, dw, base, input_precision="ieee")
                             tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=inside)
                     # later blocks read back what this one stored (other threads' elements)
                     tl.debug_barrier()
 
 
-def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, step: bool) -> None:
-    """x3 / g3: (N, H, W) views (any strides); out3 contiguous (N, H, W); dh (rh x H), dw (rw x W)
-    float32 contiguous DCT rows (unused when k == 0)."""
+def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, *, step: bool,
+           kept: bool = False, h0: int = 0, w0: int = 0) -> None:
+    """Fill ``out3`` (contiguous (N, H, W), x's dtype) from x3 / g3 ((N, H, W) views, any strides).
+
+    dh (rh x H) / dw (rw x W): float32 contiguous DCT rows h0.. / w0.. (see fastfp._lowrank.plan);
+    kept=False: the removed band (rows from 0), kept=True: the kept high corner plus the mean.
+    k = 0: no high-pass (dh / dw unused).
+    """
     n, h, w = x3.shape
     if n == 0 or h == 0 or w == 0:
         return
     rh, rw = dh.shape[0], dw.shape[0]
+    if rh == 0 or rw == 0:  # nothing to add (k = 0, or only the mean is kept): no null pointers
+        dh = dw = torch.zeros(1, 1, dtype=torch.float32, device=x3.device)
+        rh = rw = 0
     # Tiles: tl.dot wants every dim >= 16; keep one image tile around 4K elements.
     bw = max(16, min(triton.next_power_of_2(w), 128))
     bh = max(16, min(triton.next_power_of_2(h), 4096 // bw))
-    rb = max(16, min(triton.next_power_of_2(max(rh, rw)), 32))
+    rb = max(16, min(triton.next_power_of_2(max(rh, rw, 1)), 32))
     g3 = g3 if step else x3
     highpass_sign_step_kernel[(n,)](
         x3, g3, out3, dh, dw,
-        h, w, k, rh, rw,
+        h, w, k, rh, rw, h0, w0,
         x3.stride(0), x3.stride(1), x3.stride(2), g3.stride(0), g3.stride(1), g3.stride(2),
         float(alpha), float(lo), float(hi),
-        STEP=step, HIGHPASS=k > 0, BH=bh, BW=bw, RB=rb,
+        STEP=step, HIGHPASS=k > 0, KEPT=kept, BH=bh, BW=bw, RB=rb,
         num_warps=4,
     )

@@ -275,3 +275,19 @@ def test_compile_inductor_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True)
     torch.testing.assert_close(compiled(x), f(x))
+
+
+@pytest.mark.parametrize("shape,k", [((2, 40, 33), 50), ((1, 70, 5), 40), ((3, 9, 12), 12),
+                                     ((2, 33, 40), 30)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_large_k_rebuilds_from_the_kept_corner(shape, k, dtype):
+    from fastfp import _lowrank
+
+    assert _lowrank.plan(k, *shape[-2:])[0] == (k != 30)  # k=30 on 33x40: still the removed band
+    x = _rand(shape, dtype, seed=8)
+    want = oracle.highpass(x, k)
+    oracle.assert_close(fastfp.highpass(x, k), want, dtype,
+                        reference_error=oracle.error(ref.highpass(x, k), want))
+    g = _rand(shape, dtype, seed=9)
+    oracle.assert_close(fastfp.sign_step(x, g, 0.1, k, -1, 1), oracle.sign_step(x, g, 0.1, k, -1, 1),
+                        dtype)
