@@ -91,31 +91,51 @@ static void run_noise(const std::vector<fastfp::NoiseTensor> &table, const AnyAr
 #endif
 }
 
-static void noise_perturb(const std::vector<AnyArray> &masters, const std::vector<AnyArray> &outs,
-                          double delta, std::uint64_t seed, std::uint64_t offset,
-                          std::uintptr_t stream) {
-  if (masters.empty()) throw std::invalid_argument("masters: expected at least one array, got none");
-  if (outs.size() != masters.size())
-    throw std::invalid_argument("outs: expected one array per master (" + std::to_string(masters.size()) +
-                                "), got " + std::to_string(outs.size()));
-  const float d = check_delta(delta);
-  std::vector<fastfp::NoiseTensor> table(masters.size());
-  std::int64_t base = 0;
-  for (std::size_t i = 0; i < masters.size(); ++i) {
-    const AnyArray &a = masters[i], &o = outs[i];
-    const std::int32_t dt = noise_dtype(a, item("masters", i));
-    if (noise_dtype(o, item("outs", i)) != dt)
-      throw nb::type_error((item("outs", i) + ": dtype differs from masters[i]").c_str());
-    if (o.size() != a.size())
-      throw std::invalid_argument(item("outs", i) + ": must have as many elements as masters[i]");
-    require_contiguous(a, item("masters", i));
-    require_contiguous(o, item("outs", i));
-    require_device(a, item("masters", i), masters[0]);
-    require_device(o, item("outs", i), masters[0]);
-    table[i] = {a.data(), o.data(), static_cast<std::int64_t>(a.size()), base, dt};
-    base += static_cast<std::int64_t>(a.size());
+// A validated multi-tensor noise launch, reusable: building it converts every array once
+// (DLPack, a few microseconds each); each run() is then one parallel region / kernel launch.
+// It holds references to its arrays, so their memory stays valid while the plan lives.
+class NoisePlan {
+ public:
+  NoisePlan(std::vector<AnyArray> masters, std::vector<AnyArray> outs)
+      : masters_(std::move(masters)), outs_(std::move(outs)) {
+    if (masters_.empty()) throw std::invalid_argument("masters: expected at least one array, got none");
+    if (outs_.size() != masters_.size())
+      throw std::invalid_argument("outs: expected one array per master (" +
+                                  std::to_string(masters_.size()) + "), got " +
+                                  std::to_string(outs_.size()));
+    table_.resize(masters_.size());
+    std::int64_t base = 0;
+    for (std::size_t i = 0; i < masters_.size(); ++i) {
+      const AnyArray &a = masters_[i], &o = outs_[i];
+      const std::int32_t dt = noise_dtype(a, item("masters", i));
+      if (noise_dtype(o, item("outs", i)) != dt)
+        throw nb::type_error((item("outs", i) + ": dtype differs from masters[i]").c_str());
+      if (o.size() != a.size())
+        throw std::invalid_argument(item("outs", i) + ": must have as many elements as masters[i]");
+      require_contiguous(a, item("masters", i));
+      require_contiguous(o, item("outs", i));
+      require_device(a, item("masters", i), masters_[0]);
+      require_device(o, item("outs", i), masters_[0]);
+      table_[i] = {a.data(), o.data(), static_cast<std::int64_t>(a.size()), base, dt};
+      base += static_cast<std::int64_t>(a.size());
+    }
   }
-  run_noise(table, masters[0], d, seed, offset, stream);
+
+  void run(double delta, std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) const {
+    run_noise(table_, masters_[0], check_delta(delta), seed, offset, stream);
+  }
+
+  std::size_t size() const { return table_.size(); }
+  std::int64_t numel() const { return table_.back().base + table_.back().numel; }
+
+ private:
+  std::vector<AnyArray> masters_, outs_;
+  std::vector<fastfp::NoiseTensor> table_;
+};
+
+static void noise_perturb(std::vector<AnyArray> masters, std::vector<AnyArray> outs, double delta,
+                          std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) {
+  NoisePlan(std::move(masters), std::move(outs)).run(delta, seed, offset, stream);
 }
 
 static void noise_fill(const AnyArray &out, std::int64_t start, double delta, std::uint64_t seed,
@@ -159,6 +179,14 @@ NB_MODULE(_ext, m) {
         "arrays on one device (CPU: one OpenMP region; CUDA: one launch per 40 arrays on `stream`).\n"
         "Noise of element i of the list laid end to end: Philox4x32-10 word i % 4 of counter\n"
         "(i // 4, offset), key seed; outs[i] may be masters[i] (in place).");
+  nb::class_<NoisePlan>(m, "NoisePlan",
+                        "noise_perturb(masters, outs, ...) validated once, run many times")
+      .def(nb::init<std::vector<AnyArray>, std::vector<AnyArray>>(), nb::arg("masters").noconvert(),
+           nb::arg("outs").noconvert())
+      .def("run", &NoisePlan::run, nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0,
+           nb::arg("stream") = 0)
+      .def("__len__", &NoisePlan::size)
+      .def_prop_ro("numel", &NoisePlan::numel);
   m.def("noise_fill", &noise_fill, nb::arg("out").noconvert(), nb::arg("start"), nb::arg("delta"),
         nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
         "out = the float32 noise of global indices start .. start + out.size - 1");

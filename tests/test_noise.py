@@ -138,14 +138,18 @@ def test_fill_equals_reference_at_any_start():
 
 def test_torch_fallback_equals_reference(monkeypatch):
     monkeypatch.setenv("FASTFP_BACKEND", "torch")
-    params = _params((torch.float32, torch.bfloat16), seed=2)
-    got = N.perturb(params, 0.05, 17, 4)
+    params = _params((torch.float32, torch.bfloat16, torch.float16), seed=2)
+    seed, offset = 2**63 + 2**33 + 17, 2**40 + 4  # high key and counter words in use
+    got = N.perturb(params, 0.05, seed, offset)
     assert backend.last_used("noise.perturb") == "torch"
-    for g, w in zip(got, R.perturb(params, 0.05, 17, 4)):
+    for g, w in zip(got, R.perturb(params, 0.05, seed, offset)):
         assert torch.equal(g, w)
     monkeypatch.setattr(N, "_TORCH_CHUNK", 100)  # chunk edges inside tensors change nothing
-    for g, w in zip(N.perturb(params, 0.05, 17, 4), got):
+    for g, w in zip(N.perturb(params, 0.05, seed, offset), got):
         assert torch.equal(g, w)
+    for start, n in [(0, 1), (3, 998), (2**34 + 1, 301)]:
+        assert torch.equal(N.noise(n, 0.7, seed, offset, start=start),
+                           R.noise(start, n, 0.7, seed, offset))
 
 
 @needs_ext
@@ -258,6 +262,15 @@ def test_grad_mean_copies_are_the_offset_streams():
     torch.testing.assert_close(alone, singles[0][:1], rtol=1e-5, atol=1e-7)
 
 
+def test_grad_mean_vmap_batch_equals_loop():
+    model = _tiny_cnn(4).train()
+    x, labels = torch.rand(3, 3, 6, 5), torch.tensor([2, 0, 1])
+    loop = N.grad_mean(model, x, labels, 0.05, 4, seed=3, offset=8)
+    vm = N.grad_mean(model, x, labels, 0.05, 4, seed=3, offset=8, batch="vmap")
+    torch.testing.assert_close(vm, loop, rtol=1e-5, atol=1e-7)
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
 def test_grad_mean_zero_delta_is_the_plain_gradient():
     model = _tiny_cnn(2).eval()
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([0, 1])
@@ -310,6 +323,7 @@ def test_grad_mean_bad_input():
         (dict(model="net"), TypeError, "model"),
         (dict(model=torch.nn.ReLU()), ValueError, "model"),
         (dict(loss="mse"), ValueError, "loss"),
+        (dict(batch="stack"), ValueError, "batch"),
         (dict(offset=2**64 - 1, q=2), ValueError, "offset"),
     ]
     for override, exc, match in cases:
