@@ -314,7 +314,13 @@ def format_table(report: dict) -> str:
     foot = (f"{s['rows']} rows: {s['pass']} PASS, {s['fail']} FAIL, {s['no_target']} without a "
             f"target on this device.  ~ = baseline extrapolated from a sample; times are the "
             f"minimum over rounds.")
-    out = [title, fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
+    out = [title]
+    for peak in (meta.get("peaks") or {}).values():
+        if peak and (peak.get("gbps") or peak.get("tflops")):
+            flops = ", ".join(f"{k} {v:g}" for k, v in (peak.get("tflops") or {}).items())
+            out.append(f"peaks of {peak.get('name')}: {peak.get('gbps') or '?'} GB/s"
+                       + (f", TFLOP/s {flops}" if flops else "") + f" ({peak.get('source')})")
+    out += [fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
     return "\n".join(out + [foot])
 
 
