@@ -20,10 +20,11 @@ from .information import entropy, mutual_information, pairwise_rajski, rajski_di
 from .law import fit_query_law, query_law_experiment
 from .openworld import OpenWorld, select_inputs
 from .surjection import surjection
+from .synthetic import synthetic_database
 
 __all__ = [
     "Database", "query_topk", "surjection", "entropy", "mutual_information", "rajski_distance",
     "pairwise_rajski", "encode", "detection_scores", "greedy_detect", "greedy_identify",
     "sequential_identify", "DetectionResult", "IdentificationResult", "SequentialResult",
-    "OpenWorld", "select_inputs", "fit_query_law", "query_law_experiment",
+    "OpenWorld", "select_inputs", "fit_query_law", "query_law_experiment", "synthetic_database",
 ]

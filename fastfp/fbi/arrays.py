@@ -39,7 +39,7 @@ def as_tensor(name: str, x, *, integer: bool = True) -> torch.Tensor:
             raise TypeError(f"{name}: expected an array (numpy, torch or cupy), got {type(x).__name__}") from exc
         if arr.dtype == object:
             raise TypeError(f"{name}: expected a numeric array, got objects")
-        if arr.dtype == np.bool_:
+        if arr.dtype == np.bool_ and integer:
             arr = arr.astype(np.uint8)
         if arr.dtype.kind == "u" and arr.dtype.itemsize > 1:
             arr = arr.astype(np.int64)  # torch has no uint16/32/64 arithmetic

@@ -135,6 +135,8 @@ def _mask(name, sel, n, device) -> torch.Tensor:
     t = torch.as_tensor(arrays.as_tensor(name, sel, integer=False), device=device)
     if t.dtype == torch.bool and t.dim() == 1 and t.shape[0] == n:
         return t
+    if t.numel() == 0:
+        return torch.zeros(n, dtype=torch.bool, device=device)
     if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{name}: expected a bool mask or integer indices, got {t.dtype}")
     t = t.reshape(-1).long()

@@ -1,0 +1,164 @@
+"""Surjection, entropy, mutual information and Rajski distances against the literal twins and sklearn."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import mutual_info_score
+
+from fastfp import backend, fbi
+from fastfp.reference import fbi as ref
+
+
+def _ref_pairwise(A, B=None):
+    return np.array(ref.pairwise_rajski(np.asarray(A).tolist(), None if B is None else np.asarray(B).tolist()))
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_surjection_matches_reference(k):
+    rng = np.random.default_rng(k)
+    N, C = 50, 12
+    topk = np.stack([rng.permutation(C)[: k + 2] for _ in range(N)])  # more columns than k
+    reference = rng.integers(C, size=N)
+    got = fbi.surjection(topk, reference, k)
+    assert isinstance(got, np.ndarray) and got.dtype == np.uint8
+    assert got.tolist() == ref.surjection(topk.tolist(), reference.tolist(), k)
+    assert got.max() <= k
+    # torch in -> torch out; batched leading dims broadcast against the reference
+    batch = torch.from_numpy(np.stack([topk, topk[::-1].copy()]))
+    got_t = fbi.surjection(batch, torch.from_numpy(reference), k)
+    assert isinstance(got_t, torch.Tensor) and got_t.shape == (2, N)
+    assert got_t[0].tolist() == got.tolist()
+
+
+def test_surjection_top1_without_axis_and_extra_columns_ignored():
+    labels = np.array([3, 1, 2])
+    assert fbi.surjection(labels, np.array([3, 0, 2]), 1).tolist() == [1, 0, 1]
+    # the reference at rank 3 of a top-3 list does not count for k = 2
+    assert fbi.surjection(np.array([[5, 6, 7]]), np.array([7]), 2).tolist() == [0]
+    assert fbi.surjection(np.array([[5, 6, 7]]), np.array([7]), 3).tolist() == [3]
+
+
+def test_surjection_bad_input():
+    with pytest.raises(ValueError, match="k"):
+        fbi.surjection(np.zeros((4, 2), dtype=int), np.zeros(4, dtype=int), 3)
+    with pytest.raises(ValueError, match="reference"):
+        fbi.surjection(np.zeros((4, 2), dtype=int), np.zeros(5, dtype=int), 1)
+    with pytest.raises(TypeError, match="topk_labels"):
+        fbi.surjection(np.zeros((4, 2)), np.zeros(4, dtype=int), 1)
+    with pytest.raises(ValueError, match="k"):
+        fbi.surjection(np.zeros((4, 2), dtype=int), np.zeros(4, dtype=int), 0)
+
+
+@pytest.mark.parametrize("L,K", [(1, 2), (7, 2), (100, 11), (333, 4)])
+def test_mutual_information_equals_sklearn(L, K):
+    rng = np.random.default_rng(L)
+    for _ in range(5):
+        a, b = rng.integers(K, size=L), rng.integers(K, size=L)
+        b[: L // 2] = a[: L // 2]  # some dependence
+        mi = fbi.mutual_information(a, b, k=K - 1)
+        assert abs(float(mi) - mutual_info_score(a, b)) < 1e-12
+        d = fbi.rajski_distance(a, b)
+        assert abs(float(d) - ref.rajski_distance(a.tolist(), b.tolist())) < 1e-12
+        h = fbi.entropy(a)
+        assert abs(float(h) - ref.entropy(a.tolist())) < 1e-12
+
+
+def test_elementwise_batches_and_kinds():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(4, size=(3, 20)), rng.integers(4, size=(3, 20))
+    d = fbi.rajski_distance(torch.from_numpy(a), torch.from_numpy(b))
+    assert isinstance(d, torch.Tensor) and d.shape == (3,)
+    for i in range(3):
+        assert abs(float(d[i]) - ref.rajski_distance(a[i].tolist(), b[i].tolist())) < 1e-12
+
+
+def test_extreme_distances():
+    a = np.array([0, 1, 2, 0, 1, 2])
+    assert float(fbi.rajski_distance(a, a)) == 0.0               # same model: D = 0
+    assert float(fbi.rajski_distance(a, np.zeros(6, int))) == 1.0  # constant vs anything: I = 0
+    assert float(fbi.rajski_distance(np.ones(6, int), np.ones(6, int))) == 0.0  # H(joint) = 0
+    assert float(fbi.mutual_information(np.ones(6, int), np.ones(6, int))) == 0.0
+
+
+@pytest.mark.parametrize("m,n,L,k", [(1, 1, 1, 1), (5, 7, 1, 3), (9, 4, 13, 1), (17, 23, 50, 10), (5, 260, 40, 2),
+                                     (3, 5, 300, 3)])
+def test_pairwise_matches_reference(m, n, L, k):
+    rng = np.random.default_rng(m * n + L)
+    A, B = rng.integers(k + 1, size=(m, L)), rng.integers(k + 1, size=(n, L))
+    B[: min(m, n)] = np.where(rng.random((min(m, n), L)) < 0.7, A[: min(m, n)], B[: min(m, n)])
+    A[0] = 1  # a constant row (zero entropy)
+    got = fbi.pairwise_rajski(A, B, k=k)
+    assert got.shape == (m, n) and got.dtype == np.float64
+    np.testing.assert_allclose(got, _ref_pairwise(A, B), atol=1e-9, rtol=0)
+    assert backend.last_used("fbi.pairwise_rajski") == "torch"
+
+
+def test_pairwise_symmetric_and_adversarial():
+    rng = np.random.default_rng(5)
+    A = rng.integers(4, size=(20, 30))
+    A[3] = A[4]                       # identical models
+    A[5] = 0                          # constant models
+    A[6] = 0
+    A[7] = np.where(np.arange(30) == 0, 1, 2)  # near-constant: tiny joint entropies
+    got = fbi.pairwise_rajski(torch.from_numpy(A))
+    assert isinstance(got, torch.Tensor)
+    want = _ref_pairwise(A)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-9, rtol=0)
+    assert np.allclose(got.numpy(), got.numpy().T)
+    assert got[3, 4] == 0 and got[5, 6] == 0 and got[5, 8] == 1.0
+    assert torch.all(torch.diagonal(got) == 0)
+
+
+def test_pairwise_large_L_uses_fp32_counts_exactly():
+    rng = np.random.default_rng(2)
+    A, B = rng.integers(3, size=(4, 1000)), rng.integers(3, size=(3, 1000))
+    B[0] = A[0]
+    np.testing.assert_allclose(fbi.pairwise_rajski(A, B), _ref_pairwise(A, B), atol=1e-9, rtol=0)
+
+
+def test_reference_backend_dispatch(monkeypatch):
+    rng = np.random.default_rng(3)
+    A = rng.integers(3, size=(4, 9))
+    fast = fbi.pairwise_rajski(A)
+    monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    slow = fbi.pairwise_rajski(A)
+    assert backend.last_used("fbi.pairwise_rajski") == "reference"
+    np.testing.assert_allclose(fast, slow, atol=1e-12)
+    assert abs(float(fbi.mutual_information(A[0], A[1])) - mutual_info_score(A[0], A[1])) < 1e-12
+    assert backend.last_used("fbi.mutual_information") == "reference"
+
+
+def test_information_bad_input():
+    with pytest.raises(ValueError, match="mismatched"):
+        fbi.pairwise_rajski(np.zeros((2, 3), int), np.zeros((2, 4), int))
+    with pytest.raises(ValueError, match="0..k"):
+        fbi.pairwise_rajski(np.full((2, 3), 4), k=3)
+    with pytest.raises(ValueError, match=">= 0"):
+        fbi.mutual_information(np.array([0, -1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="mismatched"):
+        fbi.rajski_distance(np.zeros(3, int), np.zeros(4, int))
+    with pytest.raises(TypeError, match="A"):
+        fbi.pairwise_rajski(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="A"):
+        fbi.pairwise_rajski(np.zeros(3, int))
+    with pytest.raises(ValueError, match="b"):
+        fbi.mutual_information(np.zeros(3, int), np.full(3, 5), k=2)
+
+
+@pytest.mark.gpu
+def test_pairwise_cuda_matches_cpu():
+    rng = np.random.default_rng(4)
+    A, B = rng.integers(11, size=(300, 1000)), rng.integers(11, size=(200, 1000))
+    B[:50] = A[:50]
+    got = fbi.pairwise_rajski(torch.from_numpy(A).cuda(), torch.from_numpy(B).cuda(), k=10)
+    assert got.is_cuda
+    np.testing.assert_allclose(got.cpu().numpy(), fbi.pairwise_rajski(A, B, k=10), atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cupy_in_cupy_out():
+    cupy = pytest.importorskip("cupy")
+    A = cupy.asarray(np.random.default_rng(0).integers(3, size=(5, 20)))
+    out = fbi.pairwise_rajski(A)
+    assert isinstance(out, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(out), _ref_pairwise(cupy.asnumpy(A)), atol=1e-9)
