@@ -1,5 +1,7 @@
 """Surjection, entropy, mutual information and Rajski distances against the literal twins and sklearn."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,16 @@ from fastfp.reference import fbi as ref
 
 
 def _ref_pairwise(A, B=None):
-    return np.array(ref.pairwise_rajski(np.asarray(A).tolist(), None if B is None else np.asarray(B).tolist()))
+    A = np.asarray(A)
+    B = A if B is None else np.asarray(B)
+    return np.array(_ref_cached(A.tobytes(), A.shape, B.tobytes(), B.shape))
+
+
+@functools.lru_cache(maxsize=None)  # both all-pairs paths compare against the same (slow) oracle
+def _ref_cached(a, a_shape, b, b_shape):
+    A = np.frombuffer(a, dtype=np.int64).reshape(a_shape)
+    B = np.frombuffer(b, dtype=np.int64).reshape(b_shape)
+    return ref.pairwise_rajski(A.tolist(), B.tolist())
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])
@@ -80,9 +91,18 @@ def test_extreme_distances():
     assert float(fbi.mutual_information(np.ones(6, int), np.ones(6, int))) == 0.0
 
 
+@pytest.fixture(params=["scatter", "matmul"])
+def path(request, monkeypatch):
+    """Run a test on both all-pairs paths (small problems take the scatter one by default)."""
+    from fastfp.fbi import information
+
+    monkeypatch.setattr(information, "SMALL", 1 << 40 if request.param == "scatter" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("m,n,L,k", [(1, 1, 1, 1), (5, 7, 1, 3), (9, 4, 13, 1), (17, 23, 50, 10), (5, 260, 40, 2),
                                      (3, 5, 300, 3)])
-def test_pairwise_matches_reference(m, n, L, k):
+def test_pairwise_matches_reference(m, n, L, k, path):
     rng = np.random.default_rng(m * n + L)
     A, B = rng.integers(k + 1, size=(m, L)), rng.integers(k + 1, size=(n, L))
     B[: min(m, n)] = np.where(rng.random((min(m, n), L)) < 0.7, A[: min(m, n)], B[: min(m, n)])
@@ -93,7 +113,7 @@ def test_pairwise_matches_reference(m, n, L, k):
     assert backend.last_used("fbi.pairwise_rajski") == "torch"
 
 
-def test_pairwise_symmetric_and_adversarial():
+def test_pairwise_symmetric_and_adversarial(path):
     rng = np.random.default_rng(5)
     A = rng.integers(4, size=(20, 30))
     A[3] = A[4]                       # identical models
@@ -109,7 +129,7 @@ def test_pairwise_symmetric_and_adversarial():
     assert torch.all(torch.diagonal(got) == 0)
 
 
-def test_pairwise_large_L_uses_fp32_counts_exactly():
+def test_pairwise_large_L_uses_fp32_counts_exactly(path):
     rng = np.random.default_rng(2)
     A, B = rng.integers(3, size=(4, 1000)), rng.integers(3, size=(3, 1000))
     B[0] = A[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from fastfp import backend
@@ -54,8 +55,8 @@ def _pair(a, b, k):
     if ta.device != tb.device:
         raise ValueError(f"b: on {tb.device}, but a is on {ta.device}")
     try:
-        shape = torch.broadcast_shapes(ta.shape, tb.shape)
-    except RuntimeError as exc:
+        shape = np.broadcast_shapes(tuple(ta.shape), tuple(tb.shape))
+    except ValueError as exc:
         raise ValueError(f"b: shape {tuple(tb.shape)} does not broadcast with a {tuple(ta.shape)}") from exc
     return kind, ta.expand(shape), tb.expand(shape), arrays.num_symbols(k, ta, tb)
 
@@ -130,17 +131,26 @@ def _onehot_rows(X: torch.Tensor, K: int, dtype) -> torch.Tensor:
     return out.view(m * K, L)
 
 
+# Below this many (pair x max(L, K^2)) entries, a scatter of combined codes beats the blocked matmul:
+# tiny multi-threaded GEMMs cost more in thread wake-ups (much more on a busy machine) than they save.
+SMALL = 1 << 21
+
+
 def _pair_sums(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -> torch.Tensor:
     """S[i, j] = sum_{u,v} c_ij(u, v) log c_ij(u, v), float64, with c_ij the joint counts."""
     m, L = A.shape
     n = B.shape[0]
+    if m * n * max(L, K * K) <= SMALL:
+        c = _counts(A.unsqueeze(1), B.unsqueeze(0), K)  # (m, n, K, K) by scatter on u * K + v
+        return torch.xlogy(c, c).sum((-2, -1))
     cuda = A.device.type == "cuda"
     # 0/1 inputs are exact in every float format; the output must hold counts up to L exactly.
     if cuda:
         dtype = torch.float16 if L <= 2048 else torch.float32
         mb, nb = max(1, min(m, 2 ** 27 // (K * K * max(n, 1)))), n
     else:
-        dtype = torch.bfloat16 if L <= 256 else torch.float32
+        # bf16 pays off on big problems only: oneDNN compiles a kernel per new shape
+        dtype = torch.bfloat16 if L <= 256 and m * n >= 1 << 16 else torch.float32
         mb, nb = 16, 256  # a (16K x 256K) block of counts stays in cache
     OA = _onehot_rows(A, K, dtype)
     OBt = _onehot_rows(B, K, dtype).t().contiguous()

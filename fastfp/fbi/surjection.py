@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastfp import _validate
@@ -34,10 +35,10 @@ def surjection(topk_labels, reference, k: int):
     if labels.shape[-1] < k:
         raise ValueError(f"topk_labels: has {labels.shape[-1]} label columns, fewer than k = {k}")
     try:
-        shape = torch.broadcast_shapes(labels.shape[:-1], ref.shape)
-    except RuntimeError:
+        shape = tuple(np.broadcast_shapes(tuple(labels.shape[:-1]), tuple(ref.shape)))
+    except ValueError:
         shape = None
-    if shape != labels.shape[:-1]:
+    if shape != tuple(labels.shape[:-1]):
         raise ValueError(f"reference: shape {tuple(ref.shape)} does not broadcast to the outputs' "
                          f"leading shape {tuple(labels.shape[:-1])}")
     ref = ref.to(labels.device)

@@ -1,0 +1,169 @@
+"""Open world: selection, delegates, thresholds, detection and identification with abstention."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fastfp import fbi
+from fastfp.reference import fbi as ref
+
+
+@pytest.fixture(scope="module")
+def db():
+    return fbi.synthetic_database(5, 4, 300, num_classes=10, k=3, accuracy=0.7, noise=0.15, seed=3)
+
+
+@pytest.fixture(scope="module")
+def ow(db):
+    return fbi.OpenWorld(L=60, trials=4, delegates=("close", "median"), seed=1).fit(db)
+
+
+def test_fit_matches_literal_threshold_and_delegates(db, ow):
+    sym = db.symbols()
+    # delegates: ranked by distance to the anchor (vanilla) model on all inputs
+    for f in ow.families_:
+        members = db.members(f)
+        a = ow.anchors_[f]
+        d = [ref.rajski_distance(sym[a].tolist(), sym[m].tolist()) for m in members]
+        order = [members[i] for i in np.argsort(d, kind="stable")]
+        assert ow.delegates_[f] == list(dict.fromkeys([order[0], order[(len(order) - 1) // 2]]))
+    # tau: literal recomputation over the same draws
+    neg = []
+    for draw in ow.samples_["detect"]:
+        for f, S in draw.items():
+            dele = [sym[m][S].tolist() for m in ow.delegates_[f]]
+            for m in range(db.num_models):
+                if db.families[m] != f:
+                    neg.append(ref.family_distance(sym[m][S].tolist(), dele))
+    assert abs(ow.tau_ - ref.threshold(neg, ow.fpr)) < 1e-9
+    assert np.mean(np.array(neg) < ow.tau_ - 1e-9) <= ow.fpr  # (round-off aside) FPR <= target
+    assert 0 < ow.tau_identify_ <= 1
+
+
+def test_detect_members_and_strangers(db, ow):
+    hits = [ow.detect(name, fam, seed=i).positive for i, (name, fam) in enumerate(zip(db.names, db.families))]
+    assert np.mean(hits) > 0.9
+    false = [ow.detect(name, "f0", seed=i).positive for i, name in enumerate(db.names) if db.families[i] != "f0"]
+    assert np.mean(false) <= 0.2
+    r = ow.detect("f2v1", "f2", seed=0)
+    # the decision is the literal compound distance on the queried inputs
+    sym = db.symbols()
+    d = ref.family_distance(sym[db.index("f2v1")][r.queries].tolist(),
+                            [sym[m][r.queries].tolist() for m in ow.delegates_["f2"]])
+    assert abs(r.distance - d) < 1e-9 and r.positive == (d < ow.tau_)
+
+
+def test_identify_known_unknown_and_ties(db, ow):
+    got = [ow.identify(name, seed=i) for i, name in enumerate(db.names)]
+    right = [g.family == f for g, f in zip(got, db.families)]
+    assert np.mean(right) > 0.8
+    for g in got:
+        assert g.family is None or g.family == ref.identify_decision(g.distances, g.tau)
+    # a black box from a family Alice does not know: abstain (H0) most of the time
+    other = fbi.synthetic_database(1, 3, 300, num_classes=10, k=3, seed=99)
+    stranger = other.topk[0]
+    abst = [ow.identify(stranger, seed=s).status for s in range(5)]
+    assert abst.count("abstain-h0") >= 4
+    # two families with identical models: every query ties -> abstain
+    tie = fbi.Database(np.concatenate([db.topk[:4], db.topk[:4], db.topk[4:8]]),
+                       [f"a{i}" for i in range(12)], ["A"] * 4 + ["B"] * 4 + ["C"] * 4,
+                       k=3, num_classes=10, ground_truth=db.ground_truth)
+    ow2 = fbi.OpenWorld(L=50, trials=2, seed=0).fit(tie)
+    assert ow2.tau_identify_ == 0.0  # A and B are indistinguishable: nothing may be identified
+    assert ow2.identify("a0", seed=0).status == "abstain-h0"
+    ow2.tau_identify_ = 1.01         # even with a permissive threshold, a tie abstains
+    r = ow2.identify("a0", seed=0)
+    assert r.status == "abstain-tie" and r.family is None
+
+
+def test_reference_backend_gives_the_same_decisions(db, monkeypatch):
+    fast = fbi.OpenWorld(L=40, trials=2, selection="50/50", seed=5).fit(db)
+    monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    slow = fbi.OpenWorld(L=40, trials=2, selection="50/50", seed=5).fit(db)
+    assert abs(fast.tau_ - slow.tau_) < 1e-9 and abs(fast.tau_identify_ - slow.tau_identify_) < 1e-9
+    for i in (0, 5, 13):
+        a, b = fast.identify(db.names[i], seed=i), slow.identify(db.names[i], seed=i)
+        assert a.family == b.family and a.status == b.status
+
+
+@pytest.mark.parametrize("strategy", ["all", "50/50", "30/70", "entropy"])
+def test_selection_guard_and_ratios(db, strategy):
+    sym = db.symbols()
+    correct = sym == 1
+    top1 = db.topk[:, :, 0].astype(np.int64)
+    from fastfp.fbi.openworld import _label_entropy
+
+    ent = _label_entropy(top1)
+    rng = np.random.default_rng(0)
+    S = fbi.select_inputs(40, strategy, rng, correct=correct, anchor_correct=correct[0], entropy=ent)
+    assert len(S) == 40 and len(set(S.tolist())) == 40
+    # guard: every model has >= 1 correct and >= 1 wrong input among the queries
+    assert correct[:, S].any(1).all() and (~correct[:, S]).any(1).all()
+    if strategy in ("50/50", "30/70"):
+        share = {"50/50": 0.5, "30/70": 0.3}[strategy]
+        assert abs(correct[0, S].mean() - share) <= 0.1
+    if strategy == "entropy":
+        head = np.argsort(-ent, kind="stable")[: math.ceil(0.5 * db.num_inputs)]
+        assert set(S.tolist()) <= set(head.tolist())
+
+
+def test_guard_impossible_and_optional():
+    correct = np.eye(6, dtype=bool)  # each model right on one input only
+    with pytest.raises(ValueError, match="L"):
+        fbi.select_inputs(2, "all", np.random.default_rng(0), correct=correct)
+    S = fbi.select_inputs(1, "all", np.random.default_rng(0), correct=correct, guard=False)
+    assert S.shape == (1,)
+
+
+def test_constant_model_and_L1(db):
+    const = fbi.Database(np.concatenate([db.topk[:8], np.zeros((2, 300, 3), np.int64) + [0, 1, 2]]),
+                         db.names[:8] + ["c0", "c1"], db.families[:8] + ["C", "C"], k=3, num_classes=10,
+                         ground_truth=db.ground_truth)
+    ow = fbi.OpenWorld(L=1, trials=3, guard=False, selection="all", identify_selection="all").fit(const)
+    r = ow.identify("c0", seed=0)
+    assert r.status in ("identified", "abstain-h0", "abstain-tie")
+    assert all(0.0 <= d <= 1.0 for d in r.distances.values())
+
+
+def test_openworld_bad_input(db, ow):
+    with pytest.raises(ValueError, match="fpr"):
+        fbi.OpenWorld(fpr=1.0)
+    with pytest.raises(ValueError, match="fpr"):
+        fbi.OpenWorld(fpr=0)
+    with pytest.raises(ValueError, match="selection"):
+        fbi.OpenWorld(selection="70/30")
+    with pytest.raises(ValueError, match="delegates"):
+        fbi.OpenWorld(delegates="middle")
+    with pytest.raises(ValueError, match="L"):
+        fbi.OpenWorld(L=301).fit(db)
+    with pytest.raises(ValueError, match="k"):
+        fbi.OpenWorld(k=5).fit(db)
+    with pytest.raises(ValueError, match="family"):
+        ow.detect("f0", "nope")
+    with pytest.raises(ValueError, match="name"):
+        ow.detect("not-a-model", "f0")
+    with pytest.raises(ValueError, match="k"):
+        ow.identify(db.topk[0][:, :1])  # top-1 outputs for a top-3 open world
+    with pytest.raises(ValueError, match="blackbox"):
+        ow.identify(db.topk[0][:10])
+    with pytest.raises(ValueError, match="anchors"):
+        fbi.OpenWorld(L=20, trials=1).fit(db, anchors={"zz": "f0"})
+    with pytest.raises(TypeError, match="db"):
+        fbi.OpenWorld().fit(np.zeros((2, 3)))
+    single = fbi.synthetic_database(1, 3, 50, seed=0)
+    with pytest.raises(ValueError, match="two families"):
+        fbi.OpenWorld(L=10).fit(single)
+
+
+def test_query_law_fit_recovers_a_known_law():
+    recs = [{"k": k, "n_families": n, "family_size": s, "queries": 0.01 * s * n / k + {1: 1.0, 3: 0.5}[k]}
+            for k in (1, 3) for n in (2, 5, 9) for s in (1.0, 3.0)]
+    fit = fbi.fit_query_law(recs)
+    assert abs(fit["slope"] - 0.01) < 1e-9 and abs(fit["beta"][1] - 1.0) < 1e-9 and fit["r2"] > 0.999
+
+
+def test_query_law_experiment_runs(db):
+    res = fbi.query_law_experiment(db.topk, db.families, k_values=(1, 3), n_families=(2, 5), trials=3)
+    assert len(res["records"]) == 4 and all(r["queries"] >= 1 for r in res["records"])
+    assert set(res["fit"]["beta"]) == {1, 3}
