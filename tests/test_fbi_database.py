@@ -1,0 +1,127 @@
+"""Output database: streaming build, compact storage, atomic save/load, resume, append."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fastfp import fbi
+from fastfp.reference import fbi as ref
+
+
+def _model(seed, classes=10):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, classes)).eval()
+
+
+class Counting(nn.Module):
+    def __init__(self, inner, fail_after=None):
+        super().__init__()
+        self.inner, self.calls, self.fail_after = inner, 0, fail_after
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.inner(x)
+
+
+@pytest.fixture
+def inputs():
+    return torch.randn(37, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+
+
+def test_build_stores_topk_and_majority_reference(inputs):
+    models = {f"m{i}": _model(i) for i in range(5)}
+    fams = {"m0": "A", "m1": "A", "m2": "B", "m3": "B", "m4": "C"}
+    db = fbi.Database.build(models, inputs, k=3, families=fams, batch_size=8, progress=False)
+    assert db.topk.dtype == np.uint8 and db.topk.shape == (5, 37, 3)
+    for i, m in enumerate(models.values()):
+        with torch.no_grad():
+            assert np.array_equal(db.topk[i], m(inputs).topk(3, dim=1).indices.numpy())
+    top1 = db.topk[:, :, 0].tolist()
+    for x in range(37):
+        votes = Counter(row[x] for row in top1)
+        best = max(votes.values())
+        assert db.reference[x] == min(c for c, v in votes.items() if v == best)
+    assert db.family_names == ["A", "B", "C"] and db.members("B") == [2, 3]
+    want = [ref.surjection(db.topk[m].tolist(), db.reference.tolist(), 2) for m in range(5)]
+    assert db.symbols(2).tolist() == want
+
+
+def test_save_load_roundtrip_and_ground_truth(tmp_path, inputs):
+    labels = np.arange(37) % 10
+    db = fbi.Database.build({"a": _model(0), "b": _model(1)}, inputs, k=2, families={"a": "F", "b": "G"},
+                            labels=labels, progress=False)
+    path = tmp_path / "db.safetensors"
+    db.save(path)
+    back = fbi.Database.load(path)
+    assert np.array_equal(back.topk, db.topk) and back.names == db.names and back.families == db.families
+    assert np.array_equal(back.reference, labels) and back.k == 2 and back.digest == db.digest
+    assert not list(tmp_path.glob(".db.safetensors.*"))  # no temporary left behind
+
+
+def test_resume_after_interruption_keeps_finished_models(tmp_path, inputs):
+    path = tmp_path / "db.safetensors"
+    fams = {f"m{i}": "F" if i < 2 else "G" for i in range(4)}
+    flaky = Counting(_model(2), fail_after=1)
+    models = {"m0": Counting(_model(0)), "m1": Counting(_model(1)), "m2": flaky, "m3": Counting(_model(3))}
+    with pytest.raises(KeyboardInterrupt):
+        fbi.Database.build(models, inputs, k=2, families=fams, batch_size=16, path=path, progress=False)
+    assert fbi.Database.load(path).names == ["m0", "m1"]  # finished models survived
+    flaky.fail_after = None
+    calls_before = models["m0"].calls
+    db = fbi.Database.build(models, inputs, k=2, families=fams, batch_size=16, path=path, progress=False)
+    assert db.names == ["m0", "m1", "m2", "m3"] and models["m0"].calls == calls_before  # not re-queried
+    assert fbi.Database.load(path).names == db.names
+    with pytest.raises(ValueError, match="k"):
+        fbi.Database.build(models, inputs, k=3, families=fams, path=path, progress=False)
+    with pytest.raises(ValueError, match="inputs"):
+        fbi.Database.build(models, inputs + 1, k=2, families=fams, path=path, progress=False)
+
+
+def test_extend_and_lookup_errors(inputs):
+    db = fbi.Database.build({"a": _model(0)}, inputs, k=2, families={"a": "F"}, progress=False)
+    before = db.topk.copy()
+    db.extend({"b": _model(1)}, inputs, families={"b": "G"}, progress=False)
+    assert db.names == ["a", "b"] and np.array_equal(db.topk[0], before[0])
+    with pytest.raises(ValueError, match="already"):
+        db.extend({"b": _model(1)}, inputs, families={"b": "G"}, progress=False)
+    with pytest.raises(ValueError, match="inputs"):
+        db.extend({"c": _model(2)}, inputs * 2, families={"c": "G"}, progress=False)
+    with pytest.raises(ValueError, match="not in the database"):
+        db.outputs("zzz")  # never someone else's row
+    with pytest.raises(ValueError, match="family"):
+        db.members("nope")
+    with pytest.raises(ValueError, match="k = 2"):
+        db.add("c", "G", np.zeros((37, 1), int))
+    with pytest.raises(ValueError, match="topk"):
+        db.add("c", "G", np.zeros((36, 2), int))
+
+
+def test_build_bad_input(tmp_path, inputs):
+    with pytest.raises(ValueError, match="families"):
+        fbi.Database.build({"a": _model(0)}, inputs, k=2, families={}, progress=False)
+    with pytest.raises(TypeError, match="families"):
+        fbi.Database.build({"a": _model(0)}, inputs, k=2, families=["F"], progress=False)
+    with pytest.raises(ValueError, match="labels"):
+        fbi.Database.build({"a": _model(0)}, inputs, k=2, families={"a": "F"}, labels=np.zeros(3), progress=False)
+    with pytest.raises(ValueError, match="k"):
+        fbi.Database.build({"a": _model(0)}, inputs, k=11, families={"a": "F"}, progress=False)
+    with pytest.raises(ValueError, match="models"):
+        fbi.Database.build({}, inputs, k=2, families={}, progress=False)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a database")
+    with pytest.raises(ValueError, match="database"):
+        fbi.Database.load(bad)
+    with pytest.raises(FileNotFoundError):
+        fbi.Database.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="duplicate"):
+        fbi.Database(np.zeros((2, 3, 1), int), ["a", "a"], ["F", "F"], k=1, num_classes=2)
+
+
+def test_large_label_space_uses_int16():
+    db = fbi.Database(np.full((1, 4, 2), 999), ["a"], ["F"], k=2, num_classes=1000)
+    assert db.topk.dtype == np.int16
