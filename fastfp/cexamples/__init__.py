@@ -89,7 +89,9 @@ def probe(model, x1: torch.Tensor, num_classes, device: torch.device) -> tuple[i
         if isinstance(output, torch.Tensor):
             sizes.append(output.numel() * output.element_size())
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    # TorchScript modules take no hooks: their activations are then guessed from the input.
+    leaves = ([] if isinstance(model, torch.jit.ScriptModule)
+              else [m for m in model.modules() if not list(m.children())])
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     model.eval()
@@ -113,7 +115,8 @@ def probe(model, x1: torch.Tensor, num_classes, device: torch.device) -> tuple[i
     if num_classes is not None and out.shape[1] != num_classes:
         raise ValueError(f"num_classes: {num_classes} given, but the model outputs "
                          f"{out.shape[1]} logits")
-    return int(sum(sizes)) + x1.numel() * x1.element_size(), int(out.shape[1])
+    guess = sum(sizes) if sizes else 16 * x1.numel() * x1.element_size()
+    return int(guess) + x1.numel() * x1.element_size(), int(out.shape[1])
 
 
 def settings_for(method, input_shape, *, k=None, delta=None, q=10, alpha=None, steps=500,

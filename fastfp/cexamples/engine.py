@@ -103,14 +103,25 @@ def noisy_grad(model, x, y, t, settings):
                                 offset=t * settings.q)
 
 
+def step(model, x, y, t, settings: Settings, grad=None) -> torch.Tensor:
+    """x_{t+1} from x_t: the (noisy, averaged) input gradient, then the fused sign step."""
+    from .. import ops
+
+    if grad is None:
+        if settings.noisy:
+            grad = noisy_grad(model, x, y, t, settings)
+        else:
+            grad = vanilla_grad(model, x, y, settings, model_dtype(model))[1]
+    return ops.sign_step(x, grad.to(x.dtype), settings.alpha, settings.k, settings.lo,
+                         settings.hi)
+
+
 def run_batch(model, x, y, settings: Settings, *, on_finish=None):
     """Optimise one batch in place of a copy; returns (x_final, steps_used, final_loss).
 
     ``x`` (B, C, H, W) in the work dtype on the model's device, ``y`` (B,) int64 on the same device.
     ``on_finish(n)`` is called as examples finish (progress bars).
     """
-    from .. import ops
-
     mdtype = model_dtype(model)
     out = x.detach().clone()
     steps_used = torch.full((x.shape[0],), settings.steps, dtype=torch.int64)
@@ -140,10 +151,7 @@ def run_batch(model, x, y, settings: Settings, *, on_finish=None):
                 on_finish(n_done)
             if idx.numel() == 0:
                 return out, steps_used, final_loss
-        if grad is None:
-            grad = noisy_grad(model, cur, cur_y, t, settings)
-        cur = ops.sign_step(cur, grad.to(cur.dtype), settings.alpha, settings.k,
-                            settings.lo, settings.hi)
+        cur = step(model, cur, cur_y, t, settings, grad=grad)
     # Ran out of steps: the survivors' final loss on the clean model.
     out[idx] = cur
     loss = clean_loss(model, cur, cur_y, settings, mdtype)

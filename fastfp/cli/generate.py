@@ -1,0 +1,162 @@
+"""``fastfp generate``: characteristic-example fingerprints of a model, written as .safetensors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+METHODS = ("vanilla", "rc", "rcgm", "ltrc")
+
+MODEL_HELP = ("the model: a TorchScript file, a torch.save'd nn.Module (trusted files only: it is "
+              "unpickled), or a default-zoo name such as cnn-s0 (see fastfp.zoo.names())")
+
+
+def add_model_args(p) -> None:
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--arch", action="store_true",
+                   help="MODEL is a torchvision/timm architecture name (random init unless "
+                        "--weights)")
+    p.add_argument("--weights", metavar="FILE", help="state dict for --arch (.safetensors or .pt)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+
+
+def load_model(args):
+    """(model on its device, name, default input shape or None) from the CLI arguments."""
+    import torch
+
+    from fastfp.cli.main import UserError
+
+    spec = args.model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: not a torch device: {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: cuda asked for, but torch sees no CUDA device")
+    if args.weights and not args.arch:
+        raise UserError("--weights: only with --arch (a file MODEL already holds its weights)")
+    shape = None
+    if args.arch:
+        from fastfp import zoo
+
+        model = zoo.load_arch(spec, args.weights)
+        name, shape = spec, (3, 224, 224)
+    elif Path(spec).exists():
+        model = _load_file(Path(spec))
+        name = Path(spec).stem
+    else:
+        try:
+            from fastfp import zoo
+        except ImportError:
+            raise UserError(f"MODEL: {spec!r} is not a file, and the model zoo is not available "
+                            "in this install") from None
+        try:
+            zoo.parse_name(spec)
+        except ValueError as exc:
+            raise UserError(f"MODEL: {spec!r} is neither an existing file nor a zoo model ({exc})") \
+                from None
+        model = zoo.load(spec)
+        name, shape = spec, tuple(zoo.INPUT_SHAPE)
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"MODEL: {spec!r} holds a {type(model).__name__}, not a torch.nn.Module "
+                        "(save the module itself, or use --arch NAME --weights FILE for a "
+                        "state dict)")
+    return model.to(device).eval(), name, shape
+
+
+def _load_file(path: Path):
+    import torch
+
+    from fastfp.cli.main import UserError
+
+    if path.is_dir():
+        raise UserError(f"MODEL: {str(path)!r} is a folder, expected a model file")
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception:
+        pass  # not TorchScript: try a pickled module
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"MODEL: cannot read {str(path)!r} as TorchScript or a torch.save'd "
+                        f"module ({type(exc).__name__}: {exc})") from None
+
+
+def parse_shape(text):
+    from fastfp.cli.main import UserError
+
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"--input-shape: expected C,H,W such as 3,224,224, got {text!r}") from None
+    if len(shape) != 3:
+        raise UserError(f"--input-shape: expected 3 numbers C,H,W, got {text!r}")
+    return shape
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate characteristic-example fingerprints (C, RC, RC+GM, LTRC)",
+        description="Generate characteristic examples of a model (Wang et al., IJCAI'21) and "
+                    "write them as one .safetensors fingerprint. Settings left out take the "
+                    "paper's defaults for the input size.")
+    add_model_args(p)
+    p.add_argument("--method", choices=METHODS, default="ltrc", help="default: %(default)s")
+    p.add_argument("--num", type=int, default=100, help="number of examples (default: 100)")
+    p.add_argument("--out", required=True, metavar="PATH", help="fingerprint file to write")
+    p.add_argument("--input-shape", metavar="C,H,W",
+                   help="input shape (default: the zoo's 1,32,32 or 3,224,224 for --arch)")
+    p.add_argument("--num-classes", type=int, help="checked against the model (default: its)")
+    p.add_argument("--k", type=int, help="ltrc high-pass band (default: 2 at 32x32, 20 at 224)")
+    p.add_argument("--delta", type=float, help="weight-noise bound (default: 0.03 / 0.001)")
+    p.add_argument("--q", type=int, default=10, help="noisy copies per step (default: 10)")
+    p.add_argument("--alpha", type=float, help="step size (default: 2.5 / steps)")
+    p.add_argument("--steps", type=int, default=500, help="default: 500")
+    p.add_argument("--eta", type=float, default=1e-6, help="early-stop loss (default: 1e-6)")
+    p.add_argument("--seed", type=int, default=0, help="default: 0")
+    p.add_argument("--batch-size", type=int, help="default: sized to the device memory")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", metavar="PATH", help="also write a JSON report")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from fastfp import cexamples
+    from fastfp.cli.main import UserError
+
+    model, name, shape = load_model(args)
+    if args.input_shape:
+        shape = parse_shape(args.input_shape)
+    if shape is None:
+        raise UserError("--input-shape: needed for a model file (e.g. --input-shape 3,224,224)")
+    num_classes = args.num_classes
+    if num_classes is None:
+        import torch
+
+        _, num_classes = cexamples.probe(model, torch.zeros(1, *shape), None,
+                                         cexamples.model_device(model))
+    start = time.perf_counter()
+    fp = cexamples.generate(model, args.num, shape, num_classes, method=args.method, k=args.k,
+                            delta=args.delta, q=args.q, alpha=args.alpha, steps=args.steps,
+                            eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                            progress=not args.no_progress, precision=args.precision,
+                            model_name=name)
+    seconds = time.perf_counter() - start
+    fp.save(args.out)
+    accuracy = cexamples.verify(model, fp)
+    m = fp.meta
+    print(f"{args.num} {args.method} examples of {name} ({'x'.join(map(str, shape))}) in "
+          f"{seconds:.1f} s -> {args.out}")
+    print(f"source-model accuracy on the targets: {accuracy:.3f}; converged (loss < eta): "
+          f"{m['converged']}/{len(fp)}; k={m['k']} delta={m['delta']:g} q={m['q']} "
+          f"alpha={m['alpha']:g} steps={m['steps']}")
+    if args.json:
+        from fastfp.store import write_json
+
+        meta = {k: v for k, v in m.items() if k not in ("steps_used", "final_loss")}
+        write_json(args.json, {"command": "generate", "out": str(args.out), "num": len(fp),
+                               "seconds": seconds, "accuracy": accuracy,
+                               "mean_steps_used": sum(m["steps_used"]) / len(fp), **meta})
+    return 0
