@@ -96,7 +96,8 @@ def time_call(fn, device, repeats: int, min_total_s: float = 0.1, max_repeats: i
     return best
 
 
-def run_curve(curve: Curve, device, repeats: int, budget_s: float, progress=None) -> None:
+def run_curve(curve: Curve, device, repeats: int, budget_s: float, progress=None,
+              min_total_s: float = 0.1) -> None:
     """Time every point; stop a line (fastfp or baseline) once one call exceeds ``budget_s``."""
     over = {"fastfp": False, "baseline": False}
     for value in curve.values:
@@ -108,7 +109,7 @@ def run_curve(curve: Curve, device, repeats: int, budget_s: float, progress=None
             if over[role]:
                 point["note"] += f"{role} skipped (over {budget_s:g} s per call); "
                 continue
-            seconds = time_call(fn, device, repeats)
+            seconds = time_call(fn, device, repeats, min_total_s)
             point[f"{role}_s"] = seconds
             over[role] = seconds > budget_s
         curve.points.append(point)

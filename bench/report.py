@@ -285,6 +285,15 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{format(value, spec)}{suffix}"
 
 
+def _short(name: str, width: int = 40) -> str:
+    """A long parametrised test id, cut to its function and last id part (usually the role):
+    the group already names the case, the entry only tells fastfp variants apart."""
+    if len(name) <= width or "[" not in name:
+        return name
+    func, _, params = name.partition("[")
+    return f"{func}[..{params.rstrip(']').split('-')[-1]}]"
+
+
 def format_table(report: dict) -> str:
     rows = report["rows"]
     meta = report.get("meta") or {}
@@ -294,7 +303,7 @@ def format_table(report: dict) -> str:
     for r in rows:
         baseline = _fmt_time(r["baseline_s"]) + (" ~" if r["baseline_extrapolated"] else "")
         peak = "-" if r["peak_frac"] is None else f"{r['peak_frac']:.0%} {r['peak_of'].split()[0]}"
-        lines.append((r["group"], r["name"], _fmt_time(r["fastfp_s"]), baseline,
+        lines.append((r["group"], _short(r["name"]), _fmt_time(r["fastfp_s"]), baseline,
                       _fmt(r["speedup"], ".3g", "x"), _fmt(r["gbps"], ".4g"),
                       _fmt(r["tflops"], ".3g"), peak, r["target"] or "-",
                       r["result"] + (f" ({r['why']})" if r["why"] else "")))
@@ -351,7 +360,7 @@ def plot(report: dict, path) -> bool:
 
     from fastfp.store import atomic_path
 
-    labels = [f"{r['group']}" + (f" [{r['name']}]" if _several(report, r["group"]) else "")
+    labels = [f"{r['group']}" + (f" [{_short(r['name'], 30)}]" if _several(report, r["group"]) else "")
               for r in rows]
     colors = {"PASS": "tab:green", "FAIL": "tab:red", "-": "tab:gray"}
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.5))

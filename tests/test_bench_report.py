@@ -426,7 +426,7 @@ def test_curve_timing_budget_and_plot(tmp_path):
         return fast, (base if n > 1 else None)
 
     curve = curves.Curve("models", [1, 10, 100, 1000], make, "synthetic")
-    curves.run_curve(curve, torch.device("cpu"), repeats=2, budget_s=0.0)
+    curves.run_curve(curve, torch.device("cpu"), repeats=2, budget_s=0.0, min_total_s=0.0)
     assert [p["value"] for p in curve.points] == [1, 10, 100, 1000]
     # every line is timed until one call exceeds the (zero) budget, then skipped
     assert curve.points[0]["fastfp_s"] > 0 and curve.points[0]["baseline_s"] is None
@@ -434,6 +434,11 @@ def test_curve_timing_budget_and_plot(tmp_path):
     assert curve.points[1]["baseline_s"] > 0
     assert curve.points[2]["baseline_s"] is None and "baseline skipped" in curve.points[2]["note"]
     assert calls == {"fastfp": 3, "baseline": 3}  # warm-up + 2 repeats, once each
+    # short calls are repeated until enough time is measured (bounded)
+    count = []
+    best = curves.time_call(lambda: count.append(1), torch.device("cpu"), repeats=2,
+                            min_total_s=10.0, max_repeats=7)
+    assert len(count) == 1 + 7 and 0 <= best < 1.0
     curves.plot("synthetic", [curve], "cpu (test)", tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     text = curves.format_area("synthetic", [curve])
