@@ -125,6 +125,16 @@ class NoisePlan {
     run_noise(table_, masters_[0], check_delta(delta), seed, offset, stream);
   }
 
+#if defined(FASTFP_WITH_CUDA)
+  void emulate_cuda(double delta, std::uint64_t seed, std::uint64_t offset) const {
+    if (masters_[0].device_type() != nb::device::cpu::value)
+      throw std::invalid_argument("masters: the CUDA-kernel emulation takes CPU arrays");
+    const float d = check_delta(delta);
+    nb::gil_scoped_release release;
+    fastfp::noise_emulate_cuda(table_.data(), static_cast<int>(table_.size()), d, seed, offset);
+  }
+#endif
+
   std::size_t size() const { return table_.size(); }
   std::int64_t numel() const { return table_.back().base + table_.back().numel; }
 
@@ -185,6 +195,10 @@ NB_MODULE(_ext, m) {
            nb::arg("outs").noconvert())
       .def("run", &NoisePlan::run, nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0,
            nb::arg("stream") = 0)
+#if defined(FASTFP_WITH_CUDA)
+      .def("_emulate_cuda", &NoisePlan::emulate_cuda, nb::arg("delta"), nb::arg("seed"),
+           nb::arg("offset") = 0, "run the CUDA kernel's per-thread code on the host (tests)")
+#endif
       .def("__len__", &NoisePlan::size)
       .def_prop_ro("numel", &NoisePlan::numel);
   m.def("noise_fill", &noise_fill, nb::arg("out").noconvert(), nb::arg("start"), nb::arg("delta"),

@@ -28,6 +28,9 @@ void noise_perturb_cpu(const NoiseTensor *tensors, int count, float delta, std::
 // One kernel launch per kMaxNoiseTensors tensors on `stream` (a cudaStream_t, 0 = default).
 void noise_perturb_cuda(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
                         std::uint64_t offset, int device, std::uintptr_t stream);
+// The CUDA kernel's per-thread code run on the host over CPU buffers (tests without a GPU).
+void noise_emulate_cuda(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
+                        std::uint64_t offset);
 #endif
 
 } // namespace fastfp

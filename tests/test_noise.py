@@ -128,6 +128,43 @@ def test_extension_half_conversions_exhaustive(dtype):
         assert torch.equal(got.view(torch.int16), want.view(torch.int16))
 
 
+def _awkward_list():
+    """> 40 tensors (several CUDA launch tables), zero-size ones, odd sizes, misaligned storage."""
+    g = torch.Generator().manual_seed(7)
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    params = [(torch.randn(n, generator=g) * 4).to(dtypes[n % 3]) for n in range(0, 45)]
+    storage = torch.randn(4003, generator=g)
+    params.insert(7, storage[1:4001].view(40, 100))  # contiguous, 4 bytes past a 16-byte boundary
+    half = torch.randn(999, generator=g).half()
+    params.insert(20, half[3:])  # 6 bytes past an 8-byte boundary
+    params.append(torch.randn(64, 33, generator=g))
+    return params
+
+
+@pytest.mark.skipif(not HAS_EXT or not hasattr(backend.extension().NoisePlan, "_emulate_cuda"),
+                    reason="extension built without its CUDA part")
+def test_cuda_kernel_logic_emulated_on_host_equals_cpu():
+    ext = backend.extension()
+    params = _awkward_list()
+    for seed, offset in [(0, 0), (2**35 + 1, 2**33 + 3)]:
+        want = N.perturb(params, 0.3, seed, offset)
+        outs = [torch.full_like(p, float("nan")) for p in params]
+        ext.NoisePlan([p.contiguous() for p in params], outs)._emulate_cuda(0.3, seed, offset)
+        for i, (o, w) in enumerate(zip(outs, want)):
+            assert torch.equal(_bits(o), _bits(w)), i
+    outs = [torch.full((1001,), float("nan"))]
+    plan = ext.NoisePlan([torch.zeros(1001)], outs)
+    plan._emulate_cuda(0.2, 3, 1)
+    assert torch.equal(outs[0], N.noise(1001, 0.2, 3, 1))
+
+
+@needs_ext
+def test_awkward_lists_equal_reference():
+    params = _awkward_list()
+    for g, w in zip(N.perturb(params, 0.1, 5, 6), R.perturb(params, 0.1, 5, 6)):
+        assert torch.equal(_bits(g), _bits(w))
+
+
 @needs_ext
 def test_fill_equals_reference_at_any_start():
     for start, n in [(0, 1), (1, 7), (253, 600), (2**33 + 3, 1000)]:
@@ -357,6 +394,17 @@ def test_extension_errors_are_clear():
 
 def _bits(t):
     return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
+
+
+@pytest.mark.gpu
+def test_cuda_awkward_list_equals_cpu():
+    params = _awkward_list()
+    gpu = [p.cuda() for p in params]
+    storage = torch.randn(4003).cuda()
+    gpu[7] = storage[1:4001].view(40, 100)  # keep the misalignment on the device
+    params[7] = gpu[7].cpu()
+    for g, w in zip(N.perturb(gpu, 0.1, 5, 6), N.perturb(params, 0.1, 5, 6)):
+        assert torch.equal(_bits(g.cpu()), _bits(w))
 
 
 @pytest.mark.gpu
