@@ -1,0 +1,425 @@
+"""``fastfp fbi``: FBI databases, detection / identification of a black box, distance maps.
+
+    fastfp fbi build --spec models.json --inputs zoo:2000 --k 3 --out db.safetensors
+    fastfp fbi detect --db db.safetensors --family cnn --blackbox suspect.pt [--mode open]
+    fastfp fbi identify --db db.safetensors --blackbox outputs.npy [--mode walled]
+    fastfp fbi distances --db db.safetensors --png dist.png --embedding-png tsne.png
+    fastfp fbi law --db db.safetensors --k 1 3
+
+A model list (JSON or TOML) names each model and its family:
+``{"models": [{"name": "a", "family": "F", "zoo": "cnn-s0"}, {"name": "b", "family": "G",
+"path": "b.pt"}, {"name": "c", "family": "H", "arch": "resnet18", "weights": "c.safetensors"}],
+"inputs": "zoo:2000"}``; ``path`` is a torch.save'd full module or a TorchScript file.
+Inputs: ``zoo:N`` (N benign digits of the default zoo, with ground truth) or a ``.pt`` / ``.npy``
+tensor file (then ``--labels`` optionally gives the ground truth; else majority vote).
+A black box is a model file, ``zoo:NAME``, ``arch:NAME[:WEIGHTS]``, ``db:NAME`` (a database model,
+for simulations), or a precomputed ``.npy`` / ``.pt`` file of its top-k labels on the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fbi", help="FBI: fingerprinting with benign inputs (database, detect, identify, distances)",
+                       description=__doc__.split("\n\n")[0])
+    cmds = p.add_subparsers(dest="fbi_command", metavar="SUBCOMMAND")
+
+    b = cmds.add_parser("build", help="query a model list on benign inputs and store their top-k outputs")
+    b.add_argument("--spec", required=True, help="JSON or TOML model list (names, families, model sources)")
+    b.add_argument("--inputs", help="zoo:N, or a .pt / .npy tensor file (default: the spec's 'inputs')")
+    b.add_argument("--labels", help="ground-truth classes (.pt / .npy); default: majority vote")
+    b.add_argument("--k", type=int, default=3, help="top-k kept per output (default 3)")
+    b.add_argument("--out", required=True, help="database file (.safetensors); an existing one is resumed")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--device", default=None, help="device for the models (default: cpu)")
+    b.add_argument("--json", metavar="PATH", help="also write a JSON report")
+    b.set_defaults(func=run_build)
+
+    for name, helptext in (("detect", "is the black box in FAMILY?"), ("identify", "which family is the black box?")):
+        d = cmds.add_parser(name, help=helptext)
+        d.add_argument("--db", required=True, help="database file")
+        if name == "detect":
+            d.add_argument("--family", required=True, help="hypothesis family")
+        d.add_argument("--blackbox", required=True, help="model file, zoo:NAME, arch:NAME[:WEIGHTS], db:NAME, "
+                                                         "or a .npy/.pt file of top-k labels")
+        d.add_argument("--inputs", help="the database's inputs (needed to query a model black box)")
+        d.add_argument("--mode", choices=("open", "walled"), default="open",
+                       help="open world (statistical, default) or walled garden (greedy, A = B)")
+        d.add_argument("--L", type=int, default=100, help="queries (open world; default 100)")
+        d.add_argument("--selection", default="30/70" if name == "detect" else "entropy",
+                       help="input selection: all, 50/50, 30/70, entropy")
+        d.add_argument("--delegates", default="close", help="close, median, far, or a comma list (compound)")
+        d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate (default 0.05)")
+        d.add_argument("--trials", type=int, default=20, help="random draws used to set tau")
+        d.add_argument("--max-queries", type=int, default=None, help="walled garden: query budget")
+        d.add_argument("--seed", type=int, default=0)
+        d.add_argument("--batch-size", type=int, default=256)
+        d.add_argument("--json", metavar="PATH", help="also write a JSON report")
+        d.set_defaults(func=run_detect if name == "detect" else run_identify)
+
+    m = cmds.add_parser("distances", help="pairwise Rajski distances of the database's models (+ PNG figures)")
+    m.add_argument("--db", required=True)
+    m.add_argument("--L", type=int, default=None, help="use L random inputs (default: all)")
+    m.add_argument("--k", type=int, default=None, help="S_k with this k (default: the database's)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--png", help="write a heatmap of the distance matrix")
+    m.add_argument("--embedding-png", help="write a 2-D embedding (t-SNE on the precomputed distances)")
+    m.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
+    m.set_defaults(func=run_distances)
+
+    law = cmds.add_parser("law", help="fit E(L) ~ a E|F| nF / k + beta(k) with greedy identification")
+    law.add_argument("--db", required=True)
+    law.add_argument("--k", type=int, nargs="+", default=None, help="k values (default: 1 .. database k)")
+    law.add_argument("--trials", type=int, default=20)
+    law.add_argument("--seed", type=int, default=0)
+    law.add_argument("--json", metavar="PATH")
+    law.set_defaults(func=run_law)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def _user_error(msg):
+    from fastfp.cli.main import UserError
+
+    return UserError(msg)
+
+
+def _load_tensor(path: str):
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file: {path!r}")
+    if p.suffix == ".npy":
+        return torch.from_numpy(np.load(p))
+    if p.suffix == ".npz":
+        with np.load(p) as z:
+            return torch.from_numpy(z[z.files[0]])
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(obj, torch.Tensor):
+        raise _user_error(f"{path}: expected a tensor file, found {type(obj).__name__}")
+    return obj
+
+
+def _inputs(spec_value, labels_path):
+    """(inputs, labels or None) from zoo:N or a tensor file."""
+    if spec_value is None:
+        raise _user_error("inputs: give --inputs (zoo:N or a tensor file) or 'inputs' in the spec")
+    if str(spec_value).startswith("zoo:"):
+        from fastfp import zoo
+
+        count = str(spec_value)[4:]
+        if not count.isdigit():
+            raise _user_error(f"inputs: expected zoo:N with N a number, got {spec_value!r}")
+        x, y = zoo.benign_inputs(int(count))
+        return x, (y.numpy() if labels_path is None else _load_tensor(labels_path).numpy())
+    x = _load_tensor(spec_value).float()
+    return x, None if labels_path is None else _load_tensor(labels_path).numpy()
+
+
+def _load_model(entry: dict, base: Path):
+    import torch
+
+    if "zoo" in entry:
+        from fastfp import zoo
+
+        return zoo.load(entry["zoo"])
+    if "arch" in entry:
+        from fastfp import zoo
+
+        weights = entry.get("weights")
+        return zoo.load_arch(entry["arch"], None if weights is None else str(base / weights))
+    if "path" in entry:
+        path = base / entry["path"]
+        if not path.exists():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception:
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(model, torch.nn.Module):
+            raise _user_error(f"{path}: expected a full torch.nn.Module (torch.save(model)) or TorchScript, "
+                              f"found {type(model).__name__}")
+        return model
+    raise _user_error(f"model {entry.get('name')!r}: give one of 'zoo', 'arch' or 'path'")
+
+
+def _read_spec(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such spec file: {path!r}")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        import tomllib
+
+        spec = tomllib.loads(text)
+    else:
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _user_error(f"{path}: not valid JSON ({exc})") from exc
+    models = spec.get("models")
+    if not isinstance(models, list) or not models:
+        raise _user_error(f"{path}: expected a non-empty 'models' list")
+    for e in models:
+        if not isinstance(e, dict) or "name" not in e or "family" not in e:
+            raise _user_error(f"{path}: every model needs a 'name' and a 'family', got {e!r}")
+    return spec
+
+
+class _LazyModels:
+    """name -> model, loaded only when the database needs it (resumed builds skip finished ones)."""
+
+    def __init__(self, entries, base):
+        self.entries, self.base = entries, base
+
+    def __iter__(self):
+        for e in self.entries:
+            yield str(e["name"]), _Deferred(e, self.base)
+
+
+class _Deferred:
+    def __init__(self, entry, base):
+        self.entry, self.base, self.model = entry, base, None
+
+    def _get(self):
+        if self.model is None:
+            self.model = _load_model(self.entry, self.base).eval()
+        return self.model
+
+    def __call__(self, x):
+        return self._get()(x)
+
+    def to(self, device):
+        self._get().to(device)
+        return self
+
+    def eval(self):
+        return self
+
+
+def _report(args, data: dict) -> None:
+    if getattr(args, "json", None):
+        from fastfp.store import write_json
+
+        write_json(args.json, data)
+
+
+# --- sub-commands ----------------------------------------------------------------------------------
+
+def run_build(args) -> int:
+    from fastfp import fbi
+
+    spec = _read_spec(args.spec)
+    base = Path(args.spec).resolve().parent
+    x, labels = _inputs(args.inputs or spec.get("inputs"), args.labels or spec.get("labels"))
+    entries = spec["models"]
+    families = {str(e["name"]): str(e["family"]) for e in entries}
+    models = list(_LazyModels(entries, base))
+    db = fbi.Database.build(models, x, k=args.k, families=families, labels=labels, batch_size=args.batch_size,
+                            device=args.device, path=args.out, progress=True)
+    print(f"{db!r} -> {args.out}")
+    _report(args, {"database": args.out, "models": db.names, "families": db.families, "k": db.k,
+                   "num_inputs": db.num_inputs, "num_classes": db.num_classes})
+    return 0
+
+
+def _blackbox_outputs(args, db) -> np.ndarray:
+    """Top-k labels (N, k) of the black box on the database's inputs."""
+    import torch
+
+    from fastfp import fbi
+
+    bb = args.blackbox
+    if bb.startswith("db:"):
+        return db.outputs(bb[3:])
+    p = Path(bb)
+    if p.suffix in (".npy", ".npz") or (p.suffix == ".pt" and _is_tensor_file(p)):
+        out = _load_tensor(bb).numpy()
+        out = out[:, None] if out.ndim == 1 else out
+        if out.shape[0] != db.num_inputs:
+            raise _user_error(f"blackbox: {bb} holds {out.shape[0]} outputs, the database has {db.num_inputs} inputs")
+        if out.shape[1] < db.k:
+            raise _user_error(f"blackbox: {bb} holds top-{out.shape[1]} outputs, the database was built with k = {db.k}")
+        return out
+    if bb.startswith("zoo:"):
+        entry = {"zoo": bb[4:]}
+    elif bb.startswith("arch:"):
+        name, _, weights = bb[5:].partition(":")
+        entry = {"arch": name, **({"weights": weights} if weights else {})}
+    else:
+        entry = {"path": bb}
+    model = _load_model(entry, Path.cwd()).eval()
+    x, _ = _inputs(args.inputs, None)
+    if db.digest is not None and fbi.database.inputs_digest(x) != db.digest:
+        raise _user_error("inputs: differ from the inputs the database was built on")
+    with torch.no_grad():
+        return fbi.query_topk(model, x, db.k, batch_size=args.batch_size, progress=True, desc="black box")
+
+
+def _is_tensor_file(p: Path) -> bool:
+    import torch
+
+    try:
+        return isinstance(torch.load(p, map_location="cpu", weights_only=True), torch.Tensor)
+    except Exception:
+        return False
+
+
+def _open_world(args, db):
+    from fastfp import fbi
+
+    delegates = tuple(d.strip() for d in args.delegates.split(",") if d.strip())
+    sel = args.selection
+    kwargs = {"selection": sel} if args.fbi_command == "detect" else {"identify_selection": sel}
+    return fbi.OpenWorld(L=args.L, delegates=delegates, fpr=args.fpr, trials=args.trials, seed=args.seed,
+                         **kwargs).fit(db, progress=True)
+
+
+def run_detect(args) -> int:
+    from fastfp import fbi
+
+    db = fbi.Database.load(args.db)
+    db.members(args.family)  # unknown family -> clear error before any work
+    out = _blackbox_outputs(args, db)
+    if args.mode == "walled":
+        r = fbi.greedy_detect(db.topk, np.asarray(db.families) == args.family, out, max_queries=args.max_queries,
+                              seed=args.seed)
+        print(f"walled garden detection of {args.family!r}: {r.decision} after L = {r.L} queries {r.queries}")
+        _report(args, {"mode": "walled", "family": args.family, "decision": r.decision, "L": r.L,
+                       "queries": r.queries})
+        return 0
+    ow = _open_world(args, db)
+    r = ow.detect(out, args.family, seed=args.seed)
+    verdict = "positive" if r.positive else "negative"
+    print(f"open-world detection of {args.family!r}: {verdict} (D = {r.distance:.4f}, tau = {r.tau:.4f}, "
+          f"L = {len(r.queries)}, FPR target {args.fpr})")
+    _report(args, {"mode": "open", "family": args.family, "positive": bool(r.positive), "distance": r.distance,
+                   "tau": r.tau, "L": len(r.queries), "queries": r.queries.tolist(), "fit": ow.report()})
+    return 0
+
+
+def run_identify(args) -> int:
+    from fastfp import fbi
+
+    db = fbi.Database.load(args.db)
+    out = _blackbox_outputs(args, db)
+    if args.mode == "walled":
+        r = fbi.greedy_identify(db.topk, db.families, out, max_queries=args.max_queries, seed=args.seed)
+        print(f"walled garden identification: {r.family if r.family is not None else '-'} ({r.status}) "
+              f"after L = {r.L} queries {r.queries}")
+        _report(args, {"mode": "walled", "family": r.family, "status": r.status, "L": r.L, "queries": r.queries})
+        return 0
+    ow = _open_world(args, db)
+    r = ow.identify(out, seed=args.seed)
+    print(f"open-world identification: {r.family if r.family is not None else '-'} ({r.status}; "
+          f"tau = {r.tau:.4f}, L = {len(r.queries)})")
+    for f, d in sorted(r.distances.items(), key=lambda kv: kv[1]):
+        print(f"  {f:<24} D = {d:.4f}")
+    _report(args, {"mode": "open", "family": r.family, "status": r.status, "distances": r.distances,
+                   "tau": r.tau, "L": len(r.queries), "queries": r.queries.tolist(), "fit": ow.report()})
+    return 0
+
+
+def run_distances(args) -> int:
+    from fastfp import fbi
+
+    db = fbi.Database.load(args.db)
+    sym = db.symbols(args.k)
+    if args.L is not None:
+        if not 1 <= args.L <= db.num_inputs:
+            raise ValueError(f"L: expected 1..{db.num_inputs} (the database's inputs), got {args.L}")
+        cols = np.sort(np.random.default_rng(args.seed).choice(db.num_inputs, args.L, replace=False))
+        sym = sym[:, cols]
+    d = np.asarray(fbi.pairwise_rajski(sym))
+    width = max(len(n) for n in db.names)
+    print(" " * width + "  " + " ".join(f"{i:>6d}" for i in range(len(db.names))))
+    for i, name in enumerate(db.names):
+        print(f"{name:<{width}}  " + " ".join(f"{v:6.3f}" for v in d[i]))
+    if args.png:
+        _heatmap(d, db, args.png)
+        print(f"heatmap -> {args.png}")
+    if args.embedding_png:
+        _embedding(d, db, args.embedding_png, args.seed)
+        print(f"embedding -> {args.embedding_png}")
+    _report(args, {"names": db.names, "families": db.families, "distances": d.tolist(),
+                   "L": int(sym.shape[1]), "k": int(args.k or db.k)})
+    return 0
+
+
+def _save_figure(fig, path):
+    from fastfp.store import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+
+
+def _heatmap(d, db, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(np.asarray(db.families), kind="stable")  # families as diagonal blocks
+    n = len(order)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.25 * n, 20), min(3.5 + 0.25 * n, 19)))
+    im = ax.imshow(d[np.ix_(order, order)], vmin=0, vmax=1, cmap="viridis")
+    if n <= 60:
+        labels = [db.names[i] for i in order]
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_title("Rajski distance between models (grouped by family)")
+    fig.colorbar(im, ax=ax, label="D")
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _embedding(d, db, path, seed):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = d.shape[0]
+    if n < 3:
+        raise ValueError(f"embedding-png: a 2-D embedding needs at least 3 models, the database has {n}")
+    from sklearn.manifold import TSNE
+
+    xy = TSNE(n_components=2, metric="precomputed", init="random", random_state=seed,
+              perplexity=min(30.0, (n - 1) / 3)).fit_transform(d)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    fams = db.family_names
+    cmap = plt.get_cmap("tab20")
+    for i, f in enumerate(fams):
+        rows = db.members(f)
+        ax.scatter(xy[rows, 0], xy[rows, 1], s=30, color=cmap(i % 20), label=f)
+    if len(fams) <= 20:
+        ax.legend(fontsize=7, loc="best")
+    ax.set_title("t-SNE of the models from their Rajski distances")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def run_law(args) -> int:
+    from fastfp import fbi
+
+    db = fbi.Database.load(args.db)
+    ks = args.k or list(range(1, db.k + 1))
+    res = fbi.query_law_experiment(db.topk, db.families, k_values=ks, trials=args.trials, seed=args.seed,
+                                   progress=True)
+    for r in res["records"]:
+        print(f"k={r['k']} nF={r['n_families']} E|F|={r['family_size']:.2f}: E(L) = {r['queries']:.2f}")
+    fit = res["fit"]
+    betas = ", ".join(f"beta({k}) = {b:.3f}" for k, b in fit["beta"].items())
+    print(f"fit: E(L) ~ {fit['slope']:.4f} E|F| nF / k + beta(k); {betas}; R^2 = {fit['r2']:.3f} "
+          f"(paper: slope ~ 0.002 on ImageNet)")
+    _report(args, res)
+    return 0

@@ -1,0 +1,117 @@
+"""``fastfp fbi``: build a database from a model list, detect / identify, distance figures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fastfp import fbi
+from fastfp.cli.main import main
+
+
+def _family(seed, n_variants, tmp_path, entries, scripted=False):
+    torch.manual_seed(seed)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
+    for j in range(n_variants):
+        m = nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
+        m.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * j * torch.randn_like(p))
+        name = f"fam{seed}_{j}"
+        path = tmp_path / f"{name}.pt"
+        if scripted and j == 0:
+            torch.jit.script(m).save(str(path))
+        else:
+            torch.save(m, path)
+        entries.append({"name": name, "family": f"fam{seed}", "path": path.name})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fbi_cli")
+    entries = []
+    for s in range(3):
+        _family(s, 3, tmp, entries, scripted=(s == 0))
+    spec = tmp / "models.json"
+    spec.write_text(json.dumps({"models": entries}))
+    x = torch.randn(120, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp / "inputs.pt")
+    db = tmp / "db.safetensors"
+    assert main(["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"), "--k", "2",
+                 "--out", str(db), "--json", str(tmp / "build.json")]) == 0
+    return tmp, db
+
+
+def test_build_writes_a_loadable_database(setup):
+    tmp, db = setup
+    d = fbi.Database.load(db)
+    assert d.num_models == 9 and d.k == 2 and d.family_names == ["fam0", "fam1", "fam2"]
+    assert json.loads((tmp / "build.json").read_text())["models"] == d.names
+    # a rerun resumes: nothing to do, same content
+    before = d.topk.copy()
+    assert main(["fbi", "build", "--spec", str(tmp / "models.json"), "--inputs", str(tmp / "inputs.pt"),
+                 "--k", "2", "--out", str(db)]) == 0
+    assert np.array_equal(fbi.Database.load(db).topk, before)
+
+
+def test_detect_and_identify_from_model_and_outputs(setup, capsys):
+    tmp, db = setup
+    out = tmp / "det.json"
+    assert main(["fbi", "detect", "--db", str(db), "--family", "fam1", "--blackbox", str(tmp / "fam1_2.pt"),
+                 "--inputs", str(tmp / "inputs.pt"), "--L", "60", "--trials", "3", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["mode"] == "open" and 0 <= rep["distance"] <= 1 and rep["L"] == 60
+    d = fbi.Database.load(db)
+    np.save(tmp / "bb.npy", d.outputs("fam2_1"))
+    assert main(["fbi", "identify", "--db", str(db), "--blackbox", str(tmp / "bb.npy"), "--mode", "walled",
+                 "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["family"] == "fam2" and rep["status"] == "identified"
+    assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox", "db:fam0_1",
+                 "--mode", "walled", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["decision"] == "positive"
+    assert main(["fbi", "identify", "--db", str(db), "--blackbox", "db:fam0_2", "--L", "60", "--trials", "3"]) == 0
+    assert "open-world identification" in capsys.readouterr().out
+
+
+def test_distances_figures(setup):
+    tmp, db = setup
+    png, emb, js = tmp / "d.png", tmp / "e.png", tmp / "d.json"
+    assert main(["fbi", "distances", "--db", str(db), "--png", str(png), "--embedding-png", str(emb),
+                 "--json", str(js)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and emb.read_bytes()[:4] == b"\x89PNG"
+    rep = json.loads(js.read_text())
+    dist = np.array(rep["distances"])
+    assert dist.shape == (9, 9) and np.allclose(dist, dist.T) and np.all(np.diag(dist) == 0)
+    sym = fbi.Database.load(db).symbols()
+    np.testing.assert_allclose(dist, fbi.pairwise_rajski(sym), atol=1e-12)
+
+
+def test_law_report(setup):
+    tmp, db = setup
+    js = tmp / "law.json"
+    assert main(["fbi", "law", "--db", str(db), "--trials", "3", "--json", str(js)]) == 0
+    assert set(json.loads(js.read_text())["fit"]) >= {"slope", "beta", "r2"}
+
+
+def test_cli_errors(setup, capsys):
+    tmp, db = setup
+    assert main(["fbi", "detect", "--db", str(db), "--family", "nope", "--blackbox", "db:fam0_1"]) == 2
+    assert "unknown family" in capsys.readouterr().err
+    assert main(["fbi", "identify", "--db", str(db), "--blackbox", "db:ghost"]) == 2
+    assert "not in the database" in capsys.readouterr().err
+    assert main(["fbi", "detect", "--db", str(tmp / "missing.safetensors"), "--family", "x",
+                 "--blackbox", "db:a"]) == 2
+    np.save(tmp / "short.npy", np.zeros((5, 2), dtype=np.int64))
+    assert main(["fbi", "identify", "--db", str(db), "--blackbox", str(tmp / "short.npy")]) == 2
+    assert "120 inputs" in capsys.readouterr().err
+    assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox", "db:fam0_1", "--fpr", "1.5"]) == 2
+    assert "fpr" in capsys.readouterr().err
+    bad = tmp / "bad.json"
+    bad.write_text(json.dumps({"models": [{"name": "a"}]}))
+    assert main(["fbi", "build", "--spec", str(bad), "--inputs", str(tmp / "inputs.pt"), "--out",
+                 str(tmp / "x.safetensors")]) == 2
+    assert "family" in capsys.readouterr().err
