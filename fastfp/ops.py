@@ -6,8 +6,8 @@ chosen per call from the tensor's device, its dtype and ``FASTFP_BACKEND``:
 
 - ``triton``: the fused Triton kernel (CUDA tensors; CPU tensors only when forced and
   ``TRITON_INTERPRET=1``); float16 / bfloat16 / float32 (float64 goes to the torch path);
-- ``cpu``: the low-rank torch path on CPU tensors (:mod:`fastfp._lowrank`), with the compiled
-  extension's threaded elementwise step for contiguous float32 inputs when it is built;
+- ``cpu``: the low-rank torch path on CPU tensors (:mod:`fastfp._lowrank`) (optionally the
+  compiled extension's elementwise step, see ``USE_EXT_STEP``);
 - ``torch``: the same low-rank torch path on CUDA tensors (no Triton);
 - ``reference``: the paper-literal twin in :mod:`fastfp.reference.dct`.
 
@@ -21,9 +21,11 @@ import torch
 from . import _lowrank, _validate, backend
 from .reference import dct as _ref
 
-# The extension's elementwise step (one threaded pass) against torch's three in-place passes:
-# measured on the 2-core CI machine, see bench/bench_ops.py; flip here if a machine disagrees.
-USE_EXT_STEP = True
+# The extension's threaded elementwise step (fastfp._ext.sign_step_cpu, one pass) instead of
+# torch's three: measured on the 2-core machine it was slower (1.3 ms vs 0.35 ms for the whole
+# sign_step at 100x3x32x32, 270-430 ms vs 200 ms at 100x3x224x224, shared cores: its OpenMP pool
+# competes with torch's), so it is off; kept switchable for machines where it pays.
+USE_EXT_STEP = False
 
 
 def _check_k(k, h: int, w: int) -> int:
@@ -115,7 +117,7 @@ def _highpass_impl(x: torch.Tensor, k: int) -> torch.Tensor:
     return _lowrank.highpass(x, k)
 
 
-def _step_cpu(x: torch.Tensor, grad: torch.Tensor, alpha, lo, hi, wd) -> torch.Tensor:
+def _step_torch(x: torch.Tensor, grad: torch.Tensor, alpha, lo, hi, wd) -> torch.Tensor:
     """clamp(x - alpha * sign(grad), lo, hi) as a fresh contiguous tensor of dtype ``wd``."""
     ext = backend.extension() if USE_EXT_STEP and backend.forced() != "torch" else None
     if (ext is not None and x.device.type == "cpu" and x.dtype == grad.dtype == torch.float32
@@ -123,8 +125,13 @@ def _step_cpu(x: torch.Tensor, grad: torch.Tensor, alpha, lo, hi, wd) -> torch.T
         out = torch.empty(x.shape, dtype=torch.float32)
         ext.sign_step_cpu(x.reshape(-1), grad.reshape(-1), out.view(-1), alpha, lo, hi)
         return out
-    s = torch.sign(grad).to(wd).contiguous()  # a fresh tensor: ours to overwrite
-    return s.mul_(-alpha).add_(x).clamp_(lo, hi)
+    if x.dtype == wd and grad.dtype == wd:
+        # three passes: sign -> tmp, x - alpha * tmp -> s (fresh, contiguous), clamp s in place
+        s = torch.add(x, torch.sign(grad), alpha=-alpha).contiguous()
+    else:  # half inputs (or mixed): step in float32
+        s = torch.sign(grad).to(wd).contiguous()  # a fresh tensor: ours to overwrite
+        s.mul_(-alpha).add_(x)
+    return s.clamp_(lo, hi)
 
 
 def _sign_step_impl(x, grad, alpha, k, lo, hi) -> torch.Tensor:
@@ -136,7 +143,7 @@ def _sign_step_impl(x, grad, alpha, k, lo, hi) -> torch.Tensor:
     if impl == "triton":
         return _triton(x, grad, k, alpha, lo, hi, step=True)
     wd = _lowrank.work_dtype(x.dtype)
-    s = _step_cpu(x, grad, alpha, lo, hi, wd)
+    s = _step_torch(x, grad, alpha, lo, hi, wd)
     if k > 0:
         _lowrank.subtract_lowpass_(s, k)
     return s if s.dtype == x.dtype else s.to(x.dtype)

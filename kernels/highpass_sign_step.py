@@ -12,8 +12,8 @@ x and grad are read from memory, out written once per block; pass 2 walks the ro
 that its re-read of the image tile hits the cache lines pass 1 touched last. When k is so large
 that the kept part (DC + the high corner i + j > k) is the smaller one, the kernel rebuilds the
 image from its mean plus that corner instead (same blocks, no cancellation): see
-fastfp._lowrank.plan. Everything is
-accumulated in float32 (``input_precision="ieee"``: no TF32), whatever the input dtype.
+fastfp._lowrank.plan. Everything is accumulated in float32 (``input_precision="ieee"``, no TF32:
+see DOT_PRECISION), whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def highpass_sign_step_kernel(
     sxn, sxh, sxw, sgn_, sgh, sgw,
     alpha, lo, hi,
     STEP: tl.constexpr, HIGHPASS: tl.constexpr, KEPT: tl.constexpr,
-    BH: tl.constexpr, BW: tl.constexpr, RB: tl.constexpr,
+    BH: tl.constexpr, BW: tl.constexpr, RB: tl.constexpr, DOT: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     x_ptr += n * sxn
@@ -111,8 +111,8 @@ def highpass_sign_step_kernel(
                                            alpha, lo, hi, STEP)
                             dwT = tl.load(dw_ptr + fb[None, :] * W + cols[:, None],
                                           mask=(fb[None, :] < rw) & (cols[:, None] < W), other=0.0)
-                            t = tl.dot(v, dwT, t, input_precision="ieee")
-                        acc = tl.dot(tl.trans(dhT), t, acc, input_precision="ieee")
+                            t = tl.dot(v, dwT, t, input_precision=DOT)
+                        acc = tl.dot(tl.trans(dhT), t, acc, input_precision=DOT)
                     f = (h0 + fa)[:, None] + (w0 + fb)[None, :]
                     if KEPT:
                         acc = tl.where(f > k, acc, 0.0)
@@ -126,7 +126,7 @@ def highpass_sign_step_kernel(
                         rows = r * BH + ri
                         dhT = tl.load(dh_ptr + fa[None, :] * H + rows[:, None],
                                       mask=(fa[None, :] < rh) & (rows[:, None] < H), other=0.0)
-                        u = tl.dot(dhT, acc, input_precision="ieee")  # (BH x RB)
+                        u = tl.dot(dhT, acc, input_precision=DOT)  # (BH x RB)
                         for c0 in range(0, W, BW):
                             cols = c0 + ci
                             inside = (rows[:, None] < H) & (cols[None, :] < W)
@@ -141,10 +141,16 @@ def highpass_sign_step_kernel(
                                                       sgh, sgw, alpha, lo, hi, STEP)
                                 else:
                                     base = tl.load(o_ptrs, mask=inside, other=0.0).to(tl.float32)
-                            res = tl.dot(u, dw, base, input_precision="ieee")
+                            res = tl.dot(u, dw, base, input_precision=DOT)
                             tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=inside)
                     # later blocks read back what this one stored (other threads' elements)
                     tl.debug_barrier()
+
+
+# tl.dot precision: "ieee" keeps float32 accuracy (the tests demand the reference's error level);
+# "tf32x3" (three TF32 tensor-core passes, close to float32) is the knob to try if a GPU profile
+# shows the kernel compute-bound rather than memory-bound.
+DOT_PRECISION = "ieee"
 
 
 def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, *, step: bool,
@@ -172,6 +178,6 @@ def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, *, 
         h, w, k, rh, rw, h0, w0,
         x3.stride(0), x3.stride(1), x3.stride(2), g3.stride(0), g3.stride(1), g3.stride(2),
         float(alpha), float(lo), float(hi),
-        STEP=step, HIGHPASS=k > 0, KEPT=kept, BH=bh, BW=bw, RB=rb,
+        STEP=step, HIGHPASS=k > 0, KEPT=kept, BH=bh, BW=bw, RB=rb, DOT=DOT_PRECISION,
         num_warps=4,
     )

@@ -206,14 +206,22 @@ def test_forced_triton_without_interpreter_is_actionable(monkeypatch):
 
 
 def test_elementwise_step_paths_agree(monkeypatch):
-    # contiguous float32 -> the extension's threaded step (when built); FASTFP_BACKEND=torch -> torch
+    # the extension's threaded step (switchable, see fastfp.ops.USE_EXT_STEP) == torch's
+    from fastfp import ops
+
+    if backend.extension() is None:
+        pytest.skip("the compiled extension is not built")
     x = _rand((3, 10, 11), torch.float32, uniform=True)
     g = _rand((3, 10, 11), torch.float32, seed=4)
-    a = fastfp.sign_step(x, g, 0.2, 0)
-    monkeypatch.setenv("FASTFP_BACKEND", "torch")
-    b = fastfp.sign_step(x, g, 0.2, 0)
-    assert torch.equal(a, b)
-    oracle.assert_close(a, oracle.sign_step(x, g, 0.2, 0, 0, 1), torch.float32)
+    g.view(-1)[::4] = 0
+    monkeypatch.setattr(ops, "USE_EXT_STEP", False)
+    a = fastfp.sign_step(x, g, 0.2, 3)
+    monkeypatch.setattr(ops, "USE_EXT_STEP", True)
+    monkeypatch.setattr(ops._lowrank, "subtract_lowpass_", lambda s, k: s)  # the step alone
+    b = fastfp.sign_step(x, g, 0.2, 3)
+    want = torch.clamp(x - 0.2 * torch.sign(g), 0, 1)
+    assert torch.equal(b, want)
+    oracle.assert_close(a, oracle.sign_step(x, g, 0.2, 3, 0, 1), torch.float32)
 
 
 # ---- autograd and torch.compile ---------------------------------------------------------------
