@@ -272,7 +272,7 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
-    return F.cross_entropy(logits, labels, reduction="sum")
+    return F.cross_entropy(logits.float(), labels, reduction="sum")  # fp32 loss for half models
 
 
 def _grad_sum_loop(model, names, masters, xg, labels, delta, q, seed, offset):

@@ -125,7 +125,7 @@ def grad_mean(model, x, labels, delta: float, q: int, seed: int, offset: int = 0
             for p, new in zip(noisy.parameters(), perturb(masters, delta, seed, offset + c)):
                 p.copy_(new)
         xg = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(noisy(xg), labels, reduction="sum")
+        loss = F.cross_entropy(noisy(xg).float(), labels, reduction="sum")
         (g,) = torch.autograd.grad(loss, xg)
         total = g if total is None else total + g
     return total / q
