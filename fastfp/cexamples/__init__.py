@@ -9,6 +9,7 @@ literal one-example twin in :mod:`fastfp.reference.cexamples`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -171,6 +172,15 @@ def auto_batch_size(per_example: int, num: int, device: torch.device) -> int:
     return int(max(1, min(num, cap, fit)))
 
 
+SMALL_INPUT = 64 * 64  # pixels: up to here a GPU step is dominated by kernel launches
+
+
+def batched_copies(per_example: int, batch: int, q: int, device: torch.device) -> int:
+    """Noisy copies per vmap call: all q when their activations fit in an eighth of free memory."""
+    fit = (_free_bytes(device) // 8) // max(4 * per_example * batch, 1)
+    return int(max(1, min(q, fit)))
+
+
 # ----------------------------------------------------------------------------- public API
 
 def generate(model, num, input_shape, num_classes, method="ltrc", k=None, delta=None, q=10,
@@ -247,6 +257,11 @@ def optimize(model, x0, labels, s: Settings, device, *, batch_size=None, progres
         # No probe given (internal callers): assume activations ~16x the input, 4 bytes each.
         per_example = x0[0].numel() * 64
     bs = batch_size or auto_batch_size(per_example, num, device)
+    if s.q > 1 and s.noisy and s.copies == 1 and device.type == "cuda" and \
+            x0.shape[-1] * x0.shape[-2] <= SMALL_INPUT:
+        # Small inputs on a GPU are launch-bound: evaluate the copies together. On CPU the
+        # grouped kernels vmap produces are slower than one copy after the other (measured).
+        s = dataclasses.replace(s, copies=batched_copies(per_example, bs, s.q, device))
     use_graphs = graphs_mod.wanted(graphs, model, x0.shape[1:], device)
     wdtype = engine.work_dtype(model)
     out = torch.empty_like(x0)

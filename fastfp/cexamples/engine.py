@@ -37,6 +37,7 @@ class Settings:
     eta: float
     seed: int
     precision: str = "fp32"
+    copies: int = 1  # noisy copies evaluated per batched (vmap) call; 1: one after the other
     lo: float = 0.0
     hi: float = 1.0
 
@@ -100,7 +101,7 @@ def noisy_grad(model, x, y, t, settings):
 
     with autocast(settings, x.device):
         return _noise.grad_mean(model, x, y, settings.delta, settings.q, settings.seed,
-                                offset=t * settings.q)
+                                offset=t * settings.q, copies=settings.copies)
 
 
 def step(model, x, y, t, settings: Settings, grad=None) -> torch.Tensor:
