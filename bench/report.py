@@ -361,9 +361,9 @@ def plot(report: dict, path) -> bool:
     from fastfp.store import atomic_path
 
     labels = [f"{r['group']}" + (f" [{_short(r['name'], 30)}]" if _several(report, r["group"]) else "")
-              for r in rows]
+              + (" (baseline ~)" if r["baseline_extrapolated"] else "") for r in rows]
     colors = {"PASS": "tab:green", "FAIL": "tab:red", "-": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 1.5))
     y = range(len(rows))
     # Bars grow from 1x, so a slowdown points left.
     ax.barh(list(y), [r["speedup"] - 1 for r in rows], left=1,
