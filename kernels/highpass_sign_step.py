@@ -168,9 +168,11 @@ def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, *, 
     if rh == 0 or rw == 0:  # nothing to add (k = 0, or only the mean is kept): no null pointers
         dh = dw = torch.zeros(1, 1, dtype=torch.float32, device=x3.device)
         rh = rw = 0
-    # Tiles: tl.dot wants every dim >= 16; keep one image tile around 4K elements.
-    bw = max(16, min(triton.next_power_of_2(w), 128))
-    bh = max(16, min(triton.next_power_of_2(h), 4096 // bw))
+    # Tiles: tl.dot wants every dim >= 16. About 2K elements per image tile: compiled for sm_90,
+    # a 32x64 fp32 tile with RB = 32 takes ~60 KB of shared memory (3 programs per SM), a 32x128
+    # one ~116 KB (1 per SM: too few bytes in flight for a memory-bound kernel). Untuned on a GPU.
+    bw = max(16, min(triton.next_power_of_2(w), 64))
+    bh = max(16, min(triton.next_power_of_2(h), 2048 // bw))
     rb = max(16, min(triton.next_power_of_2(max(rh, rw, 1)), 32))
     g3 = g3 if step else x3
     highpass_sign_step_kernel[(n,)](

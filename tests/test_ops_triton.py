@@ -18,7 +18,7 @@ from fastfp import backend
 
 import test_ops_oracle as oracle
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 HALF = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -126,3 +126,47 @@ def test_triton_on_gpu(shape, k, dtype, monkeypatch):
     monkeypatch.setenv("FASTFP_BACKEND", "torch")
     oracle.assert_close(fastfp.sign_step(x, g, 0.01, k), want, dtype)
     assert backend.last_used("sign_step") == "torch"
+
+
+# ---- compiled for a GPU without one: catches what the lenient interpreter lets through ----------
+
+@pytest.mark.parametrize("dtype,step,k,kept,tiles", [
+    ("fp32", True, 20, False, (32, 64, 32)),   # the LTRC step at 224x224
+    ("bf16", False, 50, True, (16, 16, 16)),   # highpass only, rebuilt from the kept corner
+    ("fp16", True, 0, False, (16, 32, 16)),    # the step alone
+])
+def test_kernel_compiles_for_sm90(dtype, step, k, kept, tiles):
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    entry = os.environ.get("TRITON_INTERPRET")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("TRITON_INTERPRET", raising=False)
+            kern = importlib.reload(_kernel_module()).highpass_sign_step_kernel
+            assert isinstance(kern, JITFunction)
+            bh, bw, rb = tiles
+            consts = dict(STEP=step, HIGHPASS=k > 0, KEPT=kept, BH=bh, BW=bw, RB=rb, DOT="ieee")
+            sig = {}
+            for name in kern.arg_names:
+                if name in consts:
+                    sig[name] = "constexpr"
+                elif name in ("x_ptr", "g_ptr", "out_ptr"):
+                    sig[name] = f"*{dtype}"
+                elif name in ("dh_ptr", "dw_ptr"):
+                    sig[name] = "*fp32"
+                else:
+                    sig[name] = "fp32" if name in ("alpha", "lo", "hi") else "i32"
+            src = ASTSource(fn=kern, signature=sig,
+                            constexprs={(kern.arg_names.index(n),): v for n, v in consts.items()})
+            try:
+                compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+            except RuntimeError as exc:  # no ptxas shipped with this triton build
+                if "ptxas" in str(exc).lower():
+                    pytest.skip(f"cannot assemble for sm_90 here: {exc}")
+                raise
+            assert "cubin" in compiled.asm and compiled.metadata.shared < 100 * 1024
+    finally:
+        if entry is not None and entry not in ("", "0"):
+            importlib.reload(_kernel_module())  # back to interpreted for the tests that follow
