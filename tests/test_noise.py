@@ -240,6 +240,43 @@ def test_master_untouched_and_in_place_out():
     assert all(torch.equal(p, o) for p, o in zip(params, out))
 
 
+def test_in_place_on_module_parameters_and_exact_restore():
+    lin = torch.nn.Linear(6, 4)
+    params = list(lin.parameters())
+    masters = [p.detach().clone() for p in params]
+    noisy = N.perturb(params, 0.1, seed=2, offset=1, out=params)
+    assert noisy[0] is params[0] and not torch.equal(params[0], masters[0])
+    assert all(torch.equal(p, w) for p, w in zip(params, R.perturb(masters, 0.1, 2, 1)))
+    with torch.no_grad():
+        for p, m in zip(params, masters):
+            p.copy_(m)
+    assert lin.weight.grad is None and lin.weight.requires_grad
+
+
+def test_perturber_reuses_buffers_and_sees_in_place_updates():
+    params = _params(seed=3)
+    noisy = N.Perturber(params)
+    a = [t.clone() for t in noisy.draw(0.1, 1, 0)]
+    b = noisy.draw(0.1, 1, 1)
+    assert b is noisy.out and all(torch.equal(x, y) for x, y in zip(b, N.perturb(params, 0.1, 1, 1)))
+    with torch.no_grad():
+        params[0].add_(1.0)  # the master changed in place: the next draw reads the new values
+    c = noisy.draw(0.1, 1, 0)
+    torch.testing.assert_close(c[0], a[0] + 1.0, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="delta"):
+        noisy.draw(-1.0, 1, 0)
+
+
+def test_noise_bad_input():
+    with pytest.raises(ValueError, match="numel"):
+        N.noise(-1, 0.1, 0)
+    with pytest.raises(ValueError, match="start"):
+        N.noise(3, 0.1, 0, start=-2)
+    with pytest.raises(TypeError, match="seed"):
+        N.noise(3, 0.1, "0")
+    assert N.noise(0, 0.1, 0).shape == (0,)
+
+
 def test_non_contiguous_params_follow_row_major_order():
     base = torch.randn(6, 10)
     t = base.t()  # non-contiguous view
