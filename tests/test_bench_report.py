@@ -398,15 +398,15 @@ def test_find_bench_dir_checkout_wheel_and_missing(tmp_path, monkeypatch):
     from fastfp.cli import bench as cli_bench
     from fastfp.cli.main import UserError
 
-    assert cli_bench.find_bench_dir() in (BENCH, Path(fastfp.__file__).resolve().parent / "_bench")
+    assert cli_bench.find_bench_dir() in (BENCH, Path(fastfp.__file__).resolve().parent / "bench")
     wheel = tmp_path / "site-packages" / "fastfp"
-    (wheel / "_bench").mkdir(parents=True)
+    (wheel / "bench").mkdir(parents=True)
     monkeypatch.setattr(fastfp, "__file__", str(wheel / "__init__.py"))
     with pytest.raises(UserError, match="cannot find the bench suite"):
         cli_bench.find_bench_dir()
     for name in ("conftest.py", "report.py"):
-        (wheel / "_bench" / name).write_text("")
-    assert cli_bench.find_bench_dir() == wheel / "_bench"
+        (wheel / "bench" / name).write_text("")
+    assert cli_bench.find_bench_dir() == wheel / "bench"
 
 
 # --- scaling curves -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The suite is the pytest-benchmark files in ``bench/``: in a source checkout (the editable install
 ``pip install -e .``) that is ``<checkout>/bench``; a wheel ships the same folder as
-``fastfp/_bench``. ``--bench-dir`` points at any other copy.
+``fastfp/bench``. ``--bench-dir`` points at any other copy.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="PATH", help="also copy the ratio report (JSON) to PATH")
     p.add_argument("--bench-dir", metavar="DIR",
                    help="the bench folder to run (default: the checkout's bench/ or the "
-                        "installed fastfp/_bench)")
+                        "installed fastfp/bench)")
     p.set_defaults(func=run)
 
 
@@ -63,12 +63,12 @@ def find_bench_dir(explicit: str | None = None) -> Path:
     import fastfp
 
     package = Path(fastfp.__file__).resolve().parent
-    for candidate in (package.parent / "bench", package / "_bench"):
+    for candidate in (package.parent / "bench", package / "bench"):
         if is_suite(candidate):
             return candidate
     raise UserError(
         "cannot find the bench suite: neither a source checkout's bench/ next to "
-        f"{package} nor an installed fastfp/_bench. Run from a checkout "
+        f"{package} nor an installed fastfp/bench. Run from a checkout "
         "(git clone ... && pip install --no-build-isolation -e '.[dev]') or pass --bench-dir.")
 
 
