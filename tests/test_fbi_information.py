@@ -97,7 +97,8 @@ def path(request, monkeypatch):
     from fastfp.fbi import information
 
     monkeypatch.setattr(information, "SMALL", 1 << 40 if request.param == "scatter" else 0)
-    return request.param
+    # scatter: fp64 counts and logs; matmul: fp32 relative-error entropies, contract 1e-6
+    return 1e-9 if request.param == "scatter" else 1e-6
 
 
 @pytest.mark.parametrize("m,n,L,k", [(1, 1, 1, 1), (5, 7, 1, 3), (9, 4, 13, 1), (17, 23, 50, 10), (5, 260, 40, 2),
@@ -109,7 +110,7 @@ def test_pairwise_matches_reference(m, n, L, k, path):
     A[0] = 1  # a constant row (zero entropy)
     got = fbi.pairwise_rajski(A, B, k=k)
     assert got.shape == (m, n) and got.dtype == np.float64
-    np.testing.assert_allclose(got, _ref_pairwise(A, B), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(got, _ref_pairwise(A, B), atol=path, rtol=0)
     assert backend.last_used("fbi.pairwise_rajski") == "torch"
 
 
@@ -123,9 +124,9 @@ def test_pairwise_symmetric_and_adversarial(path):
     got = fbi.pairwise_rajski(torch.from_numpy(A))
     assert isinstance(got, torch.Tensor)
     want = _ref_pairwise(A)
-    np.testing.assert_allclose(got.numpy(), want, atol=1e-9, rtol=0)
-    assert np.allclose(got.numpy(), got.numpy().T)
-    assert got[3, 4] == 0 and got[5, 6] == 0 and got[5, 8] == 1.0
+    np.testing.assert_allclose(got.numpy(), want, atol=path, rtol=0)
+    assert np.array_equal(got.numpy(), got.numpy().T)
+    assert got[3, 4] <= path and got[5, 6] == 0 and got[5, 8] == 1.0
     assert torch.all(torch.diagonal(got) == 0)
 
 
@@ -133,7 +134,7 @@ def test_pairwise_large_L_uses_fp32_counts_exactly(path):
     rng = np.random.default_rng(2)
     A, B = rng.integers(3, size=(4, 1000)), rng.integers(3, size=(3, 1000))
     B[0] = A[0]
-    np.testing.assert_allclose(fbi.pairwise_rajski(A, B), _ref_pairwise(A, B), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(fbi.pairwise_rajski(A, B), _ref_pairwise(A, B), atol=path, rtol=0)
 
 
 def test_reference_backend_dispatch(monkeypatch):

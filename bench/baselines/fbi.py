@@ -51,6 +51,7 @@ def pairwise_rajski_bincount(A, B, K: int, chunk_pairs: int = 1 << 17) -> np.nda
 
 def detection_scores_loop(outputs, family, inputs) -> list[int]:
     """Numerators of eq. (7) (score * |F|) for ``inputs``; outputs[m][x] are label tuples."""
-    F = [m for m in range(len(outputs)) if m in set(family)]
-    O = [m for m in range(len(outputs)) if m not in set(family)]
+    fam = set(int(m) for m in family)
+    F = [m for m in range(len(outputs)) if m in fam]
+    O = [m for m in range(len(outputs)) if m not in fam]
     return [int(ref.detection_score(outputs, x, F, O) * len(F)) for x in inputs]

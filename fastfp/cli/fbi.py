@@ -391,8 +391,10 @@ def _embedding(d, db, path, seed):
         raise ValueError(f"embedding-png: a 2-D embedding needs at least 3 models, the database has {n}")
     from sklearn.manifold import TSNE
 
+    # exact t-SNE for the usual few hundred models (Barnes-Hut only pays off beyond that)
     xy = TSNE(n_components=2, metric="precomputed", init="random", random_state=seed,
-              perplexity=min(30.0, (n - 1) / 3)).fit_transform(d)
+              perplexity=min(30.0, (n - 1) / 3), method="exact" if n <= 500 else "barnes_hut",
+              ).fit_transform(d.copy())  # TSNE squares precomputed distances in place
     fig, ax = plt.subplots(figsize=(6, 5))
     fams = db.family_names
     cmap = plt.get_cmap("tab20")

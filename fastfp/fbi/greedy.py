@@ -38,6 +38,7 @@ class Encoded:
     codes: torch.Tensor        # (M, N) int64 group ids
     group_input: torch.Tensor  # (G,) int64
     k: int
+    _group_size: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def shape(self):
@@ -46,6 +47,13 @@ class Encoded:
     @property
     def num_groups(self) -> int:
         return int(self.group_input.shape[0])
+
+    @property
+    def group_size(self) -> torch.Tensor:
+        """How many models give each group's output (all models in play), computed once."""
+        if self._group_size is None:
+            self._group_size = _bincount(self.codes.reshape(-1), self.num_groups)
+        return self._group_size
 
     def code_of(self, x: int, output) -> int:
         """The group of ``output`` (a top-k label sequence) at input x, or -1 if no model gives it."""
@@ -119,12 +127,16 @@ def detection_scores(outputs, family, candidates=None, exclude=None, k: int | No
     """
     enc = encode(outputs, k)
     in_f = _mask("family", family, enc.shape[0], enc.codes.device)
-    cand = torch.ones_like(in_f) if candidates is None else _mask("candidates", candidates, enc.shape[0], enc.codes.device)
-    G = enc.num_groups
-    count_f = _bincount(enc.codes[cand & in_f].reshape(-1), G)
-    count_o = _bincount(enc.codes[cand & ~in_f].reshape(-1), G)
+    cand = None if candidates is None else _mask("candidates", candidates, enc.shape[0], enc.codes.device)
+    # Only groups holding a family candidate have a non-zero product: visit those alone.
+    fam_rows = enc.codes[in_f if cand is None else in_f & cand].reshape(-1)
+    groups, count_f = torch.unique(fam_rows, return_counts=True)
+    if cand is None or bool(cand.all()):
+        size = enc.group_size[groups]
+    else:
+        size = _bincount(enc.codes[cand].reshape(-1), enc.num_groups)[groups]
     num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
-    num.scatter_add_(0, enc.group_input, count_f * count_o)
+    num.scatter_add_(0, enc.group_input[groups], (size - count_f) * count_f)
     if exclude is not None:
         num[_mask("exclude", exclude, enc.shape[1], num.device)] = -1
     backend.record("fbi.detection_scores", _impl(enc.codes.device))
@@ -198,7 +210,8 @@ class _DetectState:
         enc = self.enc
         G = enc.num_groups
         self.count_f = _bincount(enc.codes[self.cand & self.in_f].reshape(-1), G)
-        self.count_o = _bincount(enc.codes[self.cand & ~self.in_f].reshape(-1), G)
+        every = enc.group_size if bool(self.cand.all()) else _bincount(enc.codes[self.cand].reshape(-1), G)
+        self.count_o = every - self.count_f
         self.num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
         self.num.scatter_add_(0, enc.group_input, self.count_f * self.count_o)
 

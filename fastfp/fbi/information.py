@@ -18,6 +18,8 @@ each block of counts stays in cache.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -134,38 +136,90 @@ def _onehot_rows(X: torch.Tensor, K: int, dtype) -> torch.Tensor:
 # Below this many (pair x max(L, K^2)) entries, a scatter of combined codes beats the blocked matmul:
 # tiny multi-threaded GEMMs cost more in thread wake-ups (much more on a busy machine) than they save.
 SMALL = 1 << 21
+_THREADS_LOCK = threading.Lock()
 
 
-def _pair_sums(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -> torch.Tensor:
-    """S[i, j] = sum_{u,v} c_ij(u, v) log c_ij(u, v), float64, with c_ij the joint counts."""
+def _block_entropy(c: torch.Tensor, L: int, rows: int, cols: int, K: int) -> torch.Tensor:
+    """Joint entropies (rows, cols) float64 from a block of counts (rows*K, cols*K).
+
+    H = -(1/L) sum c log(c / L), with log(c / L) = log1p((c - L) / L): c - L is exact, so every
+    term carries a relative error of a few fp32 ulps and, all terms having the same sign, so does
+    H. D = 1 - I / H then errs by < 1e-6 even for near-constant pairs (where log L - (1/L) sum
+    c log c would cancel catastrophically in fp32), at half the cost of fp64 logs.
+    """
+    c = c.float()
+    t = c.clamp_min(1.0)  # c = 0 contributes 0 whatever the log
+    t.sub_(L).mul_(1.0 / L).log1p_().mul_(c)
+    return t.view(rows, K, cols, K).sum((1, 3), dtype=torch.float64).mul_(-1.0 / L)
+
+
+_compiled_entropy = None
+
+
+def _cuda_block_entropy(c, L, rows, cols, K):
+    """The same, fused into one kernel by torch.compile on CUDA (eager if compiling fails)."""
+    global _compiled_entropy
+    if _compiled_entropy is None:
+        try:
+            _compiled_entropy = torch.compile(_block_entropy, dynamic=True)
+        except Exception:  # no working compiler: eager is correct, only slower
+            _compiled_entropy = _block_entropy
+    try:
+        return _compiled_entropy(c, L, rows, cols, K)
+    except Exception:
+        _compiled_entropy = _block_entropy
+        return _block_entropy(c, L, rows, cols, K)
+
+
+def _joint_entropies(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -> torch.Tensor:
+    """H(a_i, b_j) for every pair of rows, float64 (m, n)."""
     m, L = A.shape
     n = B.shape[0]
     if m * n * max(L, K * K) <= SMALL:
         c = _counts(A.unsqueeze(1), B.unsqueeze(0), K)  # (m, n, K, K) by scatter on u * K + v
-        return torch.xlogy(c, c).sum((-2, -1))
-    cuda = A.device.type == "cuda"
-    # 0/1 inputs are exact in every float format; the output must hold counts up to L exactly.
-    if cuda:
+        H = (math.log(L) - torch.xlogy(c, c).sum((-2, -1)) / L).clamp_min(0.0)
+        return torch.triu(H) + torch.triu(H, 1).t() if symmetric else H
+    if A.device.type == "cuda":
+        # 0/1 inputs are exact in fp16; a count <= 2048 is exact in an fp16 output, <= 2^24 in fp32
         dtype = torch.float16 if L <= 2048 else torch.float32
-        mb, nb = max(1, min(m, 2 ** 27 // (K * K * max(n, 1)))), n
-    else:
-        # bf16 pays off on big problems only: oneDNN compiles a kernel per new shape
-        dtype = torch.bfloat16 if L <= 256 and m * n >= 1 << 16 else torch.float32
-        mb, nb = 16, 256  # a (16K x 256K) block of counts stays in cache
+        OA = _onehot_rows(A, K, dtype)
+        OBt = _onehot_rows(B, K, dtype).t().contiguous()
+        H = torch.empty(m, n, dtype=torch.float64, device=A.device)
+        mb = max(1, min(m, (1 << 28) // (K * K * n)))  # up to 1 GiB of fp32 counts per block
+        for i in range(0, m, mb):
+            ie = min(i + mb, m)
+            H[i:ie] = _cuda_block_entropy(OA[i * K:ie * K] @ OBt, L, ie - i, n, K)
+        return H
+    # CPU: bf16 one-hot (exact) when counts fit bf16 (<= 256); blocks small enough for the cache,
+    # spread over Python threads with one intra-op thread each: a few coarse tasks instead of
+    # thousands of tiny parallel regions, which stall badly when the cores are shared.
+    dtype = torch.bfloat16 if L <= 256 else torch.float32
     OA = _onehot_rows(A, K, dtype)
     OBt = _onehot_rows(B, K, dtype).t().contiguous()
-    S = torch.empty(m, n, dtype=torch.float64, device=A.device)
-    for i in range(0, m, mb):
+    H = torch.zeros(m, n, dtype=torch.float64)
+    mb, nb = 16, 256
+
+    def rows(i):
         ie = min(i + mb, m)
-        j0 = i if symmetric else 0
-        for j in range(j0, n, nb):
+        for j in range(i if symmetric else 0, n, nb):
             je = min(j + nb, n)
-            c = (OA[i * K:ie * K] @ OBt[:, j * K:je * K]).to(torch.float64)
-            t = c.clamp_min(1.0).log_().mul_(c)
-            S[i:ie, j:je] = t.view(ie - i, K, je - j, K).sum((1, 3))
+            H[i:ie, j:je] = _block_entropy(OA[i * K:ie * K] @ OBt[:, j * K:je * K], L, ie - i, je - j, K)
+
+    with _THREADS_LOCK:
+        workers = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(rows, range(0, m, mb)))
+            else:
+                for i in range(0, m, mb):
+                    rows(i)
+        finally:
+            torch.set_num_threads(workers)
     if symmetric:
-        S = torch.triu(S) + torch.triu(S, 1).t()
-    return S
+        H = torch.triu(H) + torch.triu(H, 1).t()
+    return H.clamp_min_(0.0)
 
 
 def _marginal_entropy(X: torch.Tensor, K: int) -> torch.Tensor:
@@ -178,15 +232,16 @@ def _pairwise_torch(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -
     L = A.shape[1]
     h_a = _marginal_entropy(A, K)
     h_b = h_a if symmetric else _marginal_entropy(B, K)
-    S = _pair_sums(A, B, K, symmetric)
-    h_ab = (math.log(L) - S / L).clamp_min(0.0)
+    h_ab = _joint_entropies(A, B, K, symmetric)
     # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
     zero = (h_a == 0).unsqueeze(1) & (h_b == 0).unsqueeze(0)
     h_ab = torch.where(zero, torch.zeros_like(h_ab), h_ab)
     mi = (h_a.unsqueeze(1) + h_b.unsqueeze(0) - h_ab).clamp_min(0.0)
     safe = torch.where(h_ab > 0, h_ab, torch.ones_like(h_ab))
-    d = torch.where(h_ab > 0, 1.0 - mi / safe, torch.zeros_like(h_ab))
-    return d.clamp_(0.0, 1.0)
+    d = torch.where(h_ab > 0, 1.0 - mi / safe, torch.zeros_like(h_ab)).clamp_(0.0, 1.0)
+    if symmetric:
+        d.fill_diagonal_(0.0)  # D(a, a) = 0 by definition, whatever the round-off
+    return d
 
 
 def pairwise_rajski(A, B=None, k: int | None = None):
