@@ -455,3 +455,21 @@ def test_curves_skip_an_area_without_api(tmp_path, monkeypatch):
     result = curves.run(tmp_path, ("fbi",), device=torch.device("cpu"), quick=True)
     assert "not available" in result["areas"]["fbi"]["skipped"]
     assert json.loads((tmp_path / "curves.json").read_text())["areas"]["fbi"]["skipped"]
+
+
+def test_wheel_ships_the_bench_suite(tmp_path):
+    """The wheel maps bench/ to fastfp/bench, where `fastfp bench` looks (no compiler needed)."""
+    pytest.importorskip("scikit_build_core")
+    pytest.importorskip("nanobind")
+    import zipfile
+
+    root = BENCH.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(root), "--no-build-isolation", "--no-deps",
+         "-w", str(tmp_path), "-C", "wheel.cmake=false", "-C", f"build-dir={tmp_path / 'b'}",
+         "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("fastfp-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("conftest.py", "report.py", "common.py", "peaks.py", "curves.py"):
+        assert f"fastfp/bench/{name}" in names
