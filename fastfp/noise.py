@@ -305,3 +305,25 @@ def _grad_sum_vmap(model, names, masters, xg, labels, delta, q, seed, offset):
     value = _ce_sum(logits.flatten(0, 1), labels.repeat(q))
     (total,) = torch.autograd.grad(value, xg)  # the sum over copies comes with the chain rule
     return total, impl
+
+
+# ----------------------------------------------------------------------------- torch.library op
+
+@torch.library.custom_op("fastfp::noise_perturb", mutates_args=())
+def _perturb_op(params: list[torch.Tensor], delta: float, seed: int, offset: int) -> list[torch.Tensor]:
+    """``torch.ops.fastfp.noise_perturb``: :func:`perturb` as a custom op (``torch.compile`` traces
+    it through its fake kernel; seed and offset limited to int64 by the op schema)."""
+    return perturb(params, delta, seed, offset)
+
+
+@_perturb_op.register_fake
+def _perturb_fake(params, delta, seed, offset):
+    return [p.new_empty(p.shape) for p in params]
+
+
+def _perturb_backward(ctx, grads):
+    # out = p + noise(seed, offset): the noise is a constant, so d out / d p is the identity.
+    return list(grads), None, None, None
+
+
+_perturb_op.register_autograd(_perturb_backward)

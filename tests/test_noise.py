@@ -481,3 +481,18 @@ def test_cuda_grad_mean_matches_cpu():
     cpu = N.grad_mean(model, x, labels, 0.05, 3, seed=1)
     gpu = N.grad_mean(model.cuda(), x.cuda(), labels.cuda(), 0.05, 3, seed=1)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_custom_op_compiles_and_differentiates():
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+
+    def fn(ps):
+        return torch.ops.fastfp.noise_perturb(ps, 0.1, 3, 4)
+
+    want = N.perturb(params, 0.1, 3, 4)
+    got = torch.compile(fn, backend="aot_eager", fullgraph=True)(params)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    out = fn(params)
+    sum(o.sum() * (i + 2) for i, o in enumerate(out)).backward()
+    assert torch.equal(params[0].grad, torch.full((5, 3), 2.0))
+    assert torch.equal(params[1].grad, torch.full((7,), 3.0))
