@@ -156,3 +156,34 @@ def test_greedy_bad_input():
         fbi.greedy_detect(np.zeros((3,), int), [0], 0)
     with pytest.raises(ValueError, match="blackbox"):
         fbi.greedy_detect(np.arange(24).reshape(3, 4, 2), [0], lambda x: [0])  # answers top-1 for k = 2
+
+
+@pytest.mark.gpu
+def test_cuda_engine_matches_cpu():
+    rng = np.random.default_rng(11)
+    outputs = rng.integers(0, 4, (30, 80, 2))
+    fam = [i // 5 for i in range(30)]
+    cpu = [fbi.greedy_identify(outputs, fam, bb, seed=1) for bb in range(0, 30, 7)]
+    gpu_out = torch.from_numpy(outputs).cuda()
+    gpu = [fbi.greedy_identify(gpu_out, fam, bb, seed=1) for bb in range(0, 30, 7)]
+    assert [(r.family, r.queries) for r in cpu] == [(r.family, r.queries) for r in gpu]
+    num = fbi.detection_scores(gpu_out, list(range(5)))
+    assert num.is_cuda and num.cpu().tolist() == fbi.detection_scores(outputs, list(range(5))).tolist()
+    assert backend.last_used("fbi.detection_scores") in ("cupy", "torch")
+    d = fbi.greedy_detect(gpu_out, list(range(5)), 3)
+    assert d.decision == fbi.greedy_detect(outputs, list(range(5)), 3).decision
+
+
+def test_reference_backend_dispatch(monkeypatch):
+    rng = np.random.default_rng(5)
+    outputs = rng.integers(0, 3, (9, 20, 2))
+    fam = [i // 3 for i in range(9)]
+    fast = [fbi.greedy_identify(outputs, fam, bb) for bb in range(9)]
+    fast_d = [fbi.greedy_detect(outputs, [0, 1, 2], lambda x, bb=bb: outputs[bb][x]) for bb in range(9)]
+    monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    slow = [fbi.greedy_identify(outputs, fam, bb) for bb in range(9)]
+    assert backend.last_used("fbi.greedy_identify") == "reference"
+    slow_d = [fbi.greedy_detect(outputs, [0, 1, 2], lambda x, bb=bb: outputs[bb][x]) for bb in range(9)]
+    assert backend.last_used("fbi.greedy_detect") == "reference"
+    assert [(r.family, r.status, r.queries) for r in fast] == [(r.family, r.status, r.queries) for r in slow]
+    assert [(r.decision, r.queries) for r in fast_d] == [(r.decision, r.queries) for r in slow_d]

@@ -179,6 +179,30 @@ def _blackbox(blackbox, enc: Encoded):
     return lambda x: enc.code_of(x, t[x].cpu().numpy())
 
 
+class _Answers:
+    """blackbox[x] for the literal twins: the black box's label tuple on input x, asked lazily."""
+
+    def __init__(self, answer_labels):
+        self.answer_labels = answer_labels
+
+    def __getitem__(self, x):
+        return self.answer_labels(x)
+
+
+def _reference_inputs(enc: Encoded, blackbox):
+    """Outputs as per-model lists of label tuples, and the black box as lazy label tuples."""
+    outputs = [[tuple(o) for o in model] for model in enc.labels.cpu().tolist()]
+    M, N = enc.shape
+    if callable(blackbox):
+        return outputs, _Answers(lambda x: tuple(int(v) for v in np.asarray(blackbox(x)).reshape(-1)[: enc.k]))
+    if isinstance(blackbox, (int, np.integer)) and not isinstance(blackbox, bool):
+        idx = _validate.integer("blackbox", int(blackbox), lo=0, hi=M - 1)
+        return outputs, outputs[idx]
+    t = arrays.as_tensor("blackbox", blackbox)
+    t = t.unsqueeze(-1) if t.dim() == 1 else t
+    return outputs, [tuple(row[: enc.k]) for row in t.cpu().tolist()]
+
+
 def _argmin(key: torch.Tensor, rng) -> tuple[int, int]:
     best = int(key.min())
     ties = (key == best).nonzero().reshape(-1)
@@ -255,6 +279,14 @@ def greedy_detect(outputs, family, blackbox, *, k: int | None = None, max_querie
     if max_queries is not None:
         _validate.integer("max_queries", max_queries, lo=0)
     answer = _blackbox(blackbox, enc)
+    if backend.forced() == "reference":
+        from fastfp.reference import fbi as ref
+
+        outs, bb = _reference_inputs(enc, blackbox)
+        decision, queries, f_left, o_left = ref.greedy_detect(outs, in_f.nonzero().reshape(-1).tolist(), bb,
+                                                              max_queries=max_queries, seed=seed)
+        backend.record("fbi.greedy_detect", "reference")
+        return DetectionResult(decision, queries, f_left, o_left)
     rng = None if seed is None else np.random.default_rng(seed)
     state = _DetectState(enc, in_f)
     queried = torch.zeros(N, dtype=torch.bool, device=enc.codes.device)
@@ -366,6 +398,14 @@ def greedy_identify(outputs, families, blackbox, *, k: int | None = None, max_qu
     if max_queries is not None:
         _validate.integer("max_queries", max_queries, lo=0)
     answer = _blackbox(blackbox, enc)
+    if backend.forced() == "reference":
+        from fastfp.reference import fbi as ref
+
+        outs, bb = _reference_inputs(enc, blackbox)
+        labels = [names[i] for i in fam.tolist()]
+        found, status, queries, left = ref.greedy_identify(outs, labels, bb, max_queries=max_queries, seed=seed)
+        backend.record("fbi.greedy_identify", "reference")
+        return IdentificationResult(found, status, queries, left)
     rng = None if seed is None else np.random.default_rng(seed)
     state = _IdentifyState(enc, fam, len(names))
     queried = torch.zeros(N, dtype=torch.bool, device=enc.codes.device)
