@@ -53,11 +53,19 @@ class _Timed:
         self.times = times
 
     def as_dict(self, include_data=False):
-        t = self.times
-        stats = {"min": min(t), "max": max(t), "mean": statistics.mean(t),
-                 "median": statistics.median(t),
-                 "stddev": statistics.stdev(t) if len(t) > 1 else 0.0, "rounds": len(t),
-                 "iterations": 1, "ops": 1.0 / statistics.mean(t)}
+        t = sorted(self.times)
+        mean, std = statistics.mean(t), (statistics.stdev(t) if len(t) > 1 else 0.0)
+        q1, _, q3 = statistics.quantiles(t, n=4, method="inclusive") if len(t) > 1 else t * 3
+        iqr = q3 - q1
+        inside = [v for v in t if q1 - 1.5 * iqr <= v <= q3 + 1.5 * iqr]
+        # every field pytest-benchmark writes, so `pytest-benchmark compare` reads the file
+        stats = {"min": t[0], "max": t[-1], "mean": mean, "median": statistics.median(t),
+                 "stddev": std, "rounds": len(t), "iterations": 1, "total": sum(t),
+                 "ops": len(t) / sum(t) if sum(t) else 0.0, "q1": q1, "q3": q3, "iqr": iqr,
+                 "ld15iqr": inside[0], "hd15iqr": inside[-1],
+                 "iqr_outliers": len(t) - len(inside),
+                 "stddev_outliers": sum(abs(v - mean) > std for v in t)}
+        stats["outliers"] = f"{stats['stddev_outliers']};{stats['iqr_outliers']}"
         if include_data:
             stats["data"] = list(t)
         return {"group": self.group, "name": self.name, "fullname": self.fullname,

@@ -310,6 +310,9 @@ def test_stand_in_times_and_reports(bench_copy, tmp_path):
     assert {b["extra_info"]["role"] for b in data["benchmarks"]} == {"baseline", "fastfp"}
     assert all(b["stats"]["rounds"] == 2 for b in data["benchmarks"])
     assert data["fastfp"]["rows"][0]["group"] == "matmul"
+    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(raw)],
+                             capture_output=True, text=True)
+    assert compare.returncode == 0 and "test_matmul[fastfp]" in compare.stdout, compare.stderr
     rep = report.from_benchmark_json(raw)  # the saved run re-reports like a plugin run
     assert rep["rows"][0]["speedup"] > 0
     assert json.loads((out / "report.json").read_text())["summary"]["rows"] == 1
