@@ -23,7 +23,8 @@ from .reference import noise as _ref
 
 NOISE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_U64 = 2 ** 64 - 1
-_TORCH_CHUNK = 1 << 22  # elements per fallback chunk: bounds the int64 temporaries (~8 x 32 MiB)
+_TORCH_CHUNK = 1 << 22  # elements per fallback chunk: bounds the 64-bit temporaries (~32 MiB each)
+_MAX_DELTA = float(torch.finfo(torch.float32).max)  # delta is used in float32
 
 
 # ----------------------------------------------------------------------------- validation
@@ -49,7 +50,7 @@ def _check_params(name: str, params) -> list[torch.Tensor]:
 
 
 def _check_stream(delta, seed, offset) -> tuple[float, int, int]:
-    delta = _validate.real("delta", delta, lo=0.0)
+    delta = _validate.real("delta", delta, lo=0.0, hi=_MAX_DELTA)
     seed = _validate.integer("seed", seed, lo=0, hi=_MAX_U64)
     offset = _validate.integer("offset", offset, lo=0, hi=_MAX_U64)
     return delta, seed, offset
