@@ -6,7 +6,7 @@ Used two ways:
   session, prints :func:`format_table` and writes :func:`save` (JSON, CSV, PNG chart) into
   ``FASTFP_BENCH_OUT`` (default ``bench-results/``);
 - as a script over a saved ``--benchmark-json`` file (also the files of another machine or
-  commit): ``python bench/report.py RUN.json [--out DIR]``.
+  commit): ``python bench/report.py RUN.json [--out DIR] [--against OLD.json]``.
 
 Pairing rule (see bench/common.py): benchmarks sharing a ``group`` form one case; the entry with
 ``extra_info.role == "baseline"`` is the reference time, every ``role == "fastfp"`` entry gives
@@ -448,6 +448,45 @@ def from_benchmark_json(path) -> dict:
     return {"meta": meta, "rows": rows, "summary": summarize(rows)}
 
 
+def compare(new: dict, old: dict) -> list[dict]:
+    """Rows of two reports matched on (group, entry): each side's fastfp time and speed-up, and
+    ``change`` = old fastfp time / new fastfp time (> 1: the new run is faster)."""
+    before = {(r["group"], r["name"]): r for r in old["rows"]}
+    rows = []
+    for r in new["rows"]:
+        o = before.get((r["group"], r["name"]))
+        if o is None:
+            continue
+        change = o["fastfp_s"] / r["fastfp_s"] if o["fastfp_s"] and r["fastfp_s"] else None
+        rows.append({"group": r["group"], "name": r["name"], "old_fastfp_s": o["fastfp_s"],
+                     "new_fastfp_s": r["fastfp_s"], "old_speedup": o["speedup"],
+                     "new_speedup": r["speedup"], "change": change,
+                     "old_result": o["result"], "new_result": r["result"]})
+    return rows
+
+
+def format_comparison(rows: list[dict], new: dict, old: dict) -> str:
+    def where(rep):
+        meta = rep.get("meta") or {}
+        commit = ((meta.get("commit") or {}).get("id") or "?")[:10]
+        return f"{meta.get('device') or '?'} @ {commit} ({(meta.get('timestamp') or '?')[:19]})"
+
+    head = ("group", "entry", "old fastfp", "new fastfp", "change", "old speed-up",
+            "new speed-up", "result old -> new")
+    lines = [(r["group"], _short(r["name"]), _fmt_time(r["old_fastfp_s"]),
+              _fmt_time(r["new_fastfp_s"]), _fmt(r["change"], ".3g", "x"),
+              _fmt(r["old_speedup"], ".3g", "x"), _fmt(r["new_speedup"], ".3g", "x"),
+              f"{r['old_result']} -> {r['new_result']}") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+
+    def fmt(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([f"old: {where(old)}", f"new: {where(new)}", fmt(head),
+                      fmt(["-" * w for w in widths]), *map(fmt, lines),
+                      "change = old fastfp time / new fastfp time (> 1x: new is faster)"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/report.py",
@@ -455,13 +494,19 @@ def main(argv=None) -> int:
                     "--benchmark-json file written by the fastfp bench suite.")
     parser.add_argument("run", help="the --benchmark-json file")
     parser.add_argument("--out", metavar="DIR", help="also write report.json/.csv/.png here")
+    parser.add_argument("--against", metavar="OLD.json",
+                        help="also compare with an earlier run (another commit or machine)")
     args = parser.parse_args(argv)
     try:
         report = from_benchmark_json(args.run)
+        old = from_benchmark_json(args.against) if args.against else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
     print(format_table(report))
+    if old is not None:
+        print()
+        print(format_comparison(compare(report, old), report, old))
     if args.out:
         for path in save(report, args.out):
             print(f"wrote {path}")

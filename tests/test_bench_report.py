@@ -195,6 +195,24 @@ def test_report_from_benchmark_json(tmp_path):
     assert report.main([str(tmp_path / "bad.json")]) == 2
 
 
+def test_compare_two_runs(tmp_path, capsys):
+    def run(path, fast, commit):
+        path.write_text(json.dumps({"commit_info": {"id": commit}, "benchmarks": [
+            entry("a", "baseline", 1.0), entry("a", "fastfp", fast),
+            entry("only-" + commit, "baseline", 1.0), entry("only-" + commit, "fastfp", 1.0)]}))
+        return path
+
+    old, new = run(tmp_path / "old.json", 0.5, "old"), run(tmp_path / "new.json", 0.25, "new")
+    rows = report.compare(report.from_benchmark_json(new), report.from_benchmark_json(old))
+    (row,) = rows  # only the groups present in both runs
+    assert row["group"] == "a" and row["change"] == pytest.approx(2.0)
+    assert row["old_speedup"] == pytest.approx(2.0) and row["new_speedup"] == pytest.approx(4.0)
+    assert report.main([str(new), "--against", str(old)]) == 0
+    text = capsys.readouterr().out
+    assert "change" in text and "2x" in text and "@ old" in text
+    assert report.main([str(new), "--against", str(tmp_path / "none.json")]) == 2
+
+
 # --- peaks --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, key", [
