@@ -14,6 +14,7 @@ kernel.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -188,6 +189,33 @@ def perturb(params, delta: float, seed: int, offset: int = 0, out=None) -> list[
     """
     _check_stream(delta, seed, offset)  # fail on bad numbers before converting any tensor
     return Perturber(params, out).draw(delta, seed, offset)
+
+
+@contextlib.contextmanager
+def perturbed(params, delta: float, seed: int, offset: int = 0):
+    """Perturb ``params`` in place for the duration of a ``with`` block, then restore them exactly.
+
+    ``params``: a module (its parameters) or a list of tensors. The masters are kept in one
+    copy and copied back on exit (even on error): re-deriving them as ``(p + z) - z`` would not
+    be exact in floating point. For models ``functional_call`` cannot take (TorchScript), or
+    code that must see the noisy weights in the module itself. Yields the parameter list.
+    """
+    if isinstance(params, torch.nn.Module):
+        params = list(params.parameters())
+    params = _check_params("params", params)
+    delta, seed, offset = _check_stream(delta, seed, offset)
+    for i, p in enumerate(params):
+        if not p.is_contiguous():
+            raise ValueError(f"params[{i}]: must be contiguous to be perturbed in place")
+    with torch.no_grad():
+        masters = [p.detach().clone() for p in params]
+        Perturber(masters, [p.detach() for p in params]).draw(delta, seed, offset)
+    try:
+        yield params
+    finally:
+        with torch.no_grad():
+            for p, m in zip(params, masters):
+                p.copy_(m)
 
 
 def noise(numel: int, delta: float, seed: int, offset: int = 0, *, start: int = 0,

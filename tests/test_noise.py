@@ -255,6 +255,22 @@ def test_in_place_on_module_parameters_and_exact_restore():
     assert lin.weight.grad is None and lin.weight.requires_grad
 
 
+def test_perturbed_context_restores_exactly_even_on_error():
+    model = _tiny_cnn(5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masters = [p.detach().clone() for p in model.parameters()]
+    with N.perturbed(model, 0.2, seed=4, offset=9) as params:
+        assert all(torch.equal(p, w) for p, w in zip(params, R.perturb(masters, 0.2, 4, 9)))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(KeyError):
+        with N.perturbed(model, 0.2, seed=4):
+            raise KeyError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="delta"):
+        with N.perturbed(model, -0.2, seed=4):
+            pass
+
+
 def test_perturber_reuses_buffers_and_sees_in_place_updates():
     params = _params(seed=3)
     noisy = N.Perturber(params)
