@@ -87,6 +87,11 @@ def encode(outputs, k: int | None = None) -> Encoded:
     if int(labels.min()) < 0:
         raise ValueError("outputs: labels must be >= 0")
     base = int(labels.max()) + 1
+    with arrays.serial(labels.device):
+        return _encode(labels, base, k, M, N)
+
+
+def _encode(labels, base, k, M, N) -> Encoded:
     x = torch.arange(N, device=labels.device).expand(M, N)
     if (N * base ** k) < 2 ** 62:
         # One int64 key per (input, tuple): sorting 1-D keys is far cheaper than unique rows.
@@ -128,15 +133,18 @@ def detection_scores(outputs, family, candidates=None, exclude=None, k: int | No
     enc = encode(outputs, k)
     in_f = _mask("family", family, enc.shape[0], enc.codes.device)
     cand = None if candidates is None else _mask("candidates", candidates, enc.shape[0], enc.codes.device)
-    # Only groups holding a family candidate have a non-zero product: visit those alone.
-    fam_rows = enc.codes[in_f if cand is None else in_f & cand].reshape(-1)
-    groups, count_f = torch.unique(fam_rows, return_counts=True)
-    if cand is None or bool(cand.all()):
-        size = enc.group_size[groups]
-    else:
-        size = _bincount(enc.codes[cand].reshape(-1), enc.num_groups)[groups]
-    num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
-    num.scatter_add_(0, enc.group_input[groups], (size - count_f) * count_f)
+    # Only the family's own entries matter: summing (|M(g)| - |M(g, F)|) over each family model's
+    # group g counts every group |M(g, F)| times, which is exactly the product of eq. (7).
+    fam_codes = enc.codes[in_f if cand is None else in_f & cand]  # (|F^l|, N)
+    with arrays.serial(enc.codes.device):
+        if cand is None or bool(cand.all()):
+            size = enc.group_size
+        else:
+            size = _bincount(enc.codes[cand].reshape(-1), enc.num_groups)
+        _, inv, count_f = torch.unique(fam_codes.reshape(-1), return_inverse=True, return_counts=True)
+        num = (size[fam_codes] - count_f[inv].view_as(fam_codes)).sum(0)
+    if fam_codes.shape[0] == 0:
+        num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
     if exclude is not None:
         num[_mask("exclude", exclude, enc.shape[1], num.device)] = -1
     backend.record("fbi.detection_scores", _impl(enc.codes.device))
@@ -287,6 +295,12 @@ def greedy_detect(outputs, family, blackbox, *, k: int | None = None, max_querie
                                                               max_queries=max_queries, seed=seed)
         backend.record("fbi.greedy_detect", "reference")
         return DetectionResult(decision, queries, f_left, o_left)
+    with arrays.serial(enc.codes.device):
+        return _detect_loop(enc, in_f, answer, max_queries, seed)
+
+
+def _detect_loop(enc, in_f, answer, max_queries, seed) -> DetectionResult:
+    M, N = enc.shape
     rng = None if seed is None else np.random.default_rng(seed)
     state = _DetectState(enc, in_f)
     queried = torch.zeros(N, dtype=torch.bool, device=enc.codes.device)
@@ -406,6 +420,12 @@ def greedy_identify(outputs, families, blackbox, *, k: int | None = None, max_qu
         found, status, queries, left = ref.greedy_identify(outs, labels, bb, max_queries=max_queries, seed=seed)
         backend.record("fbi.greedy_identify", "reference")
         return IdentificationResult(found, status, queries, left)
+    with arrays.serial(enc.codes.device):
+        return _identify_loop(enc, fam, names, answer, max_queries, seed)
+
+
+def _identify_loop(enc, fam, names, answer, max_queries, seed) -> IdentificationResult:
+    M, N = enc.shape
     rng = None if seed is None else np.random.default_rng(seed)
     state = _IdentifyState(enc, fam, len(names))
     queried = torch.zeros(N, dtype=torch.bool, device=enc.codes.device)

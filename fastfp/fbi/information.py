@@ -18,7 +18,6 @@ each block of counts stays in cache.
 from __future__ import annotations
 
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -136,7 +135,6 @@ def _onehot_rows(X: torch.Tensor, K: int, dtype) -> torch.Tensor:
 # Below this many (pair x max(L, K^2)) entries, a scatter of combined codes beats the blocked matmul:
 # tiny multi-threaded GEMMs cost more in thread wake-ups (much more on a busy machine) than they save.
 SMALL = 1 << 21
-_THREADS_LOCK = threading.Lock()
 
 
 def _block_entropy(c: torch.Tensor, L: int, rows: int, cols: int, K: int) -> torch.Tensor:
@@ -205,18 +203,14 @@ def _joint_entropies(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) 
             je = min(j + nb, n)
             H[i:ie, j:je] = _block_entropy(OA[i * K:ie * K] @ OBt[:, j * K:je * K], L, ie - i, je - j, K)
 
-    with _THREADS_LOCK:
-        workers = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(rows, range(0, m, mb)))
-            else:
-                for i in range(0, m, mb):
-                    rows(i)
-        finally:
-            torch.set_num_threads(workers)
+    workers = torch.get_num_threads()
+    with arrays.serial():
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(rows, range(0, m, mb)))
+        else:
+            for i in range(0, m, mb):
+                rows(i)
     if symmetric:
         H = torch.triu(H) + torch.triu(H, 1).t()
     return H.clamp_min_(0.0)
