@@ -6,7 +6,8 @@ Groups (baseline and fastfp measured in the same run):
   only, random values). Full VGG-16 (138 M fp32) on CUDA; on CPU the VGG-16 layout at half width
   (~35 M, a quarter of the weights: the 2 shared cores and memory of the CI box); QUICK or
   --benchmark-disable (CI): 1/8 width. Targets: >= 2x on CPU; >= 80 % of HBM bandwidth on CUDA (bytes = read master + write out).
-  A second fastfp row times the pure-torch fallback (no extension) for information.
+  Rows: a reusable Perturber (the target row), one-shot perturb(), and the pure-torch fallback
+  (no extension, for information).
 - ``noise grad_mean cifar vgg11 ...``: RC+GM gradient mean over q noisy copies, fastfp (one
   scratch copy, functional calls; loop and vmap rows) vs q deep-copied perturbed models;
   target >= 3x on CUDA.
@@ -80,8 +81,10 @@ def check_perturbed(params, outs, delta, exact: bool, seed=0, offset=0):
         assert torch.equal(outs[-1], params[-1] + z)
 
 
-@pytest.mark.parametrize("role", ["baseline", "fastfp", "fallback"])
+@pytest.mark.parametrize("role", ["baseline", "fastfp", "fastfp-oneshot", "fallback"])
 def test_perturb_vgg16(benchmark, role, monkeypatch, small):
+    """fastfp: a Perturber drawing into reused buffers (what grad_mean does each copy);
+    fastfp-oneshot: perturb() allocating and converting the list on every call."""
     device = bench_device()
     width = perturb_width(device, small)
     params = list(vgg16_params(str(device), width))
@@ -93,6 +96,11 @@ def test_perturb_vgg16(benchmark, role, monkeypatch, small):
 
         def fn():
             return base.perturb_naive(params, DELTA, g)
+    elif role == "fastfp":
+        noisy = fastfp.noise.Perturber(params)
+
+        def fn():
+            return noisy.draw(DELTA, seed=0, offset=0)
     else:
         def fn():
             return fastfp.noise.perturb(params, DELTA, seed=0, offset=0)
@@ -103,9 +111,9 @@ def test_perturb_vgg16(benchmark, role, monkeypatch, small):
                    role="baseline" if role == "baseline" else "fastfp", device=device,
                    rounds=2 if role == "fallback" else 5, warmup=0 if role == "fallback" else 1,
                    entry=role, numel=numel, tensors=len(params), dtype="float32",
-                   bytes=2 * 4 * numel, impl=fastfp.backend.last_used("noise.perturb"),
-                   **targets)
+                   bytes=2 * 4 * numel, **targets)
     if role != "baseline":
+        benchmark.extra_info["impl"] = fastfp.backend.last_used("noise.perturb")
         assert fastfp.backend.last_used("noise.perturb") == (
             "torch" if role == "fallback" else fastfp.noise.implementation(device))
     check_perturbed(params, outs, DELTA, exact=role != "baseline")
