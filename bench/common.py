@@ -43,6 +43,8 @@ def measure(benchmark, fn, *, group: str, role: str, device: torch.device, round
     the reporter (bench/report.py): target_max_s={"cuda": 1e-3} (fastfp time bound),
     peak_precision="bf16" (which FLOP/s peak ``flops`` is compared with; default from dtype), and
     baseline_extrapolated_s on a baseline entry timed on a sample (replaces its measured time).
+    After timing, the achieved figures of the best round are added: achieved_gbps,
+    achieved_tflops, peak_fraction, peak_of.
     """
     if role not in ("fastfp", "baseline"):
         raise ValueError(f"role: expected 'fastfp' or 'baseline', got {role!r}")
@@ -55,4 +57,31 @@ def measure(benchmark, fn, *, group: str, role: str, device: torch.device, round
         synchronize(device)
         return out
 
-    return benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    _record_achieved(benchmark)
+    return result
+
+
+def _record_achieved(benchmark) -> None:
+    """Achieved GB/s, TFLOP/s and fraction of peak (best round) into ``extra_info``, so the raw
+    --benchmark-json carries them too; nothing when timing is disabled."""
+    try:
+        seconds = benchmark.stats.stats.min
+    except AttributeError:  # --benchmark-disable: no statistics
+        return
+    info = benchmark.extra_info
+    if not seconds or not (info.get("bytes") or info.get("flops")):
+        return
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    key = "_fastfp_bench_report"
+    if key not in sys.modules:  # bench/ is not a package: load the reporter by path
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name("report.py"))
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    report = sys.modules[key]
+    peaks = report._sibling("peaks").device_peaks(info["device_type"], info["device"])
+    gbps, tflops, frac, of = report._peak_fraction(info, seconds, peaks)
+    info.update(achieved_gbps=gbps, achieved_tflops=tflops, peak_fraction=frac, peak_of=of)

@@ -327,6 +327,7 @@ def test_stand_in_times_and_reports(bench_copy, tmp_path):
     data = json.loads(raw.read_text())
     assert {b["extra_info"]["role"] for b in data["benchmarks"]} == {"baseline", "fastfp"}
     assert all(b["stats"]["rounds"] == 2 for b in data["benchmarks"])
+    assert all(b["extra_info"]["achieved_gbps"] > 0 for b in data["benchmarks"])
     assert data["fastfp"]["rows"][0]["group"] == "matmul"
     compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(raw)],
                              capture_output=True, text=True)
@@ -352,6 +353,10 @@ def test_fastfp_bench_end_to_end(bench_copy, tmp_path):
     raw = json.loads((out / "benchmark.json").read_text())
     assert raw["fastfp"]["meta"]["versions"]["torch"] == torch.__version__
     assert len(raw["benchmarks"]) == 2  # the raw file stays pytest-benchmark's own format
+    for bench in raw["benchmarks"]:  # achieved figures recorded by measure() in extra_info
+        info, best = bench["extra_info"], bench["stats"]["min"]
+        assert info["achieved_gbps"] == pytest.approx(3 * 4 * 64 * 64 / best / 1e9)
+        assert info["peak_fraction"] == pytest.approx(info["achieved_gbps"] / 10)
     assert (out / "report.png").is_file() and (out / "report.csv").is_file()
     assert json.loads((tmp_path / "copy.json").read_text())["rows"][0]["group"] == "matmul"
 
