@@ -13,7 +13,7 @@ Groups (baseline and fastfp measured in the same run):
   Target >= 20x on CPU.
 
 Correctness (also under --benchmark-disable, with small shapes): distances equal the baselines
-to 1e-9, greedy numerators equal the literal loop exactly.
+to 1e-6 (the contract), greedy numerators equal the literal loop exactly.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_rajski_vs_bincount(benchmark, request, role):
         d = d.numpy()
     sample = _sample_pairs(m, m, 50)
     want = base.rajski_pairs_sklearn(A, B, sample)
-    np.testing.assert_allclose([d[i, j] for i, j in sample], want, atol=1e-9)
+    np.testing.assert_allclose([d[i, j] for i, j in sample], want, atol=1e-6)
 
 
 @pytest.mark.parametrize("role", ["baseline", "fastfp"])
@@ -93,13 +93,13 @@ def test_rajski_vs_sklearn_loop(benchmark, request, role):
                       device=device, rounds=1, warmup=0, pairs_timed=len(pairs), pairs_total=m * m,
                       baseline_extrapolated_s=t * scale, extrapolation=f"sample of {len(pairs)} pairs x {scale:.0f}")
         d = fbi.pairwise_rajski(A, B, k=K - 1)
-        np.testing.assert_allclose(got, [d[i, j] for i, j in pairs], atol=1e-9)
+        np.testing.assert_allclose(got, [d[i, j] for i, j in pairs], atol=1e-6)
     else:
         tA, tB = torch.from_numpy(A), torch.from_numpy(B)
         d = measure(benchmark, lambda: fbi.pairwise_rajski(tA, tB, k=K - 1), group=group, role=role,
                     device=device, rounds=3, shape=[m, m, L], target_speedup={"cpu": 150})
         np.testing.assert_allclose([float(d[i, j]) for i, j in pairs[:10]],
-                                   base.rajski_pairs_sklearn(A, B, pairs[:10]), atol=1e-9)
+                                   base.rajski_pairs_sklearn(A, B, pairs[:10]), atol=1e-6)
 
 
 @pytest.mark.gpu
@@ -125,15 +125,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _top3(rng, shape, classes=100):
+    """Random top-3 lists of distinct labels: a first label, then two distinct offsets from it."""
+    first = rng.integers(classes, size=shape)
+    o1 = rng.integers(1, classes, size=shape)
+    o2 = rng.integers(1, classes - 1, size=shape)
+    o2 = o2 + (o2 >= o1)
+    return np.stack([first, (first + o1) % classes, (first + o2) % classes], -1)
+
+
 @functools.lru_cache(maxsize=2)
 def greedy_outputs(models: int, inputs: int, families: int = 50, seed: int = 0):
     """Top-3 outputs (100 classes) of ``families`` vanilla models and noisy variants of theirs."""
     rng = np.random.default_rng(seed)
-    vanilla = np.stack([np.stack([rng.permutation(100)[:3] for _ in range(inputs)]) for _ in range(families)])
+    vanilla = _top3(rng, (families, inputs))
     fam = np.arange(models) % families
-    out = vanilla[fam].copy()
+    out = vanilla[fam]
     redraw = rng.random((models, inputs)) < 0.2
-    out[redraw] = rng.integers(100, size=(int(redraw.sum()), 3))
+    out[redraw] = _top3(rng, (int(redraw.sum()),))
     return out, fam
 
 
