@@ -156,8 +156,10 @@ def _read_spec(path: str) -> dict:
         raise FileNotFoundError(f"no such spec file: {path!r}")
     text = p.read_text()
     if p.suffix == ".toml":
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise _user_error(f"{path}: TOML specs need Python 3.11+; write the model list as JSON") from None
         spec = tomllib.loads(text)
     else:
         try:

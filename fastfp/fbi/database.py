@@ -152,7 +152,7 @@ class Database:
     def symbols(self, k: int | None = None) -> np.ndarray:
         """S_k of every stored output: (M, N) uint8 in 0..k (k <= the database's k)."""
         k = self.k if k is None else _validate.integer("k", k, lo=1, hi=self.k)
-        return surjection(self.topk.astype(np.int64), self.reference, k)
+        return surjection(self.topk, self.reference, k)  # compact labels compare as they are
 
     # --- growing ----------------------------------------------------------------------------------
     def add(self, name: str, family: str, topk) -> None:
