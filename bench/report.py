@@ -490,7 +490,7 @@ def format_comparison(rows: list[dict], new: dict, old: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/report.py",
-        description="Ratio table (speed-up, %% of peak, pass/fail) of a pytest-benchmark "
+        description="Ratio table (speed-up, % of peak, pass/fail) of a pytest-benchmark "
                     "--benchmark-json file written by the fastfp bench suite.")
     parser.add_argument("run", help="the --benchmark-json file")
     parser.add_argument("--out", metavar="DIR", help="also write report.json/.csv/.png here")

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench", help="benchmark fastfp against the baselines a user would write (ratio table)",
         description="Run the bench suite (pytest-benchmark, fastfp and baseline in the same run), "
-                    "print the ratio table (speed-up, %% of peak, target, PASS/FAIL) and write "
+                    "print the ratio table (speed-up, % of peak, target, PASS/FAIL) and write "
                     "JSON, CSV and a PNG bar chart of the speed-ups into --out.")
     p.add_argument("--quick", action="store_true",
                    help="small shapes (FASTFP_BENCH_QUICK=1): a few minutes on a laptop CPU")
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--only", action="append", choices=AREAS, metavar="AREA",
                    help=f"run one area only ({'|'.join(AREAS)}); repeat for several")
     p.add_argument("-k", dest="keyword", metavar="EXPR",
-                   help="pytest -k expression selecting benchmarks by name or group")
+                   help="pytest -k expression selecting benchmarks by test name")
     p.add_argument("--out", metavar="DIR", default="bench-results",
                    help="folder for benchmark.json (raw pytest-benchmark, works with "
                         "`pytest-benchmark compare`), report.json/.csv/.png and the curves "
