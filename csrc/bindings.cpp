@@ -72,10 +72,9 @@ static float check_delta(double delta) {
   return static_cast<float>(delta);
 }
 
-static void run_noise(const std::vector<fastfp::NoiseTensor> &table, const AnyArray &ref, float delta,
-                      std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) {
-  const bool cuda = ref.device_type() == nb::device::cuda::value;
-  const int device = ref.device_id();
+static void run_noise(const std::vector<fastfp::NoiseTensor> &table, int device_type, int device,
+                      float delta, std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) {
+  const bool cuda = device_type == nb::device::cuda::value;
   nb::gil_scoped_release release;
   if (!cuda) {
     fastfp::noise_perturb_cpu(table.data(), static_cast<int>(table.size()), delta, seed, offset);
@@ -119,15 +118,48 @@ class NoisePlan {
       table_[i] = {a.data(), o.data(), static_cast<std::int64_t>(a.size()), base, dt};
       base += static_cast<std::int64_t>(a.size());
     }
+    device_type_ = masters_[0].device_type();
+    device_id_ = masters_[0].device_id();
+  }
+
+  // Internal fast path for torch tensors already validated in Python (fastfp.noise.Perturber):
+  // raw data pointers, no DLPack conversion. The caller keeps the tensors alive.
+  static NoisePlan from_pointers(const std::vector<std::uintptr_t> &ins,
+                                 const std::vector<std::uintptr_t> &outs,
+                                 const std::vector<std::int64_t> &numels,
+                                 const std::vector<std::int32_t> &dtypes, int device_type,
+                                 int device_id) {
+    const std::size_t n = ins.size();
+    if (n == 0) throw std::invalid_argument("masters: expected at least one array, got none");
+    if (outs.size() != n || numels.size() != n || dtypes.size() != n)
+      throw std::invalid_argument("outs, numels, dtypes: expected one entry per master");
+    if (device_type != nb::device::cpu::value && device_type != nb::device::cuda::value)
+      throw std::invalid_argument("device_type: expected a CPU (1) or CUDA (2) DLPack device type");
+    NoisePlan plan;
+    plan.table_.resize(n);
+    std::int64_t base = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (dtypes[i] < fastfp::noise::F32 || dtypes[i] > fastfp::noise::F16)
+        throw std::invalid_argument(item("dtypes", i) + ": expected 0 (f32), 1 (bf16) or 2 (f16)");
+      if (numels[i] < 0) throw std::invalid_argument(item("numels", i) + ": expected >= 0");
+      if (numels[i] > 0 && (ins[i] == 0 || outs[i] == 0))
+        throw std::invalid_argument(item("masters", i) + ": null data pointer");
+      plan.table_[i] = {reinterpret_cast<const void *>(ins[i]), reinterpret_cast<void *>(outs[i]),
+                        numels[i], base, dtypes[i]};
+      base += numels[i];
+    }
+    plan.device_type_ = device_type;
+    plan.device_id_ = device_id;
+    return plan;
   }
 
   void run(double delta, std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) const {
-    run_noise(table_, masters_[0], check_delta(delta), seed, offset, stream);
+    run_noise(table_, device_type_, device_id_, check_delta(delta), seed, offset, stream);
   }
 
 #if defined(FASTFP_WITH_CUDA)
   void emulate_cuda(double delta, std::uint64_t seed, std::uint64_t offset) const {
-    if (masters_[0].device_type() != nb::device::cpu::value)
+    if (device_type_ != nb::device::cpu::value)
       throw std::invalid_argument("masters: the CUDA-kernel emulation takes CPU arrays");
     const float d = check_delta(delta);
     nb::gil_scoped_release release;
@@ -139,8 +171,10 @@ class NoisePlan {
   std::int64_t numel() const { return table_.back().base + table_.back().numel; }
 
  private:
-  std::vector<AnyArray> masters_, outs_;
+  NoisePlan() = default;
+  std::vector<AnyArray> masters_, outs_;  // keep DLPack-imported arrays alive
   std::vector<fastfp::NoiseTensor> table_;
+  int device_type_ = 0, device_id_ = 0;
 };
 
 static void noise_perturb(std::vector<AnyArray> masters, std::vector<AnyArray> outs, double delta,
@@ -159,7 +193,7 @@ static void noise_fill(const AnyArray &out, std::int64_t start, double delta, st
   if (out.size() == 0) return;
   std::vector<fastfp::NoiseTensor> table{
       {nullptr, out.data(), static_cast<std::int64_t>(out.size()), start, fastfp::noise::F32}};
-  run_noise(table, out, d, seed, offset, stream);
+  run_noise(table, out.device_type(), out.device_id(), d, seed, offset, stream);
 }
 
 NB_MODULE(_ext, m) {
@@ -193,6 +227,10 @@ NB_MODULE(_ext, m) {
                         "noise_perturb(masters, outs, ...) validated once, run many times")
       .def(nb::init<std::vector<AnyArray>, std::vector<AnyArray>>(), nb::arg("masters").noconvert(),
            nb::arg("outs").noconvert())
+      .def_static("_from_pointers", &NoisePlan::from_pointers, nb::arg("masters"), nb::arg("outs"),
+                  nb::arg("numels"), nb::arg("dtypes"), nb::arg("device_type"), nb::arg("device_id"),
+                  "internal: a plan from raw data pointers of validated, contiguous tensors that "
+                  "the caller keeps alive")
       .def("run", &NoisePlan::run, nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0,
            nb::arg("stream") = 0)
 #if defined(FASTFP_WITH_CUDA)

@@ -142,6 +142,27 @@ def _fill_torch(masters, outs, delta, seed, offset) -> None:
         base += n
 
 
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # noise::Dtype in csrc/noise.h
+_DLPACK_DEVICE = {"cpu": 1, "cuda": 2}
+
+
+def _plan(masters: list[torch.Tensor], outs: list[torch.Tensor]):
+    """An extension NoisePlan over validated contiguous tensors of one device.
+
+    Built from raw data pointers (a few microseconds for a whole model) rather than one DLPack
+    conversion per tensor (a few microseconds each); the caller keeps the tensors alive.
+    """
+    ext = backend.extension()
+    device = masters[0].device
+    if not hasattr(ext.NoisePlan, "_from_pointers"):  # an older build: the DLPack constructor
+        return ext.NoisePlan(masters, outs)
+    index = device.index if device.index is not None else (
+        torch.cuda.current_device() if device.type == "cuda" else 0)
+    return ext.NoisePlan._from_pointers(
+        [m.data_ptr() for m in masters], [o.data_ptr() for o in outs], [m.numel() for m in masters],
+        [_DTYPE_CODES[m.dtype] for m in masters], _DLPACK_DEVICE[device.type], index)
+
+
 class Perturber:
     """``out[i] = params[i] + U(-delta, delta)``, validated once and drawn many times.
 
@@ -163,7 +184,8 @@ class Perturber:
         if self.impl != "torch":
             masters = [p.detach() if p.is_contiguous() else p.detach().contiguous()
                        for p in self.params]
-            self._plan = backend.extension().NoisePlan(masters, self.out)
+            self._plan = _plan(masters, self.out)
+            self._keep = masters  # the plan holds raw pointers into these
 
     def draw(self, delta: float, seed: int, offset: int = 0) -> list[torch.Tensor]:
         """Fill and return ``out`` with the noise stream ``(seed, offset)``."""

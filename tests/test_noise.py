@@ -443,6 +443,15 @@ def test_extension_errors_are_clear():
         ext.noise_perturb([a], [np.zeros(5, np.float32)], 0.1, 0, 0)
     with pytest.raises(ValueError, match="delta"):
         ext.noise_perturb([a], [a], -1.0, 0, 0)
+    plan = ext.NoisePlan._from_pointers
+    with pytest.raises(ValueError, match="masters"):
+        plan([], [], [], [], 1, 0)
+    with pytest.raises(ValueError, match=r"dtypes\[0\]"):
+        plan([a.ctypes.data], [a.ctypes.data], [6], [7], 1, 0)
+    with pytest.raises(ValueError, match="null"):
+        plan([0], [a.ctypes.data], [6], [0], 1, 0)
+    with pytest.raises(ValueError, match="device_type"):
+        plan([a.ctypes.data], [a.ctypes.data], [6], [0], 9, 0)
 
 
 # ----------------------------------------------------------------------------- GPU
