@@ -166,9 +166,9 @@ def _plan(masters: list[torch.Tensor], outs: list[torch.Tensor]):
 class Perturber:
     """``out[i] = params[i] + U(-delta, delta)``, validated once and drawn many times.
 
-    Building it checks the tensors and, on the extension paths, converts them once (DLPack);
+    Building it checks the tensors and, on the extension paths, builds the pointer table once;
     each :meth:`draw` is then one OpenMP region or one kernel launch (per 40 tensors) with no
-    per-tensor Python work. ``params`` are read at every draw (in-place updates are seen);
+    per-tensor Python work. Not for concurrent draws from several threads (one ``out``). ``params`` are read at every draw (in-place updates are seen);
     non-contiguous ones are copied once, at construction. ``out`` defaults to fresh buffers.
     """
 
