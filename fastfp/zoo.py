@@ -128,9 +128,9 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * width, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * width, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -1,0 +1,237 @@
+"""``fastfp demo``: both papers' experiments end to end on one machine, no downloads.
+
+Stages: (1) the embedded zoo (:mod:`fastfp.zoo`, trained once then cached); (2) characteristic
+examples with the four methods on the protected models, robustness / transferability / uniqueness
+(IJCAI'21 Tables 1-4 style) and the trade-off over delta (Fig. 4); (3) FBI: every zoo model's
+variants, detection TPR at 5 % FPR and ROC AUC per input selection and delegate, open-world
+identification success / abstain / error (TIFS'23 Tables III-IV, Sect. IV-C); (4) figures (PNG) and
+a JSON report.
+
+JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], times in seconds)::
+
+    schema          "fastfp.demo/1"
+    config          the settings used (quick, protected models, num, steps, q, delta, k, rates, ...)
+    zoo             {name: {"test_accuracy", "benign_accuracy"}}
+    cexamples       {method: {robustness, transferability, uniqueness,             (mean over seeds)
+                              transferability_other_arch, uniqueness_other_arch,
+                              uniqueness_std, base_accuracy, delta, k, q, seeds,
+                              per_rate: {"0.4": {robustness, uniqueness}, ...}}}
+                    for method in vanilla, rc, rcgm, ltrc
+    cexamples_runs  one row per (protected model, method), same fields
+    tradeoff        {"rcgm"|"ltrc": [{delta, robustness, transferability, uniqueness}]}
+    fbi.database    {models, vanilla, inputs, k, dropped: [names], kinds: {kind: count}}
+    fbi.detection   {tpr_at_5fpr, roc_auc,                                  (default: 30/70, close)
+                     by_selection: {sel: {tpr_at_5fpr, tpr_at_5fpr_std, roc_auc, roc_auc_std,
+                                          positives, negatives}},
+                     by_delegate: {close|median|far: {...same...}}}              (30/70)
+    fbi.identification {success, abstain, error, unknown_rejected,    (default: entropy, compound)
+                     by_setting: {"<selection>/<vanilla|compound>": {...same...}}}
+    timing          {zoo_s, cexamples_s, tradeoff_s, fbi_s, figures_s, total_s, ...}
+    figures         [paths of the PNG files]
+    environment     {fastfp, torch, python, threads}
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "fastfp.demo/1"
+
+
+def QUICK_SPECS(smoothing_n: int):
+    """One variant per procedure (the --quick FBI database)."""
+    from ..variants import Spec
+
+    return [Spec("half"), Spec("jpeg", 50), Spec("posterize", 4), Spec("smoothing", 0.04, {"n": smoothing_n}),
+            Spec("finetune_last", 1), Spec("prune_all", 0.02), Spec("prune_last", 0.8), Spec("prune_global", 0.4)]
+
+
+def config(*, quick: bool = False, model: str | None = None, seeds: int | None = None,
+           num: int | None = None, steps: int | None = None) -> dict:
+    """Settings of a run; ``quick`` is the < 2 minute version used by the tests."""
+    from .. import _validate as V
+    from .. import zoo
+
+    if quick:
+        cfg = {"quick": True, "num": 16, "steps": 60, "q": 3, "delta": 0.03, "k": 2,
+               "rates": (0.4, 0.6, 0.8), "repeats": 1, "prune_epochs": 1,
+               "deltas": (), "fbi_inputs": 300, "L": 60, "trials": 2, "smoothing_n": 8,
+               "fbi_quick": True, "protected_seeds": 1, "arch": "cnn"}
+    else:
+        cfg = {"quick": False, "num": 50, "steps": 300, "q": 10, "delta": 0.03, "k": 2,
+               "rates": (0.4, 0.5, 0.6, 0.7, 0.8), "repeats": 3, "prune_epochs": 1,
+               "deltas": (0.0, 0.01, 0.03, 0.07), "fbi_inputs": 1000, "L": 100, "trials": 5,
+               "smoothing_n": 16, "fbi_quick": False, "protected_seeds": 2, "arch": "cnn"}
+    zoo_names = zoo.names(quick=quick)
+    if model is not None:
+        if model not in zoo_names:
+            raise ValueError(f"model: {model!r} is not in the {'quick ' if quick else ''}zoo; "
+                             f"expected one of {', '.join(zoo_names)}")
+        cfg["arch"] = model.rpartition("-s")[0]
+        first_seed = int(model.rpartition("-s")[2])
+    else:
+        first_seed = 0
+    if seeds is not None:
+        cfg["protected_seeds"] = V.integer("seeds", seeds, lo=1)
+    if num is not None:
+        cfg["num"] = V.integer("num", num, lo=1)
+    if steps is not None:
+        cfg["steps"] = V.integer("steps", steps, lo=1)
+    arch_seeds = [int(n.rpartition("-s")[2]) for n in zoo_names if n.rpartition("-s")[0] == cfg["arch"]]
+    order = arch_seeds[arch_seeds.index(first_seed):] + arch_seeds[:arch_seeds.index(first_seed)]
+    if cfg["protected_seeds"] > len(order):
+        raise ValueError(f"seeds: the zoo has {len(order)} seeds of {cfg['arch']!r}, got {cfg['protected_seeds']}")
+    cfg["protected"] = [f"{cfg['arch']}-s{s}" for s in order[:cfg["protected_seeds"]]]
+    return cfg
+
+
+def check_output(out) -> Path:
+    """Create ``out`` if needed and make sure it can be written (before any long work)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"--out: cannot create the output folder {str(out)!r}: {exc.strerror}") from None
+    if not out.is_dir():
+        raise NotADirectoryError(f"--out: {str(out)!r} is not a folder")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out: the output folder {str(out)!r} is not writable")
+    return out
+
+
+def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=print) -> dict:
+    """Run the whole demo; returns the JSON-ready report (also printed as tables through ``log``)."""
+    import torch
+
+    from .. import zoo
+    from . import cexamples_experiment as CE
+    from . import fbi_experiment as FE
+    from . import tables
+
+    out = check_output(out)
+    t_start = time.perf_counter()
+    timing = {}
+    report = {"schema": SCHEMA, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
+
+    # 1. zoo
+    t0 = time.perf_counter()
+    models = zoo.default_zoo(quick=cfg["quick"], progress=progress)
+    d = zoo.digits()
+    xb, yb = zoo.benign_inputs(cfg["fbi_inputs"], seed=0)
+    report["zoo"] = {n: {"test_accuracy": zoo.accuracy(m, d.x_test, d.y_test),
+                         "benign_accuracy": zoo.accuracy(m, xb, yb)} for n, m in models.items()}
+    timing["zoo_s"] = time.perf_counter() - t0
+    log(tables.zoo_table(report["zoo"]))
+
+    # 2. characteristic examples
+    t0 = time.perf_counter()
+    data = (d.x_train, d.y_train)
+    summary, rows, fps, ctiming = CE.run(models, cfg["protected"], cfg, data, progress=progress, log=log)
+    report["cexamples"] = summary
+    report["cexamples_runs"] = rows
+    timing["cexamples_s"] = time.perf_counter() - t0
+    timing.update({f"cexamples_{k}": v for k, v in ctiming.items()})
+    log(tables.uniqueness_table(summary, cfg))
+    fp_dir = out / "fingerprints"
+    fp_dir.mkdir(exist_ok=True)
+    for method, fp in fps.items():
+        fp.save(fp_dir / f"{cfg['protected'][0]}-{method}.safetensors")
+
+    t0 = time.perf_counter()
+    report["tradeoff"] = (CE.tradeoff(models, cfg["protected"][0], cfg, data, cfg["deltas"], progress=progress)
+                          if cfg["deltas"] else {})
+    timing["tradeoff_s"] = time.perf_counter() - t0
+    if report["tradeoff"]:
+        log(tables.tradeoff_table(report["tradeoff"]))
+
+    # 3. FBI
+    t0 = time.perf_counter()
+    from .. import variants as V
+
+    specs = QUICK_SPECS(cfg["smoothing_n"]) if cfg["fbi_quick"] else \
+        V.catalog(smoothing_n=cfg["smoothing_n"], with_global=True)
+    db = FE.build_database(models, xb, yb, specs, data, (d.x_test, d.y_test), k=1, progress=progress)
+    timing["fbi_database_s"] = time.perf_counter() - t0
+    fams = list(dict.fromkeys(db["families"]))
+    all_idx = np.arange(db["symbols"].shape[1])
+    full = FE.distances(db, range(len(db["names"])), range(len(db["names"])), all_idx)
+    vanilla_rows = [db["names"].index(f) for f in fams]
+    ranking = FE.entropy_ranking(db, vanilla_rows)
+    det_sel, det_del, curves = {}, {}, {}
+    for sel in FE.SELECTIONS:
+        det_sel[sel], (s, y) = FE.detection(db, selection=sel, delegate_kind="close", L=cfg["L"],
+                                            trials=cfg["trials"], seed=1, full=full, ranking=ranking)
+        curves[sel] = s, y, det_sel[sel]["roc_auc"]
+    for dk in FE.DELEGATES:
+        det_del[dk], _ = FE.detection(db, selection="30/70", delegate_kind=dk, L=cfg["L"],
+                                      trials=cfg["trials"], seed=2, full=full, ranking=ranking)
+    # open world: the last seed of every architecture is unknown to Alice
+    seeds_of = {}
+    for f in fams:
+        a, s = f.rpartition("-s")[0], int(f.rpartition("-s")[2])
+        seeds_of.setdefault(a, []).append(s)
+    known = [f for f in fams if int(f.rpartition("-s")[2]) != max(seeds_of[f.rpartition("-s")[0]])]
+    ident = {}
+    for sel in ("all", "entropy"):
+        known_rows = [db["names"].index(f) for f in known]
+        rank_known = FE.entropy_ranking(db, known_rows)  # Alice only knows her models
+        for comp in (False, True):
+            ident[f"{sel}/{'compound' if comp else 'vanilla'}"] = FE.identification(
+                db, known_fams=known, selection=sel, compound=comp, L=cfg["L"], trials=cfg["trials"],
+                seed=3, ranking=rank_known)
+    kinds = {}
+    for kd in db["kinds"]:
+        kinds[kd] = kinds.get(kd, 0) + 1
+    report["fbi"] = {
+        "database": {"models": len(db["names"]), "vanilla": len(fams), "inputs": int(db["symbols"].shape[1]),
+                     "k": db["k"], "dropped": db["dropped"], "kinds": kinds,
+                     "known_families": known, "L": cfg["L"], "trials": cfg["trials"]},
+        "detection": {"tpr_at_5fpr": det_sel["30/70"]["tpr_at_5fpr"], "roc_auc": det_sel["30/70"]["roc_auc"],
+                      "by_selection": det_sel, "by_delegate": det_del},
+        "identification": {**{k: ident["entropy/compound"][k] for k in ("success", "abstain", "error",
+                                                                          "unknown_rejected")},
+                           "by_setting": ident},
+    }
+    timing["fbi_s"] = time.perf_counter() - t0
+    log(tables.fbi_tables(report["fbi"]))
+
+    # 4. figures
+    t0 = time.perf_counter()
+    paths = []
+    if figures:
+        from .. import metrics as M
+        from .. import plots
+
+        imgs = {m: fp.inputs[:64].numpy() for m, fp in fps.items()}
+        labels = {m: fp.labels[:64].numpy() for m, fp in fps.items()}
+        paths.append(plots.cexample_grid(imgs, labels, out / "cexamples.png"))
+        paths.append(plots.dct_spectra(imgs, out / "cexamples_dct.png"))
+        roc = {}
+        for sel, (s, y, auc) in curves.items():
+            f, t, _ = M.roc_curve(s, y)
+            roc[sel] = (f, t, auc)
+        paths.append(plots.roc_curves(roc, out / "fbi_roc.png",
+                                      title=f"FBI detection ROC (L={cfg['L']}, top-1, close delegate)"))
+        if report["tradeoff"]:
+            pts = {m: [(p["delta"], p["robustness"], p["transferability"]) for p in v]
+                   for m, v in report["tradeoff"].items()}
+            paths.append(plots.tradeoff(pts, out / "tradeoff.png"))
+        order = np.argsort(np.asarray(db["families"]), kind="stable")
+        paths.append(plots.heatmap(full[np.ix_(order, order)], [db["families"][i] for i in order],
+                                   out / "fbi_distances.png"))
+    timing["figures_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - t_start
+    report["timing"] = timing
+    report["figures"] = [str(p) for p in paths]
+    import fastfp
+
+    report["environment"] = {"fastfp": fastfp.__version__, "torch": torch.__version__,
+                             "python": platform.python_version(), "threads": torch.get_num_threads()}
+    log(tables.timing_table(timing))
+    return report
+

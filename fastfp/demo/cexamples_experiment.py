@@ -1,0 +1,111 @@
+"""Characteristic-examples experiment of the demo (Wang et al., IJCAI'21, Sect. 4), at zoo scale.
+
+For each protected model (one architecture, several seeds): fingerprints with the four methods,
+robustness on its pruned copies (global magnitude pruning 40..80 %, each repeat retrained briefly,
+see :mod:`fastfp.metrics`), transferability to the same architecture's other seeds (the paper's
+"variant model with similar functionality", like VGG-19 for VGG-16) and, separately, to the other
+architectures; uniqueness = robustness - transferability. Averages over the protected seeds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import metrics as M
+
+METHODS = ("vanilla", "rc", "rcgm", "ltrc")
+
+
+def _generate(model, method, cfg, seed, delta=None, progress=False):
+    from .. import cexamples
+
+    kw = {}
+    if method != "vanilla":
+        kw["delta"] = cfg["delta"] if delta is None else delta
+    if method == "ltrc":
+        kw["k"] = cfg["k"]
+    if method in ("rcgm", "ltrc"):
+        kw["q"] = cfg["q"]
+    return cexamples.generate(model, cfg["num"], (1, 32, 32), 10, method=method, steps=cfg["steps"],
+                              seed=seed, progress=progress, **kw)
+
+
+def evaluate(fp, copies, same, others) -> dict:
+    per = M.robustness_per_rate(fp, copies=copies)
+    rob = float(np.mean(list(per.values())))
+    t_same = M.transferability(fp, same)
+    t_other = M.transferability(fp, others)
+    return {"robustness": rob, "transferability": t_same, "uniqueness": rob - t_same,
+            "transferability_other_arch": t_other, "uniqueness_other_arch": rob - t_other,
+            "per_rate": {f"{r:g}": {"robustness": v, "uniqueness": v - t_same} for r, v in per.items()}}
+
+
+def run(zoo_models: dict, protected: list[str], cfg: dict, data, *, progress: bool = True, log=print):
+    """Returns (results per method averaged over ``protected``, per-seed rows, fingerprints of the
+    first protected model, timing)."""
+    from tqdm.auto import tqdm
+
+    timing = {"pruned_copies_s": 0.0, "generate_s": 0.0, "evaluate_s": 0.0}
+    rows = []
+    first_fps = {}
+    bar = tqdm(total=len(protected) * len(METHODS), desc="c-examples", unit="fp", disable=not progress)
+    for pi, name in enumerate(protected):
+        model = zoo_models[name]
+        arch = name.rpartition("-s")[0]
+        same = [m for n, m in zoo_models.items() if n != name and n.rpartition("-s")[0] == arch]
+        others = [m for n, m in zoo_models.items() if n.rpartition("-s")[0] != arch]
+        if not same or not others:
+            raise ValueError(f"model: {name!r} needs another seed of its architecture and other "
+                             "architectures in the zoo")
+        t0 = time.perf_counter()
+        copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"],
+                                 seed=pi)
+        timing["pruned_copies_s"] += time.perf_counter() - t0
+        for method in METHODS:
+            bar.set_postfix_str(f"{name} {method}")
+            t0 = time.perf_counter()
+            fp = _generate(model, method, cfg, seed=pi)
+            timing["generate_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            r = evaluate(fp, copies, same, others)
+            timing["evaluate_s"] += time.perf_counter() - t0
+            r.update(model=name, method=method, base_accuracy=M.fp_accuracy(fp, model),
+                     delta=fp.meta["delta"], k=fp.meta["k"], q=fp.meta["q"])
+            rows.append(r)
+            if pi == 0:
+                first_fps[method] = fp
+            bar.update(1)
+    bar.close()
+    summary = {}
+    for method in METHODS:
+        rs = [r for r in rows if r["method"] == method]
+        keys = ("robustness", "transferability", "uniqueness", "transferability_other_arch",
+                "uniqueness_other_arch", "base_accuracy")
+        s = {k: float(np.mean([r[k] for r in rs])) for k in keys}
+        s["uniqueness_std"] = float(np.std([r["uniqueness"] for r in rs]))
+        s["per_rate"] = {rate: {k: float(np.mean([r["per_rate"][rate][k] for r in rs]))
+                                for k in ("robustness", "uniqueness")} for rate in rs[0]["per_rate"]}
+        s.update(delta=rs[0]["delta"], k=rs[0]["k"], q=rs[0]["q"], seeds=len(rs))
+        summary[method] = s
+    return summary, rows, first_fps, timing
+
+
+def tradeoff(zoo_models: dict, name: str, cfg: dict, data, deltas, *, progress: bool = True):
+    """Robustness / transferability of RC+GM and LTRC on ``name`` as delta varies (paper Fig. 4)."""
+    from tqdm.auto import tqdm
+
+    model = zoo_models[name]
+    arch = name.rpartition("-s")[0]
+    same = [m for n, m in zoo_models.items() if n != name and n.rpartition("-s")[0] == arch]
+    others = [m for n, m in zoo_models.items() if n.rpartition("-s")[0] != arch]
+    copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"], seed=0)
+    points = {"rcgm": [], "ltrc": []}
+    todo = [(m, d) for m in points for d in deltas if not (m == "rcgm" and d == 0)]
+    for method, d in tqdm(todo, desc="trade-off", unit="fp", disable=not progress):
+        fp = _generate(model, method, cfg, seed=0, delta=d)
+        r = evaluate(fp, copies, same, others)
+        points[method].append({"delta": d, "robustness": r["robustness"],
+                               "transferability": r["transferability"], "uniqueness": r["uniqueness"]})
+    return points

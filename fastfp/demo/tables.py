@@ -1,0 +1,68 @@
+"""Plain-text tables of the demo (the papers' Table 1-4 layout, at zoo scale)."""
+
+from __future__ import annotations
+
+
+def _pct(v: float, sign: bool = False) -> str:
+    return f"{100 * v:+.0f}" if sign else f"{100 * v:.0f}"
+
+
+def zoo_table(zoo: dict) -> str:
+    lines = ["", "Zoo (digits 32x32): accuracy % on the held-out split / on the benign FBI inputs"]
+    for n, r in zoo.items():
+        lines.append(f"  {n:12s} {_pct(r['test_accuracy']):>4s} / {_pct(r['benign_accuracy']):>3s}")
+    return "\n".join(lines)
+
+
+def uniqueness_table(summary: dict, cfg: dict) -> str:
+    rates = list(next(iter(summary.values()))["per_rate"])
+    head = (f"{'method':8s} {'delta':>6s} {'k':>2s} {'base%':>5s} {'transf%':>7s} {'robust%':>7s} "
+            f"{'uniq%':>6s} " + " ".join(f"{'U@' + str(int(float(r) * 100)) + '%':>6s}" for r in rates)
+            + f" {'T other%':>8s} {'U other%':>8s}")
+    lines = ["", f"Characteristic examples on {', '.join(cfg['protected'])} ({cfg['num']} examples, "
+             f"{cfg['steps']} steps; transferability to the same architecture's other seeds; "
+             f"mean over {len(cfg['protected'])} protected seed(s))", head]
+    for m, s in summary.items():
+        lines.append(f"{m:8s} {s['delta']:6.3g} {s['k']:2d} {_pct(s['base_accuracy']):>5s} "
+                     f"{_pct(s['transferability']):>7s} {_pct(s['robustness']):>7s} "
+                     f"{_pct(s['uniqueness'], True):>6s} "
+                     + " ".join(f"{_pct(s['per_rate'][r]['uniqueness'], True):>6s}" for r in rates)
+                     + f" {_pct(s['transferability_other_arch']):>8s} {_pct(s['uniqueness_other_arch'], True):>8s}")
+    return "\n".join(lines)
+
+
+def tradeoff_table(points: dict) -> str:
+    lines = ["", "Trade-off over delta (first protected model)",
+             f"{'method':8s} {'delta':>6s} {'robust%':>7s} {'transf%':>7s} {'uniq%':>6s}"]
+    for m, pts in points.items():
+        for p in pts:
+            lines.append(f"{m:8s} {p['delta']:6.3g} {_pct(p['robustness']):>7s} "
+                         f"{_pct(p['transferability']):>7s} {_pct(p['uniqueness'], True):>6s}")
+    return "\n".join(lines)
+
+
+def fbi_tables(fbi: dict) -> str:
+    db, det, ide = fbi["database"], fbi["detection"], fbi["identification"]
+    lines = ["", f"FBI database: {db['models']} models ({db['vanilla']} vanilla + variants), "
+             f"{db['inputs']} benign inputs, top-{db['k']}, {len(db['dropped'])} variants dropped "
+             f"(accuracy drop > 15 points); L = {db['L']} queries, {db['trials']} trials",
+             "Detection, TPR % at 5 % FPR (close delegate)  [ROC AUC]",
+             "  " + "  ".join(f"{s:>16s}" for s in det["by_selection"]),
+             "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} [{r['roc_auc']:.3f}]"
+                              for r in det["by_selection"].values()),
+             "Detection by delegate (30/70), TPR % at 5 % FPR  [ROC AUC]",
+             "  " + "  ".join(f"{s:>16s}" for s in det["by_delegate"]),
+             "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} [{r['roc_auc']:.3f}]"
+                              for r in det["by_delegate"].values()),
+             f"Identification, open world ({len(db['known_families'])} known families; the others "
+             "must be rejected): % of known-family black boxes",
+             f"  {'setting':20s} {'success':>7s} {'abstain':>7s} {'error':>6s} {'unknown rejected':>17s}"]
+    for name, r in ide["by_setting"].items():
+        lines.append(f"  {name:20s} {_pct(r['success']):>7s} {_pct(r['abstain']):>7s} {_pct(r['error']):>6s} "
+                     f"{_pct(r['unknown_rejected']):>17s}")
+    return "\n".join(lines)
+
+
+def timing_table(timing: dict) -> str:
+    return "\nTiming (s): " + ", ".join(f"{k[:-2] if k.endswith('_s') else k} {v:.1f}"
+                                          for k, v in timing.items())

@@ -1,0 +1,84 @@
+"""`fastfp demo --quick` end to end (the zoo trained once per session in a tmp cache), and its bad input."""
+
+import json
+import os
+
+import pytest
+
+from fastfp import demo
+from fastfp.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FASTFP_CACHE", str(tmp_path_factory.getbasetemp() / "fastfp-cache"))
+
+
+def test_quick_demo_writes_tables_figures_and_json(tmp_path, capsys):
+    out, js = tmp_path / "out", tmp_path / "report.json"
+    assert main(["demo", "--quick", "--out", str(out), "--json", str(js), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("Characteristic examples", "ltrc", "Detection", "Identification", "Timing"):
+        assert needle in text
+    r = json.loads(js.read_text())
+    assert r["schema"] == "fastfp.demo/1"
+    for m in ("vanilla", "rc", "rcgm", "ltrc"):
+        c = r["cexamples"][m]
+        for key in ("robustness", "transferability"):
+            assert 0.0 <= c[key] <= 1.0
+        assert c["uniqueness"] == pytest.approx(c["robustness"] - c["transferability"])
+        assert c["base_accuracy"] >= 0.9  # the fingerprint fits its own model
+    det, ide = r["fbi"]["detection"], r["fbi"]["identification"]
+    assert 0.0 <= det["tpr_at_5fpr"] <= 1.0 and 0.5 < det["roc_auc"] <= 1.0
+    assert ide["success"] + ide["abstain"] + ide["error"] == pytest.approx(1.0)
+    assert set(det["by_selection"]) == {"all", "50/50", "30/70", "entropy"}
+    assert set(det["by_delegate"]) == {"close", "median", "far"}
+    for stage in ("zoo_s", "cexamples_s", "fbi_s", "total_s"):
+        assert r["timing"][stage] >= 0
+    assert r["fbi"]["database"]["models"] > r["fbi"]["database"]["vanilla"] >= 5
+    for f in ("cexamples.png", "cexamples_dct.png", "fbi_roc.png", "fbi_distances.png"):
+        assert (out / f).stat().st_size > 1000, f
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from fastfp import Fingerprint
+
+    fp = Fingerprint.load(out / "fingerprints" / "cnn-s0-ltrc.safetensors")
+    assert fp.inputs.shape[1:] == (1, 32, 32)
+
+
+def test_bad_model_name_is_a_clean_error(tmp_path, capsys):
+    assert main(["demo", "--quick", "--model", "nope-s0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nope-s0" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder_is_a_clean_error(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["demo", "--quick", "--out", str(ro / "sub")]) == 2
+        assert main(["demo", "--quick", "--out", str(ro)]) == 2
+    finally:
+        ro.chmod(0o700)
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_output_path_that_is_a_file_and_bad_json_folder(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["demo", "--quick", "--out", str(f)]) == 2
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--json", str(tmp_path / "no" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--json" in err
+
+
+def test_config_validation():
+    cfg = demo.config(quick=True)
+    assert cfg["protected"] == ["cnn-s0"]
+    assert demo.config(quick=False, model="resnet-s1", seeds=2)["protected"] == ["resnet-s1", "resnet-s2"]
+    with pytest.raises(ValueError, match="seeds"):
+        demo.config(quick=True, seeds=5)
+    with pytest.raises(ValueError, match="num"):
+        demo.config(quick=True, num=0)
