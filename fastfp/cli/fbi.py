@@ -192,7 +192,10 @@ class _Deferred:
 
     def _get(self):
         if self.model is None:
-            self.model = _load_model(self.entry, self.base).eval()
+            import torch
+
+            with torch.enable_grad():  # a zoo model may be trained now, even if asked under no_grad
+                self.model = _load_model(self.entry, self.base).eval()
         return self.model
 
     def __call__(self, x):
@@ -203,6 +206,7 @@ class _Deferred:
         return self
 
     def eval(self):
+        self._get()  # load (or train) before the no_grad queries start
         return self
 
 
