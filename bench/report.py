@@ -25,7 +25,6 @@ import csv
 import importlib.util
 import io
 import json
-import math
 import os
 import platform
 import subprocess
