@@ -9,6 +9,8 @@ from fastfp import Fingerprint, cexamples
 from fastfp.cli.main import main
 from test_cexamples import tiny_cnn
 
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notes
+
 
 @pytest.fixture
 def model_files(tmp_path):
