@@ -348,3 +348,18 @@ def test_torchscript_models_restore_their_weights_exactly():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     torch.testing.assert_close(g, _noise.grad_mean(tiny_cnn(), x, y, 0.05, 3, seed=0),
                                atol=1e-6, rtol=1e-5)
+
+
+def test_torchvision_classifier_non_square_and_mode_restored():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.resnet18(num_classes=7)
+    model.train()  # BatchNorm in training mode: generate must use eval and give the mode back
+    running = model.bn1.running_mean.clone()
+    fp = cexamples.generate(model, 2, (3, 48, 40), 7, method="ltrc", steps=2, q=2,
+                            progress=False)
+    assert model.training and torch.equal(model.bn1.running_mean, running)
+    assert fp.inputs.shape == (2, 3, 48, 40) and torch.isfinite(fp.inputs).all()
+    assert fp.meta["k"] == defaults.k_for((3, 48, 40))
+    x0, _ = ref.start(2, (3, 48, 40), 7, 0)
+    assert (fp.inputs - x0).abs().max() > 0
