@@ -155,7 +155,9 @@ def test_greedy_bad_input():
     with pytest.raises(ValueError, match="outputs"):
         fbi.greedy_detect(np.zeros((3,), int), [0], 0)
     with pytest.raises(ValueError, match="blackbox"):
-        fbi.greedy_detect(np.arange(24).reshape(3, 4, 2), [0], lambda x: [0])  # answers top-1 for k = 2
+        fbi.greedy_detect(np.arange(24).reshape(3, 4, 2), [0], lambda x: [0])
+    with pytest.raises(TypeError, match="blackbox"):
+        fbi.greedy_identify(outputs, [0, 1, 1], torch.nn.Linear(2, 2))  # answers top-1 for k = 2
 
 
 @pytest.mark.gpu

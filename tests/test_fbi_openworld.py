@@ -147,6 +147,10 @@ def test_openworld_bad_input(db, ow):
         ow.identify(db.topk[0][:, :1])  # top-1 outputs for a top-3 open world
     with pytest.raises(ValueError, match="blackbox"):
         ow.identify(db.topk[0][:10])
+    import torch
+
+    with pytest.raises(TypeError, match="blackbox"):
+        ow.identify(torch.nn.Linear(3, 10))
     with pytest.raises(ValueError, match="anchors"):
         fbi.OpenWorld(L=20, trials=1).fit(db, anchors={"zz": "f0"})
     with pytest.raises(TypeError, match="db"):

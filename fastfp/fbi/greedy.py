@@ -170,6 +170,9 @@ def _mask(name, sel, n, device) -> torch.Tensor:
 def _blackbox(blackbox, enc: Encoded):
     """A function x -> group code of the black box's answer on input x."""
     M, N = enc.shape
+    if isinstance(blackbox, torch.nn.Module):
+        raise TypeError("blackbox: got a model; pass its outputs on the inputs (fastfp.fbi.query_topk) "
+                        "or a callable input index -> top-k labels")
     if callable(blackbox):
         return lambda x: enc.code_of(x, blackbox(x))
     if isinstance(blackbox, (int, np.integer)) and not isinstance(blackbox, bool):

@@ -234,6 +234,9 @@ class OpenWorld:
     # --- black box ------------------------------------------------------------------------------------
     def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
         """Query the black box on inputs S and map its answers through S_k."""
+        if type(blackbox).__module__.startswith("torch.nn") or hasattr(blackbox, "parameters"):
+            raise TypeError("blackbox: got a model; pass its outputs on the database's inputs "
+                            "(fastfp.fbi.query_topk) or a callable input indices -> top-k labels")
         if isinstance(blackbox, str):
             labels = self.db.topk[self.db.index(blackbox)][S]
         elif callable(blackbox):
