@@ -105,3 +105,13 @@ def test_triton_noise_on_cuda_matches_the_stream():
     step = torch.tensor([5], device="cuda")
     graphs.fill_noise(master, out, step, 10, 3, 1, 0.03, use_triton=True)
     assert torch.equal(out.cpu(), flat_noise_reference(tiny_cnn(), 0.03, 1, 53))
+
+
+@pytest.mark.parametrize("h, w, k", [(32, 32, 2), (9, 7, 3), (8, 8, 1), (5, 6, 9)])
+def test_graph_high_pass_equals_the_reference(h, w, k):
+    from fastfp.reference import dct
+
+    x = torch.rand(2, 3, h, w, dtype=torch.float32)
+    band = graphs._band(h, w, k, torch.device("cpu"))
+    torch.testing.assert_close(graphs._subtract_band(x, *band), dct.highpass(x.double(), k).float(),
+                               atol=2e-6, rtol=0)

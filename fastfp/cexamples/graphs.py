@@ -13,6 +13,10 @@ and replayed. Everything that changes from step to step lives on the device:
   (re-captures at the smaller size) when at most half remain;
 - ``steps_used`` / ``final_loss`` are written on the device when an example finishes.
 
+The step inside the graph is ``fastfp.sign_step(..., k=0)`` followed by the band subtraction of
+:func:`_subtract_band` with DCT rows made on the device before capture: ``fastfp.sign_step`` with
+k > 0 copies its DCT rows from the host on every call, which a capture cannot contain.
+
 The result equals the eager engine's (same noise, same per-example arithmetic). Capture can fail
 (a model that syncs with the host, data-dependent shapes, mixed parameter dtypes ...): then
 :func:`run_batch` returns ``None`` and the caller runs the eager engine; nothing is half-done.
@@ -116,6 +120,7 @@ class _Step:
         self.weights = dict(zip(names, views_of(self.scratch))) if s.noisy else None
         self.use_triton = backend.triton_usable(dev)
         self.blocks = torch.arange((master_flat.numel() + 3) // 4, dtype=torch.int64, device=dev)
+        self.band = _band(x.shape[-2], x.shape[-1], s.k, dev) if s.k > 0 else None
         self.graph = None
 
     def run(self) -> None:
@@ -163,7 +168,9 @@ class _Step:
                 if s.eta > 0:
                     self._finish(loss.detach())
         with torch.no_grad():
-            new = ops.sign_step(x, grad.to(x.dtype), s.alpha, s.k, s.lo, s.hi)
+            new = ops.sign_step(x, grad.to(x.dtype), s.alpha, 0, s.lo, s.hi)
+            if self.band is not None:
+                new = _subtract_band(new, *self.band)
             keep = self.active.view(-1, *([1] * (x.dim() - 1)))
             x.copy_(torch.where(keep, new, x))
             self.step.add_(1)
@@ -190,6 +197,27 @@ class _Step:
             t.copy_(saved)
         self.step.fill_(start_step)
         self.graph = graph
+
+
+def _band(h: int, w: int, k: int, device):
+    """Device constants of the high-pass (built before capture: the graph may not copy from
+    the host): DCT rows 0..min(k, H-1) / 0..min(k, W-1) and the mask of the removed band."""
+    from ..reference import dct
+
+    rh, rw = min(k + 1, h), min(k + 1, w)
+    dh = dct.dct_matrix(h)[:rh].to(device=device, dtype=torch.float32).contiguous()
+    dw = dct.dct_matrix(w)[:rw].to(device=device, dtype=torch.float32).contiguous()
+    i = torch.arange(rh).unsqueeze(1)
+    j = torch.arange(rw).unsqueeze(0)
+    mask = ((i + j >= 1) & (i + j <= k)).to(device=device, dtype=torch.float32)
+    return dh, dw, mask
+
+
+def _subtract_band(x, dh, dw, mask):
+    """HighPass(x) = x - IDCT(band part of DCT(x)): only the removed (low) band is transformed,
+    rh x rw coefficients per channel, so this is exactly IDCT(mask * DCT(x)) (eq. 4)."""
+    coeffs = dh @ x @ dw.T
+    return x - dh.T @ (coeffs * mask) @ dw
 
 
 def _flat_parameters(model):
