@@ -195,7 +195,7 @@ def _joint_entropies(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) 
     OA = _onehot_rows(A, K, dtype)
     OBt = _onehot_rows(B, K, dtype).t().contiguous()
     H = torch.zeros(m, n, dtype=torch.float64)
-    mb, nb = 16, 256
+    mb, nb = 32, 128  # measured best of 8..32 x 128..1000 on this CPU
 
     def rows(i):
         ie = min(i + mb, m)
