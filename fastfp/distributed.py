@@ -95,9 +95,14 @@ def check_same_settings(ctx: Context, digest: str) -> None:
             f"have {[gathered[r] for r in odd]}); launch every rank with the same arguments")
 
 
-def my_items(n_items: int, ctx: Context) -> list[int]:
-    """Round-robin assignment: item i belongs to rank i % world_size."""
-    return list(range(ctx.rank, n_items, ctx.world_size))
+def my_items(n_items: int, ctx: Context, blocked: bool = False) -> list[int]:
+    """This rank's items: round-robin (item i -> rank i % world_size), or ``blocked`` contiguous runs
+    (so that consecutive items, e.g. chunks of one model, stay on one rank and load it once)."""
+    if not blocked:
+        return list(range(ctx.rank, n_items, ctx.world_size))
+    lo = n_items * ctx.rank // ctx.world_size
+    hi = n_items * (ctx.rank + 1) // ctx.world_size
+    return list(range(lo, hi))
 
 
 class ShardStore:
@@ -165,7 +170,7 @@ class ShardStore:
         path = self.shard_path(item)
         if not path.exists():
             raise FileNotFoundError(f"shard {path.name}: missing in {self.folder} (item {item} of "
-                                    f"{self.n_items}; was rank {item % self.ctx.world_size} killed? "
+                                    f"{self.n_items}; was the rank computing it killed? "
                                     "run again to finish it)")
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -184,13 +189,13 @@ class ShardStore:
 
 
 def run_sharded(shards: ShardStore, work: Callable[[int], tuple[dict, dict]],
-                progress: bool = True, desc: str = "shards") -> list[int]:
+                progress: bool = True, desc: str = "shards", blocked: bool = False) -> list[int]:
     """Compute this rank's unfinished items with ``work(item) -> (tensors, meta)``, each saved at once.
 
     Returns the items computed by this call (finished ones are skipped). Ends with a barrier so that
     rank 0 can merge afterwards.
     """
-    todo = [i for i in my_items(shards.n_items, shards.ctx) if not shards.done(i)]
+    todo = [i for i in my_items(shards.n_items, shards.ctx, blocked) if not shards.done(i)]
     bar = _progress(todo, progress and shards.ctx.is_main, desc)
     for item in bar:
         tensors, meta = work(item)

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     b.add_argument("--out", required=True, help="database file (.safetensors); an existing one is resumed")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default=None, help="device for the models (default: cpu)")
+    b.add_argument("--shard-dir", default=None,
+                   help="build in per-(model, input chunk) shards in this folder (resumable; implied "
+                        "under torchrun, default OUT.shards); rank 0 merges into --out")
     b.add_argument("--json", metavar="PATH", help="also write a JSON report")
     b.set_defaults(func=run_build)
 
@@ -228,8 +231,19 @@ def run_build(args) -> int:
     entries = spec["models"]
     families = {str(e["name"]): str(e["family"]) for e in entries}
     models = list(_LazyModels(entries, base))
-    db = fbi.Database.build(models, x, k=args.k, families=families, labels=labels, batch_size=args.batch_size,
-                            device=args.device, path=args.out, progress=True)
+    from fastfp import distributed as dd
+
+    ctx = dd.init()
+    if ctx.distributed or args.shard_dir:
+        device = args.device or (str(dd.device_for(ctx)) if ctx.distributed else None)
+        db = fbi.build_sharded(models, x, k=args.k, families=families, labels=labels,
+                               batch_size=args.batch_size, device=device, path=args.out, ctx=ctx,
+                               shard_dir=args.shard_dir or f"{args.out}.shards", progress=True)
+        if db is None:  # not rank 0: rank 0 merges and reports
+            return 0
+    else:
+        db = fbi.Database.build(models, x, k=args.k, families=families, labels=labels,
+                                batch_size=args.batch_size, device=args.device, path=args.out, progress=True)
     print(f"{db!r} -> {args.out}")
     _report(args, {"database": args.out, "models": db.names, "families": db.families, "k": db.k,
                    "num_inputs": db.num_inputs, "num_classes": db.num_classes})

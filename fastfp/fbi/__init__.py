@@ -4,6 +4,7 @@ Decide whether a black-box classifier belongs to a model family (detection) and 
 (identification) from its top-k outputs on a few benign inputs.
 
 - :mod:`.database`    query known models once on benign inputs; store compact top-k outputs
+- :mod:`.sharded`     the same database built across torchrun processes (shards, resume, merge)
 - :mod:`.surjection`  S_k: top-k output -> rank of the reference class (0..k)
 - :mod:`.information` entropy, mutual information, Rajski distance, all pairs at once
 - :mod:`.greedy`      walled garden (A = B): greedy detection / identification
@@ -14,6 +15,7 @@ Array functions take numpy, torch or cupy arrays and return the same kind.
 """
 
 from .database import Database, query_topk
+from .sharded import build_sharded
 from .greedy import (DetectionResult, IdentificationResult, SequentialResult, detection_scores, encode,
                      greedy_detect, greedy_identify, sequential_identify)
 from .information import entropy, mutual_information, pairwise_rajski, rajski_distance
@@ -23,7 +25,7 @@ from .surjection import surjection
 from .synthetic import synthetic_database
 
 __all__ = [
-    "Database", "query_topk", "surjection", "entropy", "mutual_information", "rajski_distance",
+    "Database", "query_topk", "build_sharded", "surjection", "entropy", "mutual_information", "rajski_distance",
     "pairwise_rajski", "encode", "detection_scores", "greedy_detect", "greedy_identify",
     "sequential_identify", "DetectionResult", "IdentificationResult", "SequentialResult",
     "OpenWorld", "select_inputs", "fit_query_law", "query_law_experiment", "synthetic_database",

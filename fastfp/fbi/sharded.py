@@ -1,0 +1,72 @@
+"""The output database built across processes (torchrun): one shard per (model, input chunk).
+
+Items are model-major (item = model * n_chunks + chunk) and handed out in contiguous blocks, so a
+rank loads each of its models once. Chunks are whole multiples of ``batch_size`` and start where a
+single-process build's batches start, so every model sees exactly the same batches and the merged
+database equals :meth:`Database.build` bit for bit. Rank 0 merges and writes the database file;
+a rerun skips finished shards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastfp import _validate
+from fastfp import distributed as dd
+
+from .database import Database, _probe_classes, _query_one, inputs_digest
+
+
+def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, labels=None,
+                  batch_size: int = 256, chunk_batches: int = 8, device=None, path=None,
+                  ctx: dd.Context | None = None, progress: bool = True) -> Database | None:
+    """Like :meth:`Database.build`, sharded over the ranks of ``ctx``; returns the database on rank 0
+    (also saved to ``path`` when given) and ``None`` on the other ranks."""
+    ctx = ctx or dd.Context()
+    _validate.tensor("inputs", inputs, min_dim=1)
+    k = _validate.integer("k", k, lo=1, hi=254)
+    batch_size = _validate.integer("batch_size", batch_size, lo=1)
+    chunk_batches = _validate.integer("chunk_batches", chunk_batches, lo=1)
+    pairs = [(str(n), m) for n, m in (models.items() if hasattr(models, "items") else models)]
+    if not pairs:
+        raise ValueError("models: no model given")
+    missing = [n for n, _ in pairs if n not in families]
+    if missing:
+        raise ValueError(f"families: no family given for models {missing}")
+    gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+    if gt is not None and gt.shape[0] != inputs.shape[0]:
+        raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
+
+    chunk = batch_size * chunk_batches
+    n_chunks = (inputs.shape[0] + chunk - 1) // chunk
+    settings = {"job": "fbi.database", "names": [n for n, _ in pairs],
+                "families": [str(families[n]) for n, _ in pairs], "k": k,
+                "inputs": inputs_digest(inputs), "batch_size": batch_size, "chunk": chunk,
+                "labels": None if gt is None else inputs_digest(torch.from_numpy(gt))}
+    shards = dd.ShardStore(shard_dir, settings, len(pairs) * n_chunks, ctx).open()
+
+    loaded: dict[int, object] = {}
+
+    def work(item: int):
+        m, c = divmod(item, n_chunks)
+        name, model = pairs[m]
+        if m not in loaded:  # keep only the current model
+            loaded.clear()
+            loaded[m] = model
+        x = inputs[c * chunk:(c + 1) * chunk]
+        out = _query_one(model, x, k, batch_size, device, False, name)
+        return {"topk": torch.from_numpy(np.ascontiguousarray(out))}, {"model": name, "chunk": c}
+
+    dd.run_sharded(shards, work, progress=progress, desc="fbi database shards", blocked=True)
+    if not ctx.is_main:
+        return None
+    tensors, _ = dd.merge(shards)
+    topk = np.stack([np.concatenate([tensors[m * n_chunks + c]["topk"].numpy() for c in range(n_chunks)])
+                     for m in range(len(pairs))])
+    db = Database(topk, settings["names"], settings["families"], k=k,
+                  num_classes=_probe_classes(pairs[0][1], inputs, None), ground_truth=gt,
+                  digest=settings["inputs"])
+    if path is not None:
+        db.save(path)
+    return db

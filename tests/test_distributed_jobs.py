@@ -1,0 +1,67 @@
+"""`fastfp fbi build` and `fastfp generate` under torchrun (2 Gloo processes) equal a single process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from fastfp import fbi
+from fastfp.cli.main import main
+
+
+def _torchrun(*args, nproc=2, timeout=180):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(nproc), "-m", "fastfp", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def fbi_spec(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fbi_dist")
+    entries = []
+    for s in range(3):
+        torch.manual_seed(s)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 10))
+        torch.save(m, tmp / f"m{s}.pt")
+        entries.append({"name": f"m{s}", "family": f"f{s % 2}", "path": f"m{s}.pt"})
+    (tmp / "models.json").write_text(json.dumps({"models": entries}))
+    torch.save(torch.randn(150, 3, 2, 2, generator=torch.Generator().manual_seed(0)), tmp / "x.pt")
+    return tmp
+
+
+def _build_args(tmp, out, *extra):
+    return ["fbi", "build", "--spec", str(tmp / "models.json"), "--inputs", str(tmp / "x.pt"),
+            "--k", "3", "--batch-size", "8", "--out", str(out), *extra]
+
+
+def test_fbi_build_two_processes_equal_one(fbi_spec):
+    tmp = fbi_spec
+    assert main(_build_args(tmp, tmp / "single.safetensors")) == 0
+    r = _torchrun(*_build_args(tmp, tmp / "dist.safetensors"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp / "dist.safetensors.shards" / "manifest.json").exists()
+    a = fbi.Database.load(tmp / "single.safetensors")
+    b = fbi.Database.load(tmp / "dist.safetensors")
+    assert a.names == b.names and a.families == b.families
+    assert (a.topk == b.topk).all() and a.num_classes == b.num_classes and a.digest == b.digest
+    assert (tmp / "single.safetensors").read_bytes() == (tmp / "dist.safetensors").read_bytes()
+
+
+def test_fbi_build_resume_checks_world_size(fbi_spec):
+    tmp = fbi_spec
+    out = tmp / "resume.safetensors"
+    r = _torchrun(*_build_args(tmp, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    # a single-process resume of a 2-process run is refused, naming the world sizes
+    assert main(_build_args(tmp, out, "--shard-dir", f"{out}.shards")) == 2
+    # same world size: every shard is done, the merge alone runs and gives the same database
+    before = out.read_bytes()
+    out.unlink()
+    r = _torchrun(*_build_args(tmp, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.read_bytes() == before
