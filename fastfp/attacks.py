@@ -85,6 +85,7 @@ class CharacteristicAttack:
                                  f"{self.input_shape}")
             out_dtype = images.dtype
         s = cexamples.settings_for(self.method, shape, **self._kw)
+        cexamples._check_noisy_model(self.model, s)
         x0, _ = engine.start(num, shape, 2, s.seed)
         if images is not None:
             x0 = images.detach().to("cpu", torch.float32)

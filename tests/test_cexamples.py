@@ -236,6 +236,9 @@ class NotAClassifier(nn.Module):
     (dict(model=NotAClassifier("4d")), ValueError, "model"),
     (dict(model=NotAClassifier("1d")), ValueError, "model"),
     (dict(input_shape=(3, 8, 8)), ValueError, "input_shape"),
+    (dict(model=tiny_cnn().double(), method="rcgm"), TypeError, "model"),
+    (dict(model=nn.Sequential(nn.Flatten(), nn.Softmax(dim=1)), input_shape=(1, 1, 5),
+          method="rc"), ValueError, "model"),
 ])
 def test_bad_input_is_rejected_before_work(kwargs, exc, name, monkeypatch):
     from fastfp.cexamples import engine

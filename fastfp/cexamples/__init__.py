@@ -63,6 +63,22 @@ def _check_device(device, model) -> torch.device:
     return mdev
 
 
+def _check_noisy_model(model, s: Settings) -> None:
+    """Weight noise needs float32 / bfloat16 / float16 parameters to perturb."""
+    if not s.noisy:
+        return
+    params = list(model.parameters())
+    if not params:
+        raise ValueError(f"model: method {s.method!r} perturbs the weights, but the model has no "
+                         "parameters (use method='vanilla' or delta=0)")
+    bad = {str(p.dtype) for p in params if p.dtype not in (torch.float32, torch.bfloat16,
+                                                              torch.float16)}
+    if bad:
+        raise TypeError(f"model: method {s.method!r} draws weight noise for float32, bfloat16 "
+                        f"or float16 parameters, found {', '.join(sorted(bad))} (use "
+                        "model.float(), or method='vanilla')")
+
+
 def _check_labels(labels, num: int, num_classes: int) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected an int64 tensor, got {type(labels).__name__}")
@@ -214,6 +230,7 @@ def generate(model, num, input_shape, num_classes, method="ltrc", k=None, delta=
     if graphs is not None and not isinstance(graphs, bool):
         raise TypeError(f"graphs: expected None, True or False, got {type(graphs).__name__}")
     dev = _check_device(device, model)
+    _check_noisy_model(model, s)
     x0, drawn = start(num, input_shape, num_classes, s.seed)
     targets = drawn if labels is None else _check_labels(labels, num, num_classes)
     per_example, _ = probe(model, x0[:1], num_classes, dev)
