@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help="protected models: N seeds of its architecture")
     p.add_argument("--num", type=int, metavar="N", help="characteristic examples per method")
     p.add_argument("--steps", type=int, metavar="N", help="sign-gradient steps per example")
+    p.add_argument("--full-variants", action="store_true",
+                   help="FBI over every parameter of the paper's variant list (38 per model; slower)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -33,7 +35,8 @@ def run(args) -> int:
     from fastfp import demo
     from fastfp.store import write_json
 
-    cfg = demo.config(quick=args.quick, model=args.model, seeds=args.seeds, num=args.num, steps=args.steps)
+    cfg = demo.config(quick=args.quick, model=args.model, seeds=args.seeds, num=args.num, steps=args.steps,
+                      full_variants=args.full_variants)
     demo.check_output(args.out)
     if args.json:  # fail now, not after ten minutes of work
         parent = Path(args.json).expanduser().resolve().parent

@@ -92,8 +92,10 @@ def run(zoo_models: dict, protected: list[str], cfg: dict, data, *, progress: bo
     return summary, rows, first_fps, timing
 
 
-def tradeoff(zoo_models: dict, name: str, cfg: dict, data, deltas, *, progress: bool = True):
-    """Robustness / transferability of RC+GM and LTRC on ``name`` as delta varies (paper Fig. 4)."""
+def sweep(zoo_models: dict, name: str, cfg: dict, data, settings, *, num=None, progress: bool = True):
+    """Robustness / transferability / uniqueness of ``name``'s fingerprints for each
+    ``(method, delta, k)`` in ``settings`` (the trade-off over delta, paper Fig. 4, and the k
+    ablation, paper Table 2). ``num`` overrides the number of examples (cheaper sweeps)."""
     from tqdm.auto import tqdm
 
     model = zoo_models[name]
@@ -101,11 +103,12 @@ def tradeoff(zoo_models: dict, name: str, cfg: dict, data, deltas, *, progress: 
     same = [m for n, m in zoo_models.items() if n != name and n.rpartition("-s")[0] == arch]
     others = [m for n, m in zoo_models.items() if n.rpartition("-s")[0] != arch]
     copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"], seed=0)
-    points = {"rcgm": [], "ltrc": []}
-    todo = [(m, d) for m in points for d in deltas if not (m == "rcgm" and d == 0)]
-    for method, d in tqdm(todo, desc="trade-off", unit="fp", disable=not progress):
-        fp = _generate(model, method, cfg, seed=0, delta=d)
+    out = []
+    for method, delta, k in tqdm(list(settings), desc="sweep", unit="fp", disable=not progress):
+        c = dict(cfg, k=k, num=num or cfg["num"])
+        fp = _generate(model, method, c, seed=0, delta=delta)
         r = evaluate(fp, copies, same, others)
-        points[method].append({"delta": d, "robustness": r["robustness"],
-                               "transferability": r["transferability"], "uniqueness": r["uniqueness"]})
-    return points
+        out.append({"method": method, "delta": delta, "k": fp.meta["k"], "num": c["num"],
+                    "robustness": r["robustness"], "transferability": r["transferability"],
+                    "uniqueness": r["uniqueness"], "base_accuracy": M.fp_accuracy(fp, model)})
+    return out

@@ -31,13 +31,12 @@ def uniqueness_table(summary: dict, cfg: dict) -> str:
     return "\n".join(lines)
 
 
-def tradeoff_table(points: dict) -> str:
-    lines = ["", "Trade-off over delta (first protected model)",
-             f"{'method':8s} {'delta':>6s} {'robust%':>7s} {'transf%':>7s} {'uniq%':>6s}"]
-    for m, pts in points.items():
-        for p in pts:
-            lines.append(f"{m:8s} {p['delta']:6.3g} {_pct(p['robustness']):>7s} "
-                         f"{_pct(p['transferability']):>7s} {_pct(p['uniqueness'], True):>6s}")
+def sweep_table(rows: list) -> str:
+    lines = ["", "Trade-off over delta and k ablation (first protected model)",
+             f"{'method':8s} {'delta':>6s} {'k':>3s} {'base%':>5s} {'robust%':>7s} {'transf%':>7s} {'uniq%':>6s}"]
+    for p in rows:
+        lines.append(f"{p['method']:8s} {p['delta']:6.3g} {p['k']:3d} {_pct(p['base_accuracy']):>5s} "
+                     f"{_pct(p['robustness']):>7s} {_pct(p['transferability']):>7s} {_pct(p['uniqueness'], True):>6s}")
     return "\n".join(lines)
 
 
