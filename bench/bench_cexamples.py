@@ -55,19 +55,21 @@ def test_baseline_matches_fastfp_with_the_same_noise():
 def test_ltrc_small_cnn_end_to_end(benchmark, role):
     device = bench_device()
     model = small_cnn().to(device)
-    kw = dict(method="ltrc", q=Q, steps=STEPS, eta=0.0, seed=0)
+    # --benchmark-disable (CI): one call each, correctness only, so the smallest useful work.
+    num, q = (4, 2) if benchmark.disabled else (NUM, Q)
+    kw = dict(method="ltrc", q=q, steps=STEPS, eta=0.0, seed=0)
     if role == "baseline":
         def fn():
-            return base.eager_generate(model, NUM, SHAPE, 10, device=device, **kw)
+            return base.eager_generate(model, num, SHAPE, 10, device=device, **kw)
     else:
         def fn():
-            fp = fastfp.cexamples.generate(model, NUM, SHAPE, 10, progress=False, **kw)
+            fp = fastfp.cexamples.generate(model, num, SHAPE, 10, progress=False, **kw)
             return fp.inputs, fp.labels
     x, labels = measure(benchmark, fn, group=f"cexamples ltrc small-cnn {'x'.join(map(str, SHAPE))}",
                         role=role, device=device, rounds=3, warmup=1,
-                        shape=[NUM, *SHAPE], dtype="float32", q=Q, steps=STEPS,
+                        shape=[num, *SHAPE], dtype="float32", q=q, steps=STEPS,
                         target_speedup={"cpu": 2.0, "cuda": 5.0})
-    assert x.shape == (NUM, *SHAPE) and torch.isfinite(x).all()
+    assert x.shape == (num, *SHAPE) and torch.isfinite(x).all()
     assert target_rate(model, x, labels) >= 0.9
 
 
@@ -85,7 +87,7 @@ def test_ltrc_step_vgg16(benchmark, role):
     device = bench_device()
     if device.type != "cuda":
         pytest.skip("the VGG-16 step case is a CUDA benchmark")
-    batch, q = (8, 2) if QUICK else (100, 10)
+    batch, q = (8, 2) if QUICK or benchmark.disabled else (100, 10)
     model = vgg16().to(device)
     shape = (3, 224, 224)
     g = torch.Generator(device=device).manual_seed(0)
