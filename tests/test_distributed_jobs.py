@@ -65,3 +65,40 @@ def test_fbi_build_resume_checks_world_size(fbi_spec):
     r = _torchrun(*_build_args(tmp, out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert out.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen_dist")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    torch.save(m, tmp / "model.pt")
+    return tmp
+
+
+def _gen_args(tmp, out, *extra):
+    return ["generate", str(tmp / "model.pt"), "--input-shape", "1,8,8", "--method", "ltrc",
+            "--num-examples", "10", "--steps", "15", "--q", "2", "--batch-size", "3", "--device", "cpu",
+            "--no-progress", "--out", str(out), *extra]
+
+
+def test_generate_two_processes_equal_one(tiny_model_file):
+    from fastfp import Fingerprint
+
+    tmp = tiny_model_file
+    assert main(_gen_args(tmp, tmp / "one.safetensors")) == 0
+    r = _torchrun(*_gen_args(tmp, tmp / "two.safetensors"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = Fingerprint.load(tmp / "one.safetensors"), Fingerprint.load(tmp / "two.safetensors")
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
+    assert a.meta["steps_used"] == b.meta["steps_used"]
+    assert a.meta["final_loss"] == b.meta["final_loss"]
+    # 10 examples in batches of 3: 4 shards, split between the two ranks
+    assert len(list((tmp / "two.safetensors.shards").glob("shard-*.safetensors"))) == 4
+
+
+def test_generate_resume_rejects_other_settings(tiny_model_file):
+    tmp = tiny_model_file
+    out = tmp / "three.safetensors"
+    assert main(_gen_args(tmp, out, "--shard-dir", str(tmp / "sh"))) == 0
+    assert main(_gen_args(tmp, out, "--shard-dir", str(tmp / "sh"), "--seed", "5")) == 2

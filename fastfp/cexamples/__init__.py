@@ -217,6 +217,22 @@ def generate(model, num, input_shape, num_classes, method="ltrc", k=None, delta=
     """
     from ..fingerprint import Fingerprint
 
+    s, x0, targets, dev, per_example = prepare(
+        model, num, input_shape, num_classes, method=method, k=k, delta=delta, q=q, alpha=alpha,
+        steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, device=device,
+        precision=precision, labels=labels, graphs=graphs)
+    x, steps_used, final_loss, impl = optimize(model, x0, targets, s, dev, batch_size=batch_size,
+                                               progress=progress, graphs=graphs,
+                                               per_example=per_example)
+    return Fingerprint(x, targets, finish_meta(s, model, input_shape, num_classes, model_name,
+                                               steps_used, final_loss, impl))
+
+
+def prepare(model, num, input_shape, num_classes, *, method="ltrc", k=None, delta=None, q=10,
+            alpha=None, steps=500, eta=1e-6, seed=0, batch_size=None, progress=True, device=None,
+            precision="fp32", labels=None, graphs=None):
+    """Validate everything (before any work) and draw the start: (settings, x0, targets, device,
+    bytes of activations per example)."""
     model = _check_model(model)
     num = _validate.integer("num", num, lo=1)
     input_shape = _check_input_shape(input_shape)
@@ -234,13 +250,15 @@ def generate(model, num, input_shape, num_classes, method="ltrc", k=None, delta=
     x0, drawn = start(num, input_shape, num_classes, s.seed)
     targets = drawn if labels is None else _check_labels(labels, num, num_classes)
     per_example, _ = probe(model, x0[:1], num_classes, dev)
-    x, steps_used, final_loss, impl = optimize(model, x0, targets, s, dev, batch_size=batch_size,
-                                               progress=progress, graphs=graphs,
-                                               per_example=per_example)
+    return s, x0, targets, dev, per_example
+
+
+def finish_meta(s: Settings, model, input_shape, num_classes, model_name, steps_used, final_loss,
+                impl) -> dict:
     meta = describe(s, model, input_shape, num_classes, model_name=model_name)
     meta.update(steps_used=steps_used.tolist(), final_loss=[float(v) for v in final_loss],
                 converged=int((final_loss < s.eta).sum()) if s.eta > 0 else 0, engine=impl)
-    return Fingerprint(x, targets, meta)
+    return meta
 
 
 def describe(s: Settings, model, input_shape, num_classes, model_name=None) -> dict:

@@ -103,7 +103,9 @@ def add_parser(sub) -> None:
                     "paper's defaults for the input size.")
     add_model_args(p)
     p.add_argument("--method", choices=METHODS, default="ltrc", help="default: %(default)s")
-    p.add_argument("--num", type=int, default=100, help="number of examples (default: 100)")
+    p.add_argument("-n", "--num-examples", "--num", dest="num", type=int, default=100,
+                   help="number of examples (default: 100; under torchrun write -n or "
+                        "--num-examples: torchrun reads --num as its own --numa-binding)")
     p.add_argument("--out", required=True, metavar="PATH", help="fingerprint file to write")
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="input shape (default: the zoo's 1,32,32 or 3,224,224 for --arch)")
@@ -118,14 +120,21 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="default: sized to the device memory")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--shard-dir", metavar="DIR",
+                   help="generate in per-batch shards in DIR (resumable; implied under torchrun, "
+                        "default OUT.shards); rank 0 merges into --out. Same --batch-size, same bits")
     p.add_argument("--json", metavar="PATH", help="also write a JSON report")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from fastfp import cexamples
+    from fastfp import distributed as dd
     from fastfp.cli.main import UserError
 
+    ctx = dd.init()
+    if ctx.distributed and args.device is None:
+        args.device = str(dd.device_for(ctx))
     model, name, shape = load_model(args)
     if args.input_shape:
         shape = parse_shape(args.input_shape)
@@ -138,11 +147,18 @@ def run(args) -> int:
         _, num_classes = cexamples.probe(model, torch.zeros(1, *shape), None,
                                          cexamples.model_device(model))
     start = time.perf_counter()
-    fp = cexamples.generate(model, args.num, shape, num_classes, method=args.method, k=args.k,
-                            delta=args.delta, q=args.q, alpha=args.alpha, steps=args.steps,
-                            eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                            progress=not args.no_progress, precision=args.precision,
-                            model_name=name)
+    settings = dict(method=args.method, k=args.k, delta=args.delta, q=args.q, alpha=args.alpha,
+                    steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                    progress=not args.no_progress, precision=args.precision, model_name=name)
+    if ctx.distributed or args.shard_dir:
+        from fastfp.cexamples.sharded import generate_sharded
+
+        fp = generate_sharded(model, args.num, shape, num_classes, ctx=ctx,
+                              shard_dir=args.shard_dir or f"{args.out}.shards", **settings)
+        if fp is None:  # not rank 0: rank 0 merges, saves and reports
+            return 0
+    else:
+        fp = cexamples.generate(model, args.num, shape, num_classes, **settings)
     seconds = time.perf_counter() - start
     fp.save(args.out)
     accuracy = cexamples.verify(model, fp)
