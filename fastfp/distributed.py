@@ -251,3 +251,13 @@ def pairwise_rajski_tiled(A, B=None, ctx: Context | None = None, tile_rows: int 
         return None
     tiles = {t: block for part in gathered for t, block in part.items()}
     return torch.cat([tiles[t] for t in range(n_tiles)])
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank (rank 0 may still be merging), then
+    destroy it, so no rank exits while a collective is still in flight."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

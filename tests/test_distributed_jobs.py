@@ -102,3 +102,17 @@ def test_generate_resume_rejects_other_settings(tiny_model_file):
     out = tmp / "three.safetensors"
     assert main(_gen_args(tmp, out, "--shard-dir", str(tmp / "sh"))) == 0
     assert main(_gen_args(tmp, out, "--shard-dir", str(tmp / "sh"), "--seed", "5")) == 2
+
+
+def test_fbi_distances_tiled_across_processes(fbi_spec):
+    tmp = fbi_spec
+    db = tmp / "single.safetensors"
+    if not db.exists():
+        assert main(_build_args(tmp, db)) == 0
+    one, two = tmp / "d1.json", tmp / "d2.json"
+    assert main(["fbi", "distances", "--db", str(db), "--json", str(one)]) == 0
+    r = _torchrun("fbi", "distances", "--db", str(db), "--tile-rows", "1", "--json", str(two))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(b["distances"]) == 3
+    assert torch.allclose(torch.tensor(a["distances"]), torch.tensor(b["distances"]), atol=1e-6)

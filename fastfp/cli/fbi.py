@@ -72,6 +72,8 @@ def add_parser(sub) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--png", help="write a heatmap of the distance matrix")
     m.add_argument("--embedding-png", help="write a 2-D embedding (t-SNE on the precomputed distances)")
+    m.add_argument("--tile-rows", type=int, default=256,
+                   help="under torchrun: rows of the matrix per tile, spread over the ranks")
     m.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
     m.set_defaults(func=run_distances)
 
@@ -357,11 +359,27 @@ def run_distances(args) -> int:
             raise ValueError(f"L: expected 1..{db.num_inputs} (the database's inputs), got {args.L}")
         cols = np.sort(np.random.default_rng(args.seed).choice(db.num_inputs, args.L, replace=False))
         sym = sym[:, cols]
-    d = np.asarray(fbi.pairwise_rajski(sym))
-    width = max(len(n) for n in db.names)
-    print(" " * width + "  " + " ".join(f"{i:>6d}" for i in range(len(db.names))))
-    for i, name in enumerate(db.names):
-        print(f"{name:<{width}}  " + " ".join(f"{v:6.3f}" for v in d[i]))
+    from fastfp import distributed as dd
+
+    ctx = dd.init()
+    if ctx.distributed:  # tiles of rows across the ranks, gathered on rank 0
+        import torch
+
+        d = dd.pairwise_rajski_tiled(torch.from_numpy(np.ascontiguousarray(sym)), ctx=ctx,
+                                     tile_rows=args.tile_rows)
+        if d is None:
+            return 0
+        d = d.numpy()
+    else:
+        d = np.asarray(fbi.pairwise_rajski(sym))
+    if len(db.names) <= 40:
+        width = max(len(n) for n in db.names)
+        print(" " * width + "  " + " ".join(f"{i:>6d}" for i in range(len(db.names))))
+        for i, name in enumerate(db.names):
+            print(f"{name:<{width}}  " + " ".join(f"{v:6.3f}" for v in d[i]))
+    else:
+        print(f"{len(db.names)} x {len(db.names)} distances (min {d.min():.3f}, "
+              f"median {np.median(d):.3f}, max {d.max():.3f}); use --json / --png for all of them")
     if args.png:
         _heatmap(d, db, args.png)
         print(f"heatmap -> {args.png}")

@@ -46,7 +46,12 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the group together
+            from fastfp import distributed
+
+            distributed.shutdown()
+        return code
     except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError,
             IsADirectoryError, NotADirectoryError) as exc:
         print(f"fastfp {args.command}: error: {exc}", file=sys.stderr)
