@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and the available backends, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"fastfp.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fastfp.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"fastfp.cli.{name}").add_parser(sub)
     return parser
 
 
