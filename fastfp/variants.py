@@ -337,15 +337,24 @@ KINDS = ("identity", "half", "jpeg", "equalize", "posterize", "smoothing", "fine
 
 
 def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = True,
-            finetune: bool = True) -> list[Spec]:
-    """The paper's procedures (33 with the paper's parameters, 38 with global pruning).
+            finetune: bool = True, per_range: int | None = None) -> list[Spec]:
+    """The paper's procedures with its parameters (36 specs: fine-tuning at two epoch counts; 41 with
+    the C-examples paper's global pruning).
 
-    ``quick`` keeps the extremes and the middle of each range (for tests and quick demos).
+    ``per_range``: keep only the extremes (2) or the extremes and the middle (3) of each parameter
+    range; ``quick`` is ``per_range=3`` (for tests and quick demos). Fine-tuning keeps one epoch
+    count whenever ``per_range`` is set.
     """
     smoothing_n = V.integer("smoothing_n", smoothing_n, lo=1)
+    if quick and per_range is None:
+        per_range = 3
+    if per_range is not None:
+        V.choice("per_range", per_range, (2, 3))
 
     def pick(values):
-        return (values[0], values[len(values) // 2], values[-1]) if quick and len(values) > 3 else values
+        if per_range is None or len(values) <= per_range:
+            return values
+        return (values[0], values[len(values) // 2], values[-1]) if per_range == 3 else (values[0], values[-1])
 
     specs = [Spec("identity"), Spec("half")]
     specs += [Spec("jpeg", q) for q in pick(JPEG_QUALITIES)]
@@ -353,7 +362,7 @@ def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = 
     specs += [Spec("posterize", b) for b in pick(POSTERIZE_BITS)]
     specs += [Spec("smoothing", s, {"n": smoothing_n}) for s in pick(SMOOTHING_SIGMAS)]
     if finetune:
-        eps = FINETUNE_EPOCHS[:1] if quick else FINETUNE_EPOCHS
+        eps = FINETUNE_EPOCHS[:1] if per_range else FINETUNE_EPOCHS
         specs += [Spec("finetune_all", e) for e in eps] + [Spec("finetune_last", e) for e in eps]
     specs += [Spec("prune_all", a) for a in pick(PRUNE_ALL)]
     specs += [Spec("prune_filters", a) for a in pick(PRUNE_FILTERS)]

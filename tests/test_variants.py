@@ -60,6 +60,12 @@ def test_full_catalog_has_the_papers_parameters():
     assert [s.param for s in V.catalog() if s.kind == "prune_last"] == [0.7, 0.8, 0.9, 0.95]
     assert [s.param for s in V.catalog() if s.kind == "prune_global"] == [0.4, 0.5, 0.6, 0.7, 0.8]
     assert len(V.catalog(with_global=False)) == 2 + 7 + 1 + 5 + 6 + 4 + 4 + 3 + 4
+    two = V.catalog(per_range=2)
+    assert [s.param for s in two if s.kind == "jpeg"] == [30, 90]
+    assert [s.param for s in two if s.kind == "prune_filters"] == [0.1, 0.3]
+    assert [s.param for s in V.catalog(quick=True) if s.kind == "posterize"] == [3, 5, 7]
+    with pytest.raises(ValueError, match="per_range"):
+        V.catalog(per_range=4)
 
 
 def test_posterize_and_equalize_match_torchvision():
