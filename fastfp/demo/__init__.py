@@ -15,10 +15,12 @@ JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], tim
     cexamples       {method: {robustness, transferability, uniqueness,             (mean over seeds)
                               transferability_other_arch, uniqueness_other_arch,
                               uniqueness_std, base_accuracy, delta, k, q, seeds,
+                              (metrics on the examples that fit the protected model;
+                               base_accuracy = the fraction that fit before that selection)
                               per_rate: {"0.4": {robustness, uniqueness}, ...}}}
                     for method in vanilla, rc, rcgm, ltrc
     cexamples_runs  one row per (protected model, method), same fields
-    sweep           [{method, delta, k, num, robustness, transferability, uniqueness, base_accuracy}]
+    sweep           [{method, delta, k, num, fitted, robustness, transferability, uniqueness, base_accuracy}]
                     first protected model: the trade-off over delta (rcgm, ltrc) and the k ablation
     fbi.database    {models, vanilla, inputs, k, dropped: [names], kinds: {kind: count}}
     fbi.detection   {tpr_at_5fpr, roc_auc,                                  (default: 30/70, close)
@@ -161,7 +163,7 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
     for r in rows:  # the main run's points complete the curves
         if r["model"] == cfg["protected"][0] and r["method"] in ("rcgm", "ltrc"):
             sweep.append({k: r[k] for k in ("method", "delta", "k", "robustness", "transferability",
-                                            "uniqueness", "base_accuracy")} | {"num": cfg["num"]})
+                                            "uniqueness", "base_accuracy", "fitted")} | {"num": cfg["num"]})
     sweep.sort(key=lambda p: (p["method"], p["k"], p["delta"]))
     report["sweep"] = sweep
     timing["sweep_s"] = time.perf_counter() - t0

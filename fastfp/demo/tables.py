@@ -16,7 +16,7 @@ def zoo_table(zoo: dict) -> str:
 
 def uniqueness_table(summary: dict, cfg: dict) -> str:
     rates = list(next(iter(summary.values()))["per_rate"])
-    head = (f"{'method':8s} {'delta':>6s} {'k':>2s} {'base%':>5s} {'transf%':>7s} {'robust%':>7s} "
+    head = (f"{'method':8s} {'delta':>6s} {'k':>2s} {'fit%':>5s} {'transf%':>7s} {'robust%':>7s} "
             f"{'uniq%':>6s} " + " ".join(f"{'U@' + str(int(float(r) * 100)) + '%':>6s}" for r in rates)
             + f" {'T other%':>8s} {'U other%':>8s}")
     lines = ["", f"Characteristic examples on {', '.join(cfg['protected'])} ({cfg['num']} examples, "
@@ -33,7 +33,7 @@ def uniqueness_table(summary: dict, cfg: dict) -> str:
 
 def sweep_table(rows: list) -> str:
     lines = ["", "Trade-off over delta and k ablation (first protected model)",
-             f"{'method':8s} {'delta':>6s} {'k':>3s} {'base%':>5s} {'robust%':>7s} {'transf%':>7s} {'uniq%':>6s}"]
+             f"{'method':8s} {'delta':>6s} {'k':>3s} {'fit%':>5s} {'robust%':>7s} {'transf%':>7s} {'uniq%':>6s}"]
     for p in rows:
         lines.append(f"{p['method']:8s} {p['delta']:6.3g} {p['k']:3d} {_pct(p['base_accuracy']):>5s} "
                      f"{_pct(p['robustness']):>7s} {_pct(p['transferability']):>7s} {_pct(p['uniqueness'], True):>6s}")
