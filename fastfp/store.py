@@ -6,6 +6,7 @@ An interrupted save therefore leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -30,10 +31,19 @@ def atomic_path(path, *, suffix: str | None = None):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the user's usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    # Reading the umask means setting it: do it once, not on every write.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path, data: bytes) -> None:
