@@ -18,7 +18,7 @@ def test_quick_demo_writes_tables_figures_and_json(tmp_path, capsys):
     out, js = tmp_path / "out", tmp_path / "report.json"
     assert main(["demo", "--quick", "--out", str(out), "--json", str(js), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    for needle in ("Characteristic examples", "ltrc", "Detection", "Identification", "Timing"):
+    for needle in ("Characteristic examples", "ltrc", "Detection", "Identification", "Walled garden", "Timing"):
         assert needle in text
     r = json.loads(js.read_text())
     assert r["schema"] == "fastfp.demo/1"
@@ -33,6 +33,11 @@ def test_quick_demo_writes_tables_figures_and_json(tmp_path, capsys):
     assert ide["success"] + ide["abstain"] + ide["error"] == pytest.approx(1.0)
     assert set(det["by_selection"]) == {"all", "50/50", "30/70", "entropy"}
     assert set(det["by_delegate"]) == {"close", "median", "far"}
+    for row in list(det["by_selection"].values()) + list(det["by_delegate"].values()):
+        assert row["fpr"] <= 0.05 + 1e-12  # tau is fitted on these negatives at 5 % FPR
+    wg = r["fbi"]["walled_garden"]
+    assert wg["success"] + wg["fail"] + wg["error"] == pytest.approx(1.0)
+    assert wg["black_boxes"] == r["fbi"]["database"]["models"] and 1 <= wg["queries_mean"] <= wg["queries_max"]
     for stage in ("zoo_s", "cexamples_s", "fbi_s", "total_s"):
         assert r["timing"][stage] >= 0
     assert r["fbi"]["database"]["models"] > r["fbi"]["database"]["vanilla"] >= 5
@@ -84,3 +89,36 @@ def test_config_validation():
         demo.config(quick=True, seeds=5)
     with pytest.raises(ValueError, match="num"):
         demo.config(quick=True, num=0)
+
+
+def test_fbi_experiment_on_a_synthetic_database():
+    """The demo's FBI layout on fastfp.fbi, checked against the database it runs on."""
+    import numpy as np
+
+    from fastfp import fbi
+    from fastfp.demo import fbi_experiment as FE
+
+    syn = fbi.synthetic_database(4, 5, 200, num_classes=10, k=1, accuracy=0.7, noise=0.1, seed=0)
+    fam = {"f0": "a-s0", "f1": "a-s1", "f2": "b-s0", "f3": "b-s1"}
+    names = [fam[n] if n in fam else f"{fam[n[:2]]}/{n[2:]}" for n in syn.names]
+    db = fbi.Database(syn.topk, names, [fam[f] for f in syn.families], k=1, num_classes=10,
+                      ground_truth=syn.ground_truth)
+    info = {"kinds": ["vanilla" if "/" not in n else "v" for n in names], "dropped": []}
+    rep, figs = FE.run(db, info, L=40, trials=2, progress=False)
+    assert rep["database"]["known_families"] == ["a-s0", "b-s0"]
+    for row in rep["identification"]["by_setting"].values():
+        assert row["black_boxes_known"] == 2 * 2 and row["black_boxes_unknown"] == 2 * 5
+        assert row["success"] + row["abstain"] + row["error"] == pytest.approx(1.0)
+    det = rep["detection"]["by_selection"]["all"]
+    assert det["negatives"] == 4 * 15 and det["positives"] == 4 * 4  # delegates left out
+    assert det["fpr"] <= 0.05 and det["tpr_at_5fpr"] > 0.5
+    s, y, auc = figs["roc"]["all"]
+    assert s.shape == y.shape == (2 * (60 + 16),) and auc == pytest.approx(det["roc_auc"])
+    # walled garden: the same greedy_identify the public API runs, one model at a time
+    r = fbi.greedy_identify(db.topk, db.families, 7)
+    assert rep["walled_garden"]["queries_max"] >= r.L and rep["walled_garden"]["black_boxes"] == 20
+    assert np.allclose(np.diag(figs["distances"]), 0.0)
+    with pytest.raises(ValueError, match="selection"):
+        FE.identification(db, known_fams=["a-s0"], selection="30/70", delegates="vanilla", L=10, trials=1, seed=0)
+    with pytest.raises(ValueError, match="delegates"):
+        FE.identification(db, known_fams=["a-s0"], selection="all", delegates="median", L=10, trials=1, seed=0)

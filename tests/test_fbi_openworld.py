@@ -41,6 +41,28 @@ def test_fit_matches_literal_threshold_and_delegates(db, ow):
     assert 0 < ow.tau_identify_ <= 1
 
 
+def test_detection_scores_are_the_fit_pairs(db, ow):
+    sym = db.symbols()
+    fams = ow.families_
+    every = ow.detection_scores(include_delegates=True)
+    assert len(every) == ow.trials
+    # negatives reproduce tau; positives with delegates reproduce detect_tpr_
+    neg = np.concatenate([d[y == 0] for d, y in every])
+    pos = np.concatenate([d[y == 1] for d, y in every])
+    assert ow.tau_ == sorted(neg)[math.floor(ow.fpr * neg.size)]
+    assert np.mean(pos < ow.tau_) == pytest.approx(ow.detect_tpr_)
+    n_neg = sum(db.num_models - len(db.members(f)) for f in fams)
+    n_del = sum(len(ow.delegates_[f]) for f in fams)
+    for (d, y), (d0, y0), draw in zip(ow.detection_scores(), every, ow.samples_["detect"]):
+        assert (y == 0).sum() == (y0 == 0).sum() == n_neg
+        assert (y == 1).sum() == (y0 == 1).sum() - n_del == db.num_models - n_del
+        assert d0[y0 == 1].min() == 0.0  # a delegate against its own family
+        # one literal pair: model 0 against the last family, on that family's draw
+        f = fams[-1]
+        lit = ref.family_distance(sym[0][draw[f]].tolist(), [sym[m][draw[f]].tolist() for m in ow.delegates_[f]])
+        assert np.isclose(d0[y0 == 0], lit, rtol=0, atol=1e-9).any()
+
+
 def test_detect_members_and_strangers(db, ow):
     hits = [ow.detect(name, fam, seed=i).positive for i, (name, fam) in enumerate(zip(db.names, db.families))]
     assert np.mean(hits) > 0.9

@@ -4,7 +4,8 @@ Stages: (1) the embedded zoo (:mod:`fastfp.zoo`, trained once then cached); (2) 
 examples with the four methods on the protected models, robustness / transferability / uniqueness
 (IJCAI'21 Tables 1-4 style) and the trade-off over delta (Fig. 4); (3) FBI: every zoo model's
 variants, detection TPR at 5 % FPR and ROC AUC per input selection and delegate, open-world
-identification success / abstain / error (TIFS'23 Tables III-IV, Sect. IV-C); (4) figures (PNG) and
+identification success / abstain / error (TIFS'23 Tables III-IV, Sect. IV-C), and the walled
+garden's greedy identification (queries per black box, Sect. III-B); (4) figures (PNG) and
 a JSON report.
 
 JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], times in seconds)::
@@ -22,13 +23,22 @@ JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], tim
     cexamples_runs  one row per (protected model, method), same fields
     sweep           [{method, delta, k, num, fitted, robustness, transferability, uniqueness, base_accuracy}]
                     first protected model: the trade-off over delta (rcgm, ltrc) and the k ablation
-    fbi.database    {models, vanilla, inputs, k, dropped: [names], kinds: {kind: count}}
+    fbi.database    {models, vanilla, inputs, k, dropped: [names], kinds: {kind: count},
+                     known_families: [names], L, trials}
     fbi.detection   {tpr_at_5fpr, roc_auc,                                  (default: 30/70, close)
                      by_selection: {sel: {tpr_at_5fpr, tpr_at_5fpr_std, roc_auc, roc_auc_std,
-                                          positives, negatives}},
+                                          fpr, tau, positives, negatives}},
                      by_delegate: {close|median|far: {...same...}}}              (30/70)
+                    fastfp.fbi.OpenWorld.fit: tau at 5 % FPR over the negatives of all draws;
+                    tpr / fpr / AUC per draw (delegates' own pairs left out), mean and std
     fbi.identification {success, abstain, error, unknown_rejected,    (default: entropy, compound)
-                     by_setting: {"<selection>/<vanilla|compound>": {...same...}}}
+                     by_setting: {"<all|entropy>/<vanilla|compound>": {...same..., ties, tau,
+                                  black_boxes_known, black_boxes_unknown}}}
+                    open world (OpenWorld.identify); unknown_rejected: unknown families' black
+                    boxes that abstain (H0)
+    fbi.walled_garden {success, fail, error, queries_mean, queries_median, queries_max, black_boxes}
+                    A = B: fastfp.fbi.greedy_identify of every database model over the whole
+                    database; fail = stopped without a single family (no input separates them)
     timing          {zoo_s, cexamples_s, sweep_s, fbi_s, figures_s, total_s, ...}
     figures         [paths of the PNG files]
     environment     {fastfp, torch, python, threads}
@@ -179,48 +189,11 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
     specs = QUICK_SPECS(cfg["smoothing_n"]) if cfg["fbi_quick"] else \
         V.catalog(per_range=None if cfg.get("full_variants") else 2, smoothing_n=cfg["smoothing_n"])
     test = (d.x_test[:FILTER_SIZE], d.y_test[:FILTER_SIZE])
-    db = FE.build_database(models, xb, yb, specs, data, test, k=1, progress=progress)
+    db, info = FE.build_database(models, xb, yb, specs, data, test, k=1, progress=progress)
     timing["fbi_database_s"] = time.perf_counter() - t0
-    fams = list(dict.fromkeys(db["families"]))
-    all_idx = np.arange(db["symbols"].shape[1])
-    full = FE.distances(db, range(len(db["names"])), range(len(db["names"])), all_idx)
-    vanilla_rows = [db["names"].index(f) for f in fams]
-    ranking = FE.entropy_ranking(db, vanilla_rows)
-    det_sel, det_del, curves = {}, {}, {}
-    for sel in FE.SELECTIONS:
-        det_sel[sel], (s, y) = FE.detection(db, selection=sel, delegate_kind="close", L=cfg["L"],
-                                            trials=cfg["trials"], seed=1, full=full, ranking=ranking)
-        curves[sel] = s, y, det_sel[sel]["roc_auc"]
-    for dk in FE.DELEGATES:
-        det_del[dk], _ = FE.detection(db, selection="30/70", delegate_kind=dk, L=cfg["L"],
-                                      trials=cfg["trials"], seed=2, full=full, ranking=ranking)
-    # open world: the last seed of every architecture is unknown to Alice
-    seeds_of = {}
-    for f in fams:
-        a, s = f.rpartition("-s")[0], int(f.rpartition("-s")[2])
-        seeds_of.setdefault(a, []).append(s)
-    known = [f for f in fams if int(f.rpartition("-s")[2]) != max(seeds_of[f.rpartition("-s")[0]])]
-    ident = {}
-    for sel in ("all", "entropy"):
-        known_rows = [db["names"].index(f) for f in known]
-        rank_known = FE.entropy_ranking(db, known_rows)  # Alice only knows her models
-        for comp in (False, True):
-            ident[f"{sel}/{'compound' if comp else 'vanilla'}"] = FE.identification(
-                db, known_fams=known, selection=sel, compound=comp, L=cfg["L"], trials=cfg["trials"],
-                seed=3, ranking=rank_known)
-    kinds = {}
-    for kd in db["kinds"]:
-        kinds[kd] = kinds.get(kd, 0) + 1
-    report["fbi"] = {
-        "database": {"models": len(db["names"]), "vanilla": len(fams), "inputs": int(db["symbols"].shape[1]),
-                     "k": db["k"], "dropped": db["dropped"], "kinds": kinds,
-                     "known_families": known, "L": cfg["L"], "trials": cfg["trials"]},
-        "detection": {"tpr_at_5fpr": det_sel["30/70"]["tpr_at_5fpr"], "roc_auc": det_sel["30/70"]["roc_auc"],
-                      "by_selection": det_sel, "by_delegate": det_del},
-        "identification": {**{k: ident["entropy/compound"][k] for k in ("success", "abstain", "error",
-                                                                          "unknown_rejected")},
-                           "by_setting": ident},
-    }
+    t1 = time.perf_counter()
+    report["fbi"], fbi_figs = FE.run(db, info, L=cfg["L"], trials=cfg["trials"], progress=progress)
+    timing["fbi_experiments_s"] = time.perf_counter() - t1
     timing["fbi_s"] = time.perf_counter() - t0
     log(tables.fbi_tables(report["fbi"]))
 
@@ -236,7 +209,7 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
         paths.append(plots.cexample_grid(imgs, labels, out / "cexamples.png"))
         paths.append(plots.dct_spectra(imgs, out / "cexamples_dct.png"))
         roc = {}
-        for sel, (s, y, auc) in curves.items():
+        for sel, (s, y, auc) in fbi_figs["roc"].items():
             f, t, _ = M.roc_curve(s, y)
             roc[sel] = (f, t, auc)
         paths.append(plots.roc_curves(roc, out / "fbi_roc.png",
@@ -247,8 +220,8 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
                 pts.setdefault(f"{p['method']} (k={p['k']})" if p["k"] else p["method"], []).append(
                     (p["delta"], p["robustness"], p["transferability"]))
         paths.append(plots.tradeoff(pts, out / "tradeoff.png"))
-        order = np.argsort(np.asarray(db["families"]), kind="stable")
-        paths.append(plots.heatmap(full[np.ix_(order, order)], [db["families"][i] for i in order],
+        order = np.argsort(np.asarray(db.families), kind="stable")
+        paths.append(plots.heatmap(fbi_figs["distances"][np.ix_(order, order)], [db.families[i] for i in order],
                                    out / "fbi_distances.png"))
     timing["figures_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start

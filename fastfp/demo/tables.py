@@ -45,7 +45,7 @@ def fbi_tables(fbi: dict) -> str:
     lines = ["", f"FBI database: {db['models']} models ({db['vanilla']} vanilla + variants), "
              f"{db['inputs']} benign inputs, top-{db['k']}, {len(db['dropped'])} variants dropped "
              f"(accuracy drop > 15 points); L = {db['L']} queries, {db['trials']} trials",
-             "Detection, TPR % at 5 % FPR (close delegate)  [ROC AUC]",
+             "Detection, TPR % at 5 % FPR (tau fitted on the negatives; close delegate)  [ROC AUC]",
              "  " + "  ".join(f"{s:>16s}" for s in det["by_selection"]),
              "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} [{r['roc_auc']:.3f}]"
                               for r in det["by_selection"].values()),
@@ -59,6 +59,11 @@ def fbi_tables(fbi: dict) -> str:
     for name, r in ide["by_setting"].items():
         lines.append(f"  {name:20s} {_pct(r['success']):>7s} {_pct(r['abstain']):>7s} {_pct(r['error']):>6s} "
                      f"{_pct(r['unknown_rejected']):>17s}")
+    wg = fbi.get("walled_garden")
+    if wg:
+        lines += [f"Walled garden (A = B), greedy identification of each of the {wg['black_boxes']} models:",
+                  f"  success {_pct(wg['success'])} %, fail {_pct(wg['fail'])} %, error {_pct(wg['error'])} %; "
+                  f"queries mean {wg['queries_mean']:.1f}, median {wg['queries_median']:.0f}, max {wg['queries_max']}"]
     return "\n".join(lines)
 
 

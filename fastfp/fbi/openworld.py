@@ -181,17 +181,20 @@ class OpenWorld:
         fam_of = np.array([self.families_.index(f) for f in db.families])
         neg, pos = [], []
         self.samples_ = {"detect": [], "identify": []}
+        self.detect_distances_ = []  # per draw: (M, nF) distance of every model to every family
         from tqdm.auto import tqdm
 
         for _ in tqdm(range(self.trials), desc="fbi open world fit", disable=not progress):
-            draw = {}
+            draw, cols = {}, []
             for i, f in enumerate(self.families_):
                 S = self.sample(f, rng)
                 draw[f] = S
                 d = self._family_distance_all(S, f)
+                cols.append(d)
                 neg.append(d[fam_of != i])
                 pos.append(d[fam_of == i])
             self.samples_["detect"].append(draw)
+            self.detect_distances_.append(np.stack(cols, 1))
         self.tau_ = _threshold(np.concatenate(neg), self.fpr)
         self.detect_tpr_ = float(np.mean(np.concatenate(pos) < self.tau_))
         neg_id = []
@@ -203,6 +206,20 @@ class OpenWorld:
             neg_id.append(D_other.min(1))
         self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
         return self
+
+    def detection_scores(self, *, include_delegates: bool = False) -> list:
+        """The detection pairs of ``fit``, one ``(distances, labels)`` per draw: every (model,
+        family) pair on that family's L queries, label 1 for a member, 0 for a negative (the pairs
+        tau is set from). A delegate is at distance 0 from its own family, so by default its
+        positive pair is left out (``detect_tpr_`` keeps it)."""
+        self._check_fitted()
+        fam_of = np.array([self.families_.index(f) for f in self.db.families])
+        member = fam_of[:, None] == np.arange(len(self.families_))[None, :]  # (M, nF)
+        keep = np.ones_like(member)
+        if not include_delegates:
+            for j, f in enumerate(self.families_):
+                keep[self.delegates_[f], j] = False
+        return [(D[keep], member[keep].astype(np.int64)) for D in self.detect_distances_]
 
     def _delegates(self) -> dict:
         db, out = self.db, {}
