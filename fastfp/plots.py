@@ -59,15 +59,23 @@ def dct_spectra(images: dict, path) -> Path:
 
     plt = _plt()
     methods = list(images)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3 * len(methods), 3), squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    specs = {}
+    for m in methods:
         x = np.asarray(images[m], dtype=np.float64)
-        spec = np.log10(np.abs(dctn(x, type=2, norm="ortho", axes=(-2, -1))).mean(axis=tuple(range(x.ndim - 2))) + 1e-6)
-        im = ax.imshow(spec, cmap="viridis")
+        mag = np.abs(dctn(x, type=2, norm="ortho", axes=(-2, -1))).mean(axis=tuple(range(x.ndim - 2)))
+        specs[m] = np.log10(np.maximum(mag, 1e-3))  # floor: the removed band would squash the scale
+    # One colour scale for every panel, so the methods compare at a glance.
+    lo = min(s.min() for s in specs.values())
+    hi = max(s.max() for s in specs.values())
+    fig, axes = plt.subplots(1, len(methods), figsize=(3 * len(methods) + 1, 3.2), squeeze=False,
+                             layout="constrained")
+    for i, (ax, m) in enumerate(zip(axes[0], methods)):
+        im = ax.imshow(specs[m], cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(m)
         ax.set_xlabel("j (horizontal frequency)")
-        ax.set_ylabel("i (vertical frequency)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        if i == 0:
+            ax.set_ylabel("i (vertical frequency)")
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, label="log10 mean |DCT|")
     fig.suptitle("log10 mean |DCT| of the C-examples")
     return _save(fig, path)
 
