@@ -193,3 +193,93 @@ def test_query_law_experiment_runs(db):
     res = fbi.query_law_experiment(db.topk, db.families, k_values=(1, 3), n_families=(2, 5), trials=3)
     assert len(res["records"]) == 4 and all(r["queries"] >= 1 for r in res["records"])
     assert set(res["fit"]["beta"]) == {1, 3}
+
+
+def _one_call_per_family(ow, blackbox, seed):
+    """identify() as first written: one pairwise_rajski call per family, then the decision."""
+    S = ow.sample(None, np.random.default_rng(seed))
+    z = ow._symbols(blackbox, S)
+    dist = {f: float(np.asarray(fbi.pairwise_rajski(z[None], ow.sym_[ow.delegates_[f]][:, S], k=ow.k_)).min())
+            for f in ow.families_}
+    best = min(dist.values())
+    winners = [f for f, d in dist.items() if d == best]
+    if best >= ow.tau_identify_:
+        return None, "abstain-h0", dist, S
+    if len(winners) > 1:
+        return None, "abstain-tie", dist, S
+    return winners[0], "identified", dist, S
+
+
+def _tie_heavy_db(k=1):
+    """Two families with the very same models and a coarse alphabet: equal distances everywhere."""
+    base = fbi.synthetic_database(3, 3, 120, num_classes=4, k=k, accuracy=0.6, noise=0.3, seed=7)
+    topk = np.concatenate([base.topk[:3], base.topk[:3], base.topk[3:]])
+    fams = ["A"] * 3 + ["B"] * 3 + [base.families[i] for i in range(3, base.num_models)]
+    return fbi.Database(topk, [f"m{i}" for i in range(len(fams))], fams, k=k, num_classes=4,
+                        ground_truth=base.ground_truth)
+
+
+def _check_batched_equals_single(ow, db, seeds):
+    boxes = [db.topk[i % db.num_models] for i in range(len(seeds))]
+    many = ow.identify_many(boxes, seeds=seeds)
+    assert len(many) == len(boxes)
+    for b, s, r in zip(boxes, seeds, many):
+        fam, status, dist, S = _one_call_per_family(ow, b, s)
+        single = ow.identify(b, seed=s)
+        for got in (r, single):
+            assert (got.family, got.status) == (fam, status)
+            assert got.distances == dist  # exact, not approximate
+            assert got.tau == ow.tau_identify_ and np.array_equal(got.queries, S)
+    # the fit's identification negatives: stacked delegates == per-family calls, bit for bit
+    for S in ow.samples_["identify"]:
+        old = np.stack([ow._family_distance_all(S, f) for f in ow.families_], 1)
+        assert np.array_equal(ow._compound(ow.sym_[:, S], S), old)
+    return many
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_identify_many_equals_single_calls(db, backend, monkeypatch):
+    if backend == "reference":
+        monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    L = 20 if backend == "reference" else 60
+    ow = fbi.OpenWorld(L=L, trials=2, delegates=DELEGATES_ALL, seed=2).fit(db)
+    rng = np.random.default_rng(0)
+    seeds = [int(s) for s in rng.integers(0, 50, 12 if backend == "reference" else 30)]
+    seeds += seeds[:4]  # repeated seeds share one query set: several black boxes in one call
+    _check_batched_equals_single(ow, db, seeds)
+    assert ow.identify_many([]) == []
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_identify_many_ties_equal_single_calls(backend, monkeypatch):
+    if backend == "reference":
+        monkeypatch.setenv("FASTFP_BACKEND", "reference")
+    tdb = _tie_heavy_db()
+    ow = fbi.OpenWorld(L=8, trials=2, delegates=DELEGATES_ALL, guard=False, seed=1).fit(tdb)
+    ow.tau_identify_ = 1.01  # let ties, not H0, decide
+    many = _check_batched_equals_single(ow, tdb, list(range(12)) + [3, 3, 3])
+    assert sum(r.status == "abstain-tie" for r in many) >= 3
+
+
+def test_compound_past_the_small_path_keeps_per_family_calls(db, monkeypatch):
+    from fastfp.fbi import information
+
+    ow = fbi.OpenWorld(L=60, trials=2, delegates=DELEGATES_ALL, seed=2).fit(db)
+    seeds = [0, 1, 1, 5]
+    before = ow.identify_many([db.topk[i] for i in range(4)], seeds=seeds)
+    monkeypatch.setattr(information, "SMALL", 0)  # every call takes the blocked-matmul path
+    _check_batched_equals_single(ow, db, seeds)
+    after = ow.identify_many([db.topk[i] for i in range(4)], seeds=seeds)
+    for a, b in zip(before, after):
+        assert a.status == b.status and a.family == b.family
+        assert all(abs(a.distances[f] - b.distances[f]) < 1e-6 for f in a.distances)
+
+
+def test_identify_many_bad_input(db, ow):
+    with pytest.raises(ValueError, match="seeds"):
+        ow.identify_many(db.names[:2], seeds=[1])
+    with pytest.raises(ValueError, match="blackbox"):  # checked before any distance is computed
+        ow.identify_many([db.names[0], np.zeros(7, dtype=np.int64)], seeds=[1, 2])
+
+
+DELEGATES_ALL = ("close", "median", "far")

@@ -15,7 +15,8 @@ reference class). Everything below is the public FBI API; this module only lays 
   vanilla model and a random half of each family's variants); black boxes are the other half of
   the known families' variants, plus every member of the unknown families (seed S-1), which she
   must reject (H0). ``OpenWorld.fit`` on Alice's models only sets tau_identify, then
-  ``OpenWorld.identify`` decides argmin_i D(b, F_i) below it, else abstains (ties abstain).
+  ``OpenWorld.identify_many`` (``identify`` of every black box, batched) decides argmin_i
+  D(b, F_i) below tau_identify, else abstains (ties abstain).
   D(b, F_i) is the distance to the vanilla model ("vanilla": the close delegate) or the min over
   the close / median / far delegates ("compound", eq. 22).
 """
@@ -137,8 +138,9 @@ def identification(db, *, known_fams, selection: str, delegates: str, L: int, tr
         ow = fbi.OpenWorld(L, identify_selection=selection, delegates=COMPOUND[delegates], fpr=fpr,
                            trials=trials, seed=seed * 7919 + t).fit(subset(db, alice))
         taus.append(ow.tau_identify_)
-        for j, (i, fam) in enumerate(tests):
-            r = ow.identify(db.topk[i], seed=int(rng.integers(2 ** 31)))
+        seeds = [int(rng.integers(2 ** 31)) for _ in tests]  # drawn in the order identify() drew them
+        results = ow.identify_many([db.topk[i] for i, _ in tests], seeds=seeds)
+        for (i, fam), r in zip(tests, results):
             ties += r.status == "abstain-tie"
             if fam is None:
                 pred_unknown.append(r.family)

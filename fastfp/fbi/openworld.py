@@ -20,6 +20,7 @@ import numpy as np
 
 from fastfp import _validate
 
+from . import information
 from .information import pairwise_rajski
 from .surjection import surjection
 
@@ -177,6 +178,10 @@ class OpenWorld:
             else:
                 self.anchors_[f] = db.index(f) if f in db.names and db.index(f) in members else members[0]
         self.delegates_ = self._delegates()
+        # every family's delegates stacked in one list: one pairwise_rajski call per query set
+        self.delegate_rows_ = np.asarray([r for f in self.families_ for r in self.delegates_[f]], dtype=np.int64)
+        ends = np.cumsum([len(self.delegates_[f]) for f in self.families_])
+        self.delegate_slices_ = [slice(int(e) - len(self.delegates_[f]), int(e)) for f, e in zip(self.families_, ends)]
         rng = np.random.default_rng(self.seed)
         fam_of = np.array([self.families_.index(f) for f in db.families])
         neg, pos = [], []
@@ -201,7 +206,7 @@ class OpenWorld:
         for _ in range(self.trials):
             S = self.sample(None, rng)
             self.samples_["identify"].append(S)
-            D = np.stack([self._family_distance_all(S, f) for f in self.families_], 1)  # (M, nF)
+            D = self._compound(self.sym_[:, S], S)  # (M, nF)
             D_other = np.where(np.arange(len(self.families_))[None, :] == fam_of[:, None], np.inf, D)
             neg_id.append(D_other.min(1))
         self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
@@ -248,6 +253,20 @@ class OpenWorld:
         symS = self.sym_[:, S]
         return np.asarray(pairwise_rajski(symS, symS[self.delegates_[family]], k=self.k_)).min(1)
 
+    def _compound(self, Z: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """Compound distance (min over delegates) of symbol rows Z (n, L) on inputs S to every
+        family: (n, nF), from one pairwise_rajski call against all delegates stacked.
+
+        Bit-identical to one call per family: on pairwise_rajski's small-problem path each pair's
+        distance depends only on the pair. Past it (the blocked matmul, whose last bits may depend
+        on the block shapes) the per-family calls are kept, so results never depend on batching."""
+        n, L = Z.shape
+        if n * len(self.delegate_rows_) * max(L, (self.k_ + 1) ** 2) > information.SMALL:
+            return np.stack([np.asarray(pairwise_rajski(Z, self.sym_[self.delegates_[f]][:, S], k=self.k_)).min(1)
+                             for f in self.families_], 1)
+        D = np.asarray(pairwise_rajski(Z, self.sym_[self.delegate_rows_][:, S], k=self.k_))
+        return np.stack([D[:, sl].min(1) for sl in self.delegate_slices_], 1)
+
     # --- black box ------------------------------------------------------------------------------------
     def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
         """Query the black box on inputs S and map its answers through S_k."""
@@ -292,10 +311,31 @@ class OpenWorld:
 
     def identify(self, blackbox, *, seed: int | None = None) -> OpenIdentification:
         """Which family, or abstain (H0 when every distance >= tau; ties abstain too)."""
+        return self.identify_many([blackbox], seeds=[seed])[0]
+
+    def identify_many(self, blackboxes, *, seeds=None) -> list:
+        """``[identify(b, seed=s) for b, s in zip(blackboxes, seeds)]``, with the same results,
+        computed with one pairwise_rajski call per distinct query set (black boxes whose seeds
+        draw the same inputs share it). seeds: one per black box, or None (fresh draws)."""
         self._check_fitted()
-        S = self.sample(None, np.random.default_rng(seed))
-        z = self._symbols(blackbox, S)
-        dist = {f: self._distance(z, S, f) for f in self.families_}
+        blackboxes = list(blackboxes)
+        seeds = [None] * len(blackboxes) if seeds is None else list(seeds)
+        if len(seeds) != len(blackboxes):
+            raise ValueError(f"seeds: expected one per black box ({len(blackboxes)}), got {len(seeds)}")
+        draws = [self.sample(None, np.random.default_rng(s)) for s in seeds]
+        Z = [self._symbols(b, S) for b, S in zip(blackboxes, draws)]  # every check before any distance
+        groups: dict = {}
+        for i, S in enumerate(draws):
+            groups.setdefault(S.tobytes(), []).append(i)
+        out = [None] * len(blackboxes)
+        for rows in groups.values():
+            S = draws[rows[0]]
+            D = self._compound(np.stack([Z[i] for i in rows]), S)
+            for i, d in zip(rows, D):
+                out[i] = self._decide({f: float(v) for f, v in zip(self.families_, d)}, draws[i])
+        return out
+
+    def _decide(self, dist: dict, S: np.ndarray) -> OpenIdentification:
         best = min(dist.values())
         winners = [f for f, d in dist.items() if d == best]
         if best >= self.tau_identify_:
