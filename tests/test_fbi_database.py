@@ -125,3 +125,33 @@ def test_build_bad_input(tmp_path, inputs):
 def test_large_label_space_uses_int16():
     db = fbi.Database(np.full((1, 4, 2), 999), ["a"], ["F"], k=2, num_classes=1000)
     assert db.topk.dtype == np.int16
+
+
+class Releasing(nn.Module):
+    """A lazily loaded model: records when the builder is done with it."""
+
+    def __init__(self, inner, log, name):
+        super().__init__()
+        self.inner, self.log, self.name = inner, log, name
+
+    def forward(self, x):
+        assert self.name not in self.log, "queried after it was released"
+        return self.inner(x)
+
+    def release(self):
+        self.log.append(self.name)
+
+
+@pytest.mark.parametrize("builder", ["build", "build_sharded"])
+def test_builders_release_each_model_when_done(tmp_path, inputs, builder):
+    log = []
+    models = {f"m{i}": Releasing(_model(i), log, f"m{i}") for i in range(3)}
+    families = {n: "f" for n in models}
+    if builder == "build":
+        db = fbi.Database.build(models, inputs, k=2, families=families, batch_size=8, progress=False)
+        assert log == ["m0", "m1", "m2"]
+    else:  # chunks of one model stay together; a model is freed when the next one starts
+        db = fbi.build_sharded(models, inputs, k=2, families=families, batch_size=8, chunk_batches=2,
+                               shard_dir=tmp_path / "sh", progress=False)
+        assert log == ["m0", "m1"]
+    assert db.names == ["m0", "m1", "m2"]

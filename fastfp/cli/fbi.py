@@ -214,6 +214,9 @@ class _Deferred:
         self._get()  # load (or train) before the no_grad queries start
         return self
 
+    def release(self):
+        self.model = None  # the database has this model's outputs; a rerun loads it again
+
 
 def _report(args, data: dict) -> None:
     if getattr(args, "json", None):

@@ -41,10 +41,9 @@ def main(argv=None) -> int:
         return 2
     try:
         code = int(args.func(args) or 0)
-        if "torch.distributed" in sys.modules:  # under torchrun: leave the group together
-            from fastfp import distributed
+        from fastfp import distributed
 
-            distributed.shutdown()
+        distributed.shutdown()  # under torchrun: leave the process group together (else a no-op)
         return code
     except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError,
             IsADirectoryError, NotADirectoryError) as exc:

@@ -216,6 +216,7 @@ class Database:
         todo = [(str(n), m) for n, m in pairs if str(n) not in db.names]
         for name, model in tqdm(todo, desc="fbi database", unit="model", disable=not progress):
             db.add(name, families[name], _query_one(model, inputs, k, batch_size, device, progress, name))
+            release(model)
             if path is not None:
                 db.save(path)  # finished models survive an interruption
         return db
@@ -232,6 +233,7 @@ class Database:
             if str(name) in self.names:
                 raise ValueError(f"models: {name!r} is already in the database")
             self.add(name, families[name], _query_one(model, inputs, self.k, batch_size, device, progress, name))
+            release(model)
         return self
 
     # --- files ------------------------------------------------------------------------------------
@@ -275,6 +277,15 @@ def _probe_classes(model, inputs, device) -> int:
     with torch.no_grad():
         x = inputs[:1] if device is None else inputs[:1].to(device)
         return int(model(x).shape[1])
+
+
+def release(model) -> None:
+    """Let a lazily loaded model (one with a ``release()`` method, e.g. the CLI's model-list
+    entries) free its weights once its outputs are stored: a long model list then holds one
+    model in memory at a time, not all of them."""
+    free = getattr(model, "release", None)
+    if callable(free):
+        free()
 
 
 def _query_one(model, inputs, k, batch_size, device, progress, name):

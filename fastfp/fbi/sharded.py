@@ -15,7 +15,7 @@ import torch
 from fastfp import _validate
 from fastfp import distributed as dd
 
-from .database import Database, _probe_classes, _query_one, inputs_digest
+from .database import Database, _probe_classes, _query_one, inputs_digest, release
 
 
 def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, labels=None,
@@ -46,14 +46,16 @@ def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, 
                 "labels": None if gt is None else inputs_digest(torch.from_numpy(gt))}
     shards = dd.ShardStore(shard_dir, settings, len(pairs) * n_chunks, ctx).open()
 
-    loaded: dict[int, object] = {}
+    # rank 0 reads the class count now, while model 0 (its first item) is loaded anyway
+    num_classes = _probe_classes(pairs[0][1], inputs, None) if ctx.is_main else None
+    current = [None]  # index of the model this rank holds; blocked items keep it for its chunks
 
     def work(item: int):
         m, c = divmod(item, n_chunks)
         name, model = pairs[m]
-        if m not in loaded:  # keep only the current model
-            loaded.clear()
-            loaded[m] = model
+        if current[0] not in (None, m):
+            release(pairs[current[0]][1])  # done with the previous model: free it
+        current[0] = m
         x = inputs[c * chunk:(c + 1) * chunk]
         out = _query_one(model, x, k, batch_size, device, False, name)
         return {"topk": torch.from_numpy(np.ascontiguousarray(out))}, {"model": name, "chunk": c}
@@ -65,7 +67,7 @@ def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, 
     topk = np.stack([np.concatenate([tensors[m * n_chunks + c]["topk"].numpy() for c in range(n_chunks)])
                      for m in range(len(pairs))])
     db = Database(topk, settings["names"], settings["families"], k=k,
-                  num_classes=_probe_classes(pairs[0][1], inputs, None), ground_truth=gt,
+                  num_classes=num_classes, ground_truth=gt,
                   digest=settings["inputs"])
     if path is not None:
         db.save(path)
