@@ -155,3 +155,39 @@ def test_builders_release_each_model_when_done(tmp_path, inputs, builder):
                                shard_dir=tmp_path / "sh", progress=False)
         assert log == ["m0", "m1"]
     assert db.names == ["m0", "m1", "m2"]
+
+
+def test_checkpoint_interval_bounds_rewrites_and_the_end_is_always_saved(tmp_path, inputs, monkeypatch):
+    path = tmp_path / "db.safetensors"
+    writes = []
+    real_save = fbi.Database.save
+    monkeypatch.setattr(fbi.Database, "save", lambda self, p: (writes.append(self.num_models), real_save(self, p)))
+    models = {f"m{i}": _model(i) for i in range(6)}
+    fams = {n: "F" for n in models}
+    db = fbi.Database.build(models, inputs, k=2, families=fams, path=path, progress=False, checkpoint_s=1e9)
+    assert writes == [6] and fbi.Database.load(path).names == db.names  # one write, at the end
+    writes.clear()
+    more = {f"n{i}": _model(10 + i) for i in range(3)}
+    fbi.Database.build({**models, **more}, inputs, k=2, families={**fams, **{n: "G" for n in more}},
+                       path=path, progress=False, checkpoint_s=0)
+    assert writes == [7, 8, 9]  # resumed: only the new models, a write after each
+    with pytest.raises(ValueError, match="checkpoint_s"):
+        fbi.Database.build(models, inputs, k=2, families=fams, progress=False, checkpoint_s=-1)
+
+
+def test_interruption_with_a_long_checkpoint_interval_still_saves_finished_models(tmp_path, inputs):
+    path = tmp_path / "db.safetensors"
+    models = {"m0": _model(0), "m1": _model(1), "m2": Counting(_model(2), fail_after=0)}
+    with pytest.raises(KeyboardInterrupt):
+        fbi.Database.build(models, inputs, k=2, families={n: "F" for n in models}, path=path,
+                           progress=False, checkpoint_s=1e9)
+    assert fbi.Database.load(path).names == ["m0", "m1"]
+
+
+def test_appending_many_models_keeps_rows_and_dtype(inputs):
+    db = fbi.Database.empty(37, k=2, num_classes=10)
+    rows = [np.random.default_rng(i).integers(0, 10, (37, 2)) for i in range(11)]
+    for i, r in enumerate(rows):
+        db.add(f"m{i}", "F", r)
+    assert db.num_models == 11 and db.topk.shape == (11, 37, 2) and db.topk.dtype == np.uint8
+    assert all(np.array_equal(db.outputs(f"m{i}"), r) for i, r in enumerate(rows))

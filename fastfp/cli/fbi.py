@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     b.add_argument("--out", required=True, help="database file (.safetensors); an existing one is resumed")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default=None, help="device for the models (default: cpu)")
+    b.add_argument("--checkpoint-s", type=float, default=30.0,
+                   help="rewrite --out at most this often while building (seconds; 0: after every "
+                        "model; default 30). It is always written at the end and on interruption")
     b.add_argument("--shard-dir", default=None,
                    help="build in per-(model, input chunk) shards in this folder (resumable; implied "
                         "under torchrun, default OUT.shards); rank 0 merges into --out")
@@ -248,7 +251,8 @@ def run_build(args) -> int:
             return 0
     else:
         db = fbi.Database.build(models, x, k=args.k, families=families, labels=labels,
-                                batch_size=args.batch_size, device=args.device, path=args.out, progress=True)
+                                batch_size=args.batch_size, device=args.device, path=args.out, progress=True,
+                                checkpoint_s=args.checkpoint_s)
     print(f"{db!r} -> {args.out}")
     _report(args, {"database": args.out, "models": db.names, "families": db.families, "k": db.k,
                    "num_inputs": db.num_inputs, "num_classes": db.num_classes})

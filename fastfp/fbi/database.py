@@ -7,14 +7,16 @@ others again), model names and one family per model. One ``.safetensors`` file h
 (tensors + JSON metadata in the header), written atomically through :mod:`fastfp.store`.
 
 Building streams: inputs go through each model in batches, one model on the device at a time,
-with a progress bar; given ``path``, the database is saved after every finished model and a
-rerun skips the models already stored, so an interruption loses only the model in progress.
+with a progress bar; given ``path``, finished models are checkpointed (at most every
+``checkpoint_s`` seconds, and always at the end or on an interruption) and a rerun skips the
+models already stored, so an interruption loses only the model in progress.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +95,8 @@ class Database:
             ground_truth = np.asarray(ground_truth).astype(np.int64).reshape(-1)
             if ground_truth.shape[0] != topk.shape[1]:
                 raise ValueError(f"ground_truth: has {ground_truth.shape[0]} labels, expected N = {topk.shape[1]}")
-        self.topk = topk.astype(_label_dtype(num_classes))
+        self._rows = np.ascontiguousarray(topk.astype(_label_dtype(num_classes)))  # capacity >= M
+        self._count = topk.shape[0]
         self.names, self.families = names, families
         self.k, self.num_classes = k, num_classes
         self.ground_truth = ground_truth
@@ -101,12 +104,17 @@ class Database:
 
     # --- shape and lookup ----------------------------------------------------------------------
     @property
+    def topk(self) -> np.ndarray:
+        """(M, N, k) top-k labels of the stored models (a view; do not append to it)."""
+        return self._rows[: self._count]
+
+    @property
     def num_models(self) -> int:
-        return self.topk.shape[0]
+        return self._count
 
     @property
     def num_inputs(self) -> int:
-        return self.topk.shape[1]
+        return self._rows.shape[1]
 
     def __len__(self) -> int:
         return self.num_models
@@ -168,7 +176,12 @@ class Database:
         topk = topk[:, : self.k]
         if topk.size and (topk.min() < 0 or topk.max() >= self.num_classes):
             raise ValueError(f"topk: labels must lie in 0..{self.num_classes - 1}")
-        self.topk = np.concatenate([self.topk, topk.astype(self.topk.dtype)[None]], 0)
+        if self._count == self._rows.shape[0]:  # grow geometrically: appending M models is O(M N k)
+            grown = np.empty((max(4, 2 * self._count), *self._rows.shape[1:]), dtype=self._rows.dtype)
+            grown[: self._count] = self._rows[: self._count]
+            self._rows = grown
+        self._rows[self._count] = topk
+        self._count += 1
         self.names.append(name)
         self.families.append(family)
 
@@ -180,15 +193,20 @@ class Database:
 
     @classmethod
     def build(cls, models, inputs: torch.Tensor, *, k: int, families, labels=None, num_classes=None,
-              batch_size: int = 256, device=None, path=None, progress: bool = True) -> "Database":
+              batch_size: int = 256, device=None, path=None, progress: bool = True,
+              checkpoint_s: float = 30.0) -> "Database":
         """Query ``models`` (mapping name -> module, or (name, module) pairs) on ``inputs``.
 
         families: mapping model name -> family name (every model needs one); labels: ground-truth
         classes (N,) or None for the majority vote. With ``path`` the database is resumable: an
-        existing file built on the same inputs and k is extended, each model saved as it finishes.
+        existing file built on the same inputs and k is extended. The file is rewritten after a
+        finished model once ``checkpoint_s`` seconds have passed since the last write (0: after
+        every model), when the build ends and when it is interrupted, so a crash loses at most
+        that much work and a long zoo is not rewritten once per model.
         """
         _validate.tensor("inputs", inputs, min_dim=1)
         k = _validate.integer("k", k, lo=1, hi=254)
+        checkpoint_s = _validate.real("checkpoint_s", checkpoint_s, lo=0.0)
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
         if not pairs:
             raise ValueError("models: no model given")
@@ -214,11 +232,17 @@ class Database:
         from tqdm.auto import tqdm
 
         todo = [(str(n), m) for n, m in pairs if str(n) not in db.names]
-        for name, model in tqdm(todo, desc="fbi database", unit="model", disable=not progress):
-            db.add(name, families[name], _query_one(model, inputs, k, batch_size, device, progress, name))
-            release(model)
-            if path is not None:
-                db.save(path)  # finished models survive an interruption
+        saved, last_write = db.num_models, time.monotonic()
+        try:
+            for name, model in tqdm(todo, desc="fbi database", unit="model", disable=not progress):
+                db.add(name, families[name], _query_one(model, inputs, k, batch_size, device, progress, name))
+                release(model)
+                if path is not None and time.monotonic() - last_write >= checkpoint_s:
+                    db.save(path)
+                    saved, last_write = db.num_models, time.monotonic()
+        finally:  # finished models survive an interruption (the file only ever holds whole models)
+            if path is not None and db.num_models > saved:
+                db.save(path)
         return db
 
     def extend(self, models, inputs, *, families, batch_size: int = 256, device=None, progress: bool = True):
