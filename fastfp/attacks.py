@@ -41,6 +41,8 @@ class CharacteristicAttack:
             batch_size = _validate.integer("batch_size", batch_size, lo=1)
         if not isinstance(progress, bool):
             raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
+        if graphs is not None and not isinstance(graphs, bool):  # as generate checks it
+            raise TypeError(f"graphs: expected None, True or False, got {type(graphs).__name__}")
         self.batch_size, self.progress, self.graphs = batch_size, progress, graphs
         self.device = cexamples.model_device(self.model)
         self.fingerprint = None
@@ -77,7 +79,9 @@ class CharacteristicAttack:
                 raise ValueError(f"images: expected (num, C, H, W), got {tuple(images.shape)}")
             if images.shape[0] != num:
                 raise ValueError(f"labels: {num} labels for {images.shape[0]} images")
-            if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+            # NaN compares false with everything, so min/max alone would let it through.
+            if images.numel() and (bool(torch.isnan(images).any()) or float(images.min()) < 0
+                                   or float(images.max()) > 1):
                 raise ValueError("images: expected values in [0, 1] (like torchattacks)")
             shape = tuple(images.shape[1:])
             if self.input_shape is not None and shape != self.input_shape:

@@ -2,13 +2,15 @@
 
 Layout of the file: two tensors, ``inputs`` (float32, (num, C, H, W)) and ``labels`` (int64, (num,)),
 and the safetensors header metadata ``{"format": "fastfp.fingerprint", "version": "1",
-"meta": <JSON of meta>}``. Saving goes through :mod:`fastfp.store` (temporary file, fsync, rename),
-so an interrupted save never leaves half a file; loading checks everything before returning, so a
-corrupt, truncated or foreign file raises ``ValueError`` and nothing is half-loaded.
+"meta": <JSON of meta>, "sha256": <hex digest of the tensor data>}``. Saving goes through
+:mod:`fastfp.store` (temporary file, fsync, rename), so an interrupted save never leaves half a
+file; loading checks everything before returning (the checksum included, when the file has one),
+so a corrupt, truncated or foreign file raises ``ValueError`` and nothing is half-loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +18,14 @@ import torch
 
 FORMAT = "fastfp.fingerprint"
 FORMAT_VERSION = "1"
+
+
+def _digest(inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of the tensor data (inputs then labels, contiguous little-endian bytes)."""
+    h = hashlib.sha256()
+    for t in (inputs, labels):
+        h.update(t.detach().cpu().contiguous().numpy().data)
+    return h.hexdigest()
 
 
 class Fingerprint:
@@ -63,7 +73,8 @@ class Fingerprint:
         from safetensors.torch import save
 
         header = {"format": FORMAT, "version": FORMAT_VERSION,
-                  "meta": json.dumps(self.meta, sort_keys=True)}
+                  "meta": json.dumps(self.meta, sort_keys=True),
+                  "sha256": _digest(self.inputs, self.labels)}
         return save({"inputs": self.inputs, "labels": self.labels}, metadata=header)
 
     def save(self, path) -> Path:
@@ -117,6 +128,11 @@ class Fingerprint:
         if labels.dtype != torch.int64 or labels.shape != inputs.shape[:1]:
             raise bad(f"labels must be int64 ({inputs.shape[0]},), got {labels.dtype} "
                       f"{tuple(labels.shape)}")
+        # safetensors checks the layout, not the values: a flipped bit in the tensor data would
+        # load as a silently different fingerprint. Files from before the checksum have none.
+        digest = metadata.get("sha256")
+        if digest is not None and digest != _digest(inputs, labels):
+            raise bad("checksum mismatch: the tensor data is corrupt")
         if labels.numel() and int(labels.min()) < 0:
             raise bad("negative labels")
         return cls(inputs, labels, meta)

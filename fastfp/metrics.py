@@ -47,17 +47,34 @@ def _fp_arrays(fp):
 
 @torch.no_grad()
 def fp_accuracy(fp, model: nn.Module, batch_size: int = 256) -> float:
-    """Fraction of the fingerprint's inputs that ``model`` classifies as the fingerprint's labels."""
+    """Fraction of the fingerprint's inputs that ``model`` classifies as the fingerprint's labels.
+
+    The model runs in eval mode (its mode is restored afterwards): a model left in training mode
+    (a fresh torchvision model, a copy being fine-tuned) must not answer with batch statistics, nor
+    have its BatchNorm running statistics changed by the measurement.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     x, y = _fp_arrays(fp)
+    batch_size = V.integer("batch_size", batch_size, lo=1)
+    p = next((q for q in model.parameters() if q.is_floating_point()), None)
+    # Inputs go to the model's device and float dtype (a float64 model rejects float32 inputs).
+    device, dtype = (p.device, p.dtype) if p is not None else (None, None)
     correct = 0
-    for i in range(0, len(y), batch_size):
-        xb = x[i:i + batch_size]
-        p = next((q for q in model.parameters()), None)
-        if p is not None:
-            xb = xb.to(p.device)
-        correct += (model(xb).argmax(-1).cpu() == y[i:i + batch_size]).sum().item()
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(y), batch_size):
+            out = model(x[i:i + batch_size].to(device=device, dtype=dtype))
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise ValueError("model: expected 2-D logits (batch, num_classes), got "
+                                 f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}")
+            if int(y.max()) >= out.shape[1]:
+                raise ValueError(f"fp: labels go up to {int(y.max())}, but the model outputs "
+                                 f"{out.shape[1]} classes")
+            correct += (out.argmax(-1).cpu() == y[i:i + batch_size].cpu()).sum().item()
+    finally:
+        model.train(was_training)
     return correct / len(y)
 
 
@@ -83,6 +100,10 @@ def pruned_copies(model: nn.Module, rates=PRUNE_RATES, repeats: int = 5, data=No
         V.tensor("data[0]", x, floating=True)
         if len(x) != len(y) or len(y) == 0:
             raise ValueError("data: x and y must have the same non-zero length")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not _prunable(model):  # checked here: torch's global pruning fails obscurely on no layers
+        raise ValueError("model: has no Conv2d or Linear layer to prune")
     out = {}
     bar = tqdm(total=len(rates) * repeats, desc="pruned copies", disable=not progress)
     for r in rates:

@@ -44,6 +44,7 @@ def test_adapter_from_images_reaches_targets():
     (dict(), (torch.rand(1, 8, 8), torch.tensor([0])), ValueError, "images"),
     (dict(input_shape=(1, 8, 9)), (torch.rand(1, 1, 8, 8), torch.tensor([0])), ValueError,
      "images"),
+    (dict(), (torch.full((2, 1, 8, 8), float("nan")), torch.tensor([0, 1])), ValueError, "images"),
 ])
 def test_adapter_bad_calls(build, call, exc, name):
     atk = attacks.RCGM(tiny_cnn(), steps=2, **build)
@@ -60,3 +61,5 @@ def test_adapter_bad_construction():
         attacks.Vanilla(tiny_cnn(), delta=0.5)
     with pytest.raises(ValueError, match="input_shape"):
         attacks.RC(tiny_cnn(), input_shape=(8, 8))
+    with pytest.raises(TypeError, match="graphs"):
+        attacks.RC(tiny_cnn(), graphs="yes")

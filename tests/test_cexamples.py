@@ -177,6 +177,70 @@ def test_progress_bar_and_default_alpha(capsys):
     assert fp.meta["alpha"] == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["rc", "rcgm", "ltrc"])
+def test_half_precision_models_take_weight_noise(dtype, method):
+    """Weight noise is allowed on bf16 / fp16 weights: the noisy copies must get inputs of their
+    dtype (the float32 work copy used to fail inside noise.grad_mean after the first step)."""
+    model = tiny_cnn().to(dtype)
+    before = [p.detach().clone() for p in model.parameters()]
+    fp = cexamples.generate(model, 3, (1, 8, 8), 5, method=method, steps=4, q=2, eta=0.0,
+                            progress=False)
+    assert fp.inputs.dtype == torch.float32 and torch.isfinite(fp.inputs).all()
+    assert fp.meta["steps_used"] == [4, 4, 4]
+    x0, _ = ref.start(3, (1, 8, 8), 5, 0)
+    assert (fp.inputs - x0).abs().max() > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_under_no_grad(method):
+    """Callers' evaluation code often runs under torch.no_grad(): the input gradients still work
+    (same result), and grad mode is the caller's again afterwards."""
+    model = tiny_cnn()
+    kw = dict(method=method, steps=3, q=2, progress=False)
+    expect = cexamples.generate(model, 2, (1, 8, 8), 5, **kw)
+    with torch.no_grad():
+        got = cexamples.generate(model, 2, (1, 8, 8), 5, **kw)
+        x = fastfp.attacks.ATTACKS[method](model, input_shape=(1, 8, 8), steps=3, q=2)(
+            None, got.labels)
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(got.inputs, expect.inputs, atol=0, rtol=0)
+    torch.testing.assert_close(x, expect.inputs, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "rcgm"])
+def test_fp32_ignores_a_callers_autocast(method):
+    """precision='fp32' (what meta records) must not silently run in a caller's bf16 autocast."""
+    model = tiny_cnn()
+    kw = dict(method=method, steps=10, q=2, progress=False)
+    expect = cexamples.generate(model, 3, (1, 8, 8), 5, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cexamples.generate(model, 3, (1, 8, 8), 5, **kw)
+    torch.testing.assert_close(got.inputs, expect.inputs, atol=0, rtol=0)
+    assert got.meta["final_loss"] == expect.meta["final_loss"]
+
+
+def test_batch_size_none_follows_free_memory(monkeypatch):
+    """batch_size=None sizes batches from the device's free memory (here: faked)."""
+    model = tiny_cnn()
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].shape[0]))
+    kw = dict(method="vanilla", steps=2, eta=0.0, progress=False)
+    try:
+        monkeypatch.setattr(cexamples, "_free_bytes", lambda device: 0)  # room for one example
+        tight = cexamples.generate(model, 3, (1, 8, 8), 5, **kw)
+        assert seen and set(seen) == {1}
+        seen.clear()
+        monkeypatch.setattr(cexamples, "_free_bytes", lambda device: 1 << 40)
+        roomy = cexamples.generate(model, 3, (1, 8, 8), 5, **kw)
+        assert max(seen) == 3  # all three examples in one batch
+    finally:
+        handle.remove()
+    torch.testing.assert_close(tight.inputs, roomy.inputs, atol=1e-6, rtol=0)
+
+
 # ----------------------------------------------------------------------------- defaults
 
 def test_paper_defaults():
@@ -210,6 +274,7 @@ class NotAClassifier(nn.Module):
     (dict(method="fgsm"), ValueError, "method"),
     (dict(q=0), ValueError, "q"),
     (dict(delta=-0.1), ValueError, "delta"),
+    (dict(delta=1e39), ValueError, "delta"),
     (dict(steps=0), ValueError, "steps"),
     (dict(steps=2.5), TypeError, "steps"),
     (dict(num=0), ValueError, "num"),
@@ -239,6 +304,7 @@ class NotAClassifier(nn.Module):
     (dict(model=tiny_cnn().double(), method="rcgm"), TypeError, "model"),
     (dict(model=nn.Sequential(nn.Flatten(), nn.Softmax(dim=1)), input_shape=(1, 1, 5),
           method="rc"), ValueError, "model"),
+    (dict(model_name=5), TypeError, "model_name"),
 ])
 def test_bad_input_is_rejected_before_work(kwargs, exc, name, monkeypatch):
     from fastfp.cexamples import engine
@@ -252,6 +318,15 @@ def test_bad_input_is_rejected_before_work(kwargs, exc, name, monkeypatch):
     assert not calls
 
 
+def test_verify_gives_the_mode_back_and_keeps_running_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).train()
+    stats = [b.clone() for b in model.buffers()]
+    fp = fastfp.Fingerprint(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    cexamples.verify(model, fp, batch_size=3)
+    assert model.training and all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+
+
 def test_verify_bad_input():
     model = tiny_cnn()
     fp = fastfp.Fingerprint(torch.rand(2, 1, 8, 8), torch.tensor([0, 9]))
@@ -261,6 +336,10 @@ def test_verify_bad_input():
         cexamples.verify(model, torch.rand(2, 1, 8, 8))
     with pytest.raises(TypeError, match="model"):
         cexamples.verify("model", fp)
+    # A fingerprint made for another input shape: a ValueError naming fp, not the conv's error.
+    with pytest.raises(ValueError, match="fp: .*shape \\(1, 8, 8\\)"):
+        cexamples.verify(tiny_cnn(in_ch=3), fastfp.Fingerprint(torch.rand(2, 1, 8, 8),
+                                                               torch.tensor([0, 1])))
 
 
 # ----------------------------------------------------------------------------- CUDA

@@ -52,6 +52,17 @@ def test_save_is_atomic_and_leaves_no_temporaries(tmp_path, monkeypatch):
         make(seed=2).save(path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["fp.safetensors"]
+    monkeypatch.undo()
+
+    # Interrupted after the new bytes are written, before they are renamed into place: a save
+    # that wrote to ``path`` directly would have replaced the old file by now.
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", lambda *a, **k: boom(None))
+        with pytest.raises(KeyboardInterrupt):
+            make(seed=2).save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["fp.safetensors"]
+    assert torch.equal(Fingerprint.load(path).inputs, make(seed=1).inputs)
 
 
 def test_truncated_file_raises_value_error(tmp_path):
@@ -72,6 +83,30 @@ def test_corrupt_header_raises_value_error(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="not a fastfp fingerprint"):
         Fingerprint.load(bad)
+
+
+def test_corrupt_tensor_data_raises_value_error(tmp_path):
+    """A flipped bit in the tensor data keeps the layout valid, so only the checksum sees it."""
+    path = make().save(tmp_path / "fp.safetensors")
+    data = path.read_bytes()
+    start = 8 + int.from_bytes(data[:8], "little")  # first byte after the JSON header
+    for at in (start, start + 7, (start + len(data)) // 2, len(data) - 1):
+        bad = bytearray(data)
+        bad[at] ^= 0x10
+        (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match="checksum"):
+            Fingerprint.load(tmp_path / "bad.safetensors")
+
+
+def test_files_without_checksum_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    header = {"format": "fastfp.fingerprint", "version": "1", "meta": '{"method": "rc"}'}
+    old = tmp_path / "old.safetensors"
+    x = torch.rand(2, 1, 3, 3)
+    save_file({"inputs": x, "labels": torch.tensor([1, 0])}, str(old), metadata=header)
+    fp = Fingerprint.load(old)
+    assert torch.equal(fp.inputs, x) and fp.meta == {"method": "rc"}
 
 
 def test_foreign_files_raise_value_error(tmp_path):

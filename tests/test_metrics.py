@@ -159,3 +159,66 @@ def test_pruned_copies_with_retraining_keep_the_mask_and_differ_per_repeat():
         M.pruned_copies(m, rates=())
     with pytest.raises(ValueError, match="repeats"):
         M.pruned_copies(m, repeats=0)
+
+
+def test_fp_accuracy_runs_in_eval_mode_and_gives_the_mode_back():
+    """A model in training mode (e.g. a fresh torchvision model) must answer with its running
+    statistics, and measuring it must not change them."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 6 * 6, 5))
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fp = (x, m.eval()(x).argmax(1))
+    stats = [b.clone() for b in m.buffers()]
+    m.train()
+    assert M.fp_accuracy(fp, m, batch_size=3) == 1.0
+    assert M.transferability(fp, [m]) == 1.0
+    assert m.training
+    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))
+
+
+def test_fp_accuracy_float64_models_and_bad_input():
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    m = _mlp()
+    with torch.no_grad():
+        fp = (x, m(x).argmax(1))
+    d = _mlp().double()  # same weights, float64: the float32 inputs are cast to it
+    assert M.fp_accuracy(fp, d) == 1.0 and M.transferability(fp, [d]) == 1.0
+    with pytest.raises(ValueError, match="batch_size"):
+        M.fp_accuracy(fp, m, batch_size=0)
+    with pytest.raises(ValueError, match="fp: labels"):
+        M.fp_accuracy((x, torch.tensor([0, 1, 2, 3, 4, 12])), m)
+    with pytest.raises(ValueError, match="model: expected 2-D"):
+        M.fp_accuracy(fp, nn.Sequential(nn.Identity()))
+    with pytest.raises(ValueError, match="model: has no Conv2d or Linear"):
+        M.robustness(fp, nn.Sequential(nn.Flatten(), nn.Identity()))
+    with pytest.raises(TypeError, match="model"):
+        M.pruned_copies("model")
+
+
+def test_paper_pruning_schedule_is_global_magnitude():
+    """40..80 % in steps of 10, 5 repeats by default (the paper's Table 1), and the mask is
+    global: every pruned weight is no larger in magnitude than every kept one, across layers
+    (per-layer pruning at the same rate would break this on layers of different scale)."""
+    import inspect
+
+    assert M.PRUNE_RATES == (0.4, 0.5, 0.6, 0.7, 0.8)
+    assert inspect.signature(M.robustness).parameters["repeats"].default == 5
+    assert inspect.signature(M.pruned_copies).parameters["repeats"].default == 5
+    m = _mlp()
+    with torch.no_grad():
+        m[3].weight.mul_(10.0)  # the last layer's weights much larger than the first's
+    orig = torch.cat([l.weight.detach().flatten() for l in m if isinstance(l, nn.Linear)]).abs()
+    copies = M.pruned_copies(m)
+    assert sorted(copies) == list(M.PRUNE_RATES)
+    for rate, (c,) in copies.items():
+        w = torch.cat([l.weight.flatten() for l in c if isinstance(l, nn.Linear)])
+        pruned = w == 0
+        assert int(pruned.sum()) == round(rate * w.numel())
+        assert orig[pruned].max() <= orig[~pruned].min()
+    data = (torch.rand(32, 1, 4, 4), torch.randint(0, 10, (32,)))
+    assert all(len(v) == 5 for v in M.pruned_copies(m, rates=(0.4,), data=data).values())

@@ -40,6 +40,11 @@ def _check_input_shape(input_shape) -> tuple[int, int, int]:
     return tuple(_validate.integer(f"input_shape[{i}]", v, lo=1) for i, v in enumerate(input_shape))
 
 
+def check_model_name(model_name) -> None:
+    if model_name is not None and not isinstance(model_name, str):  # it goes into meta["model"]
+        raise TypeError(f"model_name: expected a str or None, got {type(model_name).__name__}")
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -152,7 +157,8 @@ def settings_for(method, input_shape, *, k=None, delta=None, q=10, alpha=None, s
             raise ValueError(f"k: only method 'ltrc' applies the high-pass, got k={k} with "
                              f"method {method!r}")
     if delta is not None:
-        delta = _validate.real("delta", delta, lo=0.0)
+        # The noise draws delta in float32 (fastfp.noise rejects more, but only once running).
+        delta = _validate.real("delta", delta, lo=0.0, hi=float(torch.finfo(torch.float32).max))
         if delta > 0 and method == "vanilla":
             raise ValueError(f"delta: method 'vanilla' uses no weight noise, got delta={delta}")
     if alpha is not None:
@@ -217,6 +223,7 @@ def generate(model, num, input_shape, num_classes, method="ltrc", k=None, delta=
     """
     from ..fingerprint import Fingerprint
 
+    check_model_name(model_name)
     s, x0, targets, dev, per_example = prepare(
         model, num, input_shape, num_classes, method=method, k=k, delta=delta, q=q, alpha=alpha,
         steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, device=device,
@@ -270,6 +277,9 @@ def describe(s: Settings, model, input_shape, num_classes, model_name=None) -> d
             "num_classes": num_classes, "fastfp_version": fastfp.__version__}
 
 
+# Input gradients need autograd even when the caller runs under torch.no_grad() (evaluation
+# code often does): only the vanilla path turned it on itself.
+@torch.enable_grad()
 def optimize(model, x0, labels, s: Settings, device, *, batch_size=None, progress=False,
              graphs=None, per_example=None):
     """Run the engine over all examples; returns (x CPU float32, steps_used, final_loss, impl).
@@ -353,7 +363,15 @@ def verify(model, fp, batch_size: int = 256, device=None, precision: str = "fp32
                 ctx = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
                        if precision == "bf16" else torch.autocast(dev.type, enabled=False))
                 with ctx:
-                    out = model(x)
+                    try:
+                        out = model(x)
+                    except torch.OutOfMemoryError:
+                        raise
+                    except Exception as exc:
+                        # Typically a fingerprint made for another input shape: say which.
+                        raise ValueError(f"fp: the model's forward pass failed on fingerprint "
+                                         f"inputs of shape {tuple(x.shape[1:])} "
+                                         f"({type(exc).__name__}: {exc})") from exc
                 if not isinstance(out, torch.Tensor) or out.dim() != 2:
                     raise ValueError("model: expected 2-D logits (batch, num_classes), got "
                                      f"{getattr(out, 'shape', type(out).__name__)}")

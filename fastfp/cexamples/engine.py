@@ -16,7 +16,6 @@ example's gradient is its own. Finished examples leave the batch (compaction), s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -72,7 +71,8 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
 def autocast(settings: Settings, device: torch.device):
     if settings.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    # fp32 means fp32 even inside a caller's autocast region (which would otherwise leak in).
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def logits_of(model, x, mdtype):
@@ -99,6 +99,11 @@ def noisy_grad(model, x, y, t, settings):
     """Mean input gradient over the q noisy copies of step t (streams t*q .. t*q+q-1)."""
     from . import _noise
 
+    mdtype = model_dtype(model)
+    if mdtype in (torch.float16, torch.bfloat16):
+        # Half-precision weights take half-precision inputs (the work dtype stays float32, as
+        # logits_of does for the clean model); the caller casts the gradient back.
+        x = x.to(mdtype)
     with autocast(settings, x.device):
         return _noise.grad_mean(model, x, y, settings.delta, settings.q, settings.seed,
                                 offset=t * settings.q, copies=settings.copies)

@@ -25,8 +25,6 @@ On CPU this path is never taken.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -134,7 +132,7 @@ class _Step:
         kind = self.x.device.type
         if self.s.precision == "bf16":  # no weight-cast cache: it would outlive the capture
             return torch.autocast(kind, dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
+        return torch.autocast(kind, enabled=False)  # fp32 even inside a caller's autocast
 
     def _logits(self, x, weights=None):
         from torch.func import functional_call

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed as dd
-from . import finish_meta, optimize, prepare
+from . import check_model_name, finish_meta, optimize, prepare
 
 DEFAULT_BATCH = 64  # fixed, not memory-sized: the shard layout must not depend on the machine
 
@@ -23,6 +23,7 @@ def generate_sharded(model, num, input_shape, num_classes, *, shard_dir, ctx: dd
     labels, device (as for ``generate``)."""
     from ..fingerprint import Fingerprint
 
+    check_model_name(model_name)
     ctx = ctx or dd.Context()
     batch_size = DEFAULT_BATCH if batch_size is None else batch_size
     s, x0, targets, dev, per_example = prepare(model, num, input_shape, num_classes,
