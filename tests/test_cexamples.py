@@ -210,6 +210,18 @@ def test_generate_under_no_grad(method):
     torch.testing.assert_close(x, expect.inputs, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["vanilla", "ltrc"])
+def test_generate_under_inference_mode(method):
+    """Serving code runs under torch.inference_mode(): generation still gets its input gradients."""
+    model = tiny_cnn()
+    kw = dict(method=method, steps=3, q=2, progress=False)
+    expect = cexamples.generate(model, 2, (1, 8, 8), 5, **kw)
+    with torch.inference_mode():
+        got = cexamples.generate(model, 2, (1, 8, 8), 5, **kw)
+        assert torch.is_inference_mode_enabled()
+    torch.testing.assert_close(got.inputs, expect.inputs, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["vanilla", "rcgm"])
 def test_fp32_ignores_a_callers_autocast(method):
     """precision='fp32' (what meta records) must not silently run in a caller's bf16 autocast."""

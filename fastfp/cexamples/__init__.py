@@ -277,8 +277,9 @@ def describe(s: Settings, model, input_shape, num_classes, model_name=None) -> d
             "num_classes": num_classes, "fastfp_version": fastfp.__version__}
 
 
-# Input gradients need autograd even when the caller runs under torch.no_grad() (evaluation
-# code often does): only the vanilla path turned it on itself.
+# Input gradients need autograd even when the caller runs under torch.no_grad() or
+# torch.inference_mode() (evaluation and serving code often does).
+@torch.inference_mode(False)
 @torch.enable_grad()
 def optimize(model, x0, labels, s: Settings, device, *, batch_size=None, progress=False,
              graphs=None, per_example=None):
@@ -291,6 +292,9 @@ def optimize(model, x0, labels, s: Settings, device, *, batch_size=None, progres
 
     from . import engine, graphs as graphs_mod
 
+    # Tensors made under inference mode can never enter autograd: work on ordinary copies.
+    x0 = x0.clone() if x0.is_inference() else x0
+    labels = labels.clone() if labels.is_inference() else labels
     num = x0.shape[0]
     if backend.forced() == "reference":
         from ..reference import cexamples as ref
