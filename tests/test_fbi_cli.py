@@ -115,3 +115,18 @@ def test_cli_errors(setup, capsys):
     assert main(["fbi", "build", "--spec", str(bad), "--inputs", str(tmp / "inputs.pt"), "--out",
                  str(tmp / "x.safetensors")]) == 2
     assert "family" in capsys.readouterr().err
+
+
+def test_spec_inputs_and_labels_lie_beside_the_spec(setup, tmp_path, monkeypatch):
+    tmp, _ = setup
+    spec = json.loads((tmp / "models.json").read_text())
+    spec["models"] = [dict(e, path=str(tmp / e["path"])) for e in spec["models"][:2]]
+    folder = tmp_path / "job"
+    folder.mkdir()
+    torch.save(torch.load(tmp / "inputs.pt"), folder / "x.pt")
+    np.save(folder / "y.npy", np.arange(120) % 10)
+    (folder / "models.json").write_text(json.dumps({**spec, "inputs": "x.pt", "labels": "y.npy"}))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the spec's relative files must not be looked up here
+    out = tmp_path / "db.safetensors"
+    assert main(["fbi", "build", "--spec", str(folder / "models.json"), "--k", "2", "--out", str(out)]) == 0
+    assert np.array_equal(fbi.Database.load(out).reference, np.arange(120) % 10)

@@ -191,3 +191,90 @@ def test_appending_many_models_keeps_rows_and_dtype(inputs):
         db.add(f"m{i}", "F", r)
     assert db.num_models == 11 and db.topk.shape == (11, 37, 2) and db.topk.dtype == np.uint8
     assert all(np.array_equal(db.outputs(f"m{i}"), r) for i, r in enumerate(rows))
+
+
+def test_corrupt_file_is_rejected_not_loaded(tmp_path, inputs):
+    db = fbi.Database.build({"a": _model(0), "b": _model(1)}, inputs, k=2, families={"a": "F", "b": "G"},
+                            labels=np.arange(37) % 10, progress=False)
+    path = tmp_path / "db.safetensors"
+    db.save(path)
+    raw = bytearray(path.read_bytes())
+    stored = bytes(np.ascontiguousarray(db.topk).tobytes())
+    at = raw.find(stored)
+    assert at > 0
+    flipped = bytearray(raw)
+    flipped[at + 5] = (flipped[at + 5] + 1) % 10  # still a valid class: only a checksum can tell
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum"):
+        fbi.Database.load(path)
+    renamed = bytes(raw).replace(b'\\"a\\"', b'\\"z\\"', 1)  # a model renamed inside the JSON header
+    assert renamed != bytes(raw)
+    path.write_bytes(renamed)
+    with pytest.raises(ValueError, match="checksum"):
+        fbi.Database.load(path)
+    fbi.Database.empty(37, k=2, num_classes=10).save(path)  # an empty database round-trips too
+    assert fbi.Database.load(path).num_models == 0
+
+
+def test_ground_truth_outside_the_classes_is_rejected(inputs):
+    with pytest.raises(ValueError, match="ground_truth"):
+        fbi.Database(np.zeros((1, 3, 1), int), ["a"], ["F"], k=1, num_classes=2, ground_truth=[0, 5, 1])
+    a = Counting(_model(0))
+    with pytest.raises(ValueError, match="labels"):  # named as build's argument, before any query
+        fbi.Database.build({"a": a}, inputs, k=2, families={"a": "F"}, labels=np.arange(37), num_classes=10,
+                           progress=False)
+    assert a.calls == 0
+
+
+def test_bad_model_lists_are_rejected_before_any_query(tmp_path, inputs):
+    a, b = Counting(_model(0)), Counting(_model(1))
+    with pytest.raises(ValueError, match="duplicate"):
+        fbi.Database.build([("a", a), ("b", b), ("a", a)], inputs, k=2, families={"a": "F", "b": "F"},
+                           path=tmp_path / "db.safetensors", progress=False)
+    assert a.calls == b.calls == 0 and not (tmp_path / "db.safetensors").exists()
+    db = fbi.Database.build({"a": a}, inputs, k=2, families={"a": "F"}, progress=False)
+    calls = a.calls
+    for models in ([("b", b), ("a", a)], [("b", b), ("b", b)]):
+        with pytest.raises(ValueError, match="models"):
+            db.extend(models, inputs, families={"a": "F", "b": "F"}, progress=False)
+    assert db.names == ["a"] and b.calls == 0 and a.calls == calls  # nothing appended, nothing queried
+
+
+def test_resume_with_other_labels_is_an_error(tmp_path, inputs):
+    path = tmp_path / "db.safetensors"
+    labels = np.arange(37) % 10
+    fbi.Database.build({"a": _model(0)}, inputs, k=2, families={"a": "F"}, labels=labels, path=path,
+                       progress=False)
+    with pytest.raises(ValueError, match="labels"):
+        fbi.Database.build({"b": _model(1)}, inputs, k=2, families={"b": "F"}, labels=(labels + 1) % 10,
+                           path=path, progress=False)
+    db = fbi.Database.build({"b": _model(1)}, inputs, k=2, families={"b": "F"}, labels=labels, path=path,
+                            progress=False)
+    assert db.names == ["a", "b"] and np.array_equal(db.reference, labels)
+
+
+def test_build_gives_the_models_back_in_their_mode():
+    model = _model(0).train()
+    frozen = _model(1)  # eval
+    inputs = torch.randn(9, 3, 2, 2)
+    fbi.Database.build({"a": model, "b": frozen}, inputs, k=2, families={"a": "F", "b": "F"}, progress=False,
+                       device="cpu")
+    assert model.training and not frozen.training
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_sharded_build_rejects_duplicate_names_before_any_query(tmp_path, inputs):
+    a = Counting(_model(0))
+    with pytest.raises(ValueError, match="duplicate"):
+        fbi.build_sharded([("a", a), ("a", a)], inputs, k=2, families={"a": "F"}, shard_dir=tmp_path / "sh",
+                          progress=False)
+    assert a.calls == 0
+
+
+def test_float_outputs_are_not_truncated_into_labels():
+    with pytest.raises(TypeError, match="topk"):
+        fbi.Database(np.full((1, 3, 1), 1.7), ["a"], ["F"], k=1, num_classes=2)
+    db = fbi.Database.empty(3, k=1, num_classes=2)
+    with pytest.raises(TypeError, match="topk"):
+        db.add("a", "F", np.full((3, 1), 0.9))
+    assert db.num_models == 0

@@ -32,7 +32,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 10])
 @pytest.mark.parametrize("seed", [None, 3])
 def test_detect_and_identify_match_reference(case, k, seed):
     _, outputs, families = case
@@ -189,3 +189,15 @@ def test_reference_backend_dispatch(monkeypatch):
     assert backend.last_used("fbi.greedy_detect") == "reference"
     assert [(r.family, r.status, r.queries) for r in fast] == [(r.family, r.status, r.queries) for r in slow]
     assert [(r.decision, r.queries) for r in fast_d] == [(r.decision, r.queries) for r in slow_d]
+
+
+def test_bool_masks_of_another_length_are_rejected():
+    outputs = np.random.default_rng(0).integers(0, 3, (5, 8))
+    with pytest.raises(ValueError, match="family"):  # was read as the indices [1, 0, 1]
+        fbi.greedy_detect(outputs, np.array([True, False, True]), 0)
+    with pytest.raises(ValueError, match="exclude"):
+        fbi.detection_scores(outputs, [0], exclude=np.array([True, True]))
+    with pytest.raises(ValueError, match="candidates"):
+        fbi.detection_scores(outputs, [0], candidates=torch.ones(6, dtype=torch.bool))
+    # masks of the right length and index lists still work
+    assert fbi.greedy_detect(outputs, np.arange(5) < 2, 0).queries == fbi.greedy_detect(outputs, [0, 1], 0).queries

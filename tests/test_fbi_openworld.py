@@ -283,3 +283,40 @@ def test_identify_many_bad_input(db, ow):
 
 
 DELEGATES_ALL = ("close", "median", "far")
+
+
+def test_select_inputs_rejects_mismatched_lengths(db):
+    correct = db.symbols() == 1
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="correct"):
+        fbi.select_inputs(5, "all", rng, correct=correct[0])
+    with pytest.raises(ValueError, match="anchor_correct"):
+        fbi.select_inputs(5, "50/50", rng, correct=correct, anchor_correct=correct[0][:7])
+    with pytest.raises(ValueError, match="entropy"):
+        fbi.select_inputs(5, "entropy", rng, correct=correct, entropy=np.ones(db.num_inputs + 3))
+
+
+def test_failed_refit_keeps_the_previous_fit(db):
+    ow = fbi.OpenWorld(L=20, trials=1, seed=0).fit(db)
+    before = dict(ow.__dict__)
+    other = fbi.synthetic_database(3, 2, 80, seed=1)
+    for anchors in ({"zz": "f0"}, {"f0": "not-a-model"}):
+        with pytest.raises(ValueError, match="anchors"):
+            ow.fit(other, anchors=anchors)
+        assert ow.db is db and ow.__dict__.keys() == before.keys()
+        assert all(ow.__dict__[key] is before[key] for key in before)
+    assert ow.detect("f1v1", "f1", seed=0).tau == before["tau_"]
+    fresh = fbi.OpenWorld(L=20, trials=1)
+    with pytest.raises(ValueError, match="anchors"):
+        fresh.fit(other, anchors={"zz": "f0"})
+    with pytest.raises(RuntimeError, match="fit"):  # still unfitted, not half fitted
+        fresh.detect("f0", "f0")
+
+
+def test_blackbox_scores_or_odd_shapes_are_not_read_as_labels(db, ow):
+    with pytest.raises(TypeError, match="blackbox"):  # probabilities, not labels: never truncated to 0
+        ow.identify(np.random.default_rng(0).random((db.num_inputs, 3)))
+    with pytest.raises(TypeError, match="blackbox"):
+        ow.detect(lambda S: np.zeros((len(S), 3)), "f0")
+    with pytest.raises(ValueError, match="blackbox"):
+        ow.detect(lambda S: np.zeros((len(S), 3, 1), dtype=np.int64), "f0")

@@ -9,7 +9,8 @@
 A model list (JSON or TOML) names each model and its family:
 ``{"models": [{"name": "a", "family": "F", "zoo": "cnn-s0"}, {"name": "b", "family": "G",
 "path": "b.pt"}, {"name": "c", "family": "H", "arch": "resnet18", "weights": "c.safetensors"}],
-"inputs": "zoo:2000"}``; ``path`` is a torch.save'd full module or a TorchScript file.
+"inputs": "zoo:2000"}``; ``path`` is a torch.save'd full module or a TorchScript file. Relative
+files named in the spec (models, weights, ``inputs``, ``labels``) lie beside the spec.
 Inputs: ``zoo:N`` (N benign digits of the default zoo, with ground truth) or a ``.pt`` / ``.npy``
 tensor file (then ``--labels`` optionally gives the ground truth; else majority vote).
 A black box is a model file, ``zoo:NAME``, ``arch:NAME[:WEIGHTS]``, ``db:NAME`` (a database model,
@@ -183,6 +184,13 @@ def _read_spec(path: str) -> dict:
     return spec
 
 
+def _spec_path(value, base: Path):
+    """A file named in the spec lies beside it, like the spec's model files (not in the cwd)."""
+    if value is None or str(value).startswith("zoo:") or Path(str(value)).is_absolute():
+        return value
+    return str(base / str(value))
+
+
 class _LazyModels:
     """name -> model, loaded only when the database needs it (resumed builds skip finished ones)."""
 
@@ -235,7 +243,8 @@ def run_build(args) -> int:
 
     spec = _read_spec(args.spec)
     base = Path(args.spec).resolve().parent
-    x, labels = _inputs(args.inputs or spec.get("inputs"), args.labels or spec.get("labels"))
+    x, labels = _inputs(args.inputs or _spec_path(spec.get("inputs"), base),
+                        args.labels or _spec_path(spec.get("labels"), base))
     entries = spec["models"]
     families = {str(e["name"]): str(e["family"]) for e in entries}
     models = list(_LazyModels(entries, base))

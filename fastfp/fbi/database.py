@@ -79,6 +79,8 @@ class Database:
         k = _validate.integer("k", k, lo=1, hi=254)
         num_classes = _validate.integer("num_classes", num_classes, lo=1)
         topk = np.asarray(topk)
+        if topk.dtype.kind not in "iu":  # the cast to compact labels would truncate floats silently
+            raise TypeError(f"topk: expected integer labels, got {topk.dtype}")
         if topk.ndim != 3 or topk.shape[2] != k:
             raise ValueError(f"topk: expected shape (M, N, k={k}), got {topk.shape}")
         names = [str(n) for n in names]
@@ -95,6 +97,9 @@ class Database:
             ground_truth = np.asarray(ground_truth).astype(np.int64).reshape(-1)
             if ground_truth.shape[0] != topk.shape[1]:
                 raise ValueError(f"ground_truth: has {ground_truth.shape[0]} labels, expected N = {topk.shape[1]}")
+            # a class outside the model's outputs would silently map every output to S_k = 0
+            if ground_truth.size and (ground_truth.min() < 0 or ground_truth.max() >= num_classes):
+                raise ValueError(f"ground_truth: labels must lie in 0..num_classes-1 = 0..{num_classes - 1}")
         self._rows = np.ascontiguousarray(topk.astype(_label_dtype(num_classes)))  # capacity >= M
         self._count = topk.shape[0]
         self.names, self.families = names, families
@@ -169,6 +174,8 @@ class Database:
         if name in self.names:
             raise ValueError(f"name: model {name!r} is already in the database")
         topk = np.asarray(topk)
+        if topk.dtype.kind not in "iu":
+            raise TypeError(f"topk: expected integer labels, got {topk.dtype}")
         if topk.ndim != 2 or topk.shape[0] != self.num_inputs:
             raise ValueError(f"topk: expected ({self.num_inputs}, k) outputs, got shape {topk.shape}")
         if topk.shape[1] < self.k:
@@ -210,11 +217,7 @@ class Database:
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
         if not pairs:
             raise ValueError("models: no model given")
-        if not hasattr(families, "get"):
-            raise TypeError("families: expected a mapping model name -> family name")
-        missing = [str(n) for n, _ in pairs if n not in families]
-        if missing:
-            raise ValueError(f"families: no family given for models {missing}")
+        _check_new_models(pairs, families, [])
         digest = inputs_digest(inputs)
         if path is not None and Path(path).exists():
             db = cls.load(path)
@@ -222,12 +225,18 @@ class Database:
                 raise ValueError(f"k: the database at {path} was built with k = {db.k}, got k = {k}")
             if db.digest != digest:
                 raise ValueError(f"inputs: differ from the inputs the database at {path} was built on")
+            # a resumed build keeps the stored reference classes: other labels must not be ignored
+            if labels is not None and (db.ground_truth is None or not np.array_equal(
+                    np.asarray(labels).astype(np.int64).reshape(-1), db.ground_truth)):
+                raise ValueError(f"labels: differ from the ground truth of the database at {path}")
         else:
             if num_classes is None:
                 num_classes = _probe_classes(pairs[0][1], inputs, device)
             gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
             if gt is not None and gt.shape[0] != inputs.shape[0]:
                 raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
+            if gt is not None and gt.size and (gt.min() < 0 or gt.max() >= num_classes):
+                raise ValueError(f"labels: classes must lie in 0..{num_classes - 1} (the models' outputs)")
             db = cls.empty(inputs.shape[0], k=k, num_classes=num_classes, ground_truth=gt, digest=digest)
         from tqdm.auto import tqdm
 
@@ -250,12 +259,8 @@ class Database:
         if self.digest is not None and inputs_digest(inputs) != self.digest:
             raise ValueError("inputs: differ from the inputs this database was built on")
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
-        missing = [str(n) for n, _ in pairs if n not in families]
-        if missing:
-            raise ValueError(f"families: no family given for models {missing}")
+        _check_new_models(pairs, families, self.names)  # all of them before querying any
         for name, model in pairs:
-            if str(name) in self.names:
-                raise ValueError(f"models: {name!r} is already in the database")
             self.add(name, families[name], _query_one(model, inputs, self.k, batch_size, device, progress, name))
             release(model)
         return self
@@ -269,6 +274,7 @@ class Database:
             tensors["ground_truth"] = np.ascontiguousarray(self.ground_truth)
         meta = {"format": FORMAT, "names": self.names, "families": self.families, "k": self.k,
                 "num_classes": self.num_classes, "num_inputs": self.num_inputs, "digest": self.digest}
+        meta["sha256"] = _checksum(tensors, meta)
         store.write_bytes(path, save(tensors, metadata={"fastfp": json.dumps(meta)}))
 
     @classmethod
@@ -284,17 +290,55 @@ class Database:
                 tensors = {key: fh.get_tensor(key) for key in fh.keys()}
         except Exception as exc:
             raise ValueError(f"path: {str(path)!r} is not a readable FBI database ({exc})") from exc
-        if meta.get("format") != FORMAT or "topk" not in tensors:
-            raise ValueError(f"path: {str(path)!r} is not an FBI database (format {meta.get('format')!r})")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "topk" not in tensors:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"path: {str(path)!r} is not an FBI database (format {fmt!r})")
+        missing = [key for key in ("names", "families", "k", "num_classes", "num_inputs") if key not in meta]
+        if missing:
+            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (metadata lacks {missing})")
+        # safetensors checks the layout, not the values: a flipped bit in the outputs or the names
+        # would load as a silently different database. Files from before the checksum have none.
+        if "sha256" in meta and meta["sha256"] != _checksum(tensors, meta):
+            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (checksum mismatch)")
         topk = tensors["topk"]
         if topk.shape[0] == 0:
             topk = topk.reshape(0, meta["num_inputs"], meta["k"])
+        if topk.ndim != 3 or topk.shape[1] != meta["num_inputs"]:
+            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (outputs of shape {topk.shape}, "
+                             f"expected {meta['num_inputs']} inputs)")
         return cls(topk, meta["names"], meta["families"], k=meta["k"], num_classes=meta["num_classes"],
                    ground_truth=tensors.get("ground_truth"), digest=meta.get("digest"))
 
     def __repr__(self) -> str:
         return (f"Database({self.num_models} models, {len(self.family_names)} families, "
                 f"{self.num_inputs} inputs, k={self.k}, classes={self.num_classes})")
+
+
+def _checksum(tensors: dict, meta: dict) -> str:
+    """SHA-256 of the stored arrays (name, dtype, shape, bytes) and of the metadata but itself."""
+    h = hashlib.sha256(json.dumps({key: v for key, v in meta.items() if key != "sha256"},
+                                  sort_keys=True).encode())
+    for key in sorted(tensors):
+        a = np.ascontiguousarray(tensors[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _check_new_models(pairs, families, known) -> None:
+    """Reject a bad model list before any model is queried: no half-built database on an error."""
+    if not hasattr(families, "get"):
+        raise TypeError("families: expected a mapping model name -> family name")
+    names = [str(n) for n, _ in pairs]
+    missing = [str(n) for n, _ in pairs if n not in families]
+    if missing:
+        raise ValueError(f"families: no family given for models {missing}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"models: duplicate model names {dup}")
+    stored = [n for n in names if n in known]
+    if stored:
+        raise ValueError(f"models: {stored} already in the database")
 
 
 def _probe_classes(model, inputs, device) -> int:
@@ -313,6 +357,10 @@ def release(model) -> None:
 
 
 def _query_one(model, inputs, k, batch_size, device, progress, name):
+    # The caller's model comes back as it was given: its train/eval mode and its device.
+    training = getattr(model, "training", None)
+    params = model.parameters() if callable(getattr(model, "parameters", None)) else iter(())
+    home = next((p.device for p in params), torch.device("cpu"))
     if device is not None and hasattr(model, "to"):
         model = model.to(device)
     if hasattr(model, "eval"):
@@ -321,4 +369,6 @@ def _query_one(model, inputs, k, batch_size, device, progress, name):
         return query_topk(model, inputs, k, batch_size=batch_size, device=device, progress=progress, desc=name)
     finally:
         if device is not None and hasattr(model, "to"):
-            model.to("cpu")  # one model on the device at a time
+            model.to(home)  # one model on the device at a time
+        if training is True and hasattr(model, "train"):
+            model.train()

@@ -153,8 +153,11 @@ def detection_scores(outputs, family, candidates=None, exclude=None, k: int | No
 
 def _mask(name, sel, n, device) -> torch.Tensor:
     t = torch.as_tensor(arrays.as_tensor(name, sel, integer=False), device=device)
-    if t.dtype == torch.bool and t.dim() == 1 and t.shape[0] == n:
-        return t
+    if t.dtype == torch.bool:
+        if t.dim() == 1 and t.shape[0] == n:
+            return t
+        # never read a mask of another length as the indices 0 / 1
+        raise ValueError(f"{name}: a bool mask needs {n} entries, got shape {tuple(t.shape)} (mismatched lengths)")
     if t.numel() == 0:
         return torch.zeros(n, dtype=torch.bool, device=device)
     if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

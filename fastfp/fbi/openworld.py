@@ -41,8 +41,15 @@ def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, e
     """
     strategy = _validate.choice("selection", strategy, SELECTIONS)
     correct = np.asarray(correct, dtype=bool)
+    if correct.ndim != 2:
+        raise ValueError(f"correct: expected (M, N) booleans, got shape {correct.shape}")
     N = correct.shape[1]
     L = _validate.integer("L", L, lo=1)
+    # per-input arrays of another length would index the wrong inputs (or past the end)
+    for name, v in (("anchor_correct", anchor_correct), ("entropy", entropy)):
+        if v is not None and np.shape(v) != (N,):
+            raise ValueError(f"{name}: expected one value per input, shape ({N},), got {np.shape(v)} "
+                             f"(mismatched lengths)")
     if strategy == "entropy":
         if entropy is None:
             raise ValueError("entropy: the Entropy selection needs the per-input entropies")
@@ -148,6 +155,15 @@ class OpenWorld:
         F(m, Psi) it lies outside the family). Default: the member named like the family, else
         the family's first model.
         """
+        saved = dict(self.__dict__)
+        try:
+            return self._fit(db, anchors, progress)
+        except BaseException:  # a failed (re)fit leaves the previous fit whole, not half replaced
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit(self, db, anchors, progress) -> "OpenWorld":
         from .database import Database
 
         if not isinstance(db, Database):
@@ -170,6 +186,9 @@ class OpenWorld:
         unknown = [f for f in anchors if f not in self.families_]
         if unknown:
             raise ValueError(f"anchors: unknown family names {unknown}")
+        strangers = [str(a) for a in anchors.values() if a not in db.names]
+        if strangers:
+            raise ValueError(f"anchors: models {strangers} are not in the database")
         self.anchors_ = {}
         for f in self.families_:
             members = db.members(f)
@@ -285,8 +304,12 @@ class OpenWorld:
                 raise ValueError(f"blackbox: expected its outputs on all N = {self.db.num_inputs} inputs, "
                                  f"(N,) or (N, k), got shape {full.shape}")
             labels = full[S]
+        if labels.dtype.kind not in "iub":  # astype(int64) would truncate scores into labels silently
+            raise TypeError(f"blackbox: expected integer top-k labels, got {labels.dtype}")
         if labels.ndim == 1:
             labels = labels[:, None]
+        if labels.ndim != 2:
+            raise ValueError(f"blackbox: expected (L,) or (L, k) labels, got shape {labels.shape}")
         if labels.shape[0] != len(S):
             raise ValueError(f"blackbox: answered {labels.shape[0]} outputs for {len(S)} queries")
         if labels.shape[1] < self.k_:

@@ -15,7 +15,7 @@ import torch
 from fastfp import _validate
 from fastfp import distributed as dd
 
-from .database import Database, _probe_classes, _query_one, inputs_digest, release
+from .database import Database, _check_new_models, _probe_classes, _query_one, inputs_digest, release
 
 
 def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, labels=None,
@@ -31,9 +31,7 @@ def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, 
     pairs = [(str(n), m) for n, m in (models.items() if hasattr(models, "items") else models)]
     if not pairs:
         raise ValueError("models: no model given")
-    missing = [n for n, _ in pairs if n not in families]
-    if missing:
-        raise ValueError(f"families: no family given for models {missing}")
+    _check_new_models(pairs, families, [])  # duplicate names would fail only at the merge
     gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
     if gt is not None and gt.shape[0] != inputs.shape[0]:
         raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
