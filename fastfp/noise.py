@@ -168,8 +168,10 @@ class Perturber:
 
     Building it checks the tensors and, on the extension paths, builds the pointer table once;
     each :meth:`draw` is then one OpenMP region or one kernel launch (per 40 tensors) with no
-    per-tensor Python work. Not for concurrent draws from several threads (one ``out``). ``params`` are read at every draw (in-place updates are seen);
-    non-contiguous ones are copied once, at construction. ``out`` defaults to fresh buffers.
+    per-tensor Python work. Not for concurrent draws from several threads (one ``out``).
+    ``params`` are read at every draw, so in-place updates are seen (on the extension paths,
+    non-contiguous ones are copied into a contiguous scratch at each draw). ``out`` defaults
+    to fresh buffers.
     """
 
     def __init__(self, params, out=None, *, op: str = "noise.perturb"):
@@ -181,9 +183,12 @@ class Perturber:
             out = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in self.params]
         self.out = _check_out(out, self.params)
         self._plan = None
+        self._strided = []  # (param, its contiguous scratch): refreshed at every draw
         if self.impl != "torch":
             masters = [p.detach() if p.is_contiguous() else p.detach().contiguous()
                        for p in self.params]
+            self._strided = [(p, m) for p, m in zip(self.params, masters)
+                             if not p.is_contiguous()]
             self._plan = _plan(masters, self.out)
             self._keep = masters  # the plan holds raw pointers into these
 
@@ -194,6 +199,10 @@ class Perturber:
             with torch.no_grad():
                 _fill_torch(self.params, self.out, delta, seed, offset)
         else:
+            # a copy taken once would miss in-place updates the torch path sees
+            with torch.no_grad():
+                for p, scratch in self._strided:
+                    scratch.copy_(p)
             self._plan.run(delta, seed, offset, _stream_handle(self.device))
         backend.record(self.op, self.impl)
         return self.out
@@ -277,6 +286,7 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
     into one scratch copy of the weights; ``batch="vmap"`` stacks the q noisy copies
     (q x the weights in memory) and runs them in one ``torch.func.vmap`` forward and one
     backward (same values up to summation order). Returns a tensor shaped like ``x``.
+    Works under ``torch.no_grad()`` and ``torch.inference_mode()`` too.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -305,28 +315,43 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
     dtypes = {p.dtype for p in masters}
     if len(dtypes) == 1 and x.dtype not in dtypes:
         raise TypeError(f"x: {x.dtype} does not match the model's parameters ({masters[0].dtype})")
+    # one sync: cross_entropy would silently skip a label of -100 (its ignore_index) and name
+    # no argument for the others; the upper bound is checked against the first logits
+    top = -1
+    if labels.numel():
+        low, top = (int(v) for v in labels.aminmax())
+        if low < 0:
+            raise ValueError(f"labels: expected class indices >= 0, got {low}")
 
-    xg = x.detach().requires_grad_(True)
     was_training = model.training
     model.eval()
     try:
-        if batch == "loop":
-            total, impl = _grad_sum_loop(model, names, masters, xg, labels, delta, q, seed, offset)
-        else:
-            total, impl = _grad_sum_vmap(model, names, masters, xg, labels, delta, q, seed, offset)
+        # Input gradients need autograd even under torch.no_grad() / torch.inference_mode()
+        # (evaluation code often runs so); inference tensors cannot join a graph: copy them.
+        with torch.inference_mode(False), torch.enable_grad():
+            if x.is_inference():
+                x = x.clone()
+            if labels.is_inference():
+                labels = labels.clone()
+            xg = x.detach().requires_grad_(True)
+            fn = _grad_sum_loop if batch == "loop" else _grad_sum_vmap
+            total, impl = fn(model, names, masters, xg, labels, delta, q, seed, offset, top)
     finally:
         model.train(was_training)
     backend.record("noise.grad_mean", impl)
     return total / q
 
 
-def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _ce_sum(logits: torch.Tensor, labels: torch.Tensor, top: int = -1) -> torch.Tensor:
     import torch.nn.functional as F
 
+    if top >= logits.shape[-1]:
+        raise ValueError(f"labels: expected class indices < {logits.shape[-1]} (the model's "
+                         f"outputs), got {top}")
     return F.cross_entropy(logits.float(), labels, reduction="sum")  # fp32 loss for half models
 
 
-def _grad_sum_loop(model, names, masters, xg, labels, delta, q, seed, offset):
+def _grad_sum_loop(model, names, masters, xg, labels, delta, q, seed, offset, top=-1):
     from torch.func import functional_call
 
     noisy = Perturber(masters, op="noise.perturb")  # one scratch copy, reused by every copy
@@ -334,12 +359,13 @@ def _grad_sum_loop(model, names, masters, xg, labels, delta, q, seed, offset):
     total = None
     for c in range(q):
         noisy.draw(delta, seed, offset + c)
-        (g,) = torch.autograd.grad(_ce_sum(functional_call(model, weights, (xg,)), labels), xg)
+        value = _ce_sum(functional_call(model, weights, (xg,)), labels, top)
+        (g,) = torch.autograd.grad(value, xg)
         total = g if total is None else total.add_(g)
     return total, noisy.impl
 
 
-def _grad_sum_vmap(model, names, masters, xg, labels, delta, q, seed, offset):
+def _grad_sum_vmap(model, names, masters, xg, labels, delta, q, seed, offset, top=-1):
     from torch.func import functional_call, vmap
 
     stacked = [torch.empty((q, *p.shape), dtype=p.dtype, device=p.device) for p in masters]
@@ -353,7 +379,7 @@ def _grad_sum_vmap(model, names, masters, xg, labels, delta, q, seed, offset):
         return functional_call(model, dict(zip(names, weights)), (xg,))
 
     logits = vmap(forward)(stacked)  # (q, batch, classes)
-    value = _ce_sum(logits.flatten(0, 1), labels.repeat(q))
+    value = _ce_sum(logits.flatten(0, 1), labels.repeat(q), top)
     (total,) = torch.autograd.grad(value, xg)  # the sum over copies comes with the chain rule
     return total, impl
 

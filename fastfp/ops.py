@@ -107,6 +107,8 @@ def _triton(x, grad, k, alpha, lo, hi, step: bool) -> torch.Tensor:
 
 def _highpass_impl(x: torch.Tensor, k: int) -> torch.Tensor:
     k = _check_highpass(x, k)
+    if x.numel() == 0:
+        k = 0  # nothing to filter (H or W = 0: a DCT of size 0 would divide by 0)
     impl = _choose("highpass", x)
     backend.record("highpass", impl)
     if impl == "reference":
@@ -136,10 +138,14 @@ def _step_torch(x: torch.Tensor, grad: torch.Tensor, alpha, lo, hi, wd) -> torch
 
 def _sign_step_impl(x, grad, alpha, k, lo, hi) -> torch.Tensor:
     alpha, k, lo, hi = _check_sign_step(x, grad, alpha, k, lo, hi)
+    if x.numel() == 0:
+        k = 0  # as in _highpass_impl
     impl = _choose("sign_step", x)
     backend.record("sign_step", impl)
     if impl == "reference":
-        return _ref.sign_step(x, grad, alpha, k, lo, hi).contiguous()
+        # the twin steps in torch's promoted dtype (a float64 grad makes it float64): the op
+        # returns x's dtype on every path, as its fake kernel promises
+        return _ref.sign_step(x, grad, alpha, k, lo, hi).to(x.dtype).contiguous()
     if impl == "triton":
         return _triton(x, grad, k, alpha, lo, hi, step=True)
     wd = _lowrank.work_dtype(x.dtype)

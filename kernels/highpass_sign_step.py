@@ -31,9 +31,12 @@ def _load_step(x_ptr, g_ptr, rows, cols, H, W, sxh, sxw, sgh, sgw, alpha, lo, hi
     v = v.to(tl.float32)
     if STEP:
         g = tl.load(g_ptr + rows[:, None] * sgh + cols[None, :] * sgw, mask=inside, other=0.0)
-        g = g.to(tl.float32)
+        # sign in grad's own dtype: a float64 grad below float32's range keeps its sign, and a
+        # NaN grad gives 0, as torch.sign; a NaN in x propagates through the clip as in
+        # torch.clamp (the compiled min/max would drop it: the interpreter's numpy would not)
         sgn = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))
-        v = tl.minimum(tl.maximum(v - alpha * sgn, lo), hi)
+        v = tl.minimum(tl.maximum(v - alpha * sgn, lo, propagate_nan=tl.PropagateNan.ALL), hi,
+                       propagate_nan=tl.PropagateNan.ALL)
         v = tl.where(inside, v, 0.0)  # padding must not leak into the projection
     return v
 

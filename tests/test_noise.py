@@ -285,6 +285,21 @@ def test_perturber_reuses_buffers_and_sees_in_place_updates():
         noisy.draw(-1.0, 1, 0)
 
 
+@pytest.mark.parametrize("forced", ["auto", "torch"])
+def test_perturber_sees_in_place_updates_of_non_contiguous_params(forced, monkeypatch):
+    # every implementation reads the params at each draw, strided ones included
+    monkeypatch.setenv("FASTFP_BACKEND", forced)
+    base = torch.randn(6, 10)
+    params = [base.t(), torch.randn(5)]
+    noisy = N.Perturber(params)
+    noisy.draw(0.1, 2, 0)
+    with torch.no_grad():
+        base.mul_(-3.0)
+    got = noisy.draw(0.1, 2, 1)
+    want = R.perturb([p.contiguous() for p in params], 0.1, 2, 1)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_noise_bad_input():
     with pytest.raises(ValueError, match="numel"):
         N.noise(-1, 0.1, 0)
@@ -363,6 +378,21 @@ def test_grad_mean_vmap_batch_equals_loop():
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("batch", ["loop", "vmap"])
+def test_grad_mean_under_no_grad_and_inference_mode(batch):
+    model = _tiny_cnn(6).eval()
+    x, labels = torch.rand(2, 3, 6, 5), torch.tensor([3, 1])
+    want = N.grad_mean(model, x, labels, 0.05, 2, seed=4, batch=batch)
+    with torch.no_grad():
+        got = N.grad_mean(model, x, labels, 0.05, 2, seed=4, batch=batch)
+    assert torch.equal(got, want)
+    with torch.inference_mode():
+        xi, li = x.clone(), labels.clone()  # inference tensors
+        got = N.grad_mean(model, xi, li, 0.05, 2, seed=4, batch=batch)
+    assert torch.equal(got, want)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_grad_mean_zero_delta_is_the_plain_gradient():
     model = _tiny_cnn(2).eval()
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([0, 1])
@@ -417,6 +447,11 @@ def test_grad_mean_bad_input():
         (dict(loss="mse"), ValueError, "loss"),
         (dict(batch="stack"), ValueError, "batch"),
         (dict(offset=2**64 - 1, q=2), ValueError, "offset"),
+        # -100 is cross_entropy's ignore_index: it must not silently drop an example
+        (dict(labels=torch.tensor([-100, 1])), ValueError, "labels: .*>= 0"),
+        (dict(labels=torch.tensor([0, -1])), ValueError, "labels: .*>= 0"),
+        (dict(labels=torch.tensor([5, 1])), ValueError, r"labels: .*< 5"),  # 5 classes
+        (dict(labels=torch.tensor([5, 1]), batch="vmap"), ValueError, r"labels: .*< 5"),
     ]
     for override, exc, match in cases:
         kw = dict(model=model, x=x, labels=labels, delta=0.1, q=2, seed=0)

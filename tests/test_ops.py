@@ -144,6 +144,30 @@ def test_zero_size_batch():
     assert fastfp.sign_step(x, x, 0.1, 2).shape == x.shape
 
 
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+@pytest.mark.parametrize("shape", [(2, 0, 5), (3, 4, 0), (0, 0)], ids=str)
+def test_empty_image_dims(shape, mode, monkeypatch):
+    # H or W = 0: nothing to filter (a size-0 DCT matrix used to divide by zero)
+    monkeypatch.setenv("FASTFP_BACKEND", mode)
+    x = torch.zeros(shape)
+    k = max(sum(shape[-2:]) - 2, 0)
+    assert fastfp.highpass(x, k).shape == x.shape
+    assert fastfp.sign_step(x, x, 0.1, k).shape == x.shape
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+def test_mixed_grad_dtype_keeps_x_dtype_on_every_path(mode, monkeypatch):
+    # the op's fake kernel promises x's dtype; the reference twin promotes to grad's float64
+    monkeypatch.setenv("FASTFP_BACKEND", mode)
+    x = _rand((2, 7, 9), torch.float32, uniform=True)
+    g = _rand((2, 7, 9), torch.float64, seed=6)
+    for k in (0, 3):
+        y = fastfp.sign_step(x, g, 0.1, k)
+        assert backend.last_used("sign_step") == ("cpu" if mode == "auto" else mode)
+        assert y.dtype == torch.float32 and y.is_contiguous()
+        oracle.assert_close(y, oracle.sign_step(x, g, 0.1, k, 0, 1), torch.float32)
+
+
 # ---- bad input --------------------------------------------------------------------------------
 
 def _bad_cases():

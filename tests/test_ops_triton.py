@@ -95,6 +95,31 @@ def test_strided_inputs_interpreted(triton_cpu):
     oracle.assert_close(y, oracle.sign_step(x, g, 0.1, 4, -1.0, 1.0), torch.float32)
     oracle.assert_close(fastfp.highpass(base[:, :, ::2, 1:], 3),
                         oracle.highpass(base[:, :, ::2, 1:], 3), torch.float32)
+    cl = base.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    y = fastfp.sign_step(cl, g.transpose(-1, -2), 0.1, 5, -1.0, 1.0)
+    assert backend.last_used("sign_step") == "triton" and y.is_contiguous()
+    oracle.assert_close(y, oracle.sign_step(cl, g.transpose(-1, -2), 0.1, 5, -1.0, 1.0),
+                        torch.bfloat16)
+
+
+@pytest.mark.parametrize("gdtype", [torch.float64, torch.float16, torch.float32], ids=str)
+def test_grad_dtype_sign_like_torch_interpreted(triton_cpu, gdtype, monkeypatch):
+    # sign(grad) in grad's own dtype: a float64 grad below float32's range still steps (it
+    # used to be cast to float32 first, flushing it to 0); a NaN grad gives 0, as torch.sign
+    tiny = {torch.float64: 1e-300, torch.float16: 6e-8, torch.float32: 1e-45}[gdtype]
+    x = _rand((2, 3, 6, 7), torch.float32, 10, uniform=True)
+    g = _rand((2, 3, 6, 7), gdtype, 11)
+    g.view(-1)[::3] = tiny
+    g.view(-1)[1::9] = -tiny
+    g.view(-1)[2::11] = float("nan")
+    for k in (0, 3):
+        y = fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9)
+        assert backend.last_used("sign_step") == "triton"
+        want = fastfp.reference.dct.sign_step(x.double(), g.double(), 0.05, k, 0.1, 0.9)
+        oracle.assert_close(y, want.numpy(), torch.float32)
+        monkeypatch.setenv("FASTFP_BACKEND", "auto")
+        oracle.assert_close(y, fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9).numpy(), torch.float32)
+        monkeypatch.setenv("FASTFP_BACKEND", "triton")
 
 
 def test_float64_goes_to_the_torch_path(triton_cpu):
@@ -129,12 +154,13 @@ def test_triton_on_gpu(shape, k, dtype, monkeypatch):
 
 # ---- compiled for a GPU without one: catches what the lenient interpreter lets through ----------
 
-@pytest.mark.parametrize("dtype,step,k,kept,tiles", [
-    ("fp32", True, 20, False, (32, 64, 32)),   # the LTRC step at 224x224
-    ("bf16", False, 50, True, (16, 16, 16)),   # highpass only, rebuilt from the kept corner
-    ("fp16", True, 0, False, (16, 32, 16)),    # the step alone
+@pytest.mark.parametrize("dtype,step,k,kept,tiles,gdtype", [
+    ("fp32", True, 20, False, (32, 64, 32), None),   # the LTRC step at 224x224
+    ("bf16", False, 50, True, (16, 16, 16), None),   # highpass only, rebuilt from the kept corner
+    ("fp16", True, 0, False, (16, 32, 16), None),    # the step alone
+    ("bf16", True, 2, False, (16, 32, 16), "fp64"),  # a float64 grad (sign in its own dtype)
 ])
-def test_kernel_compiles_for_sm90(dtype, step, k, kept, tiles):
+def test_kernel_compiles_for_sm90(dtype, step, k, kept, tiles, gdtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
@@ -151,7 +177,9 @@ def test_kernel_compiles_for_sm90(dtype, step, k, kept, tiles):
             for name in kern.arg_names:
                 if name in consts:
                     sig[name] = "constexpr"
-                elif name in ("x_ptr", "g_ptr", "out_ptr"):
+                elif name == "g_ptr":
+                    sig[name] = f"*{gdtype or dtype}"
+                elif name in ("x_ptr", "out_ptr"):
                     sig[name] = f"*{dtype}"
                 elif name in ("dh_ptr", "dw_ptr"):
                     sig[name] = "*fp32"
