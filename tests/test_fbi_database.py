@@ -278,3 +278,12 @@ def test_float_outputs_are_not_truncated_into_labels():
     with pytest.raises(TypeError, match="topk"):
         db.add("a", "F", np.full((3, 1), 0.9))
     assert db.num_models == 0
+
+
+def test_resume_with_another_family_for_a_stored_model_is_an_error(tmp_path, inputs):
+    path = tmp_path / "db.safetensors"
+    models = {"a": _model(0), "b": _model(1)}
+    fbi.Database.build(models, inputs, k=2, families={"a": "F", "b": "G"}, path=path, progress=False)
+    with pytest.raises(ValueError, match="families: models \\['b'\\]"):
+        fbi.Database.build(models, inputs, k=2, families={"a": "F", "b": "F"}, path=path, progress=False)
+    assert fbi.Database.load(path).families == ["F", "G"]  # the file is untouched

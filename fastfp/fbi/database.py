@@ -229,6 +229,10 @@ class Database:
             if labels is not None and (db.ground_truth is None or not np.array_equal(
                     np.asarray(labels).astype(np.int64).reshape(-1), db.ground_truth)):
                 raise ValueError(f"labels: differ from the ground truth of the database at {path}")
+            moved = [n for n, _ in pairs if str(n) in db.names and
+                     str(families[n]) != db.families[db.index(str(n))]]
+            if moved:  # a resumed build must not keep a family the model list now contradicts
+                raise ValueError(f"families: models {moved} are stored at {path} with another family")
         else:
             if num_classes is None:
                 num_classes = _probe_classes(pairs[0][1], inputs, device)

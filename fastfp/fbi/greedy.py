@@ -454,8 +454,10 @@ def _identify_loop(enc, fam, names, answer, max_queries, seed) -> Identification
         if status is not None:
             backend.record("fbi.greedy_identify", _impl(enc.codes.device))
             return IdentificationResult(found, status, queries, left.tolist())
-        # lexicographic (s, t): t < n^2 + 1 keeps the combined key exact in int64
-        key = torch.where(queried, big, state.s * (n * n + 1) + state.t)
+        # lexicographic (s, t) in two passes (a combined s * (n^2 + 1) + t key overflows int64
+        # beyond ~55,000 candidate models)
+        s_key = torch.where(queried, big, state.s)
+        key = torch.where(s_key == s_key.min(), state.t, big)
         q, _ = _argmin(key, rng)
         queries.append(q)
         queried[q] = True
