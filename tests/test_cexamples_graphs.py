@@ -50,9 +50,13 @@ def test_triton_noise_kernel_matches_under_the_interpreter():
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("eta", [0.0, 0.05])
-def test_graph_step_bookkeeping_equals_the_eager_engine(method, eta):
+@pytest.mark.parametrize("check_every", [1, None])
+def test_graph_step_bookkeeping_equals_the_eager_engine(method, eta, check_every, monkeypatch):
     """The body the graph captures, run eagerly: same x, steps_used and final loss as eager,
-    including masked freezing, host checks every CHECK_EVERY steps and compaction."""
+    including masked freezing, host checks every CHECK_EVERY steps and compaction (these
+    examples finish within a few steps: a check after every step makes compaction happen)."""
+    if check_every is not None:
+        monkeypatch.setattr(graphs, "CHECK_EVERY", check_every)
     model, _ = digits_cnn()
     s = settings_for(method, (1, 32, 32), steps=20, q=2, eta=eta)
     x0, labels = engine.start(6, (1, 32, 32), 10, 0)
@@ -63,6 +67,32 @@ def test_graph_step_bookkeeping_equals_the_eager_engine(method, eta):
     torch.testing.assert_close(got[2], expect[2], rtol=1e-4, atol=1e-6)
     if eta > 0:
         assert min(expect[1].tolist()) < 20
+
+
+def test_a_smaller_graph_that_cannot_be_set_up_keeps_the_current_one(monkeypatch):
+    """Compaction failing part-way continues in the graph at hand: same result as the eager
+    engine, and every example is reported finished exactly once (no restart from scratch)."""
+    model, _ = digits_cnn()
+    s = settings_for("rcgm", (1, 32, 32), steps=20, q=2, eta=0.01)
+    x0, labels = engine.start(6, (1, 32, 32), 10, 0)
+    expect = engine.run_batch(model, x0, labels, s)
+    monkeypatch.setattr(graphs, "CHECK_EVERY", 1)  # these examples finish within 4 steps
+    real_init, made = graphs._Step.__init__, []
+
+    def second_fails(self, *args, **kwargs):
+        made.append(1)
+        if len(made) > 1:
+            raise RuntimeError("simulated capture failure")
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(graphs._Step, "__init__", second_fails)
+    finished = []
+    got = graphs.run_batch(model, x0, labels, s, finished.append, capture=False)
+    assert got is not None and len(made) >= 2
+    torch.testing.assert_close(got[0], expect[0], atol=1e-5, rtol=0)
+    assert got[1].tolist() == expect[1].tolist()
+    torch.testing.assert_close(got[2], expect[2], rtol=1e-4, atol=1e-6)
+    assert sum(finished) == 6
 
 
 def test_graphs_are_never_taken_on_cpu():

@@ -267,7 +267,7 @@ def run_batch(model, x, y, settings, on_finish=None, *, capture=True):
         cur = prepare(x, y, 0)
     except Exception:
         return None
-    t, reported = 0, 0
+    t, reported, compact = 0, 0, True
     while t < s.steps:
         n = min(CHECK_EVERY, s.steps - t)
         for _ in range(n):
@@ -282,15 +282,18 @@ def run_batch(model, x, y, settings, on_finish=None, *, capture=True):
             reported = done
         if n_active == 0:
             break
-        if n_active <= cur.x.shape[0] // 2 and t < s.steps:
+        if compact and n_active <= cur.x.shape[0] // 2 and t < s.steps:
             # Compact: hand every row back, continue with the survivors in a smaller graph.
             _collect(cur, idx, out, steps_used, final_loss)
             keep = cur.active
             try:
-                cur = prepare(cur.x[keep], cur.y[keep], t)
+                smaller = prepare(cur.x[keep], cur.y[keep], t)
             except Exception:
-                return None
-            idx, reported = idx[keep], 0
+                # Keep replaying the graph we have (finished rows stay frozen in it): starting
+                # the batch over eagerly would redo the work and count finished examples twice.
+                compact = False
+                continue
+            cur, idx, reported = smaller, idx[keep], 0
     # Out of steps (or all done): the survivors' clean loss, as the eager engine reports it.
     survivors = cur.active.clone()
     if bool(survivors.any()):
