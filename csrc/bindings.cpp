@@ -30,6 +30,25 @@ static void sign_step_cpu(CpuF32Const x, CpuF32Const g, CpuF32 out, float alpha,
                         static_cast<std::int64_t>(x.size()), alpha, lo, hi);
 }
 
+using CpuF32In4 = nb::ndarray<const float, nb::ndim<4>, nb::device::cpu, nb::c_contig>;
+using CpuF32Out4 = nb::ndarray<float, nb::ndim<4>, nb::device::cpu, nb::c_contig>;
+using CpuI64Out4 = nb::ndarray<std::int64_t, nb::ndim<4>, nb::device::cpu, nb::c_contig>;
+
+static bool max_pool2d_cpu(CpuF32In4 x, CpuF32Out4 out, CpuI64Out4 idx, int kh, int kw) {
+  if (kh < 1 || kw < 1) throw std::invalid_argument("kernel_size: expected >= 1");
+  for (int d = 0; d < 2; ++d) {
+    if (out.shape(d) != x.shape(d) || idx.shape(d) != x.shape(d))
+      throw std::invalid_argument("out, idx: must have x's batch and channel sizes");
+  }
+  const std::int64_t H = x.shape(2), W = x.shape(3);
+  if (out.shape(2) != H / kh || out.shape(3) != W / kw || idx.shape(2) != H / kh ||
+      idx.shape(3) != W / kw)
+    throw std::invalid_argument("out, idx: expected (N, C, H // kh, W // kw)");
+  nb::gil_scoped_release release;
+  return fastfp::max_pool2d_f32(x.data(), out.data(), idx.data(),
+                                static_cast<std::int64_t>(x.shape(0) * x.shape(1)), H, W, kh, kw);
+}
+
 // ---------------------------------------------------------------------------- weight noise
 
 using AnyArray = nb::ndarray<>;
@@ -217,6 +236,11 @@ NB_MODULE(_ext, m) {
         nb::arg("grad").noconvert(), nb::arg("out").noconvert(), nb::arg("alpha"),
         nb::arg("lo"), nb::arg("hi"),
         "out = clamp(x - alpha * sign(grad), lo, hi) on contiguous float32 CPU arrays");
+  m.def("max_pool2d_cpu", &max_pool2d_cpu, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
+        nb::arg("idx").noconvert(), nb::arg("kh"), nb::arg("kw"),
+        "max-pool over non-overlapping kh x kw windows of a contiguous NCHW float32 CPU array\n"
+        "into out (float32) and idx (int64, PyTorch's indices); False (nothing written) for a\n"
+        "window size that is not compiled (2x2, 3x3, 4x4 are)");
   m.def("noise_perturb", &noise_perturb, nb::arg("masters").noconvert(), nb::arg("outs").noconvert(),
         nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
         "outs[i] = masters[i] + U(-delta, delta) for a list of contiguous float32/bfloat16/float16\n"

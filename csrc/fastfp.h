@@ -9,6 +9,12 @@ int openmp_max_threads();
 void sign_step_f32(const float *x, const float *g, float *out, std::int64_t n,
                    float alpha, float lo, float hi);
 
+// Max-pool of contiguous NCHW float32 planes over non-overlapping kh x kw windows (stride =
+// kernel, no padding, floor mode), PyTorch's values and indices. false: window size not compiled
+// (2x2, 3x3 and 4x4 are), nothing written.
+bool max_pool2d_f32(const float *x, float *out, std::int64_t *idx, std::int64_t planes,
+                    std::int64_t H, std::int64_t W, int kh, int kw);
+
 // One tensor of a multi-tensor noise launch: out[j] = in[j] + noise(base + j), j < numel.
 // `base` is the global index of its first element (tensors laid end to end, bases increasing);
 // in == nullptr means a zero master (out = the noise itself). dtype: noise::Dtype.

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _validate, backend
+from . import _cpu_layers, _validate, backend
 from .reference import noise as _ref
 
 NOISE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -335,7 +335,8 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
                 labels = labels.clone()
             xg = x.detach().requires_grad_(True)
             fn = _grad_sum_loop if batch == "loop" else _grad_sum_vmap
-            total, impl = fn(model, names, masters, xg, labels, delta, q, seed, offset, top)
+            with _cpu_layers.enabled(x.device):
+                total, impl = fn(model, names, masters, xg, labels, delta, q, seed, offset, top)
     finally:
         model.train(was_training)
     backend.record("noise.grad_mean", impl)

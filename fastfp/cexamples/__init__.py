@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from .. import _validate, backend
+from .. import _cpu_layers, _validate, backend
 from . import defaults
 from .engine import METHODS, PRECISIONS, Settings, start
 
@@ -331,7 +331,8 @@ def optimize(model, x0, labels, s: Settings, device, *, batch_size=None, progres
                 if result is None:  # capture impossible for this model: eager from now on
                     use_graphs, impl = False, "torch"
             if result is None:
-                result = engine.run_batch(model, xb, yb, s, on_finish=bar.update)
+                with _cpu_layers.enabled(device):
+                    result = engine.run_batch(model, xb, yb, s, on_finish=bar.update)
             xo, used, loss = result
             out[b:b + bs] = xo.to("cpu", torch.float32)
             steps_used[b:b + bs] = used
