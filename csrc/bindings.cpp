@@ -49,6 +49,23 @@ static bool max_pool2d_cpu(CpuF32In4 x, CpuF32Out4 out, CpuI64Out4 idx, int kh, 
                                 static_cast<std::int64_t>(x.shape(0) * x.shape(1)), H, W, kh, kw);
 }
 
+static void conv_input_grad_cpu(CpuF32In4 grad_out, CpuF32In4 weight, CpuF32Out4 grad_in, int ph,
+                                int pw) {
+  const std::int64_t n = grad_out.shape(0), co = grad_out.shape(1), ho = grad_out.shape(2),
+                     wo = grad_out.shape(3);
+  const std::int64_t ci = weight.shape(1), kh = weight.shape(2), kw = weight.shape(3);
+  const std::int64_t h = grad_in.shape(2), w = grad_in.shape(3);
+  if (ph < 0 || pw < 0) throw std::invalid_argument("padding: expected >= 0");
+  if (weight.shape(0) != co) throw std::invalid_argument("weight: expected grad_out's channels first");
+  if (grad_in.shape(0) != n || grad_in.shape(1) != ci)
+    throw std::invalid_argument("grad_in: expected (N, weight's input channels, H, W)");
+  if (ho != h + 2 * ph - kh + 1 || wo != w + 2 * pw - kw + 1)
+    throw std::invalid_argument("grad_out: its size is not a stride-1 convolution of grad_in's");
+  nb::gil_scoped_release release;
+  fastfp::conv_input_grad_f32(grad_out.data(), weight.data(), grad_in.data(), n, co, ci, ho, wo, h,
+                              w, kh, kw, ph, pw);
+}
+
 // ---------------------------------------------------------------------------- weight noise
 
 using AnyArray = nb::ndarray<>;
@@ -241,6 +258,10 @@ NB_MODULE(_ext, m) {
         "max-pool over non-overlapping kh x kw windows of a contiguous NCHW float32 CPU array\n"
         "into out (float32) and idx (int64, PyTorch's indices); False (nothing written) for a\n"
         "window size that is not compiled (2x2, 3x3, 4x4 are)");
+  m.def("conv_input_grad_cpu", &conv_input_grad_cpu, nb::arg("grad_out").noconvert(),
+        nb::arg("weight").noconvert(), nb::arg("grad_in").noconvert(), nb::arg("ph"), nb::arg("pw"),
+        "grad_in = d loss / d input of a stride-1, undilated, ungrouped conv2d (contiguous NCHW\n"
+        "float32 CPU arrays; padding ph, pw)");
   m.def("noise_perturb", &noise_perturb, nb::arg("masters").noconvert(), nb::arg("outs").noconvert(),
         nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
         "outs[i] = masters[i] + U(-delta, delta) for a list of contiguous float32/bfloat16/float16\n"

@@ -9,6 +9,13 @@ int openmp_max_threads();
 void sign_step_f32(const float *x, const float *g, float *out, std::int64_t n,
                    float alpha, float lo, float hi);
 
+// Input gradient of a stride-1, undilated, ungrouped convolution (contiguous NCHW float32):
+// grad_in (n, ci, h, w) from grad_out (n, co, ho, wo) and weight (co, ci, kh, kw), padding ph, pw.
+void conv_input_grad_f32(const float *grad_out, const float *weight, float *grad_in, std::int64_t n,
+                         std::int64_t co, std::int64_t ci, std::int64_t ho, std::int64_t wo,
+                         std::int64_t h, std::int64_t w, std::int64_t kh, std::int64_t kw,
+                         std::int64_t ph, std::int64_t pw);
+
 // Max-pool of contiguous NCHW float32 planes over non-overlapping kh x kw windows (stride =
 // kernel, no padding, floor mode), PyTorch's values and indices. false: window size not compiled
 // (2x2, 3x3 and 4x4 are), nothing written.

@@ -1,4 +1,5 @@
-"""The CPU max-pool fast path used inside fastfp's gradient loops: bit for bit PyTorch's op."""
+"""The CPU fast paths used inside fastfp's gradient loops: max-pool bit for bit PyTorch's op,
+the small-input convolution's input gradient equal to PyTorch's up to summation order."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 import fastfp
 from fastfp import _cpu_layers
 
-pytestmark = pytest.mark.skipif(not _cpu_layers.available(), reason="extension without max_pool2d_cpu")
+pytestmark = pytest.mark.skipif(not _cpu_layers.available(), reason="extension without the CPU layer kernels")
 
 
 def aten_pool(x, k):
@@ -51,15 +52,16 @@ def test_kernel_gives_pytorchs_values_and_indices(k, shape, kind):
 
 
 class Spy:
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, fn=None):
+        fn = fn or _cpu_layers._MaxPool
         self.calls = 0
-        real = _cpu_layers._MaxPool.apply
+        real = fn.apply
 
         def counted(*args):
             self.calls += 1
             return real(*args)
 
-        monkeypatch.setattr(_cpu_layers._MaxPool, "apply", counted)
+        monkeypatch.setattr(fn, "apply", counted)
 
 
 def pool_cnn():
@@ -76,14 +78,61 @@ def input_grad(model, x, y):
 
 
 def test_routed_model_gives_pytorchs_loss_and_input_gradient(monkeypatch):
-    model, spy = pool_cnn(), Spy(monkeypatch)
+    # frozen weights: a convolution whose weight wants a gradient stays PyTorch's (below)
+    model, spy = pool_cnn().requires_grad_(False), Spy(monkeypatch)
+    conv = Spy(monkeypatch, _cpu_layers._ConvSmallInput)
     x = inputs("ties", (4, 1, 19, 20)) / 4 + torch.rand(4, 1, 19, 20) * 0.01
     y = torch.tensor([0, 1, 2, 3])
     ref = input_grad(model, x, y)
     with _cpu_layers.enabled("cpu"):
         got = input_grad(model, x, y)
-    assert spy.calls == 2  # both pools took the fast path
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    assert spy.calls == 2 and conv.calls == 1  # both pools, the 1-channel first convolution
+    assert torch.equal(got[0], ref[0])  # the forward is PyTorch's, bit for bit
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6 * ref[1].abs().max().item())
+    monkeypatch.setattr(_cpu_layers, "MAX_CONV_IN_CHANNELS", 0)  # the pools alone: bit for bit
+    with _cpu_layers.enabled("cpu"):
+        assert torch.equal(input_grad(model, x, y)[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ci,co,k,pad,size", [(1, 16, 3, 1, (32, 32)), (3, 8, 5, 2, (9, 7)),
+                                              (2, 5, 1, 0, (6, 11)), (4, 3, 3, 0, (5, 5)),
+                                              (1, 4, 3, 2, (3, 4)), (3, 6, (3, 1), (1, 0), (8, 6))])
+def test_conv_input_gradient_matches_pytorch(monkeypatch, dtype, ci, co, k, pad, size):
+    torch.manual_seed(ci * 10 + co)
+    conv = nn.Conv2d(ci, co, k, padding=pad).to(dtype).requires_grad_(False)
+    x = torch.randn(3, ci, *size, dtype=dtype)
+    g = torch.randn_like(conv(x))
+    xg = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(conv(xg), xg, g)
+    spy = Spy(monkeypatch, _cpu_layers._ConvSmallInput)
+    with _cpu_layers.enabled("cpu"):
+        out = conv(xg)
+        (got,) = torch.autograd.grad(out, xg, g)
+    assert spy.calls == 1 and torch.equal(out, conv(x))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+    twin = _cpu_layers.conv_input_grad(g, conv.weight, size, _cpu_layers._pair(pad))
+    torch.testing.assert_close(twin, ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w: F.conv2d(x, w, stride=2),
+    lambda x, w: F.conv2d(x, w, dilation=2),
+    lambda x, w: F.conv2d(x, w.requires_grad_(True)),
+    lambda x, w: F.conv2d(torch.cat([x, x, x[:, :1]], 1), torch.cat([w, w, w[:, :1]], 1)),
+    lambda x, w: F.conv2d(x.contiguous(memory_format=torch.channels_last), w),
+    lambda x, w: F.conv2d(x.detach(), w),
+    lambda x, w: F.conv2d(x, w, padding="same"),
+], ids=["stride", "dilation", "weight-grad", "5-channels", "channels_last", "no-input-grad", "same"])
+def test_other_convolutions_run_pytorchs_op(monkeypatch, call):
+    spy = Spy(monkeypatch, _cpu_layers._ConvSmallInput)
+    x = torch.randn(2, 2, 9, 9).requires_grad_(True)
+    w = torch.randn(4, 2, 3, 3)
+    with _cpu_layers.enabled("cpu"):
+        got = call(x, w.clone())
+    assert spy.calls == 0
+    torch.testing.assert_close(got, call(x, w.clone()), rtol=0, atol=0)
 
 
 def test_return_indices_and_torch_max_pool2d(monkeypatch):
@@ -141,7 +190,8 @@ def test_off_switches_and_no_leak(monkeypatch):
     assert spy.calls == 1 and not getattr(_cpu_layers._state, "active", False)
 
 
-def test_generation_is_bit_identical_with_and_without(monkeypatch):
+def test_generation_is_bit_identical_with_and_without_the_pool_path(monkeypatch):
+    monkeypatch.setattr(_cpu_layers, "MAX_CONV_IN_CHANNELS", 0)  # exact: the pools alone
     model, spy = pool_cnn(), Spy(monkeypatch)
     kw = dict(method="ltrc", steps=4, q=2, eta=0.0, progress=False)
     fast = fastfp.cexamples.generate(model, 3, (1, 18, 18), 5, **kw)
@@ -160,7 +210,8 @@ def test_grad_mean_routes_and_matches(monkeypatch):
     fast = fastfp.noise.grad_mean(model, x, y, 0.02, 3, seed=1)
     assert spy.calls == 3 * 2
     monkeypatch.setenv("FASTFP_CPU_LAYERS", "0")
-    assert torch.equal(fast, fastfp.noise.grad_mean(model, x, y, 0.02, 3, seed=1))
+    plain = fastfp.noise.grad_mean(model, x, y, 0.02, 3, seed=1)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6 * plain.abs().max().item())
 
 
 def test_extension_checks_its_arrays():
@@ -173,3 +224,10 @@ def test_extension_checks_its_arrays():
                            torch.empty(1, 2, 4, 4, dtype=torch.int64), 2, 2)
     out, idx = torch.empty(1, 2, 1, 1), torch.empty(1, 2, 1, 1, dtype=torch.int64)
     assert ext.max_pool2d_cpu(x, out, idx, 5, 5) is False  # not compiled: nothing written
+    g, w = torch.rand(1, 3, 8, 8), torch.rand(3, 2, 3, 3)
+    with pytest.raises(ValueError, match="grad_out"):
+        ext.conv_input_grad_cpu(g, w, torch.empty(1, 2, 8, 8), 0, 0)  # 8x8 is not 6x6 + 2
+    with pytest.raises(ValueError, match="grad_in"):
+        ext.conv_input_grad_cpu(g, w, torch.empty(1, 3, 8, 8), 1, 1)
+    with pytest.raises(ValueError, match="padding"):
+        ext.conv_input_grad_cpu(g, w, torch.empty(1, 2, 10, 10), -1, -1)
