@@ -2,6 +2,16 @@
 #pragma once
 #include <cstdint>
 
+// A function built for the baseline ISA and for AVX2 / AVX-512, picked at load time (GCC on
+// x86-64): for loops whose selects and int64 lanes only vectorise with the wider ISAs. Put it on
+// the per-plane worker, not on a function holding an OpenMP loop (the outlined body would not
+// inherit the target).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FASTFP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTFP_CLONES
+#endif
+
 namespace fastfp {
 
 int openmp_max_threads();

@@ -12,18 +12,11 @@
 namespace fastfp {
 namespace {
 
-// Built for the baseline ISA and for AVX2 / AVX-512 (picked at load time); the clone is the
-// per-plane function because the OpenMP loop's outlined body would not inherit the target.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FASTFP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FASTFP_CLONES
-#endif
-
 struct ConvShape {
   std::int64_t co, ci, ho, wo, h, w, kh, kw, ph, pw;
 };
 
+// Cloned for AVX2 / AVX-512 (FASTFP_CLONES).
 FASTFP_CLONES void grad_plane(const float *go, const float *wt, float *out, std::int64_t ci,
                               const ConvShape &s) {
   std::fill(out, out + s.h * s.w, 0.f);
