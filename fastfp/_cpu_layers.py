@@ -45,12 +45,25 @@ def available() -> bool:
     return ext is not None and hasattr(ext, "max_pool2d_cpu") and hasattr(ext, "conv_input_grad_cpu")
 
 
+def _switched_off() -> bool:
+    return os.environ.get("FASTFP_CPU_LAYERS", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def status() -> str:
+    """One line for ``fastfp info``."""
+    if not available():
+        return "PyTorch's (the extension lacks the kernels)"
+    if _switched_off():
+        return "PyTorch's (FASTFP_CPU_LAYERS=0)"
+    if backend.forced() != "auto":
+        return f"PyTorch's (FASTFP_BACKEND={backend.forced()})"
+    return "extension max-pool and small-input conv gradient (FASTFP_CPU_LAYERS=0: off)"
+
+
 def _wanted(device: torch.device) -> bool:
     if device.type != "cpu" or getattr(_state, "active", False):
         return False
-    if os.environ.get("FASTFP_CPU_LAYERS", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return backend.forced() == "auto" and available()
+    return not _switched_off() and backend.forced() == "auto" and available()
 
 
 @contextlib.contextmanager

@@ -153,6 +153,9 @@ def report() -> dict:
         "extension": extension_info(),
         "cpu_threads": torch.get_num_threads(),
     }
+    from . import _cpu_layers
+
+    info["cpu_model_layers"] = _cpu_layers.status()
     return info
 
 
@@ -173,6 +176,7 @@ def format_report(info: dict | None = None) -> str:
          if info["cupy"] else "not installed"),
         ("extension", ext_text),
         ("CPU threads", str(info["cpu_threads"])),
+        ("CPU model layers", info.get("cpu_model_layers", "-")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -231,3 +231,13 @@ def test_extension_checks_its_arrays():
         ext.conv_input_grad_cpu(g, w, torch.empty(1, 3, 8, 8), 1, 1)
     with pytest.raises(ValueError, match="padding"):
         ext.conv_input_grad_cpu(g, w, torch.empty(1, 2, 10, 10), -1, -1)
+
+
+def test_status_line_says_which_layers_run(monkeypatch):
+    assert "extension" in _cpu_layers.status()
+    monkeypatch.setenv("FASTFP_CPU_LAYERS", "0")
+    assert "FASTFP_CPU_LAYERS=0" in _cpu_layers.status()
+    monkeypatch.setenv("FASTFP_CPU_LAYERS", "1")
+    monkeypatch.setenv("FASTFP_BACKEND", "torch")
+    assert "FASTFP_BACKEND=torch" in _cpu_layers.status()
+    assert fastfp.backend.report()["cpu_model_layers"] == _cpu_layers.status()
