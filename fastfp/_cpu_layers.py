@@ -67,9 +67,10 @@ def _wanted(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def enabled(device):
-    """Reroute the model's slow CPU layers inside the block (a no-op off CPU or when nested)."""
-    if not _wanted(torch.device(device)):
+def enabled(device, model=None):
+    """Reroute the model's slow CPU layers inside the block (a no-op off CPU, when nested, or
+    for a ``torch.compile``'d model: the compiler would trace the router at every call)."""
+    if not _wanted(torch.device(device)) or hasattr(model, "_orig_mod"):
         yield
         return
     _state.active = True

@@ -335,7 +335,7 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
                 labels = labels.clone()
             xg = x.detach().requires_grad_(True)
             fn = _grad_sum_loop if batch == "loop" else _grad_sum_vmap
-            with _cpu_layers.enabled(x.device):
+            with _cpu_layers.enabled(x.device, model):
                 total, impl = fn(model, names, masters, xg, labels, delta, q, seed, offset, top)
     finally:
         model.train(was_training)

@@ -241,3 +241,17 @@ def test_status_line_says_which_layers_run(monkeypatch):
     monkeypatch.setenv("FASTFP_BACKEND", "torch")
     assert "FASTFP_BACKEND=torch" in _cpu_layers.status()
     assert fastfp.backend.report()["cpu_model_layers"] == _cpu_layers.status()
+
+
+def test_compiled_models_keep_pytorchs_layers(monkeypatch):
+    class Compiled(nn.Module):  # what torch.compile returns exposes the original as _orig_mod
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    spy = Spy(monkeypatch)
+    fastfp.noise.grad_mean(Compiled(pool_cnn()), torch.rand(2, 1, 18, 18), torch.tensor([0, 1]), 0.02, 2, seed=0)
+    assert spy.calls == 0

@@ -331,7 +331,7 @@ def optimize(model, x0, labels, s: Settings, device, *, batch_size=None, progres
                 if result is None:  # capture impossible for this model: eager from now on
                     use_graphs, impl = False, "torch"
             if result is None:
-                with _cpu_layers.enabled(device):
+                with _cpu_layers.enabled(device, model):
                     result = engine.run_batch(model, xb, yb, s, on_finish=bar.update)
             xo, used, loss = result
             out[b:b + bs] = xo.to("cpu", torch.float32)
