@@ -322,7 +322,13 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
         low, top = (int(v) for v in labels.aminmax())
         if low < 0:
             raise ValueError(f"labels: expected class indices >= 0, got {low}")
+    return _grad_mean(model, names, masters, x, labels, delta, q, seed, offset, batch, top)
 
+
+def _grad_mean(model, names, masters, x, labels, delta, q, seed, offset, batch="loop", top=-1):
+    """:func:`grad_mean` on validated arguments (the cexamples engine's per-step call: its labels
+    were checked once, so no per-step sync). ``top``: the largest label, checked against the
+    logits (-1: not checked)."""
     was_training = model.training
     model.eval()
     try:

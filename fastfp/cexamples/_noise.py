@@ -6,7 +6,7 @@ Three ways to the same mean (same noise bits from ``fastfp.noise.perturb``, stre
 - batched (default for ``nn.Module``): the copies' weights are stacked and evaluated in one
   ``torch.func.vmap`` call, ``copies`` at a time: one grouped kernel per layer instead of q, which
   is what pays on small inputs where per-call overhead dominates;
-- ``fastfp.noise.grad_mean``: one copy after the other (when vmap cannot trace the model, or
+- ``fastfp.noise.grad_mean``'s loop: one copy after the other (when vmap cannot trace the model, or
   ``copies == 1``);
 - in place, for TorchScript modules (``functional_call`` refuses them): the noise is written into
   the parameters and the master weights are copied back bit for bit afterwards.
@@ -32,7 +32,10 @@ def grad_mean(model, x, labels, delta, q, seed, offset=0, copies=1):
             return _grad_mean_vmap(model, x, labels, delta, q, seed, offset, copies)
         except Exception:  # data-dependent control flow, in-place ops on inputs, ...
             _NO_VMAP.add(model)
-    return noise.grad_mean(model, x, labels, delta, q, seed, offset=offset)
+    # generate checked the model and labels once: skip the public function's per-step checks
+    named = list(model.named_parameters())
+    return noise._grad_mean(model, [n for n, _ in named], [p.detach() for _, p in named], x, labels,
+                            delta, q, seed, offset)
 
 
 def _grad_mean_vmap(model, x, labels, delta, q, seed, offset, copies):
