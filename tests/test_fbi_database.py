@@ -53,12 +53,22 @@ def test_build_stores_topk_and_majority_reference(inputs):
 
 def test_save_load_roundtrip_and_ground_truth(tmp_path, inputs):
     labels = np.arange(37) % 10
-    db = fbi.Database.build({"a": _model(0), "b": _model(1)}, inputs, k=2, families={"a": "F", "b": "G"},
-                            labels=labels, progress=False)
+    db = fbi.Database.build(
+        {"a": _model(0), "b": _model(1)},
+        inputs,
+        k=2,
+        families={"a": "F", "b": "G"},
+        labels=labels,
+        progress=False,
+    )
     path = tmp_path / "db.safetensors"
     db.save(path)
     back = fbi.Database.load(path)
-    assert np.array_equal(back.topk, db.topk) and back.names == db.names and back.families == db.families
+    assert (
+        np.array_equal(back.topk, db.topk)
+        and back.names == db.names
+        and back.families == db.families
+    )
     assert np.array_equal(back.reference, labels) and back.k == 2 and back.digest == db.digest
     assert not list(tmp_path.glob(".db.safetensors.*"))  # no temporary left behind
 
@@ -67,16 +77,27 @@ def test_resume_after_interruption_keeps_finished_models(tmp_path, inputs):
     path = tmp_path / "db.safetensors"
     fams = {f"m{i}": "F" if i < 2 else "G" for i in range(4)}
     flaky = Counting(_model(2), fail_after=1)
-    models = {"m0": Counting(_model(0)), "m1": Counting(_model(1)), "m2": flaky, "m3": Counting(_model(3))}
+    models = {
+        "m0": Counting(_model(0)),
+        "m1": Counting(_model(1)),
+        "m2": flaky,
+        "m3": Counting(_model(3)),
+    }
     with pytest.raises(KeyboardInterrupt):
-        fbi.Database.build(models, inputs, k=2, families=fams, batch_size=16, path=path, progress=False)
+        fbi.Database.build(
+            models, inputs, k=2, families=fams, batch_size=16, path=path, progress=False
+        )
     assert fbi.Database.load(path).names == ["m0", "m1"]  # finished models survived
     flaky.fail_after = None
     calls_before = models["m0"].calls
-    db = fbi.Database.build(models, inputs, k=2, families=fams, batch_size=16, path=path, progress=False)
-    assert db.names == ["m0", "m1", "m2", "m3"] and models["m0"].calls == calls_before  # not re-queried
+    db = fbi.Database.build(
+        models, inputs, k=2, families=fams, batch_size=16, path=path, progress=False
+    )
+    assert (
+        db.names == ["m0", "m1", "m2", "m3"] and models["m0"].calls == calls_before
+    )  # not re-queried
     assert fbi.Database.load(path).names == db.names
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="built with k = 2"):
         fbi.Database.build(models, inputs, k=3, families=fams, path=path, progress=False)
     with pytest.raises(ValueError, match="inputs"):
         fbi.Database.build(models, inputs + 1, k=2, families=fams, path=path, progress=False)
@@ -107,8 +128,10 @@ def test_build_bad_input(tmp_path, inputs):
     with pytest.raises(TypeError, match="families"):
         fbi.Database.build({"a": _model(0)}, inputs, k=2, families=["F"], progress=False)
     with pytest.raises(ValueError, match="labels"):
-        fbi.Database.build({"a": _model(0)}, inputs, k=2, families={"a": "F"}, labels=np.zeros(3), progress=False)
-    with pytest.raises(ValueError, match="k"):
+        fbi.Database.build(
+            {"a": _model(0)}, inputs, k=2, families={"a": "F"}, labels=np.zeros(3), progress=False
+        )
+    with pytest.raises(ValueError, match="exceeds the model's"):
         fbi.Database.build({"a": _model(0)}, inputs, k=11, families={"a": "F"}, progress=False)
     with pytest.raises(ValueError, match="models"):
         fbi.Database.build({}, inputs, k=2, families={}, progress=False)
@@ -148,28 +171,51 @@ def test_builders_release_each_model_when_done(tmp_path, inputs, builder):
     models = {f"m{i}": Releasing(_model(i), log, f"m{i}") for i in range(3)}
     families = {n: "f" for n in models}
     if builder == "build":
-        db = fbi.Database.build(models, inputs, k=2, families=families, batch_size=8, progress=False)
+        db = fbi.Database.build(
+            models, inputs, k=2, families=families, batch_size=8, progress=False
+        )
         assert log == ["m0", "m1", "m2"]
     else:  # chunks of one model stay together; a model is freed when the next one starts
-        db = fbi.build_sharded(models, inputs, k=2, families=families, batch_size=8, chunk_batches=2,
-                               shard_dir=tmp_path / "sh", progress=False)
+        db = fbi.build_sharded(
+            models,
+            inputs,
+            k=2,
+            families=families,
+            batch_size=8,
+            chunk_batches=2,
+            shard_dir=tmp_path / "sh",
+            progress=False,
+        )
         assert log == ["m0", "m1"]
     assert db.names == ["m0", "m1", "m2"]
 
 
-def test_checkpoint_interval_bounds_rewrites_and_the_end_is_always_saved(tmp_path, inputs, monkeypatch):
+def test_checkpoint_interval_bounds_rewrites_and_the_end_is_always_saved(
+    tmp_path, inputs, monkeypatch
+):
     path = tmp_path / "db.safetensors"
     writes = []
     real_save = fbi.Database.save
-    monkeypatch.setattr(fbi.Database, "save", lambda self, p: (writes.append(self.num_models), real_save(self, p)))
+    monkeypatch.setattr(
+        fbi.Database, "save", lambda self, p: (writes.append(self.num_models), real_save(self, p))
+    )
     models = {f"m{i}": _model(i) for i in range(6)}
     fams = {n: "F" for n in models}
-    db = fbi.Database.build(models, inputs, k=2, families=fams, path=path, progress=False, checkpoint_s=1e9)
+    db = fbi.Database.build(
+        models, inputs, k=2, families=fams, path=path, progress=False, checkpoint_s=1e9
+    )
     assert writes == [6] and fbi.Database.load(path).names == db.names  # one write, at the end
     writes.clear()
     more = {f"n{i}": _model(10 + i) for i in range(3)}
-    fbi.Database.build({**models, **more}, inputs, k=2, families={**fams, **{n: "G" for n in more}},
-                       path=path, progress=False, checkpoint_s=0)
+    fbi.Database.build(
+        {**models, **more},
+        inputs,
+        k=2,
+        families={**fams, **{n: "G" for n in more}},
+        path=path,
+        progress=False,
+        checkpoint_s=0,
+    )
     assert writes == [7, 8, 9]  # resumed: only the new models, a write after each
     with pytest.raises(ValueError, match="checkpoint_s"):
         fbi.Database.build(models, inputs, k=2, families=fams, progress=False, checkpoint_s=-1)
@@ -179,8 +225,15 @@ def test_interruption_with_a_long_checkpoint_interval_still_saves_finished_model
     path = tmp_path / "db.safetensors"
     models = {"m0": _model(0), "m1": _model(1), "m2": Counting(_model(2), fail_after=0)}
     with pytest.raises(KeyboardInterrupt):
-        fbi.Database.build(models, inputs, k=2, families={n: "F" for n in models}, path=path,
-                           progress=False, checkpoint_s=1e9)
+        fbi.Database.build(
+            models,
+            inputs,
+            k=2,
+            families={n: "F" for n in models},
+            path=path,
+            progress=False,
+            checkpoint_s=1e9,
+        )
     assert fbi.Database.load(path).names == ["m0", "m1"]
 
 
@@ -194,8 +247,14 @@ def test_appending_many_models_keeps_rows_and_dtype(inputs):
 
 
 def test_corrupt_file_is_rejected_not_loaded(tmp_path, inputs):
-    db = fbi.Database.build({"a": _model(0), "b": _model(1)}, inputs, k=2, families={"a": "F", "b": "G"},
-                            labels=np.arange(37) % 10, progress=False)
+    db = fbi.Database.build(
+        {"a": _model(0), "b": _model(1)},
+        inputs,
+        k=2,
+        families={"a": "F", "b": "G"},
+        labels=np.arange(37) % 10,
+        progress=False,
+    )
     path = tmp_path / "db.safetensors"
     db.save(path)
     raw = bytearray(path.read_bytes())
@@ -207,7 +266,9 @@ def test_corrupt_file_is_rejected_not_loaded(tmp_path, inputs):
     path.write_bytes(bytes(flipped))
     with pytest.raises(ValueError, match="checksum"):
         fbi.Database.load(path)
-    renamed = bytes(raw).replace(b'\\"a\\"', b'\\"z\\"', 1)  # a model renamed inside the JSON header
+    renamed = bytes(raw).replace(
+        b'\\"a\\"', b'\\"z\\"', 1
+    )  # a model renamed inside the JSON header
     assert renamed != bytes(raw)
     path.write_bytes(renamed)
     with pytest.raises(ValueError, match="checksum"):
@@ -218,38 +279,64 @@ def test_corrupt_file_is_rejected_not_loaded(tmp_path, inputs):
 
 def test_ground_truth_outside_the_classes_is_rejected(inputs):
     with pytest.raises(ValueError, match="ground_truth"):
-        fbi.Database(np.zeros((1, 3, 1), int), ["a"], ["F"], k=1, num_classes=2, ground_truth=[0, 5, 1])
+        fbi.Database(
+            np.zeros((1, 3, 1), int), ["a"], ["F"], k=1, num_classes=2, ground_truth=[0, 5, 1]
+        )
     a = Counting(_model(0))
     with pytest.raises(ValueError, match="labels"):  # named as build's argument, before any query
-        fbi.Database.build({"a": a}, inputs, k=2, families={"a": "F"}, labels=np.arange(37), num_classes=10,
-                           progress=False)
+        fbi.Database.build(
+            {"a": a},
+            inputs,
+            k=2,
+            families={"a": "F"},
+            labels=np.arange(37),
+            num_classes=10,
+            progress=False,
+        )
     assert a.calls == 0
 
 
 def test_bad_model_lists_are_rejected_before_any_query(tmp_path, inputs):
     a, b = Counting(_model(0)), Counting(_model(1))
     with pytest.raises(ValueError, match="duplicate"):
-        fbi.Database.build([("a", a), ("b", b), ("a", a)], inputs, k=2, families={"a": "F", "b": "F"},
-                           path=tmp_path / "db.safetensors", progress=False)
+        fbi.Database.build(
+            [("a", a), ("b", b), ("a", a)],
+            inputs,
+            k=2,
+            families={"a": "F", "b": "F"},
+            path=tmp_path / "db.safetensors",
+            progress=False,
+        )
     assert a.calls == b.calls == 0 and not (tmp_path / "db.safetensors").exists()
     db = fbi.Database.build({"a": a}, inputs, k=2, families={"a": "F"}, progress=False)
     calls = a.calls
     for models in ([("b", b), ("a", a)], [("b", b), ("b", b)]):
         with pytest.raises(ValueError, match="models"):
             db.extend(models, inputs, families={"a": "F", "b": "F"}, progress=False)
-    assert db.names == ["a"] and b.calls == 0 and a.calls == calls  # nothing appended, nothing queried
+    assert (
+        db.names == ["a"] and b.calls == 0 and a.calls == calls
+    )  # nothing appended, nothing queried
 
 
 def test_resume_with_other_labels_is_an_error(tmp_path, inputs):
     path = tmp_path / "db.safetensors"
     labels = np.arange(37) % 10
-    fbi.Database.build({"a": _model(0)}, inputs, k=2, families={"a": "F"}, labels=labels, path=path,
-                       progress=False)
+    fbi.Database.build(
+        {"a": _model(0)}, inputs, k=2, families={"a": "F"}, labels=labels, path=path, progress=False
+    )
     with pytest.raises(ValueError, match="labels"):
-        fbi.Database.build({"b": _model(1)}, inputs, k=2, families={"b": "F"}, labels=(labels + 1) % 10,
-                           path=path, progress=False)
-    db = fbi.Database.build({"b": _model(1)}, inputs, k=2, families={"b": "F"}, labels=labels, path=path,
-                            progress=False)
+        fbi.Database.build(
+            {"b": _model(1)},
+            inputs,
+            k=2,
+            families={"b": "F"},
+            labels=(labels + 1) % 10,
+            path=path,
+            progress=False,
+        )
+    db = fbi.Database.build(
+        {"b": _model(1)}, inputs, k=2, families={"b": "F"}, labels=labels, path=path, progress=False
+    )
     assert db.names == ["a", "b"] and np.array_equal(db.reference, labels)
 
 
@@ -257,8 +344,14 @@ def test_build_gives_the_models_back_in_their_mode():
     model = _model(0).train()
     frozen = _model(1)  # eval
     inputs = torch.randn(9, 3, 2, 2)
-    fbi.Database.build({"a": model, "b": frozen}, inputs, k=2, families={"a": "F", "b": "F"}, progress=False,
-                       device="cpu")
+    fbi.Database.build(
+        {"a": model, "b": frozen},
+        inputs,
+        k=2,
+        families={"a": "F", "b": "F"},
+        progress=False,
+        device="cpu",
+    )
     assert model.training and not frozen.training
     assert next(model.parameters()).device.type == "cpu"
 
@@ -266,8 +359,14 @@ def test_build_gives_the_models_back_in_their_mode():
 def test_sharded_build_rejects_duplicate_names_before_any_query(tmp_path, inputs):
     a = Counting(_model(0))
     with pytest.raises(ValueError, match="duplicate"):
-        fbi.build_sharded([("a", a), ("a", a)], inputs, k=2, families={"a": "F"}, shard_dir=tmp_path / "sh",
-                          progress=False)
+        fbi.build_sharded(
+            [("a", a), ("a", a)],
+            inputs,
+            k=2,
+            families={"a": "F"},
+            shard_dir=tmp_path / "sh",
+            progress=False,
+        )
     assert a.calls == 0
 
 
@@ -283,7 +382,11 @@ def test_float_outputs_are_not_truncated_into_labels():
 def test_resume_with_another_family_for_a_stored_model_is_an_error(tmp_path, inputs):
     path = tmp_path / "db.safetensors"
     models = {"a": _model(0), "b": _model(1)}
-    fbi.Database.build(models, inputs, k=2, families={"a": "F", "b": "G"}, path=path, progress=False)
+    fbi.Database.build(
+        models, inputs, k=2, families={"a": "F", "b": "G"}, path=path, progress=False
+    )
     with pytest.raises(ValueError, match="families: models \\['b'\\]"):
-        fbi.Database.build(models, inputs, k=2, families={"a": "F", "b": "F"}, path=path, progress=False)
+        fbi.Database.build(
+            models, inputs, k=2, families={"a": "F", "b": "F"}, path=path, progress=False
+        )
     assert fbi.Database.load(path).families == ["F", "G"]  # the file is untouched

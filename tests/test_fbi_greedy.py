@@ -21,11 +21,11 @@ def _cases():
     yield "random", rng.integers(0, 4, (14, 25, 3)), [i // 3 for i in range(14)]
     yield "top1", rng.integers(0, 3, (10, 40)), [i % 4 for i in range(10)]
     same = rng.integers(0, 5, (8, 12, 2))
-    same[1] = same[0]           # identical models in the same family
-    same[5] = same[2]           # identical models in different families: detection can fail
+    same[1] = same[0]  # identical models in the same family
+    same[5] = same[2]  # identical models in different families: detection can fail
     yield "identical", same, [0, 0, 1, 1, 2, 2, 3, 3]
     const = np.zeros((6, 9, 1), dtype=np.int64)
-    const[3:, 4] = 1            # one single informative input
+    const[3:, 4] = 1  # one single informative input
     yield "constant", const, [0, 0, 0, 1, 1, 1]
     yield "single-input", rng.integers(0, 3, (7, 1, 1)), [0, 1, 2, 3, 4, 5, 6]
     yield "singletons", rng.integers(0, 10, (9, 30, 10)), list(range(9))
@@ -56,7 +56,9 @@ def test_detect_and_identify_match_reference(case, k, seed):
         if got.status == "identified":
             assert got.family == families[bb]
         seq = fbi.sequential_identify(enc, families, bb, seed=seed)
-        want_seq = ref.sequential_identify(tup, families, list(dict.fromkeys(families)), tup[bb], seed=seed)
+        want_seq = ref.sequential_identify(
+            tup, families, list(dict.fromkeys(families)), tup[bb], seed=seed
+        )
         assert (seq.family, seq.L, [d[:2] for d in seq.decisions]) == want_seq
 
 
@@ -65,9 +67,13 @@ def test_blackbox_forms_agree_and_unknown_blackbox():
     outputs = rng.integers(0, 4, (12, 30, 2))
     fam = [0] * 4 + [1] * 8
     by_index = fbi.greedy_detect(outputs, list(range(4)), 2)
-    by_array = fbi.greedy_detect(torch.from_numpy(outputs), torch.arange(4), torch.from_numpy(outputs[2]))
+    by_array = fbi.greedy_detect(
+        torch.from_numpy(outputs), torch.arange(4), torch.from_numpy(outputs[2])
+    )
     calls = []
-    by_call = fbi.greedy_detect(outputs, np.arange(12) < 4, lambda x: calls.append(x) or outputs[2][x])
+    by_call = fbi.greedy_detect(
+        outputs, np.arange(12) < 4, lambda x: calls.append(x) or outputs[2][x]
+    )
     assert by_index.queries == by_array.queries == by_call.queries == calls
     assert by_index.decision == "positive"
     # a black box answering like no known model: no family candidate survives
@@ -99,7 +105,7 @@ def test_incremental_counts_equal_from_scratch():
     in_f = torch.zeros(40, dtype=torch.bool)
     in_f[:10] = True
     state = greedy._DetectState(enc, in_f)
-    for step in range(6):
+    for _step in range(6):
         gone = torch.from_numpy(rng.random(40) < 0.15) & state.cand
         state.remove(gone)
         fresh = fbi.detection_scores(enc, in_f, state.cand)
@@ -107,12 +113,12 @@ def test_incremental_counts_equal_from_scratch():
         # and against eq. (7) literally
         tup = _tuples(enc.labels.numpy(), 2)
         F = [m for m in range(40) if in_f[m] and state.cand[m]]
-        O = [m for m in range(40) if not in_f[m] and state.cand[m]]
+        others = [m for m in range(40) if not in_f[m] and state.cand[m]]
         if F:
-            want = [ref.detection_score(tup, x, F, O) * len(F) for x in range(60)]
+            want = [ref.detection_score(tup, x, F, others) * len(F) for x in range(60)]
             assert fresh.tolist() == [int(w) for w in want]
     ist = greedy._IdentifyState(enc, torch.arange(40) % 5, 5)
-    for step in range(5):
+    for _step in range(5):
         ist.remove(torch.from_numpy(rng.random(40) < 0.2) & ist.cand)
         fresh = greedy._IdentifyState(enc, torch.arange(40) % 5, 5)
         fresh.cand = ist.cand.clone()
@@ -133,7 +139,9 @@ def test_encode_wide_labels_falls_back_to_row_unique():
     outputs[1] = outputs[0]
     enc = fbi.encode(outputs)
     assert torch.equal(enc.codes[0], enc.codes[1])
-    assert enc.num_groups == int(sum(len({tuple(r) for r in outputs[:, x].tolist()}) for x in range(20)))
+    assert enc.num_groups == int(
+        sum(len({tuple(r) for r in outputs[:, x].tolist()}) for x in range(20))
+    )
 
 
 def test_greedy_bad_input():
@@ -146,7 +154,7 @@ def test_greedy_bad_input():
         fbi.greedy_detect(outputs, [0], np.zeros((5, 2), int))
     with pytest.raises(ValueError, match="blackbox"):
         fbi.greedy_detect(outputs, [0], 7)
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="fewer than k = 3"):
         fbi.greedy_detect(outputs, [0], 0, k=3)
     with pytest.raises(ValueError, match="families"):
         fbi.greedy_identify(outputs, [0, 1], 0)
@@ -170,7 +178,9 @@ def test_cuda_engine_matches_cpu():
     gpu = [fbi.greedy_identify(gpu_out, fam, bb, seed=1) for bb in range(0, 30, 7)]
     assert [(r.family, r.queries) for r in cpu] == [(r.family, r.queries) for r in gpu]
     num = fbi.detection_scores(gpu_out, list(range(5)))
-    assert num.is_cuda and num.cpu().tolist() == fbi.detection_scores(outputs, list(range(5))).tolist()
+    assert (
+        num.is_cuda and num.cpu().tolist() == fbi.detection_scores(outputs, list(range(5))).tolist()
+    )
     assert backend.last_used("fbi.detection_scores") in ("cupy", "torch")
     d = fbi.greedy_detect(gpu_out, list(range(5)), 3)
     assert d.decision == fbi.greedy_detect(outputs, list(range(5)), 3).decision
@@ -181,13 +191,19 @@ def test_reference_backend_dispatch(monkeypatch):
     outputs = rng.integers(0, 3, (9, 20, 2))
     fam = [i // 3 for i in range(9)]
     fast = [fbi.greedy_identify(outputs, fam, bb) for bb in range(9)]
-    fast_d = [fbi.greedy_detect(outputs, [0, 1, 2], lambda x, bb=bb: outputs[bb][x]) for bb in range(9)]
+    fast_d = [
+        fbi.greedy_detect(outputs, [0, 1, 2], lambda x, bb=bb: outputs[bb][x]) for bb in range(9)
+    ]
     monkeypatch.setenv("FASTFP_BACKEND", "reference")
     slow = [fbi.greedy_identify(outputs, fam, bb) for bb in range(9)]
     assert backend.last_used("fbi.greedy_identify") == "reference"
-    slow_d = [fbi.greedy_detect(outputs, [0, 1, 2], lambda x, bb=bb: outputs[bb][x]) for bb in range(9)]
+    slow_d = [
+        fbi.greedy_detect(outputs, [0, 1, 2], lambda x, bb=bb: outputs[bb][x]) for bb in range(9)
+    ]
     assert backend.last_used("fbi.greedy_detect") == "reference"
-    assert [(r.family, r.status, r.queries) for r in fast] == [(r.family, r.status, r.queries) for r in slow]
+    assert [(r.family, r.status, r.queries) for r in fast] == [
+        (r.family, r.status, r.queries) for r in slow
+    ]
     assert [(r.decision, r.queries) for r in fast_d] == [(r.decision, r.queries) for r in slow_d]
 
 
@@ -200,4 +216,7 @@ def test_bool_masks_of_another_length_are_rejected():
     with pytest.raises(ValueError, match="candidates"):
         fbi.detection_scores(outputs, [0], candidates=torch.ones(6, dtype=torch.bool))
     # masks of the right length and index lists still work
-    assert fbi.greedy_detect(outputs, np.arange(5) < 2, 0).queries == fbi.greedy_detect(outputs, [0, 1], 0).queries
+    assert (
+        fbi.greedy_detect(outputs, np.arange(5) < 2, 0).queries
+        == fbi.greedy_detect(outputs, [0, 1], 0).queries
+    )

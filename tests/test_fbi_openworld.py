@@ -53,32 +53,45 @@ def test_detection_scores_are_the_fit_pairs(db, ow):
     assert np.mean(pos < ow.tau_) == pytest.approx(ow.detect_tpr_)
     n_neg = sum(db.num_models - len(db.members(f)) for f in fams)
     n_del = sum(len(ow.delegates_[f]) for f in fams)
-    for (d, y), (d0, y0), draw in zip(ow.detection_scores(), every, ow.samples_["detect"]):
+    for (_d, y), (d0, y0), draw in zip(
+        ow.detection_scores(), every, ow.samples_["detect"], strict=True
+    ):
         assert (y == 0).sum() == (y0 == 0).sum() == n_neg
         assert (y == 1).sum() == (y0 == 1).sum() - n_del == db.num_models - n_del
         assert d0[y0 == 1].min() == 0.0  # a delegate against its own family
         # one literal pair: model 0 against the last family, on that family's draw
         f = fams[-1]
-        lit = ref.family_distance(sym[0][draw[f]].tolist(), [sym[m][draw[f]].tolist() for m in ow.delegates_[f]])
+        lit = ref.family_distance(
+            sym[0][draw[f]].tolist(), [sym[m][draw[f]].tolist() for m in ow.delegates_[f]]
+        )
         assert np.isclose(d0[y0 == 0], lit, rtol=0, atol=1e-9).any()
 
 
 def test_detect_members_and_strangers(db, ow):
-    hits = [ow.detect(name, fam, seed=i).positive for i, (name, fam) in enumerate(zip(db.names, db.families))]
+    hits = [
+        ow.detect(name, fam, seed=i).positive
+        for i, (name, fam) in enumerate(zip(db.names, db.families, strict=True))
+    ]
     assert np.mean(hits) > 0.9
-    false = [ow.detect(name, "f0", seed=i).positive for i, name in enumerate(db.names) if db.families[i] != "f0"]
+    false = [
+        ow.detect(name, "f0", seed=i).positive
+        for i, name in enumerate(db.names)
+        if db.families[i] != "f0"
+    ]
     assert np.mean(false) <= 0.2
     r = ow.detect("f2v1", "f2", seed=0)
     # the decision is the literal compound distance on the queried inputs
     sym = db.symbols()
-    d = ref.family_distance(sym[db.index("f2v1")][r.queries].tolist(),
-                            [sym[m][r.queries].tolist() for m in ow.delegates_["f2"]])
+    d = ref.family_distance(
+        sym[db.index("f2v1")][r.queries].tolist(),
+        [sym[m][r.queries].tolist() for m in ow.delegates_["f2"]],
+    )
     assert abs(r.distance - d) < 1e-9 and r.positive == (d < ow.tau_)
 
 
 def test_identify_known_unknown_and_ties(db, ow):
     got = [ow.identify(name, seed=i) for i, name in enumerate(db.names)]
-    right = [g.family == f for g, f in zip(got, db.families)]
+    right = [g.family == f for g, f in zip(got, db.families, strict=True)]
     assert np.mean(right) > 0.8
     for g in got:
         assert g.family is None or g.family == ref.identify_decision(g.distances, g.tau)
@@ -88,13 +101,18 @@ def test_identify_known_unknown_and_ties(db, ow):
     abst = [ow.identify(stranger, seed=s).status for s in range(5)]
     assert abst.count("abstain-h0") >= 4
     # two families with identical models: every query ties -> abstain
-    tie = fbi.Database(np.concatenate([db.topk[:4], db.topk[:4], db.topk[4:8]]),
-                       [f"a{i}" for i in range(12)], ["A"] * 4 + ["B"] * 4 + ["C"] * 4,
-                       k=3, num_classes=10, ground_truth=db.ground_truth)
+    tie = fbi.Database(
+        np.concatenate([db.topk[:4], db.topk[:4], db.topk[4:8]]),
+        [f"a{i}" for i in range(12)],
+        ["A"] * 4 + ["B"] * 4 + ["C"] * 4,
+        k=3,
+        num_classes=10,
+        ground_truth=db.ground_truth,
+    )
     ow2 = fbi.OpenWorld(L=50, trials=2, seed=0).fit(tie)
     assert ow2.tau_identify_ == 0.0  # A and B are indistinguishable: nothing may be identified
     assert ow2.identify("a0", seed=0).status == "abstain-h0"
-    ow2.tau_identify_ = 1.01         # even with a permissive threshold, a tie abstains
+    ow2.tau_identify_ = 1.01  # even with a permissive threshold, a tie abstains
     r = ow2.identify("a0", seed=0)
     assert r.status == "abstain-tie" and r.family is None
 
@@ -114,11 +132,11 @@ def test_selection_guard_and_ratios(db, strategy):
     sym = db.symbols()
     correct = sym == 1
     top1 = db.topk[:, :, 0].astype(np.int64)
-    from fastfp.fbi.openworld import _label_entropy
-
-    ent = _label_entropy(top1)
+    ent = fbi.label_entropy(top1)
     rng = np.random.default_rng(0)
-    S = fbi.select_inputs(40, strategy, rng, correct=correct, anchor_correct=correct[0], entropy=ent)
+    S = fbi.select_inputs(
+        40, strategy, rng, correct=correct, anchor_correct=correct[0], entropy=ent
+    )
     assert len(S) == 40 and len(set(S.tolist())) == 40
     # guard: every model has >= 1 correct and >= 1 wrong input among the queries
     assert correct[:, S].any(1).all() and (~correct[:, S]).any(1).all()
@@ -132,40 +150,50 @@ def test_selection_guard_and_ratios(db, strategy):
 
 def test_guard_impossible_and_optional():
     correct = np.eye(6, dtype=bool)  # each model right on one input only
-    with pytest.raises(ValueError, match="L"):
+    with pytest.raises(ValueError, match="cannot give every model"):
         fbi.select_inputs(2, "all", np.random.default_rng(0), correct=correct)
     S = fbi.select_inputs(1, "all", np.random.default_rng(0), correct=correct, guard=False)
     assert S.shape == (1,)
 
 
 def test_constant_model_and_L1(db):
-    const = fbi.Database(np.concatenate([db.topk[:8], np.zeros((2, 300, 3), np.int64) + [0, 1, 2]]),
-                         db.names[:8] + ["c0", "c1"], db.families[:8] + ["C", "C"], k=3, num_classes=10,
-                         ground_truth=db.ground_truth)
-    ow = fbi.OpenWorld(L=1, trials=3, guard=False, selection="all", identify_selection="all").fit(const)
+    const = fbi.Database(
+        np.concatenate([db.topk[:8], np.zeros((2, 300, 3), np.int64) + [0, 1, 2]]),
+        db.names[:8] + ["c0", "c1"],
+        db.families[:8] + ["C", "C"],
+        k=3,
+        num_classes=10,
+        ground_truth=db.ground_truth,
+    )
+    ow = fbi.OpenWorld(L=1, trials=3, guard=False, selection="all", identify_selection="all").fit(
+        const
+    )
     r = ow.identify("c0", seed=0)
-    assert r.status in ("identified", "abstain-h0", "abstain-tie")
-    assert all(0.0 <= d <= 1.0 for d in r.distances.values())
+    # one query: every sequence is constant, H(joint) = 0, so every distance is 0 (a tie), the
+    # negatives set tau = 0, and D = 0 >= tau abstains under H0
+    assert ow.tau_identify_ == 0.0
+    assert r.status == "abstain-h0" and r.family is None
+    assert set(r.distances.values()) == {0.0}
 
 
 def test_openworld_bad_input(db, ow):
-    with pytest.raises(ValueError, match="fpr"):
+    with pytest.raises(ValueError, match="fpr: expected a rate strictly between"):
         fbi.OpenWorld(fpr=1.0)
-    with pytest.raises(ValueError, match="fpr"):
+    with pytest.raises(ValueError, match="fpr: expected a rate strictly between"):
         fbi.OpenWorld(fpr=0)
     with pytest.raises(ValueError, match="selection"):
         fbi.OpenWorld(selection="70/30")
     with pytest.raises(ValueError, match="delegates"):
         fbi.OpenWorld(delegates="middle")
-    with pytest.raises(ValueError, match="L"):
+    with pytest.raises(ValueError, match="L: 301 queries asked"):
         fbi.OpenWorld(L=301).fit(db)
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="exceeds the database's k"):
         fbi.OpenWorld(k=5).fit(db)
     with pytest.raises(ValueError, match="family"):
         ow.detect("f0", "nope")
     with pytest.raises(ValueError, match="name"):
         ow.detect("not-a-model", "f0")
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="fitted with k = 3"):
         ow.identify(db.topk[0][:, :1])  # top-1 outputs for a top-3 open world
     with pytest.raises(ValueError, match="blackbox"):
         ow.identify(db.topk[0][:10])
@@ -175,7 +203,7 @@ def test_openworld_bad_input(db, ow):
         ow.identify(torch.nn.Linear(3, 10))
     with pytest.raises(ValueError, match="anchors"):
         fbi.OpenWorld(L=20, trials=1).fit(db, anchors={"zz": "f0"})
-    with pytest.raises(TypeError, match="db"):
+    with pytest.raises(TypeError, match="db: expected a fastfp.fbi.Database"):
         fbi.OpenWorld().fit(np.zeros((2, 3)))
     single = fbi.synthetic_database(1, 3, 50, seed=0)
     with pytest.raises(ValueError, match="two families"):
@@ -183,14 +211,27 @@ def test_openworld_bad_input(db, ow):
 
 
 def test_query_law_fit_recovers_a_known_law():
-    recs = [{"k": k, "n_families": n, "family_size": s, "queries": 0.01 * s * n / k + {1: 1.0, 3: 0.5}[k]}
-            for k in (1, 3) for n in (2, 5, 9) for s in (1.0, 3.0)]
+    recs = [
+        {
+            "k": k,
+            "n_families": n,
+            "family_size": s,
+            "queries": 0.01 * s * n / k + {1: 1.0, 3: 0.5}[k],
+        }
+        for k in (1, 3)
+        for n in (2, 5, 9)
+        for s in (1.0, 3.0)
+    ]
     fit = fbi.fit_query_law(recs)
-    assert abs(fit["slope"] - 0.01) < 1e-9 and abs(fit["beta"][1] - 1.0) < 1e-9 and fit["r2"] > 0.999
+    assert (
+        abs(fit["slope"] - 0.01) < 1e-9 and abs(fit["beta"][1] - 1.0) < 1e-9 and fit["r2"] > 0.999
+    )
 
 
 def test_query_law_experiment_runs(db):
-    res = fbi.query_law_experiment(db.topk, db.families, k_values=(1, 3), n_families=(2, 5), trials=3)
+    res = fbi.query_law_experiment(
+        db.topk, db.families, k_values=(1, 3), n_families=(2, 5), trials=3
+    )
     assert len(res["records"]) == 4 and all(r["queries"] >= 1 for r in res["records"])
     assert set(res["fit"]["beta"]) == {1, 3}
 
@@ -199,8 +240,14 @@ def _one_call_per_family(ow, blackbox, seed):
     """identify() as first written: one pairwise_rajski call per family, then the decision."""
     S = ow.sample(None, np.random.default_rng(seed))
     z = ow._symbols(blackbox, S)
-    dist = {f: float(np.asarray(fbi.pairwise_rajski(z[None], ow.sym_[ow.delegates_[f]][:, S], k=ow.k_)).min())
-            for f in ow.families_}
+    dist = {
+        f: float(
+            np.asarray(
+                fbi.pairwise_rajski(z[None], ow.sym_[ow.delegates_[f]][:, S], k=ow.k_, exact=True)
+            ).min()
+        )
+        for f in ow.families_
+    }
     best = min(dist.values())
     winners = [f for f, d in dist.items() if d == best]
     if best >= ow.tau_identify_:
@@ -215,15 +262,21 @@ def _tie_heavy_db(k=1):
     base = fbi.synthetic_database(3, 3, 120, num_classes=4, k=k, accuracy=0.6, noise=0.3, seed=7)
     topk = np.concatenate([base.topk[:3], base.topk[:3], base.topk[3:]])
     fams = ["A"] * 3 + ["B"] * 3 + [base.families[i] for i in range(3, base.num_models)]
-    return fbi.Database(topk, [f"m{i}" for i in range(len(fams))], fams, k=k, num_classes=4,
-                        ground_truth=base.ground_truth)
+    return fbi.Database(
+        topk,
+        [f"m{i}" for i in range(len(fams))],
+        fams,
+        k=k,
+        num_classes=4,
+        ground_truth=base.ground_truth,
+    )
 
 
 def _check_batched_equals_single(ow, db, seeds):
     boxes = [db.topk[i % db.num_models] for i in range(len(seeds))]
     many = ow.identify_many(boxes, seeds=seeds)
     assert len(many) == len(boxes)
-    for b, s, r in zip(boxes, seeds, many):
+    for b, s, r in zip(boxes, seeds, many, strict=True):
         fam, status, dist, S = _one_call_per_family(ow, b, s)
         single = ow.identify(b, seed=s)
         for got in (r, single):
@@ -237,7 +290,7 @@ def _check_batched_equals_single(ow, db, seeds):
     return many
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("backend", ["auto", pytest.param("reference", marks=pytest.mark.slow)])
 def test_identify_many_equals_single_calls(db, backend, monkeypatch):
     if backend == "reference":
         monkeypatch.setenv("FASTFP_BACKEND", "reference")
@@ -250,7 +303,7 @@ def test_identify_many_equals_single_calls(db, backend, monkeypatch):
     assert ow.identify_many([]) == []
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("backend", ["auto", pytest.param("reference", marks=pytest.mark.slow)])
 def test_identify_many_ties_equal_single_calls(backend, monkeypatch):
     if backend == "reference":
         monkeypatch.setenv("FASTFP_BACKEND", "reference")
@@ -261,22 +314,30 @@ def test_identify_many_ties_equal_single_calls(backend, monkeypatch):
     assert sum(r.status == "abstain-tie" for r in many) >= 3
 
 
-def test_compound_past_the_small_path_keeps_per_family_calls(db, monkeypatch):
+def test_open_world_distances_do_not_depend_on_the_pairwise_path(db, monkeypatch):
     from fastfp.fbi import information
 
     ow = fbi.OpenWorld(L=60, trials=2, delegates=DELEGATES_ALL, seed=2).fit(db)
     seeds = [0, 1, 1, 5]
-    before = ow.identify_many([db.topk[i] for i in range(4)], seeds=seeds)
-    monkeypatch.setattr(information, "SMALL", 0)  # every call takes the blocked-matmul path
+    boxes = [db.topk[i] for i in range(4)]
+    before = ow.identify_many(boxes, seeds=seeds)
+    monkeypatch.setattr(information, "SMALL", 0)  # default calls now take the blocked matmul
     _check_batched_equals_single(ow, db, seeds)
-    after = ow.identify_many([db.topk[i] for i in range(4)], seeds=seeds)
-    for a, b in zip(before, after):
-        assert a.status == b.status and a.family == b.family
-        assert all(abs(a.distances[f] - b.distances[f]) < 1e-6 for f in a.distances)
+    after = ow.identify_many(boxes, seeds=seeds)
+    S = before[1].queries
+    z = ow.sym_[1][S][None]
+    dele = ow.sym_[ow.delegate_rows_][:, S]
+    blocked = np.asarray(fbi.pairwise_rajski(z, dele, k=ow.k_))
+    exact = np.asarray(fbi.pairwise_rajski(z, dele, k=ow.k_, exact=True))
+    np.testing.assert_allclose(blocked, exact, atol=1e-6, rtol=0)
+    for a, b in zip(
+        before, after, strict=True
+    ):  # the open world always takes the exact path: same bits
+        assert (a.status, a.family, a.distances) == (b.status, b.family, b.distances)
 
 
 def test_identify_many_bad_input(db, ow):
-    with pytest.raises(ValueError, match="seeds"):
+    with pytest.raises(ValueError, match="seeds: expected one per black box"):
         ow.identify_many(db.names[:2], seeds=[1])
     with pytest.raises(ValueError, match="blackbox"):  # checked before any distance is computed
         ow.identify_many([db.names[0], np.zeros(7, dtype=np.int64)], seeds=[1, 2])
@@ -309,14 +370,37 @@ def test_failed_refit_keeps_the_previous_fit(db):
     fresh = fbi.OpenWorld(L=20, trials=1)
     with pytest.raises(ValueError, match="anchors"):
         fresh.fit(other, anchors={"zz": "f0"})
-    with pytest.raises(RuntimeError, match="fit"):  # still unfitted, not half fitted
+    with pytest.raises(RuntimeError, match="call fit"):  # still unfitted, not half fitted
         fresh.detect("f0", "f0")
 
 
 def test_blackbox_scores_or_odd_shapes_are_not_read_as_labels(db, ow):
-    with pytest.raises(TypeError, match="blackbox"):  # probabilities, not labels: never truncated to 0
+    with pytest.raises(
+        TypeError, match="blackbox"
+    ):  # probabilities, not labels: never truncated to 0
         ow.identify(np.random.default_rng(0).random((db.num_inputs, 3)))
     with pytest.raises(TypeError, match="blackbox"):
         ow.detect(lambda S: np.zeros((len(S), 3)), "f0")
     with pytest.raises(ValueError, match="blackbox"):
         ow.detect(lambda S: np.zeros((len(S), 3, 1), dtype=np.int64), "f0")
+
+
+def test_seeds_and_rng_are_checked_before_any_work(db, ow):
+    with pytest.raises(ValueError, match="seed: expected an int in"):
+        ow.detect("f0", "f0", seed=-1)
+    with pytest.raises(TypeError, match="seeds: expected an int"):
+        ow.identify_many(["f0"], seeds=["a"])
+    with pytest.raises(ValueError, match="seed: expected an int in"):
+        fbi.OpenWorld(seed=-3)
+    with pytest.raises(TypeError, match="rng: expected a numpy.random.Generator"):
+        fbi.select_inputs(5, "all", 0, correct=db.symbols() == 1)
+    with pytest.raises(TypeError, match="delegates: expected a name"):
+        fbi.OpenWorld(delegates=3)
+    with pytest.raises(TypeError, match="anchors: expected a mapping"):
+        fbi.OpenWorld(L=20, trials=1).fit(db, anchors=["f0"])
+    with pytest.raises(ValueError, match="seed: expected an int in"):
+        fbi.greedy_detect(db.topk, [0, 1], 0, seed=-1)
+    with pytest.raises(TypeError, match="seed: expected an int"):
+        fbi.greedy_identify(db.topk, db.families, 0, seed=1.5)
+    with pytest.raises(TypeError, match="expected a numeric array"):
+        fbi.pairwise_rajski(np.array([["a", "b"]]))

@@ -15,18 +15,44 @@ Array functions take numpy, torch or cupy arrays and return the same kind.
 """
 
 from .database import Database, query_topk
-from .sharded import build_sharded
-from .greedy import (DetectionResult, IdentificationResult, SequentialResult, detection_scores, encode,
-                     greedy_detect, greedy_identify, sequential_identify)
+from .greedy import (
+    DetectionResult,
+    IdentificationResult,
+    SequentialResult,
+    detection_scores,
+    encode,
+    greedy_detect,
+    greedy_identify,
+    sequential_identify,
+)
 from .information import entropy, mutual_information, pairwise_rajski, rajski_distance
 from .law import fit_query_law, query_law_experiment
-from .openworld import OpenWorld, select_inputs
+from .openworld import OpenWorld, label_entropy, select_inputs
+from .sharded import build_sharded
 from .surjection import surjection
 from .synthetic import synthetic_database
 
 __all__ = [
-    "Database", "query_topk", "build_sharded", "surjection", "entropy", "mutual_information", "rajski_distance",
-    "pairwise_rajski", "encode", "detection_scores", "greedy_detect", "greedy_identify",
-    "sequential_identify", "DetectionResult", "IdentificationResult", "SequentialResult",
-    "OpenWorld", "select_inputs", "fit_query_law", "query_law_experiment", "synthetic_database",
+    "Database",
+    "query_topk",
+    "build_sharded",
+    "surjection",
+    "entropy",
+    "mutual_information",
+    "rajski_distance",
+    "pairwise_rajski",
+    "encode",
+    "detection_scores",
+    "greedy_detect",
+    "greedy_identify",
+    "sequential_identify",
+    "DetectionResult",
+    "IdentificationResult",
+    "SequentialResult",
+    "OpenWorld",
+    "select_inputs",
+    "label_entropy",
+    "fit_query_law",
+    "query_law_experiment",
+    "synthetic_database",
 ]

@@ -8,18 +8,19 @@ array argument. Symbol arrays are validated here once: integers, non-negative, a
 
 from __future__ import annotations
 
-import contextlib
-import threading
+from typing import Any
 
 import numpy as np
 import torch
 
 from fastfp import _validate
 
+Array = Any  # a numpy, torch or cupy array (or a nested list of numbers)
+
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def kind_of(x) -> str:
+def kind_of(x: object) -> str:
     """'torch', 'cupy' or 'numpy' (lists and tuples count as numpy)."""
     if isinstance(x, torch.Tensor):
         return "torch"
@@ -28,8 +29,8 @@ def kind_of(x) -> str:
     return "numpy"
 
 
-def as_tensor(name: str, x, *, integer: bool = True) -> torch.Tensor:
-    """A torch view of ``x`` (numpy, torch, cupy or a nested list), without copying when possible."""
+def as_tensor(name: str, x: object, *, integer: bool = True) -> torch.Tensor:
+    """A torch view of ``x`` (numpy, torch, cupy or a nested list), copied only when needed."""
     kind = kind_of(x)
     if kind == "torch":
         t = x
@@ -39,9 +40,11 @@ def as_tensor(name: str, x, *, integer: bool = True) -> torch.Tensor:
         try:
             arr = np.asarray(x)
         except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name}: expected an array (numpy, torch or cupy), got {type(x).__name__}") from exc
-        if arr.dtype == object:
-            raise TypeError(f"{name}: expected a numeric array, got objects")
+            raise TypeError(
+                f"{name}: expected an array (numpy, torch or cupy), got {type(x).__name__}"
+            ) from exc
+        if arr.dtype.kind not in "biufc":  # objects, strings, dates: torch cannot hold them
+            raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
         if arr.dtype == np.bool_ and integer:
             arr = arr.astype(np.uint8)
         if arr.dtype.kind == "u" and arr.dtype.itemsize > 1:
@@ -55,7 +58,7 @@ def as_tensor(name: str, x, *, integer: bool = True) -> torch.Tensor:
     return t
 
 
-def restore(t: torch.Tensor, kind: str):
+def restore(t: torch.Tensor, kind: str) -> Any:
     """Convert a result tensor back to the caller's array kind."""
     if kind == "torch":
         return t
@@ -66,14 +69,22 @@ def restore(t: torch.Tensor, kind: str):
     return t.detach().cpu().numpy()
 
 
-def check_k(k, name: str = "k") -> int | None:
+def check_seed(seed: object, name: str = "seed", *, optional: bool = True) -> int | None:
+    """A random seed: an int >= 0 (or None when ``optional``), checked before any work."""
+    if seed is None and optional:
+        return None
+    return _validate.integer(name, seed, lo=0)
+
+
+def check_k(k: object, name: str = "k") -> int | None:
+    """An alphabet bound k in 0..254 (S_k symbols fit uint8), or None."""
     if k is None:
         return None
     return _validate.integer(name, k, lo=0, hi=254)
 
 
-def symbols(name: str, x, k: int | None = None, *, min_dim: int = 1) -> torch.Tensor:
-    """Validate a symbol array: integer, ``min_dim`` dims or more, values in 0..k (>= 0 without k)."""
+def symbols(name: str, x: object, k: int | None = None, *, min_dim: int = 1) -> torch.Tensor:
+    """Validate a symbol array: integer, ``min_dim`` dims or more, values in 0..k (>= 0 if no k)."""
     t = as_tensor(name, x)
     if t.dim() < min_dim:
         raise ValueError(f"{name}: expected at least {min_dim} dims, got shape {tuple(t.shape)}")
@@ -96,27 +107,3 @@ def num_symbols(k: int | None, *tensors: torch.Tensor) -> int:
         if t.numel():
             hi = max(hi, int(t.max()))
     return hi + 1
-
-
-_SERIAL_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def serial(device=None):
-    """One intra-op thread for the CPU work inside (restored after).
-
-    The FBI engine issues many small, memory-bound torch ops (sorts, gathers, scatters); each
-    multi-threaded op opens a parallel region whose wake-ups cost more than the op, and far more
-    when the cores are shared (measured 0.7 s vs 27 ms for one step of greedy scores on the 2-core
-    CI box). The thread count is process-wide, so calls are serialised by a lock while it is 1.
-    """
-    if device is not None and getattr(device, "type", str(device)) != "cpu":
-        yield
-        return
-    with _SERIAL_LOCK:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)

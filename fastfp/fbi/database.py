@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,10 +48,23 @@ def inputs_digest(inputs: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+Models = Mapping[Any, Any] | Iterable[tuple[Any, Any]]  # name -> model, or (name, model) pairs
+Device = torch.device | str | None
+PathLike = str | os.PathLike
+
+
 @torch.no_grad()
-def query_topk(model, inputs: torch.Tensor, k: int, *, batch_size: int = 256, device=None,
-               progress: bool = False, desc: str | None = None) -> np.ndarray:
-    """Top-k labels (N, k) int64 of ``model`` (any callable mapping a batch to logits) on ``inputs``."""
+def query_topk(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    k: int,
+    *,
+    batch_size: int = 256,
+    device: Device = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> np.ndarray:
+    """Top-k labels (N, k) int64 of ``model`` (a callable: batch -> logits) on ``inputs``."""
     _validate.tensor("inputs", inputs, min_dim=1)
     k = _validate.integer("k", k, lo=1)
     batch_size = _validate.integer("batch_size", batch_size, lo=1)
@@ -58,13 +74,15 @@ def query_topk(model, inputs: torch.Tensor, k: int, *, batch_size: int = 256, de
     out = []
     starts = range(0, inputs.shape[0], batch_size)
     for i in tqdm(starts, desc=desc or "query", disable=not progress, leave=False):
-        x = inputs[i:i + batch_size]
+        x = inputs[i : i + batch_size]
         if dev is not None:
             x = x.to(dev)
         logits = model(x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ValueError(f"model: expected logits of shape (batch, classes), got "
-                             f"{getattr(logits, 'shape', type(logits).__name__)}")
+            raise ValueError(
+                f"model: expected logits of shape (batch, classes), got "
+                f"{getattr(logits, 'shape', type(logits).__name__)}"
+            )
         if logits.shape[1] < k:
             raise ValueError(f"k: {k} exceeds the model's {logits.shape[1]} classes")
         out.append(logits.topk(k, dim=1).indices.cpu())
@@ -74,11 +92,23 @@ def query_topk(model, inputs: torch.Tensor, k: int, *, batch_size: int = 256, de
 class Database:
     """Top-k outputs (M, N, k) of named models grouped into families, on N benign inputs."""
 
-    def __init__(self, topk, names, families, *, k: int, num_classes: int, ground_truth=None,
-                 digest: str | None = None):
+    def __init__(
+        self,
+        topk: Any,
+        names: Sequence[str],
+        families: Sequence[str],
+        *,
+        k: int,
+        num_classes: int,
+        ground_truth: Any = None,
+        digest: str | None = None,
+    ) -> None:
         k = _validate.integer("k", k, lo=1, hi=254)
         num_classes = _validate.integer("num_classes", num_classes, lo=1)
-        topk = np.asarray(topk)
+        try:
+            topk = np.asarray(topk)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"topk: expected an (M, N, k) array of labels ({exc})") from None
         if topk.dtype.kind not in "iu":  # the cast to compact labels would truncate floats silently
             raise TypeError(f"topk: expected integer labels, got {topk.dtype}")
         if topk.ndim != 3 or topk.shape[2] != k:
@@ -86,8 +116,10 @@ class Database:
         names = [str(n) for n in names]
         families = [str(f) for f in families]
         if len(names) != topk.shape[0] or len(families) != topk.shape[0]:
-            raise ValueError(f"names / families: expected {topk.shape[0]} entries each, got "
-                             f"{len(names)} / {len(families)}")
+            raise ValueError(
+                f"names / families: expected {topk.shape[0]} entries each, got "
+                f"{len(names)} / {len(families)}"
+            )
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"names: duplicate model names {dup}")
@@ -96,10 +128,15 @@ class Database:
         if ground_truth is not None:
             ground_truth = np.asarray(ground_truth).astype(np.int64).reshape(-1)
             if ground_truth.shape[0] != topk.shape[1]:
-                raise ValueError(f"ground_truth: has {ground_truth.shape[0]} labels, expected N = {topk.shape[1]}")
+                raise ValueError(
+                    f"ground_truth: has {ground_truth.shape[0]} labels, "
+                    f"expected N = {topk.shape[1]}"
+                )
             # a class outside the model's outputs would silently map every output to S_k = 0
             if ground_truth.size and (ground_truth.min() < 0 or ground_truth.max() >= num_classes):
-                raise ValueError(f"ground_truth: labels must lie in 0..num_classes-1 = 0..{num_classes - 1}")
+                raise ValueError(
+                    f"ground_truth: labels must lie in 0..num_classes-1 = 0..{num_classes - 1}"
+                )
         self._rows = np.ascontiguousarray(topk.astype(_label_dtype(num_classes)))  # capacity >= M
         self._count = topk.shape[0]
         self.names, self.families = names, families
@@ -132,8 +169,10 @@ class Database:
         try:
             return self.names.index(name)
         except ValueError:
-            raise ValueError(f"name: model {name!r} is not in the database "
-                             f"(known: {', '.join(self.names[:8])}{' ...' if len(self.names) > 8 else ''})") from None
+            raise ValueError(
+                f"name: model {name!r} is not in the database "
+                f"(known: {', '.join(self.names[:8])}{' ...' if len(self.names) > 8 else ''})"
+            ) from None
 
     def outputs(self, name: str) -> np.ndarray:
         return self.topk[self.index(name)]
@@ -145,7 +184,9 @@ class Database:
     def members(self, family: str) -> list[int]:
         rows = [i for i, f in enumerate(self.families) if f == family]
         if not rows:
-            raise ValueError(f"family: unknown family {family!r} (known: {', '.join(self.family_names)})")
+            raise ValueError(
+                f"family: unknown family {family!r} (known: {', '.join(self.family_names)})"
+            )
         return rows
 
     # --- reference classes and symbols ---------------------------------------------------------
@@ -168,7 +209,7 @@ class Database:
         return surjection(self.topk, self.reference, k)  # compact labels compare as they are
 
     # --- growing ----------------------------------------------------------------------------------
-    def add(self, name: str, family: str, topk) -> None:
+    def add(self, name: str, family: str, topk: Any) -> None:
         """Append one model's precomputed top-k outputs (N, c >= k)."""
         name, family = str(name), str(family)
         if name in self.names:
@@ -177,14 +218,20 @@ class Database:
         if topk.dtype.kind not in "iu":
             raise TypeError(f"topk: expected integer labels, got {topk.dtype}")
         if topk.ndim != 2 or topk.shape[0] != self.num_inputs:
-            raise ValueError(f"topk: expected ({self.num_inputs}, k) outputs, got shape {topk.shape}")
+            raise ValueError(
+                f"topk: expected ({self.num_inputs}, k) outputs, got shape {topk.shape}"
+            )
         if topk.shape[1] < self.k:
-            raise ValueError(f"topk: has {topk.shape[1]} columns; the database was built with k = {self.k}")
+            raise ValueError(
+                f"topk: has {topk.shape[1]} columns; the database was built with k = {self.k}"
+            )
         topk = topk[:, : self.k]
         if topk.size and (topk.min() < 0 or topk.max() >= self.num_classes):
             raise ValueError(f"topk: labels must lie in 0..{self.num_classes - 1}")
         if self._count == self._rows.shape[0]:  # grow geometrically: appending M models is O(M N k)
-            grown = np.empty((max(4, 2 * self._count), *self._rows.shape[1:]), dtype=self._rows.dtype)
+            grown = np.empty(
+                (max(4, 2 * self._count), *self._rows.shape[1:]), dtype=self._rows.dtype
+            )
             grown[: self._count] = self._rows[: self._count]
             self._rows = grown
         self._rows[self._count] = topk
@@ -193,15 +240,42 @@ class Database:
         self.families.append(family)
 
     @classmethod
-    def empty(cls, num_inputs: int, *, k: int, num_classes: int, ground_truth=None, digest=None) -> "Database":
+    def empty(
+        cls,
+        num_inputs: int,
+        *,
+        k: int,
+        num_classes: int,
+        ground_truth: Any = None,
+        digest: str | None = None,
+    ) -> Database:
         num_inputs = _validate.integer("num_inputs", num_inputs, lo=1)
-        return cls(np.zeros((0, num_inputs, k), dtype=np.int64), [], [], k=k, num_classes=num_classes,
-                   ground_truth=ground_truth, digest=digest)
+        return cls(
+            np.zeros((0, num_inputs, k), dtype=np.int64),
+            [],
+            [],
+            k=k,
+            num_classes=num_classes,
+            ground_truth=ground_truth,
+            digest=digest,
+        )
 
     @classmethod
-    def build(cls, models, inputs: torch.Tensor, *, k: int, families, labels=None, num_classes=None,
-              batch_size: int = 256, device=None, path=None, progress: bool = True,
-              checkpoint_s: float = 30.0) -> "Database":
+    def build(
+        cls,
+        models: Models,
+        inputs: torch.Tensor,
+        *,
+        k: int,
+        families: Mapping[Any, Any],
+        labels: Any = None,
+        num_classes: int | None = None,
+        batch_size: int = 256,
+        device: Device = None,
+        path: PathLike | None = None,
+        progress: bool = True,
+        checkpoint_s: float = 30.0,
+    ) -> Database:
         """Query ``models`` (mapping name -> module, or (name, module) pairs) on ``inputs``.
 
         families: mapping model name -> family name (every model needs one); labels: ground-truth
@@ -217,38 +291,61 @@ class Database:
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
         if not pairs:
             raise ValueError("models: no model given")
-        _check_new_models(pairs, families, [])
+        check_new_models(pairs, families, [])
         digest = inputs_digest(inputs)
         if path is not None and Path(path).exists():
             db = cls.load(path)
             if db.k != k:
-                raise ValueError(f"k: the database at {path} was built with k = {db.k}, got k = {k}")
+                raise ValueError(
+                    f"k: the database at {path} was built with k = {db.k}, got k = {k}"
+                )
             if db.digest != digest:
-                raise ValueError(f"inputs: differ from the inputs the database at {path} was built on")
+                raise ValueError(
+                    f"inputs: differ from the inputs the database at {path} was built on"
+                )
             # a resumed build keeps the stored reference classes: other labels must not be ignored
-            if labels is not None and (db.ground_truth is None or not np.array_equal(
-                    np.asarray(labels).astype(np.int64).reshape(-1), db.ground_truth)):
+            if labels is not None and (
+                db.ground_truth is None
+                or not np.array_equal(
+                    np.asarray(labels).astype(np.int64).reshape(-1), db.ground_truth
+                )
+            ):
                 raise ValueError(f"labels: differ from the ground truth of the database at {path}")
-            moved = [n for n, _ in pairs if str(n) in db.names and
-                     str(families[n]) != db.families[db.index(str(n))]]
+            moved = [
+                n
+                for n, _ in pairs
+                if str(n) in db.names and str(families[n]) != db.families[db.index(str(n))]
+            ]
             if moved:  # a resumed build must not keep a family the model list now contradicts
-                raise ValueError(f"families: models {moved} are stored at {path} with another family")
+                raise ValueError(
+                    f"families: models {moved} are stored at {path} with another family"
+                )
         else:
             if num_classes is None:
-                num_classes = _probe_classes(pairs[0][1], inputs, device)
+                num_classes = probe_classes(pairs[0][1], inputs, device)
             gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
             if gt is not None and gt.shape[0] != inputs.shape[0]:
-                raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
+                raise ValueError(
+                    f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}"
+                )
             if gt is not None and gt.size and (gt.min() < 0 or gt.max() >= num_classes):
-                raise ValueError(f"labels: classes must lie in 0..{num_classes - 1} (the models' outputs)")
-            db = cls.empty(inputs.shape[0], k=k, num_classes=num_classes, ground_truth=gt, digest=digest)
+                raise ValueError(
+                    f"labels: classes must lie in 0..{num_classes - 1} (the models' outputs)"
+                )
+            db = cls.empty(
+                inputs.shape[0], k=k, num_classes=num_classes, ground_truth=gt, digest=digest
+            )
         from tqdm.auto import tqdm
 
         todo = [(str(n), m) for n, m in pairs if str(n) not in db.names]
         saved, last_write = db.num_models, time.monotonic()
         try:
             for name, model in tqdm(todo, desc="fbi database", unit="model", disable=not progress):
-                db.add(name, families[name], _query_one(model, inputs, k, batch_size, device, progress, name))
+                db.add(
+                    name,
+                    families[name],
+                    query_one(model, inputs, k, batch_size, device, progress, name),
+                )
                 release(model)
                 if path is not None and time.monotonic() - last_write >= checkpoint_s:
                     db.save(path)
@@ -258,31 +355,51 @@ class Database:
                 db.save(path)
         return db
 
-    def extend(self, models, inputs, *, families, batch_size: int = 256, device=None, progress: bool = True):
+    def extend(
+        self,
+        models: Models,
+        inputs: torch.Tensor,
+        *,
+        families: Mapping[Any, Any],
+        batch_size: int = 256,
+        device: Device = None,
+        progress: bool = True,
+    ) -> Database:
         """Query more models on the same inputs and append them (nothing else is recomputed)."""
         if self.digest is not None and inputs_digest(inputs) != self.digest:
             raise ValueError("inputs: differ from the inputs this database was built on")
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
-        _check_new_models(pairs, families, self.names)  # all of them before querying any
+        check_new_models(pairs, families, self.names)  # all of them before querying any
         for name, model in pairs:
-            self.add(name, families[name], _query_one(model, inputs, self.k, batch_size, device, progress, name))
+            self.add(
+                name,
+                families[name],
+                query_one(model, inputs, self.k, batch_size, device, progress, name),
+            )
             release(model)
         return self
 
     # --- files ------------------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path: PathLike) -> None:
         from safetensors.numpy import save
 
         tensors = {"topk": np.ascontiguousarray(self.topk)}
         if self.ground_truth is not None:
             tensors["ground_truth"] = np.ascontiguousarray(self.ground_truth)
-        meta = {"format": FORMAT, "names": self.names, "families": self.families, "k": self.k,
-                "num_classes": self.num_classes, "num_inputs": self.num_inputs, "digest": self.digest}
+        meta = {
+            "format": FORMAT,
+            "names": self.names,
+            "families": self.families,
+            "k": self.k,
+            "num_classes": self.num_classes,
+            "num_inputs": self.num_inputs,
+            "digest": self.digest,
+        }
         meta["sha256"] = _checksum(tensors, meta)
         store.write_bytes(path, save(tensors, metadata={"fastfp": json.dumps(meta)}))
 
     @classmethod
-    def load(cls, path) -> "Database":
+    def load(cls, path: PathLike) -> Database:
         from safetensors import safe_open
 
         path = Path(path)
@@ -297,9 +414,15 @@ class Database:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or "topk" not in tensors:
             fmt = meta.get("format") if isinstance(meta, dict) else None
             raise ValueError(f"path: {str(path)!r} is not an FBI database (format {fmt!r})")
-        missing = [key for key in ("names", "families", "k", "num_classes", "num_inputs") if key not in meta]
+        missing = [
+            key
+            for key in ("names", "families", "k", "num_classes", "num_inputs")
+            if key not in meta
+        ]
         if missing:
-            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (metadata lacks {missing})")
+            raise ValueError(
+                f"path: {str(path)!r} is a corrupt FBI database (metadata lacks {missing})"
+            )
         # safetensors checks the layout, not the values: a flipped bit in the outputs or the names
         # would load as a silently different database. Files from before the checksum have none.
         if "sha256" in meta and meta["sha256"] != _checksum(tensors, meta):
@@ -308,20 +431,32 @@ class Database:
         if topk.shape[0] == 0:
             topk = topk.reshape(0, meta["num_inputs"], meta["k"])
         if topk.ndim != 3 or topk.shape[1] != meta["num_inputs"]:
-            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (outputs of shape {topk.shape}, "
-                             f"expected {meta['num_inputs']} inputs)")
-        return cls(topk, meta["names"], meta["families"], k=meta["k"], num_classes=meta["num_classes"],
-                   ground_truth=tensors.get("ground_truth"), digest=meta.get("digest"))
+            raise ValueError(
+                f"path: {str(path)!r} is a corrupt FBI database (outputs of shape {topk.shape}, "
+                f"expected {meta['num_inputs']} inputs)"
+            )
+        return cls(
+            topk,
+            meta["names"],
+            meta["families"],
+            k=meta["k"],
+            num_classes=meta["num_classes"],
+            ground_truth=tensors.get("ground_truth"),
+            digest=meta.get("digest"),
+        )
 
     def __repr__(self) -> str:
-        return (f"Database({self.num_models} models, {len(self.family_names)} families, "
-                f"{self.num_inputs} inputs, k={self.k}, classes={self.num_classes})")
+        return (
+            f"Database({self.num_models} models, {len(self.family_names)} families, "
+            f"{self.num_inputs} inputs, k={self.k}, classes={self.num_classes})"
+        )
 
 
 def _checksum(tensors: dict, meta: dict) -> str:
     """SHA-256 of the stored arrays (name, dtype, shape, bytes) and of the metadata but itself."""
-    h = hashlib.sha256(json.dumps({key: v for key, v in meta.items() if key != "sha256"},
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps({key: v for key, v in meta.items() if key != "sha256"}, sort_keys=True).encode()
+    )
     for key in sorted(tensors):
         a = np.ascontiguousarray(tensors[key])
         h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
@@ -329,8 +464,12 @@ def _checksum(tensors: dict, meta: dict) -> str:
     return h.hexdigest()
 
 
-def _check_new_models(pairs, families, known) -> None:
-    """Reject a bad model list before any model is queried: no half-built database on an error."""
+def check_new_models(
+    pairs: Sequence[tuple[Any, Any]], families: Mapping[Any, Any], known: Sequence[str]
+) -> None:
+    """Reject a bad model list before any model is queried: no half-built database on an error.
+
+    pairs: (name, model) pairs; families: name -> family; known: names already stored."""
     if not hasattr(families, "get"):
         raise TypeError("families: expected a mapping model name -> family name")
     names = [str(n) for n, _ in pairs]
@@ -345,13 +484,16 @@ def _check_new_models(pairs, families, known) -> None:
         raise ValueError(f"models: {stored} already in the database")
 
 
-def _probe_classes(model, inputs, device) -> int:
+def probe_classes(
+    model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: Device
+) -> int:
+    """The number of classes ``model`` outputs, from one input."""
     with torch.no_grad():
         x = inputs[:1] if device is None else inputs[:1].to(device)
         return int(model(x).shape[1])
 
 
-def release(model) -> None:
+def release(model: object) -> None:
     """Let a lazily loaded model (one with a ``release()`` method, e.g. the CLI's model-list
     entries) free its weights once its outputs are stored: a long model list then holds one
     model in memory at a time, not all of them."""
@@ -360,8 +502,17 @@ def release(model) -> None:
         free()
 
 
-def _query_one(model, inputs, k, batch_size, device, progress, name):
-    # The caller's model comes back as it was given: its train/eval mode and its device.
+def query_one(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    k: int,
+    batch_size: int,
+    device: Device,
+    progress: bool,
+    name: str,
+) -> np.ndarray:
+    """Top-k labels of one model (as :func:`query_topk`), in eval mode and on ``device`` for the
+    query only: the caller's model comes back as it was given (train/eval mode, device)."""
     training = getattr(model, "training", None)
     params = model.parameters() if callable(getattr(model, "parameters", None)) else iter(())
     home = next((p.device for p in params), torch.device("cpu"))
@@ -370,7 +521,9 @@ def _query_one(model, inputs, k, batch_size, device, progress, name):
     if hasattr(model, "eval"):
         model.eval()
     try:
-        return query_topk(model, inputs, k, batch_size=batch_size, device=device, progress=progress, desc=name)
+        return query_topk(
+            model, inputs, k, batch_size=batch_size, device=device, progress=progress, desc=name
+        )
     finally:
         if device is not None and hasattr(model, "to"):
             model.to(home)  # one model on the device at a time

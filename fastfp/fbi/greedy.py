@@ -15,12 +15,14 @@ survivors instead, whichever touches fewer entries. CuPy serves the from-scratch
 arrays when usable; torch serves everything else.
 
 Ties in the argmin go to the smallest input index, or with ``seed`` to
-``ties[numpy.random.default_rng(seed).integers(len(ties))]`` (the reference twin uses the same rule).
+``ties[numpy.random.default_rng(seed).integers(len(ties))]`` (the reference twin's rule too).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,20 +30,24 @@ import torch
 from fastfp import _validate, backend
 
 from . import arrays
+from .arrays import Array
+
+# a model index in A, its outputs on every input, or a callable input index -> top-k labels
+Blackbox = int | Array | Callable[[int], Array]
 
 
 @dataclass
 class Encoded:
     """Top-k outputs of M models on N inputs, encoded into groups (see the module docstring)."""
 
-    labels: torch.Tensor       # (M, N, k) int64
-    codes: torch.Tensor        # (M, N) int64 group ids
+    labels: torch.Tensor  # (M, N, k) int64
+    codes: torch.Tensor  # (M, N) int64 group ids
     group_input: torch.Tensor  # (G,) int64
     k: int
     _group_size: torch.Tensor | None = field(default=None, repr=False)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return tuple(self.codes.shape)
 
     @property
@@ -55,16 +61,20 @@ class Encoded:
             self._group_size = _bincount(self.codes.reshape(-1), self.num_groups)
         return self._group_size
 
-    def code_of(self, x: int, output) -> int:
-        """The group of ``output`` (a top-k label sequence) at input x, or -1 if no model gives it."""
-        z = torch.as_tensor(np.asarray(output).reshape(-1)[: self.k], dtype=torch.int64, device=self.labels.device)
+    def code_of(self, x: int, output: Array) -> int:
+        """The group of ``output`` (top-k labels) at input x, or -1 if no model gives it."""
+        z = torch.as_tensor(
+            np.asarray(output).reshape(-1)[: self.k], dtype=torch.int64, device=self.labels.device
+        )
         if z.numel() < self.k:
-            raise ValueError(f"blackbox: answered {z.numel()} labels, expected at least k = {self.k}")
+            raise ValueError(
+                f"blackbox: answered {z.numel()} labels, expected at least k = {self.k}"
+            )
         hit = (self.labels[:, x, :] == z).all(-1).nonzero()
         return int(self.codes[hit[0, 0], x]) if hit.numel() else -1
 
 
-def encode(outputs, k: int | None = None) -> Encoded:
+def encode(outputs: Array | Encoded, k: int | None = None) -> Encoded:
     """Encode outputs (M, N) top-1 labels or (M, N, c) top-k labels (first k columns used)."""
     if isinstance(outputs, Encoded):
         if k is not None and k != outputs.k:
@@ -74,7 +84,9 @@ def encode(outputs, k: int | None = None) -> Encoded:
     if t.dim() == 2:
         t = t.unsqueeze(-1)
     if t.dim() != 3:
-        raise ValueError(f"outputs: expected (M, N) or (M, N, k) labels, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"outputs: expected (M, N) or (M, N, k) labels, got shape {tuple(t.shape)}"
+        )
     if k is None:
         k = t.shape[-1]
     k = _validate.integer("k", k, lo=1)
@@ -82,24 +94,25 @@ def encode(outputs, k: int | None = None) -> Encoded:
         raise ValueError(f"outputs: has {t.shape[-1]} label columns, fewer than k = {k}")
     M, N = t.shape[:2]
     if M == 0 or N == 0:
-        raise ValueError(f"outputs: needs at least one model and one input, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"outputs: needs at least one model and one input, got shape {tuple(t.shape)}"
+        )
     labels = t[..., :k].long()
     if int(labels.min()) < 0:
         raise ValueError("outputs: labels must be >= 0")
     base = int(labels.max()) + 1
-    with arrays.serial(labels.device):
-        return _encode(labels, base, k, M, N)
+    return _encode(labels, base, k, M, N)
 
 
 def _encode(labels, base, k, M, N) -> Encoded:
     x = torch.arange(N, device=labels.device).expand(M, N)
-    if (N * base ** k) < 2 ** 62:
+    if (N * base**k) < 2**62:
         # One int64 key per (input, tuple): sorting 1-D keys is far cheaper than unique rows.
         key = x.clone()
         for j in range(k):
             key = key * base + labels[..., j]
         uniq, inv = torch.unique(key.reshape(-1), return_inverse=True)
-        group_input = uniq // base ** k
+        group_input = uniq // base**k
     else:
         rows = torch.cat([x.unsqueeze(-1), labels], -1).reshape(M * N, k + 1)
         uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
@@ -123,7 +136,13 @@ def _impl(device) -> str:
     return "torch"
 
 
-def detection_scores(outputs, family, candidates=None, exclude=None, k: int | None = None):
+def detection_scores(
+    outputs: Array | Encoded,
+    family: Array,
+    candidates: Array | None = None,
+    exclude: Array | None = None,
+    k: int | None = None,
+) -> torch.Tensor:
     """Numerators of eq. (7) for every input, computed from scratch (int64, length N).
 
     family: bool mask (M,) or model indices of F; candidates: bool mask (M,) of the models still
@@ -132,17 +151,20 @@ def detection_scores(outputs, family, candidates=None, exclude=None, k: int | No
     """
     enc = encode(outputs, k)
     in_f = _mask("family", family, enc.shape[0], enc.codes.device)
-    cand = None if candidates is None else _mask("candidates", candidates, enc.shape[0], enc.codes.device)
+    cand = (
+        None
+        if candidates is None
+        else _mask("candidates", candidates, enc.shape[0], enc.codes.device)
+    )
     # Only the family's own entries matter: summing (|M(g)| - |M(g, F)|) over each family model's
     # group g counts every group |M(g, F)| times, which is exactly the product of eq. (7).
     fam_codes = enc.codes[in_f if cand is None else in_f & cand]  # (|F^l|, N)
-    with arrays.serial(enc.codes.device):
-        if cand is None or bool(cand.all()):
-            size = enc.group_size
-        else:
-            size = _bincount(enc.codes[cand].reshape(-1), enc.num_groups)
-        _, inv, count_f = torch.unique(fam_codes.reshape(-1), return_inverse=True, return_counts=True)
-        num = (size[fam_codes] - count_f[inv].view_as(fam_codes)).sum(0)
+    if cand is None or bool(cand.all()):
+        size = enc.group_size
+    else:
+        size = _bincount(enc.codes[cand].reshape(-1), enc.num_groups)
+    _, inv, count_f = torch.unique(fam_codes.reshape(-1), return_inverse=True, return_counts=True)
+    num = (size[fam_codes] - count_f[inv].view_as(fam_codes)).sum(0)
     if fam_codes.shape[0] == 0:
         num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
     if exclude is not None:
@@ -157,7 +179,10 @@ def _mask(name, sel, n, device) -> torch.Tensor:
         if t.dim() == 1 and t.shape[0] == n:
             return t
         # never read a mask of another length as the indices 0 / 1
-        raise ValueError(f"{name}: a bool mask needs {n} entries, got shape {tuple(t.shape)} (mismatched lengths)")
+        raise ValueError(
+            f"{name}: a bool mask needs {n} entries, got shape {tuple(t.shape)} "
+            "(mismatched lengths)"
+        )
     if t.numel() == 0:
         return torch.zeros(n, dtype=torch.bool, device=device)
     if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -174,8 +199,10 @@ def _blackbox(blackbox, enc: Encoded):
     """A function x -> group code of the black box's answer on input x."""
     M, N = enc.shape
     if isinstance(blackbox, torch.nn.Module):
-        raise TypeError("blackbox: got a model; pass its outputs on the inputs (fastfp.fbi.query_topk) "
-                        "or a callable input index -> top-k labels")
+        raise TypeError(
+            "blackbox: got a model; pass its outputs on the inputs (fastfp.fbi.query_topk) "
+            "or a callable input index -> top-k labels"
+        )
     if callable(blackbox):
         return lambda x: enc.code_of(x, blackbox(x))
     if isinstance(blackbox, (int, np.integer)) and not isinstance(blackbox, bool):
@@ -185,8 +212,10 @@ def _blackbox(blackbox, enc: Encoded):
     if t.dim() == 1:
         t = t.unsqueeze(-1)
     if t.dim() != 2 or t.shape[0] != N:
-        raise ValueError(f"blackbox: expected its outputs on all N = {N} inputs, shape (N,) or (N, k), "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(
+            f"blackbox: expected its outputs on all N = {N} inputs, shape (N,) or (N, k), "
+            f"got {tuple(t.shape)}"
+        )
     if t.shape[1] < enc.k:
         raise ValueError(f"blackbox: has {t.shape[1]} label columns, fewer than k = {enc.k}")
     t = t[:, : enc.k].to(enc.labels.device)
@@ -208,7 +237,9 @@ def _reference_inputs(enc: Encoded, blackbox):
     outputs = [[tuple(o) for o in model] for model in enc.labels.cpu().tolist()]
     M, N = enc.shape
     if callable(blackbox):
-        return outputs, _Answers(lambda x: tuple(int(v) for v in np.asarray(blackbox(x)).reshape(-1)[: enc.k]))
+        return outputs, _Answers(
+            lambda x: tuple(int(v) for v in np.asarray(blackbox(x)).reshape(-1)[: enc.k])
+        )
     if isinstance(blackbox, (int, np.integer)) and not isinstance(blackbox, bool):
         idx = _validate.integer("blackbox", int(blackbox), lo=0, hi=M - 1)
         return outputs, outputs[idx]
@@ -226,10 +257,10 @@ def _argmin(key: torch.Tensor, rng) -> tuple[int, int]:
 
 @dataclass
 class DetectionResult:
-    decision: str            # "positive", "negative" or "fail"
-    queries: list            # input indices, in query order
-    family_left: list = field(default_factory=list)   # F^(L): family models still consistent
-    others_left: list = field(default_factory=list)   # (A\F)^(L)
+    decision: str  # "positive", "negative" or "fail"
+    queries: list  # input indices, in query order
+    family_left: list = field(default_factory=list)  # F^(L): family models still consistent
+    others_left: list = field(default_factory=list)  # (A\F)^(L)
 
     @property
     def L(self) -> int:
@@ -248,7 +279,11 @@ class _DetectState:
         enc = self.enc
         G = enc.num_groups
         self.count_f = _bincount(enc.codes[self.cand & self.in_f].reshape(-1), G)
-        every = enc.group_size if bool(self.cand.all()) else _bincount(enc.codes[self.cand].reshape(-1), G)
+        every = (
+            enc.group_size
+            if bool(self.cand.all())
+            else _bincount(enc.codes[self.cand].reshape(-1), G)
+        )
         self.count_o = every - self.count_f
         self.num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
         self.num.scatter_add_(0, enc.group_input, self.count_f * self.count_o)
@@ -267,15 +302,22 @@ class _DetectState:
         g_o = enc.codes[gone & ~self.in_f].reshape(-1)
         ug, inv = torch.unique(torch.cat([g_f, g_o]), return_inverse=True)
         d_f = torch.zeros_like(ug).scatter_add_(0, inv[: g_f.numel()], torch.ones_like(g_f))
-        d_o = torch.zeros_like(ug).scatter_add_(0, inv[g_f.numel():], torch.ones_like(g_o))
+        d_o = torch.zeros_like(ug).scatter_add_(0, inv[g_f.numel() :], torch.ones_like(g_o))
         old = self.count_f[ug] * self.count_o[ug]
         self.count_f[ug] -= d_f
         self.count_o[ug] -= d_o
         self.num.scatter_add_(0, enc.group_input[ug], self.count_f[ug] * self.count_o[ug] - old)
 
 
-def greedy_detect(outputs, family, blackbox, *, k: int | None = None, max_queries: int | None = None,
-                  seed: int | None = None) -> DetectionResult:
+def greedy_detect(
+    outputs: Array | Encoded,
+    family: Array,
+    blackbox: Blackbox,
+    *,
+    k: int | None = None,
+    max_queries: int | None = None,
+    seed: int | None = None,
+) -> DetectionResult:
     """Greedy detection (D, F, A = B, k), paper section III-A.
 
     outputs: (M, N) top-1 or (M, N, c) top-k labels of the known models A on the N benign inputs
@@ -292,17 +334,18 @@ def greedy_detect(outputs, family, blackbox, *, k: int | None = None, max_querie
         raise ValueError("family: is empty (no model of the hypothesis family)")
     if max_queries is not None:
         _validate.integer("max_queries", max_queries, lo=0)
+    seed = arrays.check_seed(seed)
     answer = _blackbox(blackbox, enc)
     if backend.forced() == "reference":
         from fastfp.reference import fbi as ref
 
         outs, bb = _reference_inputs(enc, blackbox)
-        decision, queries, f_left, o_left = ref.greedy_detect(outs, in_f.nonzero().reshape(-1).tolist(), bb,
-                                                              max_queries=max_queries, seed=seed)
+        decision, queries, f_left, o_left = ref.greedy_detect(
+            outs, in_f.nonzero().reshape(-1).tolist(), bb, max_queries=max_queries, seed=seed
+        )
         backend.record("fbi.greedy_detect", "reference")
         return DetectionResult(decision, queries, f_left, o_left)
-    with arrays.serial(enc.codes.device):
-        return _detect_loop(enc, in_f, answer, max_queries, seed)
+    return _detect_loop(enc, in_f, answer, max_queries, seed)
 
 
 def _detect_loop(enc, in_f, answer, max_queries, seed) -> DetectionResult:
@@ -330,8 +373,12 @@ def _detect_loop(enc, in_f, answer, max_queries, seed) -> DetectionResult:
             left = state.cand.nonzero().reshape(-1).tolist()
             in_f_list = in_f.tolist()
             backend.record("fbi.greedy_detect", _impl(enc.codes.device))
-            return DetectionResult(decision, queries, [m for m in left if in_f_list[m]],
-                                   [m for m in left if not in_f_list[m]])
+            return DetectionResult(
+                decision,
+                queries,
+                [m for m in left if in_f_list[m]],
+                [m for m in left if not in_f_list[m]],
+            )
         queries.append(q)
         queried[q] = True
         g = answer(q)
@@ -340,8 +387,8 @@ def _detect_loop(enc, in_f, answer, max_queries, seed) -> DetectionResult:
 
 @dataclass
 class IdentificationResult:
-    family: object | None    # the identified family, or None
-    status: str              # "identified", "unknown" (no known model answers so) or "fail"
+    family: object | None  # the identified family, or None
+    status: str  # "identified", "unknown" (no known model answers so) or "fail"
     queries: list
     candidates: list = field(default_factory=list)
 
@@ -366,8 +413,12 @@ class _IdentifyState:
         enc = self.enc
         G, P = enc.num_groups, self.pair_group.shape[0]
         self.count_p = _bincount(self.pair[self.cand].reshape(-1), P)
-        self.a = torch.zeros(G, dtype=torch.int64, device=enc.codes.device).scatter_add_(0, self.pair_group, self.count_p)
-        self.nf = torch.zeros_like(self.a).scatter_add_(0, self.pair_group, (self.count_p > 0).long())
+        self.a = torch.zeros(G, dtype=torch.int64, device=enc.codes.device).scatter_add_(
+            0, self.pair_group, self.count_p
+        )
+        self.nf = torch.zeros_like(self.a).scatter_add_(
+            0, self.pair_group, (self.count_p > 0).long()
+        )
         self.s = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
         self.s.scatter_add_(0, enc.group_input, self.nf * self.a)
         self.t = torch.zeros_like(self.s).scatter_add_(0, enc.group_input, self.a * self.a)
@@ -396,14 +447,23 @@ def _family_ids(name: str, families, M: int, device):
     """families: one family label per model -> (int ids tensor, list of distinct labels)."""
     fams = list(families.tolist() if hasattr(families, "tolist") else families)
     if len(fams) != M:
-        raise ValueError(f"{name}: has {len(fams)} entries, expected one family per model (M = {M})")
+        raise ValueError(
+            f"{name}: has {len(fams)} entries, expected one family per model (M = {M})"
+        )
     names = list(dict.fromkeys(fams))
     index = {f: i for i, f in enumerate(names)}
     return torch.tensor([index[f] for f in fams], dtype=torch.int64, device=device), names
 
 
-def greedy_identify(outputs, families, blackbox, *, k: int | None = None, max_queries: int | None = None,
-                    seed: int | None = None) -> IdentificationResult:
+def greedy_identify(
+    outputs: Array | Encoded,
+    families: Sequence[Any],
+    blackbox: Blackbox,
+    *,
+    k: int | None = None,
+    max_queries: int | None = None,
+    seed: int | None = None,
+) -> IdentificationResult:
     """Greedy identification (I, F, A = B, k), paper section III-B (eq. 11).
 
     families: one family label per model (length M; the families partition A). The argmin is
@@ -417,17 +477,19 @@ def greedy_identify(outputs, families, blackbox, *, k: int | None = None, max_qu
     fam, names = _family_ids("families", families, M, enc.codes.device)
     if max_queries is not None:
         _validate.integer("max_queries", max_queries, lo=0)
+    seed = arrays.check_seed(seed)
     answer = _blackbox(blackbox, enc)
     if backend.forced() == "reference":
         from fastfp.reference import fbi as ref
 
         outs, bb = _reference_inputs(enc, blackbox)
         labels = [names[i] for i in fam.tolist()]
-        found, status, queries, left = ref.greedy_identify(outs, labels, bb, max_queries=max_queries, seed=seed)
+        found, status, queries, left = ref.greedy_identify(
+            outs, labels, bb, max_queries=max_queries, seed=seed
+        )
         backend.record("fbi.greedy_identify", "reference")
         return IdentificationResult(found, status, queries, left)
-    with arrays.serial(enc.codes.device):
-        return _identify_loop(enc, fam, names, answer, max_queries, seed)
+    return _identify_loop(enc, fam, names, answer, max_queries, seed)
 
 
 def _identify_loop(enc, fam, names, answer, max_queries, seed) -> IdentificationResult:
@@ -472,12 +534,21 @@ class SequentialResult:
     decisions: list  # (family, decision, L) per hypothesis tested
 
 
-def sequential_identify(outputs, families, blackbox, *, order=None, k: int | None = None,
-                        max_queries: int | None = None, seed: int | None = None) -> SequentialResult:
+def sequential_identify(
+    outputs: Array | Encoded,
+    families: Sequence[Any],
+    blackbox: Blackbox,
+    *,
+    order: Sequence[Any] | None = None,
+    k: int | None = None,
+    max_queries: int | None = None,
+    seed: int | None = None,
+) -> SequentialResult:
     """Identification by sequential detection (section III-B, eq. 9): test F_1, F_2, ... in
     ``order`` (default: first appearance) until a detection is positive; L sums all queries."""
     enc = encode(outputs, k)
     fam, names = _family_ids("families", families, enc.shape[0], enc.codes.device)
+    seed = arrays.check_seed(seed)
     order = names if order is None else list(order)
     unknown = [f for f in order if f not in names]
     if unknown:

@@ -8,8 +8,8 @@ For two sequences a, b of L symbols in 0..k (K = k + 1 values), with joint count
 
 ``pairwise_rajski`` computes all m x n pairs at once: the joint (K x K) histograms of every pair
 are one matrix product of one-hot encodings, ``onehot(A) (mK x L) @ onehot(B)^T (L x nK)``,
-whose entries are exact integer counts (bf16 inputs hold 0/1 exactly, the products accumulate in
-fp32, and a count <= 256 is exact in a bf16 output, <= 2^24 in fp32). On this CPU that product
+whose entries are exact integer counts (one-hot inputs hold 0/1 exactly and fp32 accumulates
+counts <= 2^24 exactly). On this CPU that product
 plus one fp64 pass of c log c beats a bincount on combined codes (u * K + v) by about 20x (see
 bench/bench_fbi.py), so the matmul form is the one kept; it is computed block by block so that
 each block of counts stays in cache.
@@ -18,7 +18,6 @@ each block of counts stays in cache.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch
 from fastfp import backend
 
 from . import arrays
+from .arrays import Array
 
 
 def _counts(a: torch.Tensor, b: torch.Tensor, K: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _counts(a: torch.Tensor, b: torch.Tensor, K: int) -> torch.Tensor:
 
 
 def _entropy_from_counts(counts: torch.Tensor, L: int, dims) -> torch.Tensor:
-    """H = log L - (1/L) sum c log c over ``dims`` (0 * log 0 = 0), float64, exact 0 when constant."""
+    """H = log L - (1/L) sum c log c over ``dims`` (0 log 0 = 0), float64, exact 0 if constant."""
     s = torch.xlogy(counts, counts).sum(dims)
     h = math.log(L) - s / L
     single = (counts == L).flatten(start_dim=counts.dim() - len(dims)).any(-1)
@@ -50,7 +50,10 @@ def _pair(a, b, k):
     ta = arrays.symbols("a", a, k)
     tb = arrays.symbols("b", b, k)
     if ta.shape[-1] != tb.shape[-1]:
-        raise ValueError(f"b: has {tb.shape[-1]} symbols per sequence, but a has {ta.shape[-1]} (mismatched lengths)")
+        raise ValueError(
+            f"b: has {tb.shape[-1]} symbols per sequence, but a has {ta.shape[-1]} "
+            "(mismatched lengths)"
+        )
     if ta.shape[-1] == 0:
         raise ValueError("a: empty sequences (L = 0)")
     if ta.device != tb.device:
@@ -58,7 +61,9 @@ def _pair(a, b, k):
     try:
         shape = np.broadcast_shapes(tuple(ta.shape), tuple(tb.shape))
     except ValueError as exc:
-        raise ValueError(f"b: shape {tuple(tb.shape)} does not broadcast with a {tuple(ta.shape)}") from exc
+        raise ValueError(
+            f"b: shape {tuple(tb.shape)} does not broadcast with a {tuple(ta.shape)}"
+        ) from exc
     return kind, ta.expand(shape), tb.expand(shape), arrays.num_symbols(k, ta, tb)
 
 
@@ -72,7 +77,7 @@ def _terms(ta, tb, K):
     return h_a, h_b, h_ab, mi
 
 
-def entropy(a, k: int | None = None):
+def entropy(a: Array, k: int | None = None) -> Array:
     """Empirical entropy (nats) of each sequence: a (..., L) -> (...) float64."""
     kind = arrays.kind_of(a)
     ta = arrays.symbols("a", a, arrays.check_k(k))
@@ -85,7 +90,7 @@ def entropy(a, k: int | None = None):
     return arrays.restore(_entropy_from_counts(c, ta.shape[-1], (-1,)), kind)
 
 
-def mutual_information(a, b, k: int | None = None):
+def mutual_information(a: Array, b: Array, k: int | None = None) -> Array:
     """Empirical mutual information I(a; b) in nats, like ``sklearn.metrics.mutual_info_score``.
 
     a, b: (..., L) symbol sequences in 0..k (broadcast against each other) -> (...) float64.
@@ -98,13 +103,17 @@ def mutual_information(a, b, k: int | None = None):
     return arrays.restore(mi, kind)
 
 
-def rajski_distance(a, b, k: int | None = None):
+def rajski_distance(a: Array, b: Array, k: int | None = None) -> Array:
     """Rajski distance 1 - I(a; b) / H(a, b) in [0, 1] (0 when H(a, b) = 0): (..., L) -> (...)."""
     if backend.forced() == "reference":
         return _reference_elementwise("rajski_distance", a, b, k)
     kind, ta, tb, K = _pair(a, b, k)
     _, _, h_ab, mi = _terms(ta, tb, K)
-    d = torch.where(h_ab > 0, 1.0 - mi / torch.where(h_ab > 0, h_ab, torch.ones_like(h_ab)), torch.zeros_like(h_ab))
+    d = torch.where(
+        h_ab > 0,
+        1.0 - mi / torch.where(h_ab > 0, h_ab, torch.ones_like(h_ab)),
+        torch.zeros_like(h_ab),
+    )
     backend.record("fbi.rajski_distance", "torch")
     return arrays.restore(d.clamp(0.0, 1.0), kind)
 
@@ -116,13 +125,16 @@ def _reference_elementwise(name, a, b, k):
     fn = getattr(ref, name)
     flat_a = ta.reshape(-1, ta.shape[-1]).cpu().tolist()
     flat_b = tb.reshape(-1, tb.shape[-1]).cpu().tolist()
-    vals = torch.tensor([fn(x, y) for x, y in zip(flat_a, flat_b)], dtype=torch.float64)
+    vals = torch.tensor(
+        [fn(x, y) for x, y in zip(flat_a, flat_b, strict=True)], dtype=torch.float64
+    )
     backend.record(f"fbi.{name}", "reference")
     return arrays.restore(vals.reshape(ta.shape[:-1]).to(ta.device), kind)
 
 
 # ----------------------------------------------------------------------------------------------
 # all pairs
+
 
 def _onehot_rows(X: torch.Tensor, K: int, dtype) -> torch.Tensor:
     """(m, L) symbols -> (m*K, L) one-hot rows: row i*K + u marks where X[i] == u."""
@@ -132,8 +144,8 @@ def _onehot_rows(X: torch.Tensor, K: int, dtype) -> torch.Tensor:
     return out.view(m * K, L)
 
 
-# Below this many (pair x max(L, K^2)) entries, a scatter of combined codes beats the blocked matmul:
-# tiny multi-threaded GEMMs cost more in thread wake-ups (much more on a busy machine) than they save.
+# Below this many (pair x max(L, K^2)) entries, the small-problem path beats the blocked matmul:
+# tiny multi-threaded GEMMs cost more in thread wake-ups (more on a busy machine) than they save.
 SMALL = 1 << 21
 
 
@@ -169,11 +181,13 @@ def _cuda_block_entropy(c, L, rows, cols, K):
         return _block_entropy(c, L, rows, cols, K)
 
 
-def _joint_entropies(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -> torch.Tensor:
+def _joint_entropies(
+    A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool, exact: bool
+) -> torch.Tensor:
     """H(a_i, b_j) for every pair of rows, float64 (m, n)."""
     m, L = A.shape
     n = B.shape[0]
-    if m * n * max(L, K * K) <= SMALL:
+    if exact or m * n * max(L, K * K) <= SMALL:
         c = _counts(A.unsqueeze(1), B.unsqueeze(0), K)  # (m, n, K, K) by scatter on u * K + v
         H = (math.log(L) - torch.xlogy(c, c).sum((-2, -1)) / L).clamp_min(0.0)
         return torch.triu(H) + torch.triu(H, 1).t() if symmetric else H
@@ -186,31 +200,18 @@ def _joint_entropies(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) 
         mb = max(1, min(m, (1 << 28) // (K * K * n)))  # up to 1 GiB of fp32 counts per block
         for i in range(0, m, mb):
             ie = min(i + mb, m)
-            H[i:ie] = _cuda_block_entropy(OA[i * K:ie * K] @ OBt, L, ie - i, n, K)
+            H[i:ie] = _cuda_block_entropy(OA[i * K : ie * K] @ OBt, L, ie - i, n, K)
         return H
-    # CPU: bf16 one-hot (exact) when counts fit bf16 (<= 256); blocks small enough for the cache,
-    # spread over Python threads with one intra-op thread each: a few coarse tasks instead of
-    # thousands of tiny parallel regions, which stall badly when the cores are shared.
-    dtype = torch.bfloat16 if L <= 256 else torch.float32
-    OA = _onehot_rows(A, K, dtype)
-    OBt = _onehot_rows(B, K, dtype).t().contiguous()
+    # CPU: fp32 one-hot (counts <= 2^24 exact; this CPU has no fast bf16 GEMM), row blocks of
+    # up to 2^24 counts against all columns: large GEMMs that torch spreads over its own threads.
+    OA = _onehot_rows(A, K, torch.float32)
+    OBt = _onehot_rows(B, K, torch.float32).t().contiguous()
     H = torch.zeros(m, n, dtype=torch.float64)
-    mb, nb = 32, 128  # measured best of 8..32 x 128..1000 on this CPU
-
-    def rows(i):
+    mb = max(1, min(m, (1 << 24) // (K * K * n)))
+    for i in range(0, m, mb):
         ie = min(i + mb, m)
-        for j in range(i if symmetric else 0, n, nb):
-            je = min(j + nb, n)
-            H[i:ie, j:je] = _block_entropy(OA[i * K:ie * K] @ OBt[:, j * K:je * K], L, ie - i, je - j, K)
-
-    workers = torch.get_num_threads()
-    with arrays.serial():
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(rows, range(0, m, mb)))
-        else:
-            for i in range(0, m, mb):
-                rows(i)
+        j = i if symmetric else 0  # symmetric: the upper triangle only
+        H[i:ie, j:] = _block_entropy(OA[i * K : ie * K] @ OBt[:, j * K :], L, ie - i, n - j, K)
     if symmetric:
         H = torch.triu(H) + torch.triu(H, 1).t()
     return H.clamp_min_(0.0)
@@ -222,11 +223,13 @@ def _marginal_entropy(X: torch.Tensor, K: int) -> torch.Tensor:
     return _entropy_from_counts(c, X.shape[1], (-1,))
 
 
-def _pairwise_torch(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -> torch.Tensor:
-    L = A.shape[1]
+def _pairwise_torch(
+    A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool, exact: bool
+) -> torch.Tensor:
+    A.shape[1]
     h_a = _marginal_entropy(A, K)
     h_b = h_a if symmetric else _marginal_entropy(B, K)
-    h_ab = _joint_entropies(A, B, K, symmetric)
+    h_ab = _joint_entropies(A, B, K, symmetric, exact)
     # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
     zero = (h_a == 0).unsqueeze(1) & (h_b == 0).unsqueeze(0)
     h_ab = torch.where(zero, torch.zeros_like(h_ab), h_ab)
@@ -238,11 +241,16 @@ def _pairwise_torch(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -
     return d
 
 
-def pairwise_rajski(A, B=None, k: int | None = None):
+def pairwise_rajski(
+    A: Array, B: Array | None = None, k: int | None = None, *, exact: bool = False
+) -> Array:
     """Rajski distances of every pair of rows: A (m, L), B (n, L) -> (m, n) float64.
 
     ``B=None`` compares A with itself (symmetric, zero diagonal, half the work). Symbols in 0..k.
     Same array kind out as A (numpy / torch / cupy); CUDA tensors stay on their device.
+    exact: always take the small-problem path (fp64 counts and entropies), where each distance
+    depends only on its pair, so batching rows differently never changes a bit; by default large
+    problems take the blocked matmul (fp32 entropies, within 1e-6).
     """
     kind = arrays.kind_of(A)
     k = arrays.check_k(k)
@@ -254,24 +262,35 @@ def pairwise_rajski(A, B=None, k: int | None = None):
     if tB.dim() != 2:
         raise ValueError(f"B: expected (n, L) symbols, got shape {tuple(tB.shape)}")
     if tA.shape[1] != tB.shape[1]:
-        raise ValueError(f"B: has L = {tB.shape[1]} symbols per row, but A has L = {tA.shape[1]} (mismatched lengths)")
+        raise ValueError(
+            f"B: has L = {tB.shape[1]} symbols per row, but A has L = {tA.shape[1]} "
+            "(mismatched lengths)"
+        )
     if tA.shape[1] == 0:
         raise ValueError("A: empty rows (L = 0)")
     if tA.device != tB.device:
         raise ValueError(f"B: on {tB.device}, but A is on {tA.device}")
-    if tA.shape[1] > 2 ** 24:
-        raise ValueError(f"A: L = {tA.shape[1]} exceeds 2^24, where float32 counts stop being exact")
+    if tA.shape[1] > 2**24:
+        raise ValueError(
+            f"A: L = {tA.shape[1]} exceeds 2^24, where float32 counts stop being exact"
+        )
     K = arrays.num_symbols(k, tA, tB)
     if backend.forced() == "reference":
         from fastfp.reference import fbi as ref
 
-        d = torch.tensor(ref.pairwise_rajski(tA.cpu().tolist(), None if symmetric else tB.cpu().tolist()),
-                         dtype=torch.float64).reshape(tA.shape[0], tB.shape[0]).to(tA.device)
+        d = (
+            torch.tensor(
+                ref.pairwise_rajski(tA.cpu().tolist(), None if symmetric else tB.cpu().tolist()),
+                dtype=torch.float64,
+            )
+            .reshape(tA.shape[0], tB.shape[0])
+            .to(tA.device)
+        )
         backend.record("fbi.pairwise_rajski", "reference")
         return arrays.restore(d, kind)
     if tA.shape[0] == 0 or tB.shape[0] == 0:
         d = torch.zeros(tA.shape[0], tB.shape[0], dtype=torch.float64, device=tA.device)
     else:
-        d = _pairwise_torch(tA, tB, K, symmetric)
+        d = _pairwise_torch(tA, tB, K, symmetric, bool(exact))
     backend.record("fbi.pairwise_rajski", "torch")
     return arrays.restore(d, kind)

@@ -9,6 +9,9 @@ beta(k) per k by least squares and reports R^2.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
 
 from fastfp import _validate
@@ -16,7 +19,7 @@ from fastfp import _validate
 from .greedy import greedy_identify
 
 
-def fit_query_law(records) -> dict:
+def fit_query_law(records: Iterable[Mapping[str, float]]) -> dict[str, Any]:
     """records: dicts with family_size (E|F|), n_families, k, queries (mean L)."""
     rec = list(records)
     if len(rec) < 2:
@@ -29,12 +32,26 @@ def fit_query_law(records) -> dict:
     pred = design @ coef
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
-    return {"slope": float(coef[0]), "beta": {kk: float(b) for kk, b in zip(ks, coef[1:])}, "r2": r2,
-            "paper_slope": 0.002, "n_records": len(rec)}
+    return {
+        "slope": float(coef[0]),
+        "beta": {kk: float(b) for kk, b in zip(ks, coef[1:], strict=True)},
+        "r2": r2,
+        "paper_slope": 0.002,
+        "n_records": len(rec),
+    }
 
 
-def query_law_experiment(outputs, families, *, k_values=(1, 3, 5), n_families=None, trials: int = 20,
-                         seed: int = 0, max_queries: int | None = None, progress: bool = False) -> dict:
+def query_law_experiment(
+    outputs: Any,
+    families: Sequence[Any],
+    *,
+    k_values: Sequence[int] = (1, 3, 5),
+    n_families: Sequence[int] | None = None,
+    trials: int = 20,
+    seed: int = 0,
+    max_queries: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Mean greedy-identification cost vs (E|F|, nF, k) on random family subsets, plus the fit.
 
     outputs: (M, N, c) top-k labels with c >= max(k_values); families: one label per model.
@@ -53,7 +70,7 @@ def query_law_experiment(outputs, families, *, k_values=(1, 3, 5), n_families=No
     for n in n_families:
         _validate.integer("n_families", n, lo=2, hi=len(names))
     trials = _validate.integer("trials", trials, lo=1)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_validate.integer("seed", seed, lo=0))
     fam_arr = np.array([names.index(f) for f in fams])
     records = []
     from tqdm.auto import tqdm
@@ -69,6 +86,12 @@ def query_law_experiment(outputs, families, *, k_values=(1, 3, 5), n_families=No
             r = greedy_identify(out[rows][:, :, :kk], sub_f.tolist(), bb, max_queries=max_queries)
             Ls.append(r.L)
             sizes.append(rows.size / n)
-        records.append({"k": kk, "n_families": n, "family_size": float(np.mean(sizes)),
-                        "queries": float(np.mean(Ls))})
+        records.append(
+            {
+                "k": kk,
+                "n_families": n,
+                "family_size": float(np.mean(sizes)),
+                "queries": float(np.mean(Ls)),
+            }
+        )
     return {"records": records, "fit": fit_query_law(records)}

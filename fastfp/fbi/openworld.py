@@ -14,23 +14,41 @@ every model against the closest family that is not its own (its family unknown t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastfp import _validate
 
-from . import information
+from . import arrays
 from .information import pairwise_rajski
 from .surjection import surjection
+
+if TYPE_CHECKING:
+    from .database import Database
+
+# a database model name (simulation), its outputs (N,) / (N, c) on every input, or a callable
+# input indices -> (L, c) top-k labels
+Blackbox = str | Any | Callable[[np.ndarray], Any]
 
 SELECTIONS = ("all", "50/50", "30/70", "entropy")
 DELEGATES = ("close", "median", "far")
 _RATIO = {"50/50": 0.5, "30/70": 0.3}
 
 
-def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, entropy=None,
-                  pool_fraction: float = 0.5, guard: bool = True) -> np.ndarray:
+def select_inputs(
+    L: int,
+    strategy: str,
+    rng: np.random.Generator,
+    *,
+    correct: Any,
+    anchor_correct: Any = None,
+    entropy: Any = None,
+    pool_fraction: float = 0.5,
+    guard: bool = True,
+) -> np.ndarray:
     """Draw L distinct input indices from the selection X' of section IV-B2.
 
     correct: (M, N) bool, model m classifies input x correctly (S_k = 1); anchor_correct: (N,)
@@ -40,6 +58,8 @@ def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, e
     a greedy cover first; the rest is drawn at random).
     """
     strategy = _validate.choice("selection", strategy, SELECTIONS)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
     correct = np.asarray(correct, dtype=bool)
     if correct.ndim != 2:
         raise ValueError(f"correct: expected (M, N) booleans, got shape {correct.shape}")
@@ -48,17 +68,23 @@ def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, e
     # per-input arrays of another length would index the wrong inputs (or past the end)
     for name, v in (("anchor_correct", anchor_correct), ("entropy", entropy)):
         if v is not None and np.shape(v) != (N,):
-            raise ValueError(f"{name}: expected one value per input, shape ({N},), got {np.shape(v)} "
-                             f"(mismatched lengths)")
+            raise ValueError(
+                f"{name}: expected one value per input, shape ({N},), got {np.shape(v)} "
+                f"(mismatched lengths)"
+            )
     if strategy == "entropy":
         if entropy is None:
             raise ValueError("entropy: the Entropy selection needs the per-input entropies")
-        size = max(L, int(math.ceil(_validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0) * N)))
+        size = max(
+            L, int(math.ceil(_validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0) * N))
+        )
         pool = np.argsort(-np.asarray(entropy), kind="stable")[:size]
     else:
         pool = np.arange(N)
     if L > pool.size:
-        raise ValueError(f"L: {L} queries asked, but the selection {strategy!r} has only {pool.size} inputs")
+        raise ValueError(
+            f"L: {L} queries asked, but the selection {strategy!r} has only {pool.size} inputs"
+        )
     perm = rng.permutation(pool)
     chosen: list[int] = []
     if guard:
@@ -69,14 +95,18 @@ def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, e
             chosen.append(int(perm[best]))
             uncovered &= ~cover[:, best]
         if len(chosen) > L:
-            raise ValueError(f"L: {L} queries cannot give every model one correct and one wrong input "
-                             f"(the cover needs {len(chosen)}); raise L or pass guard=False")
+            raise ValueError(
+                f"L: {L} queries cannot give every model one correct and one wrong input "
+                f"(the cover needs {len(chosen)}); raise L or pass guard=False"
+            )
     taken = set(chosen)
     rest = [int(x) for x in perm if int(x) not in taken]
     need = L - len(chosen)
     if strategy in _RATIO:
         if anchor_correct is None:
-            raise ValueError(f"anchor_correct: the {strategy} selection needs the vanilla model's correctness")
+            raise ValueError(
+                f"anchor_correct: the {strategy} selection needs the vanilla model's correctness"
+            )
         ok = np.asarray(anchor_correct, dtype=bool)
         want_right = max(0, int(round(_RATIO[strategy] * L)) - sum(bool(ok[x]) for x in chosen))
         right = [x for x in rest if ok[x]]
@@ -85,7 +115,9 @@ def select_inputs(L: int, strategy: str, rng, *, correct, anchor_correct=None, e
         n_wrong = min(need - n_right, len(wrong))
         n_right = need - n_wrong  # short of one kind: fill with the other
         picked = right[:n_right] + wrong[:n_wrong]
-        picked = [int(x) for x in rng.permutation(np.asarray(picked, dtype=np.int64))] if picked else []
+        picked = (
+            [int(x) for x in rng.permutation(np.asarray(picked, dtype=np.int64))] if picked else []
+        )
     else:
         picked = rest[:need]
     return np.asarray(chosen + picked, dtype=np.int64)
@@ -108,8 +140,8 @@ class OpenDetection:
 
 @dataclass
 class OpenIdentification:
-    family: str | None       # None: abstain
-    status: str              # "identified", "abstain-h0" (all distances >= tau), "abstain-tie"
+    family: str | None  # None: abstain
+    status: str  # "identified", "abstain-h0" (all distances >= tau), "abstain-tie"
     distances: dict = field(default_factory=dict)
     tau: float = float("nan")
     queries: np.ndarray | None = None
@@ -125,12 +157,29 @@ class OpenWorld:
     fpr: target false-positive rate in (0, 1); trials: random draws used to set tau.
     """
 
-    def __init__(self, L: int = 100, *, selection: str = "30/70", identify_selection: str = "entropy",
-                 delegates="close", fpr: float = 0.05, trials: int = 20, guard: bool = True,
-                 pool_fraction: float = 0.5, k: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        L: int = 100,
+        *,
+        selection: str = "30/70",
+        identify_selection: str = "entropy",
+        delegates: str | Sequence[str] = "close",
+        fpr: float = 0.05,
+        trials: int = 20,
+        guard: bool = True,
+        pool_fraction: float = 0.5,
+        k: int | None = None,
+        seed: int = 0,
+    ):
         self.L = _validate.integer("L", L, lo=1)
         self.selection = _validate.choice("selection", selection, SELECTIONS)
-        self.identify_selection = _validate.choice("identify_selection", identify_selection, ("all", "entropy"))
+        self.identify_selection = _validate.choice(
+            "identify_selection", identify_selection, ("all", "entropy")
+        )
+        if not isinstance(delegates, (str, list, tuple)):
+            raise TypeError(
+                f"delegates: expected a name or a list of names, got {type(delegates).__name__}"
+            )
         names = (delegates,) if isinstance(delegates, str) else tuple(delegates)
         if not names:
             raise ValueError("delegates: give at least one of 'close', 'median', 'far'")
@@ -144,11 +193,13 @@ class OpenWorld:
         self.guard = bool(guard)
         self.pool_fraction = _validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0)
         self.k = None if k is None else _validate.integer("k", k, lo=1, hi=254)
-        self.seed = _validate.integer("seed", seed)
+        self.seed = _validate.integer("seed", seed, lo=0)
         self.db = None
 
-    # --- fitting ------------------------------------------------------------------------------------
-    def fit(self, db, *, anchors=None, progress: bool = False) -> "OpenWorld":
+    # --- fitting ---------------------------------------------------------------------------
+    def fit(
+        self, db: Database, *, anchors: Mapping[str, str] | None = None, progress: bool = False
+    ) -> OpenWorld:
         """Delegates, then tau for detection and for identification, from database ``db``.
 
         anchors: mapping family -> the name of its vanilla model (any model of the database; for
@@ -170,18 +221,26 @@ class OpenWorld:
             raise TypeError(f"db: expected a fastfp.fbi.Database, got {type(db).__name__}")
         k = db.k if self.k is None else self.k
         if k > db.k:
-            raise ValueError(f"k: {k} exceeds the database's k = {db.k} (a database built with another k)")
+            raise ValueError(
+                f"k: {k} exceeds the database's k = {db.k} (a database built with another k)"
+            )
         if len(db.family_names) < 2:
             raise ValueError("db: needs at least two families (negative pairs set the threshold)")
         if self.L > db.num_inputs:
-            raise ValueError(f"L: {self.L} queries asked, but the database has only {db.num_inputs} inputs")
+            raise ValueError(
+                f"L: {self.L} queries asked, but the database has only {db.num_inputs} inputs"
+            )
         self.db, self.k_ = db, k
         self.families_ = db.family_names
         self.reference_ = db.reference
-        self.sym_ = db.symbols(k)                      # (M, N) uint8
+        self.sym_ = db.symbols(k)  # (M, N) uint8
         self.correct_ = self.sym_ == 1
         top1 = db.topk[:, :, 0].astype(np.int64)
-        self.entropy_ = np.asarray(_label_entropy(top1))
+        self.entropy_ = np.asarray(label_entropy(top1))
+        if anchors is not None and not hasattr(anchors, "items"):
+            raise TypeError(
+                f"anchors: expected a mapping family -> model name, got {type(anchors).__name__}"
+            )
         anchors = {} if anchors is None else dict(anchors)
         unknown = [f for f in anchors if f not in self.families_]
         if unknown:
@@ -195,12 +254,19 @@ class OpenWorld:
             if f in anchors:
                 self.anchors_[f] = db.index(anchors[f])
             else:
-                self.anchors_[f] = db.index(f) if f in db.names and db.index(f) in members else members[0]
+                self.anchors_[f] = (
+                    db.index(f) if f in db.names and db.index(f) in members else members[0]
+                )
         self.delegates_ = self._delegates()
         # every family's delegates stacked in one list: one pairwise_rajski call per query set
-        self.delegate_rows_ = np.asarray([r for f in self.families_ for r in self.delegates_[f]], dtype=np.int64)
+        self.delegate_rows_ = np.asarray(
+            [r for f in self.families_ for r in self.delegates_[f]], dtype=np.int64
+        )
         ends = np.cumsum([len(self.delegates_[f]) for f in self.families_])
-        self.delegate_slices_ = [slice(int(e) - len(self.delegates_[f]), int(e)) for f, e in zip(self.families_, ends)]
+        self.delegate_slices_ = [
+            slice(int(e) - len(self.delegates_[f]), int(e))
+            for f, e in zip(self.families_, ends, strict=True)
+        ]
         rng = np.random.default_rng(self.seed)
         fam_of = np.array([self.families_.index(f) for f in db.families])
         neg, pos = [], []
@@ -226,7 +292,9 @@ class OpenWorld:
             S = self.sample(None, rng)
             self.samples_["identify"].append(S)
             D = self._compound(self.sym_[:, S], S)  # (M, nF)
-            D_other = np.where(np.arange(len(self.families_))[None, :] == fam_of[:, None], np.inf, D)
+            D_other = np.where(
+                np.arange(len(self.families_))[None, :] == fam_of[:, None], np.inf, D
+            )
             neg_id.append(D_other.min(1))
         self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
         return self
@@ -250,7 +318,9 @@ class OpenWorld:
         for f in self.families_:
             members = db.members(f)
             a = self.anchors_[f]
-            d = np.asarray(pairwise_rajski(self.sym_[a][None], self.sym_[members], k=self.k_))[0]
+            d = np.asarray(
+                pairwise_rajski(self.sym_[a][None], self.sym_[members], k=self.k_, exact=True)
+            )[0]
             order = [members[i] for i in np.argsort(d, kind="stable")]
             pick = {"close": order[0], "median": order[(len(order) - 1) // 2], "far": order[-1]}
             out[f] = list(dict.fromkeys(pick[kind] for kind in self.delegate_kinds))
@@ -260,38 +330,45 @@ class OpenWorld:
         if self.db is None:
             raise RuntimeError("OpenWorld: call fit(db) first")
 
-    def sample(self, family: str | None, rng) -> np.ndarray:
+    def sample(self, family: str | None, rng: np.random.Generator) -> np.ndarray:
         """L input indices for a detection of ``family`` (None: for identification)."""
         strategy = self.identify_selection if family is None else self.selection
         anchor = None if family is None else self.correct_[self.anchors_[family]]
-        return select_inputs(self.L, strategy, rng, correct=self.correct_, anchor_correct=anchor,
-                             entropy=self.entropy_, pool_fraction=self.pool_fraction, guard=self.guard)
+        return select_inputs(
+            self.L,
+            strategy,
+            rng,
+            correct=self.correct_,
+            anchor_correct=anchor,
+            entropy=self.entropy_,
+            pool_fraction=self.pool_fraction,
+            guard=self.guard,
+        )
 
     def _family_distance_all(self, S, family) -> np.ndarray:
         """Compound distance of every database model to ``family`` on inputs S: (M,)."""
         symS = self.sym_[:, S]
-        return np.asarray(pairwise_rajski(symS, symS[self.delegates_[family]], k=self.k_)).min(1)
+        return np.asarray(
+            pairwise_rajski(symS, symS[self.delegates_[family]], k=self.k_, exact=True)
+        ).min(1)
 
     def _compound(self, Z: np.ndarray, S: np.ndarray) -> np.ndarray:
         """Compound distance (min over delegates) of symbol rows Z (n, L) on inputs S to every
-        family: (n, nF), from one pairwise_rajski call against all delegates stacked.
-
-        Bit-identical to one call per family: on pairwise_rajski's small-problem path each pair's
-        distance depends only on the pair. Past it (the blocked matmul, whose last bits may depend
-        on the block shapes) the per-family calls are kept, so results never depend on batching."""
-        n, L = Z.shape
-        if n * len(self.delegate_rows_) * max(L, (self.k_ + 1) ** 2) > information.SMALL:
-            return np.stack([np.asarray(pairwise_rajski(Z, self.sym_[self.delegates_[f]][:, S], k=self.k_)).min(1)
-                             for f in self.families_], 1)
-        D = np.asarray(pairwise_rajski(Z, self.sym_[self.delegate_rows_][:, S], k=self.k_))
+        family: (n, nF), from one exact pairwise_rajski call against all delegates stacked (each
+        distance depends only on its pair: the same bits as one call per family)."""
+        D = np.asarray(
+            pairwise_rajski(Z, self.sym_[self.delegate_rows_][:, S], k=self.k_, exact=True)
+        )
         return np.stack([D[:, sl].min(1) for sl in self.delegate_slices_], 1)
 
-    # --- black box ------------------------------------------------------------------------------------
+    # --- black box -------------------------------------------------------------------------
     def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
         """Query the black box on inputs S and map its answers through S_k."""
         if type(blackbox).__module__.startswith("torch.nn") or hasattr(blackbox, "parameters"):
-            raise TypeError("blackbox: got a model; pass its outputs on the database's inputs "
-                            "(fastfp.fbi.query_topk) or a callable input indices -> top-k labels")
+            raise TypeError(
+                "blackbox: got a model; pass its outputs on the database's inputs "
+                "(fastfp.fbi.query_topk) or a callable input indices -> top-k labels"
+            )
         if isinstance(blackbox, str):
             labels = self.db.topk[self.db.index(blackbox)][S]
         elif callable(blackbox):
@@ -301,10 +378,14 @@ class OpenWorld:
             if full.ndim == 1:
                 full = full[:, None]
             if full.ndim != 2 or full.shape[0] != self.db.num_inputs:
-                raise ValueError(f"blackbox: expected its outputs on all N = {self.db.num_inputs} inputs, "
-                                 f"(N,) or (N, k), got shape {full.shape}")
+                raise ValueError(
+                    f"blackbox: expected its outputs on all N = {self.db.num_inputs} inputs, "
+                    f"(N,) or (N, k), got shape {full.shape}"
+                )
             labels = full[S]
-        if labels.dtype.kind not in "iub":  # astype(int64) would truncate scores into labels silently
+        if (
+            labels.dtype.kind not in "iub"
+        ):  # astype(int64) would truncate scores into labels silently
             raise TypeError(f"blackbox: expected integer top-k labels, got {labels.dtype}")
         if labels.ndim == 1:
             labels = labels[:, None]
@@ -313,30 +394,37 @@ class OpenWorld:
         if labels.shape[0] != len(S):
             raise ValueError(f"blackbox: answered {labels.shape[0]} outputs for {len(S)} queries")
         if labels.shape[1] < self.k_:
-            raise ValueError(f"blackbox: gives top-{labels.shape[1]} outputs, but the open world was fitted "
-                             f"with k = {self.k_} (a database built with another k)")
+            raise ValueError(
+                f"blackbox: gives top-{labels.shape[1]} outputs, but the open world was fitted "
+                f"with k = {self.k_} (a database built with another k)"
+            )
         return surjection(labels.astype(np.int64), self.reference_[S], self.k_)
 
     def _distance(self, z: np.ndarray, S: np.ndarray, family: str) -> float:
         dele = self.sym_[self.delegates_[family]][:, S]
-        return float(np.asarray(pairwise_rajski(z[None], dele, k=self.k_)).min())
+        return float(np.asarray(pairwise_rajski(z[None], dele, k=self.k_, exact=True)).min())
 
-    def detect(self, blackbox, family: str, *, seed: int | None = None) -> OpenDetection:
+    def detect(self, blackbox: Blackbox, family: str, *, seed: int | None = None) -> OpenDetection:
         """Is the black box a variant of ``family``? blackbox: a database model name (simulation),
-        its outputs (N,) / (N, c) on every input, or a callable ``indices -> (L, c) top-k labels``."""
+        its outputs (N,) / (N, c) on every input, or a callable ``indices -> (L, c)`` top-k
+        labels."""
         self._check_fitted()
         if family not in self.families_:
-            raise ValueError(f"family: unknown family {family!r} (known: {', '.join(self.families_)})")
-        S = self.sample(family, np.random.default_rng(seed))
+            raise ValueError(
+                f"family: unknown family {family!r} (known: {', '.join(self.families_)})"
+            )
+        S = self.sample(family, np.random.default_rng(arrays.check_seed(seed)))
         z = self._symbols(blackbox, S)
         d = self._distance(z, S, family)
         return OpenDetection(family, d < self.tau_, d, self.tau_, S)
 
-    def identify(self, blackbox, *, seed: int | None = None) -> OpenIdentification:
+    def identify(self, blackbox: Blackbox, *, seed: int | None = None) -> OpenIdentification:
         """Which family, or abstain (H0 when every distance >= tau; ties abstain too)."""
         return self.identify_many([blackbox], seeds=[seed])[0]
 
-    def identify_many(self, blackboxes, *, seeds=None) -> list:
+    def identify_many(
+        self, blackboxes: Iterable[Blackbox], *, seeds: Sequence[int | None] | None = None
+    ) -> list[OpenIdentification]:
         """``[identify(b, seed=s) for b, s in zip(blackboxes, seeds)]``, with the same results,
         computed with one pairwise_rajski call per distinct query set (black boxes whose seeds
         draw the same inputs share it). seeds: one per black box, or None (fresh draws)."""
@@ -344,9 +432,14 @@ class OpenWorld:
         blackboxes = list(blackboxes)
         seeds = [None] * len(blackboxes) if seeds is None else list(seeds)
         if len(seeds) != len(blackboxes):
-            raise ValueError(f"seeds: expected one per black box ({len(blackboxes)}), got {len(seeds)}")
+            raise ValueError(
+                f"seeds: expected one per black box ({len(blackboxes)}), got {len(seeds)}"
+            )
+        seeds = [arrays.check_seed(s, "seeds") for s in seeds]
         draws = [self.sample(None, np.random.default_rng(s)) for s in seeds]
-        Z = [self._symbols(b, S) for b, S in zip(blackboxes, draws)]  # every check before any distance
+        Z = [
+            self._symbols(b, S) for b, S in zip(blackboxes, draws, strict=True)
+        ]  # every check before any distance
         groups: dict = {}
         for i, S in enumerate(draws):
             groups.setdefault(S.tobytes(), []).append(i)
@@ -354,8 +447,10 @@ class OpenWorld:
         for rows in groups.values():
             S = draws[rows[0]]
             D = self._compound(np.stack([Z[i] for i in rows]), S)
-            for i, d in zip(rows, D):
-                out[i] = self._decide({f: float(v) for f, v in zip(self.families_, d)}, draws[i])
+            for i, d in zip(rows, D, strict=True):
+                out[i] = self._decide(
+                    {f: float(v) for f, v in zip(self.families_, d, strict=True)}, draws[i]
+                )
         return out
 
     def _decide(self, dist: dict, S: np.ndarray) -> OpenIdentification:
@@ -369,13 +464,23 @@ class OpenWorld:
 
     def report(self) -> dict:
         self._check_fitted()
-        return {"L": self.L, "k": self.k_, "selection": self.selection, "identify_selection": self.identify_selection,
-                "delegates": list(self.delegate_kinds), "fpr": self.fpr, "tau": self.tau_,
-                "tau_identify": self.tau_identify_, "detect_tpr_on_database": self.detect_tpr_,
-                "delegate_models": {f: [self.db.names[i] for i in r] for f, r in self.delegates_.items()}}
+        return {
+            "L": self.L,
+            "k": self.k_,
+            "selection": self.selection,
+            "identify_selection": self.identify_selection,
+            "delegates": list(self.delegate_kinds),
+            "fpr": self.fpr,
+            "tau": self.tau_,
+            "tau_identify": self.tau_identify_,
+            "detect_tpr_on_database": self.detect_tpr_,
+            "delegate_models": {
+                f: [self.db.names[i] for i in r] for f, r in self.delegates_.items()
+            },
+        }
 
 
-def _label_entropy(top1: np.ndarray) -> np.ndarray:
+def label_entropy(top1: np.ndarray) -> np.ndarray:
     """Entropy (nats) of the models' top-1 labels on each input: (M, N) -> (N,)."""
     M, N = top1.shape
     counts = np.zeros((N, int(top1.max()) + 1), dtype=np.float64)

@@ -9,20 +9,45 @@ a rerun skips finished shards.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
 from fastfp import _validate
 from fastfp import distributed as dd
 
-from .database import Database, _check_new_models, _probe_classes, _query_one, inputs_digest, release
+from .database import (
+    Database,
+    Device,
+    Models,
+    PathLike,
+    check_new_models,
+    inputs_digest,
+    probe_classes,
+    query_one,
+    release,
+)
 
 
-def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, labels=None,
-                  batch_size: int = 256, chunk_batches: int = 8, device=None, path=None,
-                  ctx: dd.Context | None = None, progress: bool = True) -> Database | None:
-    """Like :meth:`Database.build`, sharded over the ranks of ``ctx``; returns the database on rank 0
-    (also saved to ``path`` when given) and ``None`` on the other ranks."""
+def build_sharded(
+    models: Models,
+    inputs: torch.Tensor,
+    *,
+    k: int,
+    families: Mapping[Any, Any],
+    shard_dir: PathLike,
+    labels: Any = None,
+    batch_size: int = 256,
+    chunk_batches: int = 8,
+    device: Device = None,
+    path: PathLike | None = None,
+    ctx: dd.Context | None = None,
+    progress: bool = True,
+) -> Database | None:
+    """Like :meth:`Database.build`, sharded over the ranks of ``ctx``; returns the database on
+    rank 0 (also saved to ``path`` when given) and ``None`` on the other ranks."""
     ctx = ctx or dd.Context()
     _validate.tensor("inputs", inputs, min_dim=1)
     k = _validate.integer("k", k, lo=1, hi=254)
@@ -31,21 +56,27 @@ def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, 
     pairs = [(str(n), m) for n, m in (models.items() if hasattr(models, "items") else models)]
     if not pairs:
         raise ValueError("models: no model given")
-    _check_new_models(pairs, families, [])  # duplicate names would fail only at the merge
+    check_new_models(pairs, families, [])  # duplicate names would fail only at the merge
     gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
     if gt is not None and gt.shape[0] != inputs.shape[0]:
         raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
 
     chunk = batch_size * chunk_batches
     n_chunks = (inputs.shape[0] + chunk - 1) // chunk
-    settings = {"job": "fbi.database", "names": [n for n, _ in pairs],
-                "families": [str(families[n]) for n, _ in pairs], "k": k,
-                "inputs": inputs_digest(inputs), "batch_size": batch_size, "chunk": chunk,
-                "labels": None if gt is None else inputs_digest(torch.from_numpy(gt))}
+    settings = {
+        "job": "fbi.database",
+        "names": [n for n, _ in pairs],
+        "families": [str(families[n]) for n, _ in pairs],
+        "k": k,
+        "inputs": inputs_digest(inputs),
+        "batch_size": batch_size,
+        "chunk": chunk,
+        "labels": None if gt is None else inputs_digest(torch.from_numpy(gt)),
+    }
     shards = dd.ShardStore(shard_dir, settings, len(pairs) * n_chunks, ctx).open()
 
     # rank 0 reads the class count now, while model 0 (its first item) is loaded anyway
-    num_classes = _probe_classes(pairs[0][1], inputs, None) if ctx.is_main else None
+    num_classes = probe_classes(pairs[0][1], inputs, None) if ctx.is_main else None
     current = [None]  # index of the model this rank holds; blocked items keep it for its chunks
 
     def work(item: int):
@@ -54,19 +85,29 @@ def build_sharded(models, inputs: torch.Tensor, *, k: int, families, shard_dir, 
         if current[0] not in (None, m):
             release(pairs[current[0]][1])  # done with the previous model: free it
         current[0] = m
-        x = inputs[c * chunk:(c + 1) * chunk]
-        out = _query_one(model, x, k, batch_size, device, False, name)
+        x = inputs[c * chunk : (c + 1) * chunk]
+        out = query_one(model, x, k, batch_size, device, False, name)
         return {"topk": torch.from_numpy(np.ascontiguousarray(out))}, {"model": name, "chunk": c}
 
     dd.run_sharded(shards, work, progress=progress, desc="fbi database shards", blocked=True)
     if not ctx.is_main:
         return None
     tensors, _ = dd.merge(shards)
-    topk = np.stack([np.concatenate([tensors[m * n_chunks + c]["topk"].numpy() for c in range(n_chunks)])
-                     for m in range(len(pairs))])
-    db = Database(topk, settings["names"], settings["families"], k=k,
-                  num_classes=num_classes, ground_truth=gt,
-                  digest=settings["inputs"])
+    topk = np.stack(
+        [
+            np.concatenate([tensors[m * n_chunks + c]["topk"].numpy() for c in range(n_chunks)])
+            for m in range(len(pairs))
+        ]
+    )
+    db = Database(
+        topk,
+        settings["names"],
+        settings["families"],
+        k=k,
+        num_classes=num_classes,
+        ground_truth=gt,
+        digest=settings["inputs"],
+    )
     if path is not None:
         db.save(path)
     return db

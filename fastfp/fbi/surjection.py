@@ -13,9 +13,10 @@ import torch
 from fastfp import _validate
 
 from . import arrays
+from .arrays import Array
 
 
-def surjection(topk_labels, reference, k: int):
+def surjection(topk_labels: Array, reference: Array, k: int) -> Array:
     """S_k of each top-k output.
 
     topk_labels: (..., c) integer labels, best first, c >= k (only the first k columns count);
@@ -31,7 +32,9 @@ def surjection(topk_labels, reference, k: int):
     if labels.dim() == ref.dim() and labels.dim() >= 1 and labels.shape == ref.shape:
         labels = labels.unsqueeze(-1)  # top-1 labels given without the k axis
     if labels.dim() < 1:
-        raise ValueError(f"topk_labels: expected at least 1 dim (..., c), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"topk_labels: expected at least 1 dim (..., c), got shape {tuple(labels.shape)}"
+        )
     if labels.shape[-1] < k:
         raise ValueError(f"topk_labels: has {labels.shape[-1]} label columns, fewer than k = {k}")
     try:
@@ -39,11 +42,15 @@ def surjection(topk_labels, reference, k: int):
     except ValueError:
         shape = None
     if shape != tuple(labels.shape[:-1]):
-        raise ValueError(f"reference: shape {tuple(ref.shape)} does not broadcast to the outputs' "
-                         f"leading shape {tuple(labels.shape[:-1])}")
+        raise ValueError(
+            f"reference: shape {tuple(ref.shape)} does not broadcast to the outputs' "
+            f"leading shape {tuple(labels.shape[:-1])}"
+        )
     ref = ref.to(labels.device)
     out = torch.zeros(labels.shape[:-1], dtype=torch.uint8, device=labels.device)
     # Walk from rank k down to rank 1 so that the first (best) match wins.
     for j in range(k - 1, -1, -1):
-        out = torch.where(labels[..., j] == ref, torch.tensor(j + 1, dtype=torch.uint8, device=labels.device), out)
+        out = torch.where(
+            labels[..., j] == ref, torch.tensor(j + 1, dtype=torch.uint8, device=labels.device), out
+        )
     return arrays.restore(out, kind)

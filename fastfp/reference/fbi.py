@@ -18,14 +18,14 @@ from fractions import Fraction
 
 import numpy as np
 
-
 # --- surjection and information (section IV-A, IV-B1) -------------------------------------------
+
 
 def surjection(topk_rows, reference, k):
     """S_k (eq. 14): for each output, the 1-based rank j of the reference class among the first k
     labels, 0 if absent."""
     out = []
-    for labels, ref in zip(topk_rows, reference):
+    for labels, ref in zip(topk_rows, reference, strict=True):
         symbol = 0
         for j in range(1, k + 1):
             if labels[j - 1] == ref:
@@ -43,7 +43,7 @@ def entropy(a):
 
 def joint_entropy(a, b):
     L = len(a)
-    return -sum((c / L) * math.log(c / L) for c in Counter(zip(a, b)).values())
+    return -sum((c / L) * math.log(c / L) for c in Counter(zip(a, b, strict=True)).values())
 
 
 def mutual_information(a, b):
@@ -67,6 +67,7 @@ def pairwise_rajski(A, B=None):
 
 
 # --- walled garden (section III) ----------------------------------------------------------------
+
 
 def _pick(ties, rng):
     ties = sorted(ties)
@@ -96,31 +97,34 @@ def greedy_detect(outputs, family, blackbox, *, max_queries=None, seed=None):
     rng = None if seed is None else np.random.default_rng(seed)
     n_inputs = len(outputs[0])
     F = set(family)
-    O = set(range(len(outputs))) - F
+    others = set(range(len(outputs))) - F
     queries = []
     while True:
         if not F:
-            return "negative", queries, sorted(F), sorted(O)
-        if not O:
-            return "positive", queries, sorted(F), sorted(O)
+            return "negative", queries, sorted(F), sorted(others)
+        if not others:
+            return "positive", queries, sorted(F), sorted(others)
         if max_queries is not None and len(queries) >= max_queries:
-            return "fail", queries, sorted(F), sorted(O)
-        scores = {x: detection_score(outputs, x, F, O) for x in range(n_inputs) if x not in queries}
+            return "fail", queries, sorted(F), sorted(others)
+        scores = {
+            x: detection_score(outputs, x, F, others) for x in range(n_inputs) if x not in queries
+        }
         if not scores:
-            return "fail", queries, sorted(F), sorted(O)
+            return "fail", queries, sorted(F), sorted(others)
         best = min(scores.values())
-        if best == len(O):  # every remaining model answers alike on every input: cannot decide
-            return "fail", queries, sorted(F), sorted(O)
+        if best == len(others):  # every remaining model answers alike on every input: cannot decide
+            return "fail", queries, sorted(F), sorted(others)
         q = _pick([x for x, s in scores.items() if s == best], rng)
         queries.append(q)
         z = blackbox[q]
         F = {m for m in F if outputs[m][q] == z}
-        O = {m for m in O if outputs[m][q] == z}
+        others = {m for m in others if outputs[m][q] == z}
 
 
 def identification_score(outputs, x, families, candidates):
-    """Section III-B: sum over y of (#families with a candidate giving y) |M(x, y, A^(l))| / |A^(l)|,
-    and the tie-breaker sum over y of |M(x, y, A^(l))|^2 (expected number of models left)."""
+    """Section III-B: sum over y of (#families with a candidate giving y) |M(x, y, A^(l))|
+    / |A^(l)|, and the tie-breaker sum over y of |M(x, y, A^(l))|^2 (expected number of models
+    left)."""
     labels = {outputs[m][x] for m in candidates}
     s = 0
     t = 0
@@ -150,7 +154,11 @@ def greedy_identify(outputs, families, blackbox, *, max_queries=None, seed=None)
             return next(iter(remaining)), "identified", queries, sorted(A)
         if max_queries is not None and len(queries) >= max_queries:
             return None, "fail", queries, sorted(A)
-        scores = {x: identification_score(outputs, x, families, A) for x in range(n_inputs) if x not in queries}
+        scores = {
+            x: identification_score(outputs, x, families, A)
+            for x in range(n_inputs)
+            if x not in queries
+        }
         if not scores or min(t for _, t in scores.values()) == len(A) ** 2:
             return None, "fail", queries, sorted(A)
         best = min(scores.values())
@@ -162,12 +170,15 @@ def greedy_identify(outputs, families, blackbox, *, max_queries=None, seed=None)
 
 def sequential_identify(outputs, families, order, blackbox, *, max_queries=None, seed=None):
     """Section III-B, first approach: test the hypotheses F_1, F_2, ... in ``order`` with detection
-    until one is positive. Returns (family or None, total number of queries, per-family decisions)."""
+    until one is positive. Returns (family or None, total number of queries, per-family
+    decisions)."""
     total = 0
     decisions = []
     for fam in order:
         members = [m for m in range(len(outputs)) if families[m] == fam]
-        decision, queries, _, _ = greedy_detect(outputs, members, blackbox, max_queries=max_queries, seed=seed)
+        decision, queries, _, _ = greedy_detect(
+            outputs, members, blackbox, max_queries=max_queries, seed=seed
+        )
         total += len(queries)
         decisions.append((fam, decision))
         if decision == "positive":
@@ -177,8 +188,10 @@ def sequential_identify(outputs, families, order, blackbox, *, max_queries=None,
 
 # --- open world (section IV-B, IV-C) ------------------------------------------------------------
 
+
 def threshold(negative_distances, fpr):
-    """tau with P(D < tau) <= fpr over the negative pairs: the floor(fpr * n)-th smallest (0-based)."""
+    """tau with P(D < tau) <= fpr over the negative pairs: the floor(fpr * n)-th smallest
+    (0-based)."""
     d = sorted(negative_distances)
     return d[int(math.floor(fpr * len(d)))]
 
