@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import numbers
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+T = TypeVar("T")
 
 
-def tensor(name: str, x, *, min_dim: int = 0, floating: bool = False) -> torch.Tensor:
+def tensor(name: str, x: object, *, min_dim: int = 0, floating: bool = False) -> torch.Tensor:
+    """A tensor with at least ``min_dim`` dims (and a float dtype if ``floating``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < min_dim:
@@ -20,13 +26,15 @@ def tensor(name: str, x, *, min_dim: int = 0, floating: bool = False) -> torch.T
 
 
 def same_layout(name: str, y: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """``y`` has the shape and device of ``ref``."""
     if y.shape != ref.shape:
-        raise ValueError(f"{name}: shape {tuple(y.shape)} does not match {ref_name} {tuple(ref.shape)}")
+        raise ValueError(f"{name}: shape {tuple(y.shape)} does not match {ref_name} "
+                         f"{tuple(ref.shape)}")
     if y.device != ref.device:
         raise ValueError(f"{name}: on {y.device}, but {ref_name} is on {ref.device}")
 
 
-def integer(name: str, v, *, lo: int | None = None, hi: int | None = None) -> int:
+def integer(name: str, v: object, *, lo: int | None = None, hi: int | None = None) -> int:
     """An int with lo <= v <= hi (bounds inclusive, None = unbounded)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -38,7 +46,7 @@ def integer(name: str, v, *, lo: int | None = None, hi: int | None = None) -> in
     return v
 
 
-def real(name: str, v, *, lo: float | None = None, hi: float | None = None) -> float:
+def real(name: str, v: object, *, lo: float | None = None, hi: float | None = None) -> float:
     """A finite real with lo <= v <= hi (bounds inclusive, None = unbounded)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
@@ -52,7 +60,60 @@ def real(name: str, v, *, lo: float | None = None, hi: float | None = None) -> f
     return v
 
 
-def choice(name: str, v, options) -> str:
+def choice(name: str, v: T, options: Sequence[T]) -> T:
+    """``v`` is one of ``options``."""
     if v not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {v!r}")
     return v
+
+
+def module(name: str, model: object) -> torch.nn.Module:
+    """A ``torch.nn.Module`` whose parameters and buffers hold data (none on the meta device)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_meta:
+            raise ValueError(f"{name}: has tensors on the meta device (shapes without data); "
+                             "load its weights first (model.to_empty(device=...), then "
+                             "load_state_dict)")
+    return model
+
+
+def labels(name: str, y: object, n: int | None = None) -> torch.Tensor:
+    """Class indices: a 1-D integer tensor of non-negative values (of length ``n`` if given)."""
+    y = tensor(name, y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer class indices, got {y.dtype}")
+    if y.dim() != 1 or (n is not None and y.shape[0] != n):
+        want = "(N,)" if n is None else f"({n},)"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(y.shape)}")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"{name}: expected non-negative class indices, got {int(y.min())}")
+    return y
+
+
+def device(name: str, value: object) -> torch.device:
+    """A torch device from a string, index-less name or ``torch.device``."""
+    if isinstance(value, torch.device):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a device such as 'cpu' or 'cuda:0', got "
+                        f"{type(value).__name__}")
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name}: not a torch device: {value!r} (e.g. 'cpu', 'cuda', "
+                         "'cuda:1')") from None
+
+
+def path(name: str, value: object) -> Path:
+    """A file-system path from a ``str`` or ``os.PathLike`` (never None, bytes or a number)."""
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) or (isinstance(value, os.PathLike)
+                                  and isinstance(os.fspath(value), str)):
+        if not os.fspath(value):
+            raise ValueError(f"{name}: expected a file path, got an empty string")
+        return Path(value)
+    raise TypeError(f"{name}: expected a file path (str or os.PathLike), got "
+                    f"{type(value).__name__}")
