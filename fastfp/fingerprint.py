@@ -1,37 +1,57 @@
-"""A fingerprint: inputs, their target labels and how they were made, stored as one .safetensors file.
+"""A fingerprint: inputs, their target labels and how they were made, in one .safetensors file.
 
-Layout of the file: two tensors, ``inputs`` (float32, (num, C, H, W)) and ``labels`` (int64, (num,)),
-and the safetensors header metadata ``{"format": "fastfp.fingerprint", "version": "1",
-"meta": <JSON of meta>, "sha256": <hex digest of the tensor data>}``. Saving goes through
-:mod:`fastfp.store` (temporary file, fsync, rename), so an interrupted save never leaves half a
-file; loading checks everything before returning (the checksum included, when the file has one),
-so a corrupt, truncated or foreign file raises ``ValueError`` and nothing is half-loaded.
+Layout of the file: two tensors, ``inputs`` (float32, (num, C, H, W)) and ``labels`` (int64,
+(num,)), and the safetensors header metadata ``{"format": "fastfp.fingerprint", "version": "2",
+"meta": <JSON of meta>, "sha256": <checksum>}``; the checksum covers the format, version and meta
+strings and the tensors (names, shapes, bytes), so a flipped bit anywhere is seen. Version 1 files
+(checksum of the tensor data only, or none) still load. Same fingerprint, same bytes: the header
+keys are sorted (:func:`fastfp.store.safetensors_bytes`). Saving goes through :mod:`fastfp.store`
+(temporary file, fsync, rename; never over a non-regular file); loading reads regular files only
+and checks everything before returning, so a corrupt, truncated or foreign file raises
+``ValueError`` and nothing is half-loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 FORMAT = "fastfp.fingerprint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 
 
-def _digest(inputs: torch.Tensor, labels: torch.Tensor) -> str:
-    """SHA-256 of the tensor data (inputs then labels, contiguous little-endian bytes)."""
-    h = hashlib.sha256()
+def _tensor_digest(h: "hashlib._Hash", inputs: torch.Tensor, labels: torch.Tensor) -> None:
     for t in (inputs, labels):
         h.update(t.detach().cpu().contiguous().numpy().data)
+
+
+def _digest_v1(inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    """Version 1: SHA-256 of the tensor data (inputs then labels, little-endian bytes)."""
+    h = hashlib.sha256()
+    _tensor_digest(h, inputs, labels)
+    return h.hexdigest()
+
+
+def _digest(meta_json: str, inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    """Version 2: SHA-256 of the header strings, then the tensors' shapes and data."""
+    head = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta_json,
+            "shapes": [list(inputs.shape), list(labels.shape)]}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode("utf-8"))
+    _tensor_digest(h, inputs, labels)
     return h.hexdigest()
 
 
 class Fingerprint:
-    """``inputs`` float32 (num, C, H, W) on CPU, ``labels`` int64 (num,), ``meta`` a JSON-able dict."""
+    """``inputs`` float32 (num, C, H, W) on CPU, ``labels`` int64 (num,), ``meta`` a JSON dict."""
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, meta: dict | None = None):
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor,
+                 meta: dict[str, Any] | None = None) -> None:
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs: expected a torch.Tensor, got {type(inputs).__name__}")
         if not isinstance(labels, torch.Tensor):
@@ -70,24 +90,31 @@ class Fingerprint:
     # ---------------------------------------------------------------- files
 
     def to_bytes(self) -> bytes:
-        from safetensors.torch import save
+        """The file's bytes (the same for the same fingerprint)."""
+        from .store import safetensors_bytes
 
-        header = {"format": FORMAT, "version": FORMAT_VERSION,
-                  "meta": json.dumps(self.meta, sort_keys=True),
-                  "sha256": _digest(self.inputs, self.labels)}
-        return save({"inputs": self.inputs, "labels": self.labels}, metadata=header)
+        meta = json.dumps(self.meta, sort_keys=True)
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta,
+                  "sha256": _digest(meta, self.inputs, self.labels)}
+        return safetensors_bytes({"inputs": self.inputs, "labels": self.labels}, header)
 
-    def save(self, path) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fingerprint to ``path`` (atomically); returns the path."""
         from . import store
 
-        path = Path(path)
+        path = store.check_target(path)  # before the bytes are made
         store.write_bytes(path, self.to_bytes())
         return path
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "data") -> "Fingerprint":
+    def from_bytes(cls, data: bytes, *, source: str = "data") -> Fingerprint:
+        """Parse and check a fingerprint file's bytes; ``source`` names it in errors."""
         from safetensors.torch import load
+
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expected the bytes of a fingerprint file, got "
+                            f"{type(data).__name__}")
+        data = bytes(data)
 
         def bad(why: str) -> ValueError:
             return ValueError(f"{source}: not a fastfp fingerprint ({why})")
@@ -106,17 +133,21 @@ class Fingerprint:
         metadata = header.get("__metadata__") or {}
         if metadata.get("format") != FORMAT:
             raise bad(f"header format is {metadata.get('format')!r}, expected {FORMAT!r}")
-        if metadata.get("version") != FORMAT_VERSION:
-            raise bad(f"format version {metadata.get('version')!r}, this fastfp reads "
-                      f"{FORMAT_VERSION!r}")
+        version = metadata.get("version")
+        if version not in READABLE_VERSIONS:
+            raise bad(f"format version {version!r}, this fastfp reads "
+                      f"{' and '.join(map(repr, READABLE_VERSIONS))}")
+        meta_json = metadata.get("meta", "{}")
+        if not isinstance(meta_json, str):
+            raise bad("metadata is not a JSON string")
         try:
-            meta = json.loads(metadata.get("meta", "{}"))
+            meta = json.loads(meta_json)
         except ValueError:
             raise bad("metadata is not valid JSON") from None
         if not isinstance(meta, dict):
             raise bad("metadata is not a JSON object")
         try:
-            tensors = load(bytes(data))
+            tensors = load(data)
         except Exception as exc:  # safetensors raises its own error type for bad offsets
             raise bad(f"corrupt or truncated tensor data: {exc}") from None
         if set(tensors) != {"inputs", "labels"}:
@@ -128,21 +159,24 @@ class Fingerprint:
         if labels.dtype != torch.int64 or labels.shape != inputs.shape[:1]:
             raise bad(f"labels must be int64 ({inputs.shape[0]},), got {labels.dtype} "
                       f"{tuple(labels.shape)}")
-        # safetensors checks the layout, not the values: a flipped bit in the tensor data would
-        # load as a silently different fingerprint. Files from before the checksum have none.
+        # safetensors checks the layout, not the values: a flipped bit in the tensor data or in
+        # the meta would load as a silently different fingerprint. Version 1 files checksum the
+        # tensor data only, or (the oldest) nothing.
         digest = metadata.get("sha256")
-        if digest is not None and digest != _digest(inputs, labels):
+        if version == FORMAT_VERSION:
+            if digest != _digest(meta_json, inputs, labels):
+                raise bad("checksum mismatch: the file is corrupt" if digest is not None
+                          else "no checksum in a version 2 file")
+        elif digest is not None and digest != _digest_v1(inputs, labels):
             raise bad("checksum mismatch: the tensor data is corrupt")
         if labels.numel() and int(labels.min()) < 0:
             raise bad("negative labels")
         return cls(inputs, labels, meta)
 
     @classmethod
-    def load(cls, path) -> "Fingerprint":
+    def load(cls, path: str | os.PathLike[str]) -> Fingerprint:
         """Read a fingerprint written by :meth:`save`; anything else raises ``ValueError``."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"path: {str(path)!r} does not exist")
-        if path.is_dir():
-            raise IsADirectoryError(f"path: {str(path)!r} is a folder, expected a .safetensors file")
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        from .store import read_bytes
+
+        data = read_bytes(path, name="path")  # a regular file only; TypeError for a non-path
+        return cls.from_bytes(data, source=str(path))

@@ -1,40 +1,136 @@
-"""Atomic file writes: write to a temporary file beside the target, fsync, rename into place.
+"""Files: atomic writes, reads that refuse what is not a regular file, reproducible safetensors.
 
-An interrupted save therefore leaves either the old file or the new one, never half of one.
+A write goes to a temporary file beside the target, is fsync'ed, renamed into place, and the folder
+is fsync'ed, so an interrupted save leaves either the old file or the new one, never half of one.
+A write never replaces anything but a regular file (a symlink, FIFO or device node at the target is
+an error), and temporaries left behind by killed saves of the same target are removed. A read
+refuses non-regular files (``/dev/zero`` would be read until memory runs out, a FIFO would hang).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import re
+import socket
+import stat
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validate as V
+
+_TMP_TAG = "fastfp-tmp"
+_CLEANED: set[tuple[str, str]] = set()  # (folder, file name) whose stale temporaries are gone
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device node"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def check_target(path: str | os.PathLike[str], name: str = "path") -> Path:
+    """``path`` as a Path, if an atomic save can put a file there: its folder exists and is
+    writable, and ``path`` is absent or a regular file. Call it before the work that fills it."""
+    path = V.path(name, path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{name}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{name}: folder {str(parent)!r} is not writable")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{name}: {str(path)!r} is a folder, expected a file")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{name}: {str(path)!r} is a {_kind(mode)}, not a regular file; "
+                         "refusing to replace it")
+    return path
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _clean_stale(parent: Path, target: str) -> None:
+    """Remove temporaries of ``target`` left by killed saves: this machine's, whose process is
+    gone. Once per folder and target per process (a scan per save would be quadratic)."""
+    if os.name != "posix" or (str(parent), target) in _CLEANED:
+        return
+    _CLEANED.add((str(parent), target))
+    own = re.compile(rf"\.{re.escape(target)}\.{_TMP_TAG}-{re.escape(_host())}-(\d+)-")
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            m = own.match(entry.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; other systems cannot open a folder)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot sync a folder: the rename still happened
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, suffix: str | None = None):
+def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None,
+                name: str = "path") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
-    ``suffix`` keeps writers that look at the extension (e.g. numpy's ``.npz``) happy.
+    ``suffix`` keeps writers that look at the extension (e.g. numpy's ``.npz``) happy; ``name``
+    is the argument named in errors.
     """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise FileNotFoundError(f"path: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"path: folder {str(parent)!r} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
+    path = check_target(path, name)
+    parent = path.parent
+    _clean_stale(parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{_host()}-{os.getpid()}-",
+                               suffix=suffix or ".tmp", dir=parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the user's usual mode
+        check_target(path, name)  # again: something else may have appeared there meanwhile
         os.replace(tmp, path)
+        _fsync_dir(parent)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
@@ -46,14 +142,80 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, name: str = "path") -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, name=name) as tmp:
+        tmp.write_bytes(data)
 
 
-def write_text(path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | os.PathLike[str], text: str, *, name: str = "path") -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"), name=name)
 
 
-def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: str | os.PathLike[str], obj: Any, *, name: str = "path") -> None:
+    """Write ``obj`` as indented JSON with sorted keys (same content, same bytes)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", name=name)
+
+
+def read_bytes(path: str | os.PathLike[str], *, name: str = "path") -> bytes:
+    """The content of the regular file ``path``; anything else raises an error naming ``name``."""
+    path = V.path(name, path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)  # non-blocking: opening a FIFO without a writer returns at once
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{name}: {str(path)!r} is a folder, expected a file") from None
+    except PermissionError:
+        raise PermissionError(f"{name}: {str(path)!r} is not readable (permission denied)") \
+            from None
+    try:
+        mode = os.fstat(fd).st_mode  # of what was opened, not of what the name says now
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{name}: {str(path)!r} is a folder, expected a file")
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{name}: {str(path)!r} is a {_kind(mode)}, not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------ safetensors
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+           torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+           torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor | np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file whose bytes depend only on the content: sorted header keys (the
+    ``safetensors`` package orders the metadata differently from one process to the next).
+
+    Tensors are laid out by element size, largest first, then by name, so every tensor's data is
+    aligned to its element size.
+    """
+    items = {}
+    for key, value in tensors.items():
+        t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) \
+            else value
+        if not isinstance(t, torch.Tensor) or t.dtype not in _DTYPES:
+            raise TypeError(f"tensors[{key!r}]: expected a tensor of one of "
+                            f"{', '.join(map(str, _DTYPES))}, got {getattr(t, 'dtype', type(t))}")
+        items[key] = t.detach().cpu().contiguous()
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    chunks, offset = [], 0
+    for key in sorted(items, key=lambda k: (-items[k].element_size(), k)):
+        t = items[key]
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[key] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    return len(blob).to_bytes(8, "little") + blob + b"".join(chunks)

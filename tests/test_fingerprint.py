@@ -167,3 +167,78 @@ def test_missing_and_directory_paths(tmp_path):
 def test_bad_construction(inputs, labels, meta, exc, name):
     with pytest.raises(exc, match=name):
         Fingerprint(inputs, labels, meta)
+
+
+def _header(data: bytes) -> tuple[int, str]:
+    n = int.from_bytes(data[:8], "little")
+    return n, data[8:8 + n].decode()
+
+
+def test_checksum_covers_the_metadata(tmp_path):
+    """A flipped digit in the JSON meta keeps the header valid: only the checksum sees it."""
+    path = make(meta={"method": "ltrc", "k": 2, "delta": 0.03}).save(tmp_path / "fp.safetensors")
+    data = path.read_bytes()
+    _, header = _header(data)
+    at = 8 + header.index('\\"k\\": 2') + len('\\"k\\": ')
+    assert data[at:at + 1] == b"2"
+    bad = data[:at] + b"3" + data[at + 1:]
+    (tmp_path / "bad.safetensors").write_bytes(bad)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Fingerprint.load(tmp_path / "bad.safetensors")
+
+
+def test_same_fingerprint_same_bytes(tmp_path):
+    blobs = {make(seed=3).to_bytes() for _ in range(6)}
+    assert len(blobs) == 1
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    make(seed=3).save(a)
+    make(seed=3).save(b)
+    assert a.read_bytes() == b.read_bytes() == blobs.pop()
+    _, header = _header(a.read_bytes())
+    meta = json.loads(header)["__metadata__"]
+    assert list(meta) == sorted(meta) and meta["version"] == "2"
+
+
+def test_version_1_files_with_a_tensor_checksum_still_load(tmp_path):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    x, y = torch.rand(2, 1, 3, 3), torch.tensor([1, 0])
+    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    header = {"format": "fastfp.fingerprint", "version": "1", "meta": '{"method": "rc"}',
+              "sha256": digest}
+    old = tmp_path / "old.safetensors"
+    save_file({"inputs": x, "labels": y}, str(old), metadata=header)
+    assert torch.equal(Fingerprint.load(old).inputs, x)
+    save_file({"inputs": x + 1, "labels": y}, str(old), metadata=header)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Fingerprint.load(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and device nodes as on POSIX")
+def test_load_refuses_non_regular_files_and_non_paths(tmp_path):
+    import signal
+
+    def boom(*_):
+        raise TimeoutError("blocked reading a non-regular file")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(10)
+    try:
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        with pytest.raises(ValueError, match="FIFO, not a regular file"):
+            Fingerprint.load(fifo)
+        with pytest.raises(ValueError, match="device node, not a regular file"):
+            Fingerprint.load("/dev/zero")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    for bad in (None, 3, ["fp.safetensors"]):
+        with pytest.raises(TypeError, match="path: expected a file path"):
+            Fingerprint.load(bad)
+    with pytest.raises(TypeError, match="path: expected a file path"):
+        make().save(None)
+    with pytest.raises(TypeError, match="data: expected the bytes"):
+        Fingerprint.from_bytes("not bytes")

@@ -38,3 +38,121 @@ def test_mode_follows_umask(tmp_path):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         store.write_text(tmp_path / "nope" / "x.txt", "x")
+
+
+@pytest.fixture
+def alarm():
+    """Fail instead of hanging: a read of a FIFO without a writer blocks forever."""
+    import signal
+
+    def boom(*_):
+        raise TimeoutError("blocked on a non-regular file")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+posix = pytest.mark.skipif(os.name != "posix", reason="FIFOs and symlinks as on POSIX")
+
+
+@posix
+def test_writes_never_replace_a_symlink_fifo_or_device(tmp_path):
+    target = tmp_path / "real.txt"
+    target.write_text("keep")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match="symbolic link, not a regular file"):
+        store.write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "keep"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="FIFO, not a regular file"):
+        store.write_bytes(fifo, b"x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    # A device node: only checked, never written (as root, a failed check would replace it).
+    with pytest.raises(ValueError, match="device node, not a regular file"):
+        store.check_target("/dev/null")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        store.write_text(tmp_path, "x")
+    assert sorted(os.listdir(tmp_path)) == ["link.txt", "pipe", "real.txt"]  # no temporaries
+
+
+@posix
+def test_the_folder_is_synced_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append("rename")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.write_text(tmp_path / "a.txt", "x")
+    assert events == ["fsync file", "rename", "fsync folder"]
+
+
+@posix
+def test_temporaries_of_killed_saves_are_cleaned(tmp_path):
+    import signal
+
+    target = tmp_path / "db.bin"
+    pid = os.fork()
+    if pid == 0:  # a save killed half-way: no finally clause runs
+        with store.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert len(os.listdir(tmp_path)) == 1 and not target.exists()  # the killed save's temporary
+    other = tmp_path / ".unrelated.tmp"
+    other.write_text("not ours")
+    store.write_bytes(target, b"whole")
+    assert sorted(os.listdir(tmp_path)) == [".unrelated.tmp", "db.bin"]
+    assert target.read_bytes() == b"whole"
+
+
+@posix
+def test_reads_refuse_what_is_not_a_regular_file(tmp_path, alarm):
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"abc")
+    assert store.read_bytes(p) == b"abc"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="FIFO, not a regular file"):
+        store.read_bytes(fifo)
+    with pytest.raises(ValueError, match="device node, not a regular file"):
+        store.read_bytes("/dev/zero", name="weights")
+    with pytest.raises(FileNotFoundError, match="weights: .* does not exist"):
+        store.read_bytes(tmp_path / "nope", name="weights")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        store.read_bytes(tmp_path)
+    for bad in (None, 3, b"a.bin"):
+        with pytest.raises(TypeError, match="path: expected a file path"):
+            store.read_bytes(bad)
+
+
+def test_safetensors_bytes_are_reproducible_and_readable():
+    import torch
+    from safetensors.torch import load
+
+    tensors = {"b": torch.arange(5), "a": torch.rand(2, 3), "h": torch.rand(3).half(),
+               "m": torch.tensor([True, False, True])}
+    meta = {"z": "1", "a": "2", "m": "3"}
+    blob = store.safetensors_bytes(tensors, meta)
+    flipped = dict(reversed(tensors.items())), dict(reversed(meta.items()))
+    assert all(store.safetensors_bytes(*flipped) == blob for _ in range(3))
+    back = load(blob)
+    assert set(back) == set(tensors)
+    assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype
+               for k in tensors)
+    n = int.from_bytes(blob[:8], "little")
+    header = blob[8:8 + n].decode()
+    assert n % 8 == 0 and header.index('"__metadata__":{"a":"2","m":"3","z":"1"}') >= 0
