@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import fbi as base
-from common import QUICK, bench_device, measure
 from fastfp import fbi
+
+from .baselines import fbi as base
+from .common import QUICK, bench_device, measure
 
 K = 11  # k = 10
 
@@ -50,7 +51,8 @@ def symbols(m: int, n: int, L: int, seed: int = 0):
 
 def _sample_pairs(m, n, count, seed=1):
     rng = np.random.default_rng(seed)
-    return list(zip(rng.integers(m, size=count).tolist(), rng.integers(n, size=count).tolist()))
+    rows, cols = rng.integers(m, size=count).tolist(), rng.integers(n, size=count).tolist()
+    return list(zip(rows, cols, strict=True))
 
 
 def _size(request):
@@ -67,12 +69,13 @@ def test_rajski_vs_bincount(benchmark, request, role):
     group = f"fbi rajski vs bincount {m}x{m} L={L} k={K - 1}"
     info = dict(shape=[m, m, L], k=K - 1, pairs=m * m, target_speedup={"cpu": 2})
     if role == "baseline":
-        d = measure(benchmark, lambda: base.pairwise_rajski_bincount(A, B, K), group=group, role=role,
-                    device=device, rounds=2, **info)
+        d = measure(benchmark, lambda: base.pairwise_rajski_bincount(A, B, K), group=group,
+                    role=role, device=device, rounds=2, **info)
     else:
         tA, tB = torch.from_numpy(A), torch.from_numpy(B)
-        d = measure(benchmark, lambda: fbi.pairwise_rajski(tA, tB, k=K - 1), group=group, role=role,
-                    device=device, rounds=3, impl="torch one-hot matmul (bf16 counts, fp64 entropies)", **info)
+        d = measure(benchmark, lambda: fbi.pairwise_rajski(tA, tB, k=K - 1), group=group,
+                    role=role, device=device, rounds=3,
+                    impl="torch one-hot matmul (bf16 counts, fp64 entropies)", **info)
         d = d.numpy()
     sample = _sample_pairs(m, m, 50)
     want = base.rajski_pairs_sklearn(A, B, sample)
@@ -89,9 +92,10 @@ def test_rajski_vs_sklearn_loop(benchmark, request, role):
     scale = (m * m) / len(pairs)
     if role == "baseline":
         t = min(_timed(lambda: base.rajski_pairs_sklearn(A, B, pairs)) for _ in range(2))
-        got = measure(benchmark, lambda: base.rajski_pairs_sklearn(A, B, pairs), group=group, role=role,
-                      device=device, rounds=1, warmup=0, pairs_timed=len(pairs), pairs_total=m * m,
-                      baseline_extrapolated_s=t * scale, extrapolation=f"sample of {len(pairs)} pairs x {scale:.0f}")
+        got = measure(benchmark, lambda: base.rajski_pairs_sklearn(A, B, pairs), group=group,
+                      role=role, device=device, rounds=1, warmup=0, pairs_timed=len(pairs),
+                      pairs_total=m * m, baseline_extrapolated_s=t * scale,
+                      extrapolation=f"sample of {len(pairs)} pairs x {scale:.0f}")
         d = fbi.pairwise_rajski(A, B, k=K - 1)
         np.testing.assert_allclose(got, [d[i, j] for i, j in pairs], atol=1e-6)
     else:
@@ -111,12 +115,12 @@ def test_rajski_cuda_million_pairs(benchmark, request):
     A, B = symbols(m, m, L)
     tA, tB = torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)
     d = measure(benchmark, lambda: fbi.pairwise_rajski(tA, tB, k=K - 1),
-                group=f"fbi rajski cuda {m}x{m} L={L} k={K - 1}", role="fastfp", device=device, rounds=10,
-                warmup=3, shape=[m, m, L], pairs=m * m, flops=2 * (m * K) * (m * K) * L,
+                group=f"fbi rajski cuda {m}x{m} L={L} k={K - 1}", role="fastfp", device=device,
+                rounds=10, warmup=3, shape=[m, m, L], pairs=m * m, flops=2 * (m * K) * (m * K) * L,
                 peak_precision="fp16", target_max_s={"cuda": 1e-3})
     sample = _sample_pairs(m, m, 20)
-    np.testing.assert_allclose([float(d[i, j]) for i, j in sample], base.rajski_pairs_sklearn(A, B, sample),
-                               atol=1e-6)
+    np.testing.assert_allclose([float(d[i, j]) for i, j in sample],
+                               base.rajski_pairs_sklearn(A, B, sample), atol=1e-6)
 
 
 def _timed(fn) -> float:
@@ -157,10 +161,12 @@ def test_greedy_scores(benchmark, request, role):
     sub = [[tuple(o) for o in row] for row in outputs[:, sample].tolist()]  # literal twin's format
     want = base.detection_scores_loop(sub, family, range(len(sample)))
     if role == "baseline":
-        t = min(_timed(lambda: base.detection_scores_loop(sub, family, range(len(sample)))) for _ in range(2))
-        measure(benchmark, lambda: base.detection_scores_loop(sub, family, range(len(sample))), group=group,
-                role=role, device=device, rounds=1, warmup=0, inputs_timed=len(sample),
-                baseline_extrapolated_s=t * inputs / len(sample),
+        def loop():
+            return base.detection_scores_loop(sub, family, range(len(sample)))
+
+        t = min(_timed(loop) for _ in range(2))
+        measure(benchmark, loop, group=group, role=role, device=device, rounds=1, warmup=0,
+                inputs_timed=len(sample), baseline_extrapolated_s=t * inputs / len(sample),
                 extrapolation=f"sample of {len(sample)} inputs x {inputs / len(sample):.0f}")
     else:
         enc = fbi.encode(torch.from_numpy(outputs).to(device))  # once per database, not per step

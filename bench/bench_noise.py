@@ -1,11 +1,12 @@
-"""Weight noise: fastfp.noise vs the per-parameter torch loop a user writes (bench/baselines/noise.py).
+"""Weight noise: fastfp.noise vs the per-parameter torch loop a user writes (baselines/noise.py).
 
 Groups (baseline and fastfp measured in the same run):
 
 - ``noise perturb vgg16 ...``: ``p + U(-delta, delta)`` for a VGG-16-sized parameter list (shapes
   only, random values). Full VGG-16 (138 M fp32) on CUDA; on CPU the VGG-16 layout at half width
   (~35 M, a quarter of the weights: the 2 shared cores and memory of the CI box); QUICK or
-  --benchmark-disable (CI): 1/8 width. Targets: >= 2x on CPU; >= 80 % of HBM bandwidth on CUDA (bytes = read master + write out).
+  --benchmark-disable (CI): 1/8 width. Targets: >= 2x on CPU; >= 80 % of HBM bandwidth on CUDA
+  (bytes = read master + write out).
   Rows: a reusable Perturber (the target row), one-shot perturb(), and the pure-torch fallback
   (no extension, for information).
 - ``noise grad_mean cifar vgg11 ...``: RC+GM gradient mean over q noisy copies, fastfp (one
@@ -28,20 +29,22 @@ import torch
 import torch.nn as nn
 
 import fastfp
-from baselines import noise as base
-from common import QUICK, bench_device, measure
 from fastfp.reference import noise as ref
 
+from .baselines import noise as base
+from .common import QUICK, bench_device, measure
+
 DELTA = 0.01
-VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+VGG16: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                          512, 512, 512, "M"]
+VGG11: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
 def vgg16_shapes(width: float = 1.0, classes: int = 1000) -> list[tuple[int, ...]]:
     """Parameter shapes of torchvision's vgg16 (width 1: 138,357,544 weights), channels scaled."""
     shapes, c = [], 3
     for v in VGG16:
-        if v != "M":
+        if isinstance(v, int):
             w = max(1, int(v * width))
             shapes += [(w, c, 3, 3), (w,)]
             c = w
@@ -70,11 +73,11 @@ def perturb_width(device: torch.device, small: bool) -> float:
 
 def check_perturbed(params, outs, delta, exact: bool, seed=0, offset=0):
     assert len(outs) == len(params)
-    for o, p in zip(outs, params):
+    for o, p in zip(outs, params, strict=True):
         assert o.shape == p.shape and o.dtype == p.dtype
         assert (o - p).abs().max().item() <= delta * (1 + 1e-6) + 1e-7
     if exact:  # the same stream as the reference twin, bit for bit (first tensors and last one)
-        for o, w in zip(outs[:2], ref.perturb(params[:2], delta, seed, offset)):
+        for o, w in zip(outs[:2], ref.perturb(params[:2], delta, seed, offset), strict=True):
             assert torch.equal(o, w)
         last_base = sum(p.numel() for p in params[:-1])
         z = ref.noise(last_base, params[-1].numel(), delta, seed, offset, params[-1].device)
@@ -121,9 +124,10 @@ def test_perturb_vgg16(benchmark, role, monkeypatch, small):
 
 def vgg11_cifar(width: float, classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
-    layers, c = [], 3
+    layers: list[nn.Module] = []
+    c = 3
     for v in VGG11:
-        if v == "M":
+        if isinstance(v, str):
             layers.append(nn.MaxPool2d(2))
         else:
             w = max(1, int(v * width))
@@ -160,7 +164,8 @@ def test_grad_mean_cifar(benchmark, role, small):
         def fn():
             return fastfp.noise.grad_mean(model, x, labels, DELTA, q, seed=0, batch=batch)
     weights = sum(p.numel() for p in model.parameters())
-    g = measure(benchmark, fn, group=f"noise grad_mean cifar vgg11 x{width} q={q} batch={x.shape[0]}",
+    group = f"noise grad_mean cifar vgg11 x{width} q={q} batch={x.shape[0]}"
+    g = measure(benchmark, fn, group=group,
                 role="baseline" if role == "baseline" else "fastfp", device=device, rounds=3,
                 warmup=1, entry=role, shape=list(x.shape), weights=weights, q=q,
                 dtype="float32", **({"target_speedup": {"cuda": 3.0}} if role == "fastfp" else {}))

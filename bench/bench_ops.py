@@ -22,8 +22,9 @@ import pytest
 import torch
 
 import fastfp
-from baselines import dct as base
-from common import QUICK, bench_device, measure
+
+from .baselines import dct as base
+from .common import QUICK, bench_device, measure
 
 DEV = bench_device()
 BATCH = 8 if QUICK else 100

@@ -9,8 +9,14 @@ speed-up = baseline time / fastfp time, the fraction of the device's peak where 
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
+
+from . import peaks, report
 
 QUICK = os.environ.get("FASTFP_BENCH_QUICK", "0") not in ("", "0")
 
@@ -24,8 +30,6 @@ def bench_device() -> torch.device:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
@@ -34,8 +38,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(benchmark, fn, *, group: str, role: str, device: torch.device, rounds: int = 5,
-            warmup: int = 1, **extra):
+def small_cnn(channels: int = 1, classes: int = 10) -> nn.Module:
+    """The bench's small CNN (digits scale: two convolutions, a max-pool), seeded, eval mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(32 * 16, classes)).eval()
+
+
+def measure(benchmark: Any, fn: Callable[[], Any], *, group: str, role: str,
+            device: torch.device, rounds: int = 5, warmup: int = 1, **extra: Any) -> Any:
     """Time ``fn()`` with warm-up rounds, synchronising the device inside the timed call.
 
     ``extra`` lands in ``extra_info``: shape, dtype, bytes (moved per call), flops (per call),
@@ -62,26 +75,15 @@ def measure(benchmark, fn, *, group: str, role: str, device: torch.device, round
     return result
 
 
-def _record_achieved(benchmark) -> None:
+def _record_achieved(benchmark: Any) -> None:
     """Achieved GB/s, TFLOP/s and fraction of peak (best round) into ``extra_info``, so the raw
     --benchmark-json carries them too; nothing when timing is disabled."""
-    try:
-        seconds = benchmark.stats.stats.min
-    except AttributeError:  # --benchmark-disable: no statistics
+    if benchmark.disabled:
         return
+    seconds = benchmark.stats.stats.min
     info = benchmark.extra_info
     if not seconds or not (info.get("bytes") or info.get("flops")):
         return
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    key = "_fastfp_bench_report"
-    if key not in sys.modules:  # bench/ is not a package: load the reporter by path
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name("report.py"))
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    report = sys.modules[key]
-    peaks = report._sibling("peaks").device_peaks(info["device_type"], info["device"])
-    gbps, tflops, frac, of = report._peak_fraction(info, seconds, peaks)
+    device_peaks = peaks.device_peaks(info["device_type"], info["device"])
+    gbps, tflops, frac, of = report.peak_fraction(info, seconds, device_peaks)
     info.update(achieved_gbps=gbps, achieved_tflops=tflops, peak_fraction=frac, peak_of=of)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
 # name -> (memory GB/s, {precision: dense TFLOP/s}); precisions: bf16/fp16 tensor cores,
 # tf32 tensor cores, fp32 plain CUDA cores. Figures from NVIDIA's data sheets / whitepapers.
@@ -128,7 +129,7 @@ def device_peaks(device_type: str, device_name: str, *, measure_cpu: bool = True
     ``gbps`` / ``tflops`` are ``None`` / ``{}`` where nothing is known.
     """
     env_gbps, env_tflops = _env_float("FASTFP_PEAK_GBPS"), _env_float("FASTFP_PEAK_TFLOPS")
-    peaks = {"name": device_name, "gbps": None, "tflops": {}, "source": None}
+    peaks: dict[str, Any] = {"name": device_name, "gbps": None, "tflops": {}, "source": None}
     if device_type == "cuda":
         found = lookup(device_name)
         if found:

@@ -6,7 +6,8 @@ Used two ways:
   session, prints :func:`format_table` and writes :func:`save` (JSON, CSV, PNG chart) into
   ``FASTFP_BENCH_OUT`` (default ``bench-results/``);
 - as a script over a saved ``--benchmark-json`` file (also the files of another machine or
-  commit): ``python bench/report.py RUN.json [--out DIR] [--against OLD.json]``.
+  commit): ``python -m fastfp.bench.report RUN.json [--out DIR] [--against OLD.json]``
+  (``python -m bench.report`` in a checkout).
 
 Pairing rule (see bench/common.py): benchmarks sharing a ``group`` form one case; the entry with
 ``extra_info.role == "baseline"`` is the reference time, every ``role == "fastfp"`` entry gives
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -32,22 +32,13 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import peaks
+
 HERE = Path(__file__).resolve().parent
 
 COLUMNS = ("group", "name", "fastfp_s", "baseline_s", "baseline_extrapolated", "speedup", "gbps",
            "tflops", "peak_frac", "peak_of", "target", "target_speedup", "result", "why", "device",
            "device_type", "dtype", "shape")
-
-
-def _sibling(name: str):
-    """Import bench/<name>.py under a private module name (bench/ is not a package)."""
-    key = f"_fastfp_bench_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,17 +60,17 @@ def _per_device(value, device_type: str):
     return value
 
 
-def _peak_fraction(info: dict, seconds: float, peaks: dict | None):
+def peak_fraction(info: dict, seconds: float, device_peaks: dict | None):
     """Achieved GB/s, TFLOP/s and the fraction of the matching peak (the larger of the two:
     the resource that bounds the kernel)."""
     gbps = info["bytes"] / seconds / 1e9 if info.get("bytes") else None
     tflops = info["flops"] / seconds / 1e12 if info.get("flops") else None
     fracs = []
-    if peaks:
-        if gbps is not None and peaks.get("gbps"):
-            fracs.append((gbps / peaks["gbps"], "bandwidth"))
-        precision = info.get("peak_precision") or _sibling("peaks").precision_of(info.get("dtype"))
-        peak_tflops = (peaks.get("tflops") or {}).get(precision) if precision else None
+    if device_peaks:
+        if gbps is not None and device_peaks.get("gbps"):
+            fracs.append((gbps / device_peaks["gbps"], "bandwidth"))
+        precision = info.get("peak_precision") or peaks.precision_of(info.get("dtype"))
+        peak_tflops = (device_peaks.get("tflops") or {}).get(precision) if precision else None
         if tflops is not None and peak_tflops:
             fracs.append((tflops / peak_tflops, f"{precision} FLOP/s"))
     frac, of = max(fracs) if fracs else (None, None)
@@ -125,8 +116,8 @@ def build_rows(benchmarks: list[dict], peaks_for=None) -> list[dict]:
         role = info.get("role")
         if role not in ("fastfp", "baseline"):
             continue
-        group = groups.setdefault(entry.get("group") or entry.get("name"), {"baseline": None,
-                                                                          "fastfp": []})
+        name = str(entry.get("group") or entry.get("name"))
+        group = groups.setdefault(name, {"baseline": None, "fastfp": []})
         if role == "baseline":
             if group["baseline"] is None:
                 group["baseline"] = entry
@@ -151,15 +142,16 @@ def _row(group: str, fast: dict | None, base: dict | None, base_info: dict, peak
     device_type = info.get("device_type", "cpu")
     fastfp_s = _time(fast) if fast else None
     extrapolated = base_info.get("baseline_extrapolated_s", info.get("baseline_extrapolated_s"))
+    baseline_s: float | None = None
     if extrapolated is not None:
         baseline_s = float(extrapolated)
-    else:
-        baseline_s = _time(base) if base else None
+    elif base:
+        baseline_s = _time(base)
     speedup = baseline_s / fastfp_s if baseline_s and fastfp_s else None
-    peaks = peaks_for(device_type, info.get("device", "")) if peaks_for else None
+    found = peaks_for(device_type, info.get("device", "")) if peaks_for else None
     gbps = tflops = frac = of = None
     if fastfp_s:
-        gbps, tflops, frac, of = _peak_fraction(info, fastfp_s, peaks)
+        gbps, tflops, frac, of = peak_fraction(info, fastfp_s, found)
     target, result, why = _verdict(info, device_type, fastfp_s, speedup, frac)
     target_speedup = _per_device(info.get("target_speedup"), device_type)
     if fast is None:
@@ -183,7 +175,8 @@ def _row(group: str, fast: dict | None, base: dict | None, base_info: dict, peak
         "device": info.get("device", ""),
         "device_type": device_type,
         "dtype": str(info.get("dtype", "")),
-        "shape": "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else str(shape or ""),
+        "shape": ("x".join(map(str, shape)) if isinstance(shape, (list, tuple))
+                  else str(shape or "")),
     }
 
 
@@ -247,13 +240,12 @@ def run_meta(rows: list[dict], peaks_used: dict | None = None) -> dict:
 
 def build(benchmarks: list[dict], *, measure_cpu: bool = True) -> dict:
     """The whole report: ``{"meta": ..., "rows": [...], "summary": {...}}``."""
-    peaks_mod = _sibling("peaks")
     used: dict = {}
 
     def peaks_for(device_type, device_name):
         key = (device_type, device_name)
         if key not in used:
-            used[key] = peaks_mod.device_peaks(device_type, device_name, measure_cpu=measure_cpu)
+            used[key] = peaks.device_peaks(device_type, device_name, measure_cpu=measure_cpu)
         return used[key]
 
     rows = build_rows(benchmarks, peaks_for)
@@ -306,11 +298,11 @@ def format_table(report: dict) -> str:
                       _fmt(r["speedup"], ".3g", "x"), _fmt(r["gbps"], ".4g"),
                       _fmt(r["tflops"], ".3g"), peak, r["target"] or "-",
                       r["result"] + (f" ({r['why']})" if r["why"] else "")))
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
     widths[-1] = len(head[-1])  # the last column is free text
 
     def fmt(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     title = f"fastfp bench: {meta.get('device') or '?'}"
     if meta.get("timestamp"):
@@ -359,7 +351,7 @@ def plot(report: dict, path) -> bool:
 
     from fastfp.store import atomic_path
 
-    labels = [f"{r['group']}" + (f" [{_short(r['name'], 30)}]" if _several(report, r["group"]) else "")
+    labels = [r["group"] + (f" [{_short(r['name'], 30)}]" if _several(report, r["group"]) else "")
               + (" (baseline ~)" if r["baseline_extrapolated"] else "") for r in rows]
     colors = {"PASS": "tab:green", "FAIL": "tab:red", "-": "tab:gray"}
     fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 1.5))
@@ -433,7 +425,7 @@ def from_benchmark_json(path) -> dict:
         key = f"{device_type}:{device_name}"
         if key in stored_peaks:
             return stored_peaks[key]
-        return _sibling("peaks").device_peaks(device_type, device_name, measure_cpu=False)
+        return peaks.device_peaks(device_type, device_name, measure_cpu=False)
 
     rows = build_rows(benchmarks, peaks_for)
     meta = dict(saved.get("meta") or {})
@@ -476,10 +468,10 @@ def format_comparison(rows: list[dict], new: dict, old: dict) -> str:
               _fmt_time(r["new_fastfp_s"]), _fmt(r["change"], ".3g", "x"),
               _fmt(r["old_speedup"], ".3g", "x"), _fmt(r["new_speedup"], ".3g", "x"),
               f"{r['old_result']} -> {r['new_result']}") for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
 
     def fmt(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     return "\n".join([f"old: {where(old)}", f"new: {where(new)}", fmt(head),
                       fmt(["-" * w for w in widths]), *map(fmt, lines),
@@ -488,7 +480,7 @@ def format_comparison(rows: list[dict], new: dict, old: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python bench/report.py",
+        prog="python -m fastfp.bench.report",
         description="Ratio table (speed-up, % of peak, pass/fail) of a pytest-benchmark "
                     "--benchmark-json file written by the fastfp bench suite.")
     parser.add_argument("run", help="the --benchmark-json file")

@@ -36,7 +36,8 @@ def _models(folder: Path, n: int) -> Path:
         torch.save(m, folder / f"m{i}.pt")
         entries.append({"name": f"m{i}", "family": f"f{i % 4}", "path": f"m{i}.pt"})
     (folder / "models.json").write_text(json.dumps({"models": entries}))
-    torch.save(torch.rand(2048, 1, 32, 32, generator=torch.Generator().manual_seed(0)), folder / "x.pt")
+    x = torch.rand(2048, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, folder / "x.pt")
     return folder / "models.json"
 
 
@@ -48,7 +49,8 @@ def _run(procs: int, args: list[str]) -> float:
     start = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:2])} with {procs} processes failed:\n{r.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(args[:2])} with {procs} processes failed:\n"
+                           f"{r.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
@@ -77,7 +79,8 @@ def main(argv=None) -> int:
                                 "--no-progress", "--out", str(fp)])
             same = (db.read_bytes() == (work / "db1.safetensors").read_bytes()
                     and _fp_equal(fp, work / "fp1.safetensors")) if procs != a.procs[0] else True
-            rows.append({"procs": procs, "fbi_build_s": t_db, "generate_s": t_fp, "identical": same})
+            rows.append({"procs": procs, "fbi_build_s": t_db, "generate_s": t_fp,
+                         "identical": same})
             print(f"{procs} process(es): fbi build {t_db:.1f} s, generate {t_fp:.1f} s, "
                   f"identical to the first run: {same}")
         report = {"cpu_count": os.cpu_count(), "models": a.models, "inputs": 2048,
@@ -112,7 +115,8 @@ def _plot(rows, path: Path) -> None:
 
     procs = [r["procs"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key, label in (("fbi_build_s", "fastfp fbi build"), ("generate_s", "fastfp generate (ltrc)")):
+    for key, label in (("fbi_build_s", "fastfp fbi build"),
+                       ("generate_s", "fastfp generate (ltrc)")):
         ax.plot(procs, [rows[0][key] / r[key] for r in rows], "o-", label=label)
     ax.plot(procs, [p / procs[0] for p in procs], "k--", lw=0.8, label="ideal")
     ax.set_xlabel("processes (torchrun)")

@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from fastfp.bench import curves, peaks, report
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_test_bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("report")
-peaks = _load("peaks")
 
 
 def entry(group, role, seconds, name=None, **info):
@@ -260,7 +250,7 @@ def test_cpu_bandwidth_is_measured(monkeypatch):
 
 SYNTHETIC = '''
 import pytest, torch
-from common import measure, bench_device
+from .common import measure, bench_device
 
 X = torch.randn(64, 64)
 
@@ -282,10 +272,10 @@ def test_gpu_only():
 
 @pytest.fixture
 def bench_copy(tmp_path):
-    """A bench folder with the real conftest/report/peaks/common and one synthetic benchmark."""
+    """A bench package with the real conftest/report/peaks/common and one synthetic benchmark."""
     folder = tmp_path / "bench"
     folder.mkdir()
-    for name in ("conftest.py", "report.py", "peaks.py", "common.py"):
+    for name in ("__init__.py", "conftest.py", "report.py", "peaks.py", "common.py"):
         shutil.copy(BENCH / name, folder / name)
     (folder / "bench_ops.py").write_text(SYNTHETIC)
     return folder
@@ -299,16 +289,13 @@ def _env(**extra):
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-o", "python_files=bench_*.py", "-p",
           "no:cacheprovider"]
-# pytest-benchmark switched off: the suite's built-in stand-in takes over
-STAND_IN = (["-p", "no:benchmark"], {"FASTFP_BENCH_FALLBACK": "1"})
 
 
-@pytest.mark.parametrize("args, env", [([], {}), STAND_IN], ids=["plugin", "stand-in"])
-def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path, args, env):
+def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-disable", *args],
+    proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-disable"],
                           capture_output=True, text=True, cwd=tmp_path,
-                          env=_env(FASTFP_BENCH_OUT=str(out), **env))
+                          env=_env(FASTFP_BENCH_OUT=str(out)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed, 1 skipped" in proc.stdout  # the benchmark bodies ran, the GPU one skipped
     assert "benchmarks disabled" in proc.stdout
@@ -316,12 +303,11 @@ def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path, args, en
     assert not out.exists()
 
 
-def test_stand_in_times_and_reports(bench_copy, tmp_path):
+def test_timed_run_reports_and_saves(bench_copy, tmp_path):
     out, raw = tmp_path / "out", tmp_path / "raw.json"
-    args, env = STAND_IN
     proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-enable",
-                           f"--benchmark-json={raw}", *args], capture_output=True, text=True,
-                          cwd=tmp_path, env=_env(FASTFP_BENCH_OUT=str(out), **env))
+                           f"--benchmark-json={raw}"], capture_output=True, text=True,
+                          cwd=tmp_path, env=_env(FASTFP_BENCH_OUT=str(out)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ratios against the baselines" in proc.stdout
     data = json.loads(raw.read_text())
@@ -329,12 +315,16 @@ def test_stand_in_times_and_reports(bench_copy, tmp_path):
     assert all(b["stats"]["rounds"] == 2 for b in data["benchmarks"])
     assert all(b["extra_info"]["achieved_gbps"] > 0 for b in data["benchmarks"])
     assert data["fastfp"]["rows"][0]["group"] == "matmul"
-    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(raw)],
-                             capture_output=True, text=True)
-    assert compare.returncode == 0 and "test_matmul[fastfp]" in compare.stdout, compare.stderr
-    rep = report.from_benchmark_json(raw)  # the saved run re-reports like a plugin run
+    rep = report.from_benchmark_json(raw)  # the saved run re-reports
     assert rep["rows"][0]["speedup"] > 0
     assert json.loads((out / "report.json").read_text())["summary"]["rows"] == 1
+
+
+def test_suite_without_pytest_benchmark_says_what_to_install(bench_copy, tmp_path):
+    proc = subprocess.run([*PYTEST, str(bench_copy), "-p", "no:benchmark"], capture_output=True,
+                          text=True, cwd=tmp_path, env=_env())
+    assert proc.returncode != 0
+    assert "needs pytest-benchmark" in proc.stdout + proc.stderr
 
 
 def test_fastfp_bench_end_to_end(bench_copy, tmp_path):
@@ -416,7 +406,8 @@ def test_cli_environment_and_pytest_command(tmp_path, bench_copy):
     assert cmd[cmd.index("-k") + 1] == "matmul"
     assert f"--benchmark-json={(tmp_path / 'o' / 'benchmark.json').resolve()}" in cmd
     curves = cli_bench.curves_command(args, bench_copy)
-    assert curves[1] == str(bench_copy / "curves.py") and "--quick" in curves
+    assert curves[1:3] == ["-m", "bench.curves"] and "--quick" in curves
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(bench_copy.parent)  # where bench is
 
 
 def test_find_bench_dir_checkout_wheel_and_missing(tmp_path, monkeypatch):
@@ -430,15 +421,27 @@ def test_find_bench_dir_checkout_wheel_and_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(fastfp, "__file__", str(wheel / "__init__.py"))
     with pytest.raises(UserError, match="cannot find the bench suite"):
         cli_bench.find_bench_dir()
-    for name in ("conftest.py", "report.py"):
+    for name in ("__init__.py", "conftest.py", "report.py"):
         (wheel / "bench" / name).write_text("")
     assert cli_bench.find_bench_dir() == wheel / "bench"
+
+
+def test_bench_package_names(tmp_path):
+    """The curves run as ``python -m <package>.curves``: bench in a checkout, fastfp.bench in a
+    wheel (pytest's own rule: the package ends where __init__.py files stop)."""
+    from fastfp.cli import bench as cli_bench
+
+    assert cli_bench._package(BENCH) == ("bench", BENCH.parent)
+    wheel = tmp_path / "site-packages" / "fastfp" / "bench"
+    wheel.mkdir(parents=True)
+    for folder in (wheel, wheel.parent):
+        (folder / "__init__.py").write_text("")
+    assert cli_bench._package(wheel) == ("fastfp.bench", tmp_path / "site-packages")
 
 
 # --- scaling curves -----------------------------------------------------------------------------
 
 def test_curve_timing_budget_and_plot(tmp_path):
-    curves = _load("curves")
     calls = {"fastfp": 0, "baseline": 0}
 
     def make(n):
@@ -472,8 +475,6 @@ def test_curve_timing_budget_and_plot(tmp_path):
 
 
 def test_curves_skip_an_area_without_api(tmp_path, monkeypatch):
-    curves = _load("curves")
-
     def missing(device, quick):
         raise curves.SkipArea("fastfp.fbi.pairwise_rajski is not available yet")
 
@@ -483,12 +484,45 @@ def test_curves_skip_an_area_without_api(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "curves.json").read_text())["areas"]["fbi"]["skipped"]
 
 
-def test_wheel_ships_the_bench_suite(tmp_path):
-    """The wheel maps bench/ to fastfp/bench, where `fastfp bench` looks (no compiler needed)."""
+# --- `fastfp bench` for real: from this checkout and from a wheel --------------------------------
+
+OPS_TINY = ["--only", "ops", "-k", "test_vs_fft and highpass and 3x32x32", "--quick", "--device",
+            "cpu"]
+
+
+def _ran_tiny_ops(proc: subprocess.CompletedProcess, out: Path) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ratios against the baselines" in proc.stdout
+    (row,) = json.loads((out / "report.json").read_text())["rows"]
+    assert row["group"] == "highpass 3x32x32 k=2 | fft" and row["speedup"] > 0
+
+
+@pytest.mark.slow
+def test_fastfp_bench_runs_the_checkout_suite(tmp_path):
+    out = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-m", "fastfp", "bench", "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert proc.returncode == 0 and "--only" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fastfp", "bench", *OPS_TINY, "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=600)
+    _ran_tiny_ops(proc, out)
+    assert f"suite {BENCH}" in proc.stdout
+
+
+def _editable_finders_off() -> dict:
+    """Environment that switches scikit-build-core's editable-install finder off (it would serve
+    the checkout's fastfp before anything on PYTHONPATH): its skip variable lists build dirs."""
+    paths = [f.path for f in sys.meta_path if type(f).__name__.startswith("ScikitBuild")
+             and isinstance(getattr(f, "path", None), str)]
+    return {"SKBUILD_EDITABLE_SKIP": os.pathsep.join(paths)} if paths else {}
+
+
+@pytest.mark.slow
+def test_wheel_ships_and_runs_the_bench_suite(tmp_path):
+    """The wheel maps bench/ to fastfp/bench, where `fastfp bench` finds and runs it (built
+    without the compiler: the torch fallbacks serve)."""
     pytest.importorskip("scikit_build_core")
     pytest.importorskip("nanobind")
-    import zipfile
-
     root = BENCH.parent
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(root), "--no-build-isolation", "--no-deps",
@@ -497,5 +531,21 @@ def test_wheel_ships_the_bench_suite(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = tmp_path.glob("fastfp-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("conftest.py", "report.py", "common.py", "peaks.py", "curves.py"):
+    for name in ("__init__.py", "conftest.py", "report.py", "common.py", "peaks.py", "curves.py",
+                 "bench_ops.py", "baselines/__init__.py", "baselines/dct.py"):
         assert f"fastfp/bench/{name}" in names
+    assert "fastfp/py.typed" in names and "fastfp/kernels/__init__.py" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = _env(PYTHONPATH=str(site), **_editable_finders_off())
+    where = subprocess.run([sys.executable, "-c", "import fastfp; print(fastfp.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert where.stdout.strip() == str(site / "fastfp" / "__init__.py"), where.stderr
+    proc = subprocess.run([sys.executable, "-m", "fastfp", "bench", "--help"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "--only" in proc.stdout, proc.stderr
+    out = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-m", "fastfp", "bench", *OPS_TINY, "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    _ran_tiny_ops(proc, out)
+    assert f"suite {site / 'fastfp' / 'bench'}" in proc.stdout

@@ -19,7 +19,6 @@ import torch
 
 from fastfp.reference import dct as ref
 
-
 # ---- (a) torch-dct's DCT-II / DCT-III via FFT -------------------------------------------------
 
 def dct(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +74,8 @@ def highpass_fft(x: torch.Tensor, k: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _dense(h: int, w: int, k: int, dtype: torch.dtype, device: torch.device):
-    return (ref.dct_matrix(h, dtype=dtype, device=device), ref.dct_matrix(w, dtype=dtype, device=device),
+    return (ref.dct_matrix(h, dtype=dtype, device=device),
+            ref.dct_matrix(w, dtype=dtype, device=device),
             ref.frequency_mask(h, w, k, dtype=dtype, device=device))
 
 
@@ -86,13 +86,16 @@ def highpass_dense(x: torch.Tensor, k: int) -> torch.Tensor:
 
 # ---- the sign step in front of either ----------------------------------------------------------
 
-def step(x, grad, alpha, lo=0.0, hi=1.0):
+def step(x: torch.Tensor, grad: torch.Tensor, alpha: float, lo: float = 0.0,
+         hi: float = 1.0) -> torch.Tensor:
     return torch.clamp(x - alpha * torch.sign(grad), lo, hi)
 
 
-def sign_step_fft(x, grad, alpha, k, lo=0.0, hi=1.0):
+def sign_step_fft(x: torch.Tensor, grad: torch.Tensor, alpha: float, k: int, lo: float = 0.0,
+                  hi: float = 1.0) -> torch.Tensor:
     return highpass_fft(step(x, grad, alpha, lo, hi), k)
 
 
-def sign_step_dense(x, grad, alpha, k, lo=0.0, hi=1.0):
+def sign_step_dense(x: torch.Tensor, grad: torch.Tensor, alpha: float, k: int, lo: float = 0.0,
+                    hi: float = 1.0) -> torch.Tensor:
     return highpass_dense(step(x, grad, alpha, lo, hi), k)

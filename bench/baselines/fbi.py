@@ -1,6 +1,7 @@
 """Baselines for the FBI engine: what a user writes without fastfp.
 
-- :func:`rajski_pairs_sklearn`: a loop over model pairs calling ``sklearn.metrics.mutual_info_score``
+- :func:`rajski_pairs_sklearn`: a loop over model pairs calling
+  ``sklearn.metrics.mutual_info_score``
   (through the literal twin :func:`fastfp.reference.fbi.rajski_distance`): the natural first code;
   too slow for 10^6 pairs, so the benchmark times a sample of pairs and extrapolates.
 - :func:`pairwise_rajski_bincount`: the vectorised numpy version, one ``np.bincount`` over the
@@ -11,14 +12,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import xlogy
 
 from fastfp.reference import fbi as ref
 
 
-def rajski_pairs_sklearn(A, B, pairs) -> list[float]:
+def rajski_pairs_sklearn(A: ArrayLike, B: ArrayLike,
+                         pairs: Iterable[tuple[int, int]]) -> list[float]:
     A, B = np.asarray(A), np.asarray(B)
     return [ref.rajski_distance(A[i].tolist(), B[j].tolist()) for i, j in pairs]
 
@@ -29,7 +33,8 @@ def _row_entropy(X: np.ndarray, K: int) -> np.ndarray:
     return math.log(L) - xlogy(counts, counts).sum(1) / L
 
 
-def pairwise_rajski_bincount(A, B, K: int, chunk_pairs: int = 1 << 17) -> np.ndarray:
+def pairwise_rajski_bincount(A: ArrayLike, B: ArrayLike, K: int,
+                             chunk_pairs: int = 1 << 17) -> np.ndarray:
     A, B = np.asarray(A, dtype=np.int64), np.asarray(B, dtype=np.int64)
     m, L = A.shape
     n = B.shape[0]
@@ -49,9 +54,10 @@ def pairwise_rajski_bincount(A, B, K: int, chunk_pairs: int = 1 << 17) -> np.nda
     return np.clip(d, 0.0, 1.0)
 
 
-def detection_scores_loop(outputs, family, inputs) -> list[int]:
+def detection_scores_loop(outputs: Sequence[Sequence[tuple]], family: Iterable[int],
+                          inputs: Iterable[int]) -> list[int]:
     """Numerators of eq. (7) (score * |F|) for ``inputs``; outputs[m][x] are label tuples."""
     fam = set(int(m) for m in family)
-    F = [m for m in range(len(outputs)) if m in fam]
-    O = [m for m in range(len(outputs)) if m not in fam]
-    return [int(ref.detection_score(outputs, x, F, O) * len(F)) for x in inputs]
+    inside = [m for m in range(len(outputs)) if m in fam]
+    others = [m for m in range(len(outputs)) if m not in fam]
+    return [int(ref.detection_score(outputs, x, inside, others) * len(inside)) for x in inputs]

@@ -14,16 +14,20 @@ fastfp statistically; :mod:`fastfp.reference.noise` gives the exact same-stream 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
-def perturb_naive(params, delta: float, generator: torch.Generator | None = None):
+def perturb_naive(params: Sequence[torch.Tensor], delta: float,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
     return [p + torch.empty_like(p).uniform_(-delta, delta, generator=generator) for p in params]
 
 
-def grad_mean_naive(model, x, labels, delta: float, q: int, seed: int = 0) -> torch.Tensor:
+def grad_mean_naive(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, delta: float, q: int,
+                    seed: int = 0) -> torch.Tensor:
     device = x.device
     generator = torch.Generator(device=device).manual_seed(seed)
     total = torch.zeros_like(x)
@@ -39,7 +43,7 @@ def grad_mean_naive(model, x, labels, delta: float, q: int, seed: int = 0) -> to
     return total / q
 
 
-def grad_plain(model, x, labels, q: int) -> torch.Tensor:
+def grad_plain(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, q: int) -> torch.Tensor:
     total = torch.zeros_like(x)
     xg = x.detach().requires_grad_(True)
     for _ in range(q):

@@ -1,22 +1,26 @@
 """``fastfp bench``: run the benchmark suite (fastfp against its baselines) and report the ratios.
 
-The suite is the pytest-benchmark files in ``bench/``: in a source checkout (the editable install
-``pip install -e .``) that is ``<checkout>/bench``; a wheel ships the same folder as
-``fastfp/bench``. ``--bench-dir`` points at any other copy.
+The suite is the package of pytest-benchmark files in ``bench/``: a wheel ships it as
+``fastfp/bench`` (``fastfp.bench``), a source checkout (the editable install ``pip install -e .``)
+has it as ``<checkout>/bench``. ``--bench-dir`` points at any other copy.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 AREAS = ("ops", "noise", "cexamples", "fbi")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
+    """Add ``bench`` to the sub-command parsers ``sub`` (argparse's ``add_subparsers()``)."""
     p = sub.add_parser(
         "bench", help="benchmark fastfp against the baselines a user would write (ratio table)",
         description="Run the bench suite (pytest-benchmark, fastfp and baseline in the same run), "
@@ -52,18 +56,18 @@ def find_bench_dir(explicit: str | None = None) -> Path:
     from fastfp.cli.main import UserError
 
     def is_suite(path: Path) -> bool:
-        return (path / "conftest.py").is_file() and (path / "report.py").is_file()
+        return all((path / name).is_file() for name in ("__init__.py", "conftest.py", "report.py"))
 
     if explicit:
         path = Path(explicit)
         if not is_suite(path):
             raise UserError(f"--bench-dir: {explicit!r} is not a fastfp bench folder "
-                            f"(no conftest.py and report.py in it)")
+                            f"(no __init__.py, conftest.py and report.py in it)")
         return path.resolve()
     import fastfp
 
     package = Path(fastfp.__file__).resolve().parent
-    for candidate in (package.parent / "bench", package / "bench"):
+    for candidate in (package / "bench", package.parent / "bench"):  # wheel, then checkout
         if is_suite(candidate):
             return candidate
     raise UserError(
@@ -72,19 +76,15 @@ def find_bench_dir(explicit: str | None = None) -> Path:
         "(git clone ... && pip install --no-build-isolation -e '.[dev]') or pass --bench-dir.")
 
 
-def _check_args(args, bench_dir: Path) -> list[Path]:
+def _check_args(args: argparse.Namespace, bench_dir: Path) -> list[Path]:
     """Validate everything before any work starts; return the bench files to run."""
     from fastfp.cli.main import UserError
 
-    import importlib.util
-
-    if importlib.util.find_spec("pytest") is None:
-        raise UserError("the bench suite needs pytest (and, for full statistics, "
-                        "pytest-benchmark): pip install 'fastfp[dev]'")
-    if importlib.util.find_spec("pytest_benchmark") is None:
-        print("fastfp bench: pytest-benchmark is not installed: timing with the suite's "
-              "built-in stand-in (pip install 'fastfp[dev]' for the full plugin)",
-              file=sys.stderr)
+    missing = [name for name in ("pytest", "pytest_benchmark")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"the bench suite needs pytest and pytest-benchmark ({', '.join(missing)} "
+                        f"missing): pip install 'fastfp[dev]'")
     if args.device == "cuda":
         import torch
 
@@ -104,7 +104,17 @@ def _check_args(args, bench_dir: Path) -> list[Path]:
     return files
 
 
-def _environment(args, bench_dir: Path) -> dict:
+def _package(bench_dir: Path) -> tuple[str, Path]:
+    """(dotted package name, folder to import it from) of a bench folder: ``bench`` under a
+    checkout, ``fastfp.bench`` in a wheel; the same rule pytest uses to import it."""
+    parts, root = [bench_dir.name], bench_dir.parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    return ".".join(parts), root
+
+
+def _environment(args: argparse.Namespace, bench_dir: Path) -> dict:
     env = dict(os.environ)
     if args.quick:
         env["FASTFP_BENCH_QUICK"] = "1"
@@ -112,12 +122,14 @@ def _environment(args, bench_dir: Path) -> dict:
         env["FASTFP_BENCH_DEVICE"] = args.device
     env["FASTFP_BENCH_OUT"] = str(Path(args.out).resolve())
     env.setdefault("MPLBACKEND", "Agg")
+    root = str(_package(bench_dir)[1])  # the curves run as ``python -m <package>.curves``
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     if "site-packages" in bench_dir.parts or "dist-packages" in bench_dir.parts:
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave an installed package untouched
     return env
 
 
-def pytest_command(args, bench_dir: Path, files: list[Path]) -> list[str]:
+def pytest_command(args: argparse.Namespace, bench_dir: Path, files: list[Path]) -> list[str]:
     out = Path(args.out).resolve()
     cmd = [sys.executable, "-m", "pytest", *(map(str, files or [bench_dir])),
            "--benchmark-enable", f"--benchmark-json={out / 'benchmark.json'}",
@@ -128,8 +140,9 @@ def pytest_command(args, bench_dir: Path, files: list[Path]) -> list[str]:
     return cmd
 
 
-def curves_command(args, bench_dir: Path) -> list[str]:
-    cmd = [sys.executable, str(bench_dir / "curves.py"), "--out", str(Path(args.out).resolve())]
+def curves_command(args: argparse.Namespace, bench_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", f"{_package(bench_dir)[0]}.curves", "--out",
+           str(Path(args.out).resolve())]
     if args.quick:
         cmd.append("--quick")
     if args.device:
@@ -139,12 +152,13 @@ def curves_command(args, bench_dir: Path) -> list[str]:
     return cmd
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     bench_dir = find_bench_dir(args.bench_dir)
     files = [] if args.curves_only else _check_args(args, bench_dir)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     env = _environment(args, bench_dir)
     status = 0
+    print(f"fastfp bench: suite {bench_dir}", flush=True)
     if not args.curves_only:
         report_path = Path(args.out) / "report.json"
         if report_path.exists():
@@ -159,7 +173,7 @@ def run(args) -> int:
     return status
 
 
-def _summarize(args, report_path: Path) -> int:
+def _summarize(args: argparse.Namespace, report_path: Path) -> int:
     """One closing line from the saved report; 1 under --strict when a target was missed."""
     if not report_path.is_file():
         print("fastfp bench: no ratio report was written (no benchmark recorded a time)",
