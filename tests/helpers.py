@@ -28,7 +28,7 @@ class DigitsCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_cnn():
     """A small CNN trained on scikit-learn's real handwritten digits, 8x8 upsampled to 32x32
     (a few seconds on CPU); returns (model, held-out accuracy)."""

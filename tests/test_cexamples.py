@@ -1,22 +1,17 @@
 """Characteristic-examples engine: paper-literal equivalence, success on a real model, bad input."""
 
-import functools
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from helpers import METHODS, DigitsCNN, digits_cnn, tiny_cnn  # noqa: F401
 
 import fastfp
 from fastfp import backend, cexamples
-from fastfp.cexamples import defaults, settings_for
+from fastfp.cexamples import batching, defaults, gradmean, settings_for
 from fastfp.reference import cexamples as ref
 
-from helpers import METHODS, DigitsCNN, digits_cnn, tiny_cnn  # noqa: F401
-
-
-
-# ----------------------------------------------------------------------------- reference equivalence
+# ------------------------------------------------------------------------- reference equivalence
 
 @pytest.mark.parametrize("method", METHODS)
 def test_engine_matches_reference_trajectory(method):
@@ -194,11 +189,11 @@ def test_batch_size_none_follows_free_memory(monkeypatch):
     handle = model.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].shape[0]))
     kw = dict(method="vanilla", steps=2, eta=0.0, progress=False)
     try:
-        monkeypatch.setattr(cexamples, "_free_bytes", lambda device: 0)  # room for one example
+        monkeypatch.setattr(batching, "free_bytes", lambda device: 0)  # room for one example
         tight = cexamples.generate(model, 3, (1, 8, 8), 5, **kw)
         assert seen and set(seen) == {1}
         seen.clear()
-        monkeypatch.setattr(cexamples, "_free_bytes", lambda device: 1 << 40)
+        monkeypatch.setattr(batching, "free_bytes", lambda device: 1 << 40)
         roomy = cexamples.generate(model, 3, (1, 8, 8), 5, **kw)
         assert max(seen) == 3  # all three examples in one batch
     finally:
@@ -233,6 +228,15 @@ class NotAClassifier(nn.Module):
     def forward(self, x):
         n = x.shape[0]
         return {"tuple": (x, x), "4d": x, "1d": x.flatten()[:n]}[self.out]
+
+
+class NaNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 5)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)) * float("nan")
 
 
 @pytest.mark.parametrize("kwargs, exc, name", [
@@ -270,6 +274,15 @@ class NotAClassifier(nn.Module):
     (dict(model=nn.Sequential(nn.Flatten(), nn.Softmax(dim=1)), input_shape=(1, 1, 5),
           method="rc"), ValueError, "model"),
     (dict(model_name=5), TypeError, "model_name"),
+    (dict(model=NaNModel()), ValueError, "model"),
+    (dict(model=tiny_cnn().to("meta")), ValueError, "model"),
+    (dict(device="cuda:x"), ValueError, "device"),
+    (dict(x0=(torch.rand(2, 1, 8, 8) * 255).to(torch.uint8)), TypeError, "x0"),
+    (dict(x0=torch.full((2, 1, 8, 8), float("nan"))), ValueError, "x0"),
+    (dict(x0=torch.rand(2, 1, 8, 8) + 1), ValueError, "x0"),
+    (dict(x0=torch.rand(3, 1, 8, 8)), ValueError, "x0"),
+    (dict(x0=torch.rand(2, 1, 8, 9)), ValueError, "x0"),
+    (dict(x0=[[0.5]]), TypeError, "x0"),
 ])
 def test_bad_input_is_rejected_before_work(kwargs, exc, name, monkeypatch):
     from fastfp.cexamples import engine
@@ -278,7 +291,7 @@ def test_bad_input_is_rejected_before_work(kwargs, exc, name, monkeypatch):
     monkeypatch.setattr(engine, "run_batch", lambda *a, **k: calls.append(1))
     args = dict(model=tiny_cnn(), num=2, input_shape=(1, 8, 8), num_classes=5, progress=False)
     args.update(kwargs)
-    with pytest.raises(exc, match=name):
+    with pytest.raises(exc, match=rf"^{name}(\[\d\])?: "):
         cexamples.generate(**args)
     assert not calls
 
@@ -321,7 +334,7 @@ def test_cuda_matches_cpu_and_graph_path(method):
     eager = cexamples.generate(gpu_model, 8, (1, 32, 32), 10, graphs=False, **kw)
     assert backend.last_used("cexamples.generate") == "torch"
     graph = cexamples.generate(gpu_model, 8, (1, 32, 32), 10, graphs=True, **kw)
-    assert backend.last_used("cexamples.generate") == "cuda"
+    assert backend.last_used("cexamples.generate") == "cuda-graph"
     for fp in (eager, graph):
         assert cexamples.verify(model, fp) >= 0.99
         # sign() may flip on a rounding-level gradient component: compare in bulk
@@ -338,7 +351,7 @@ def test_cuda_graph_with_early_stop_and_bf16():
     gpu_model.load_state_dict(model.state_dict())
     fp = cexamples.generate(gpu_model, 40, (1, 32, 32), 10, method="ltrc", steps=60, q=4,
                             eta=0.01, graphs=True, precision="bf16", progress=False)
-    assert backend.last_used("cexamples.generate") == "cuda"
+    assert backend.last_used("cexamples.generate") == "cuda-graph"
     assert cexamples.verify(model, fp) >= 0.97
     used = fp.meta["steps_used"]
     assert min(used) < 60
@@ -361,39 +374,33 @@ class DataDependent(nn.Module):
 
 @pytest.mark.parametrize("copies", [2, 5])
 def test_batched_copies_match_one_after_the_other(copies):
-    from fastfp.cexamples import _noise
-
     model = tiny_cnn()
     x = torch.rand(3, 1, 8, 8)
     y = torch.tensor([0, 4, 2])
-    loop = _noise.grad_mean(model, x, y, 0.05, 5, seed=2, offset=10, copies=1)
-    batched = _noise.grad_mean(model, x, y, 0.05, 5, seed=2, offset=10, copies=copies)
-    assert model not in _noise._NO_VMAP
+    loop = gradmean.grad_mean(model, x, y, 0.05, 5, 2, 10, strategy="loop")
+    batched = gradmean.grad_mean(model, x, y, 0.05, 5, 2, torch.tensor([10]), copies=copies)
+    assert model not in gradmean._NO_VMAP
     torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-5)
     literal = fastfp.reference.noise.grad_mean(model, x, y, 0.05, 5, seed=2, offset=10)
     torch.testing.assert_close(loop, literal, atol=1e-6, rtol=1e-5)
 
 
 def test_untraceable_model_falls_back_to_the_loop():
-    from fastfp.cexamples import _noise
-
     model = DataDependent()
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
-    batched = _noise.grad_mean(model, x, y, 0.05, 3, seed=0, copies=3)
-    assert model in _noise._NO_VMAP
-    torch.testing.assert_close(batched, _noise.grad_mean(model.net, x, y, 0.05, 3, seed=0),
+    batched = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, copies=3)
+    assert model in gradmean._NO_VMAP
+    torch.testing.assert_close(batched, gradmean.grad_mean(model.net, x, y, 0.05, 3, 0, 0),
                                atol=1e-6, rtol=1e-5)
 
 
 def test_torchscript_models_restore_their_weights_exactly():
-    from fastfp.cexamples import _noise
-
     model = torch.jit.script(tiny_cnn())
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
-    g = _noise.grad_mean(model, x, y, 0.05, 3, seed=0)
+    g = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    torch.testing.assert_close(g, _noise.grad_mean(tiny_cnn(), x, y, 0.05, 3, seed=0),
+    torch.testing.assert_close(g, gradmean.grad_mean(tiny_cnn(), x, y, 0.05, 3, 0, 0),
                                atol=1e-6, rtol=1e-5)
 
 

@@ -1,147 +1,104 @@
-"""The CUDA-graph path: its noise and its step bookkeeping checked on CPU (no capture), and the
-captured path itself on a GPU."""
+"""CUDA-graph capture of the engine's step: its replay schedule checked on CPU (the same step run
+eagerly on the graph path's schedule), and the captured step itself on a GPU."""
+
+import logging
 
 import pytest
 import torch
+from helpers import METHODS, digits_cnn, tiny_cnn
 
 import fastfp
-from fastfp.cexamples import engine, graphs, settings_for
-from test_cexamples import METHODS, digits_cnn, tiny_cnn
-
-
-def flat_noise_reference(model, delta, seed, offset):
-    params = [p.detach() for p in model.parameters()]
-    return torch.cat([p.reshape(-1) for p in fastfp.noise.perturb(params, delta, seed, offset)])
-
-
-@pytest.mark.parametrize("step, q, copy, seed", [(0, 1, 0, 0), (7, 3, 2, 5), (2 ** 33 + 1, 10, 9,
-                                                                              2 ** 40 + 3)])
-def test_in_graph_noise_matches_the_stream_bit_for_bit(step, q, copy, seed):
-    model = tiny_cnn()
-    names, master, _ = graphs._flat_parameters(model)
-    out = torch.empty_like(master)
-    graphs.fill_noise(master, out, torch.tensor([step]), q, copy, seed, 0.03, use_triton=False)
-    assert torch.equal(out, flat_noise_reference(model, 0.03, seed, step * q + copy))
-
-
-def test_triton_noise_kernel_matches_under_the_interpreter():
-    """The Triton kernel, run by Triton's CPU interpreter (set before triton is imported, hence a
-    fresh process), draws the same bits as the stream, including 64-bit steps and seeds."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    code = (
-        "import torch\n"
-        "from fastfp.cexamples import graphs\n"
-        "from test_cexamples_graphs import flat_noise_reference, tiny_cnn\n"
-        "m = tiny_cnn(); _, master, _ = graphs._flat_parameters(m); out = torch.empty_like(master)\n"
-        "for step, q, c, seed in [(3, 4, 1, 11), (2**33 + 1, 10, 9, 2**40 + 3)]:\n"
-        "    graphs.fill_noise(master, out, torch.tensor([step]), q, c, seed, 0.05, use_triton=True)\n"
-        "    assert torch.equal(out, flat_noise_reference(m, 0.05, seed, step * q + c))\n"
-        "print('bit-exact')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "bit-exact" in done.stdout, done.stderr[-2000:]
+from fastfp.cexamples import engine, settings_for
+from fastfp.reference.cexamples import start
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("eta", [0.0, 0.05])
-@pytest.mark.parametrize("check_every", [1, None])
-def test_graph_step_bookkeeping_equals_the_eager_engine(method, eta, check_every, monkeypatch):
-    """The body the graph captures, run eagerly: same x, steps_used and final loss as eager,
-    including masked freezing, host checks every CHECK_EVERY steps and compaction (these
-    examples finish within a few steps: a check after every step makes compaction happen)."""
-    if check_every is not None:
-        monkeypatch.setattr(graphs, "CHECK_EVERY", check_every)
+@pytest.mark.parametrize("check_every", [1, 8])
+def test_replay_schedule_equals_the_eager_schedule(method, eta, check_every, monkeypatch):
+    """Masked freezing, host checks every CHECK_EVERY steps and compaction at half: the same x,
+    steps_used and final loss as checking and compacting after every step."""
+    monkeypatch.setattr(engine, "CHECK_EVERY", check_every)
     model, _ = digits_cnn()
     s = settings_for(method, (1, 32, 32), steps=20, q=2, eta=eta)
-    x0, labels = engine.start(6, (1, 32, 32), 10, 0)
+    x0, labels = start(6, (1, 32, 32), 10, 0)
     expect = engine.run_batch(model, x0, labels, s)
-    got = graphs.run_batch(model, x0, labels, s, capture=False)
-    torch.testing.assert_close(got[0], expect[0], atol=1e-5, rtol=0)
-    assert got[1].tolist() == expect[1].tolist()
-    torch.testing.assert_close(got[2], expect[2], rtol=1e-4, atol=1e-6)
-    if eta > 0:
-        assert min(expect[1].tolist()) < 20
-
-
-def test_a_smaller_graph_that_cannot_be_set_up_keeps_the_current_one(monkeypatch):
-    """Compaction failing part-way continues in the graph at hand: same result as the eager
-    engine, and every example is reported finished exactly once (no restart from scratch)."""
-    model, _ = digits_cnn()
-    s = settings_for("rcgm", (1, 32, 32), steps=20, q=2, eta=0.01)
-    x0, labels = engine.start(6, (1, 32, 32), 10, 0)
-    expect = engine.run_batch(model, x0, labels, s)
-    monkeypatch.setattr(graphs, "CHECK_EVERY", 1)  # these examples finish within 4 steps
-    real_init, made = graphs._Step.__init__, []
-
-    def second_fails(self, *args, **kwargs):
-        made.append(1)
-        if len(made) > 1:
-            raise RuntimeError("simulated capture failure")
-        real_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(graphs._Step, "__init__", second_fails)
     finished = []
-    got = graphs.run_batch(model, x0, labels, s, finished.append, capture=False)
-    assert got is not None and len(made) >= 2
+    got = engine.run_batch(model, x0, labels, s, on_finish=finished.append, graphs=True,
+                           capture_graph=False)
     torch.testing.assert_close(got[0], expect[0], atol=1e-5, rtol=0)
     assert got[1].tolist() == expect[1].tolist()
     torch.testing.assert_close(got[2], expect[2], rtol=1e-4, atol=1e-6)
     assert sum(finished) == 6
+    if eta > 0:  # the schedule really stopped and compacted examples early
+        assert min(expect[1].tolist()) < 20
 
 
-def test_graphs_are_never_taken_on_cpu():
+def test_a_smaller_graph_that_cannot_be_captured_keeps_the_current_one(monkeypatch, caplog):
+    """Compaction failing part-way continues with the batch at hand: same result as the eager
+    schedule, every example reported finished exactly once, and one warning in the log."""
+    model, _ = digits_cnn()
+    s = settings_for("rcgm", (1, 32, 32), steps=20, q=2, eta=0.01)
+    x0, labels = start(6, (1, 32, 32), 10, 0)
+    expect = engine.run_batch(model, x0, labels, s)
+    monkeypatch.setattr(engine, "CHECK_EVERY", 1)  # these examples finish within 4 steps
+    made = []
+
+    def second_fails(*args):
+        made.append(1)
+        if len(made) > 1:
+            raise RuntimeError("simulated capture failure")
+        return lambda: engine.step(*args)
+
+    monkeypatch.setattr(engine, "capture", second_fails)
+    finished = []
+    with caplog.at_level(logging.WARNING, logger="fastfp"):
+        got = engine.run_batch(model, x0, labels, s, on_finish=finished.append, graphs=True)
+    assert len(made) == 2
+    torch.testing.assert_close(got[0], expect[0], atol=1e-5, rtol=0)
+    assert got[1].tolist() == expect[1].tolist()
+    torch.testing.assert_close(got[2], expect[2], rtol=1e-4, atol=1e-6)
+    assert sum(finished) == 6
+    assert sum("could not be captured" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_graphs_are_opt_in_and_cuda_only():
     model = tiny_cnn()
-    cpu = torch.device("cpu")
-    assert not graphs.wanted(None, model, (1, 8, 8), cpu)
-    with pytest.raises(ValueError, match="graphs"):
-        graphs.wanted(True, model, (1, 8, 8), cpu)
-    with pytest.raises(ValueError, match="graphs"):
+    with pytest.raises(ValueError, match="graphs: CUDA graphs need"):
         fastfp.cexamples.generate(model, 2, (1, 8, 8), 5, steps=2, graphs=True, progress=False)
+    with pytest.raises(TypeError, match="graphs: expected None, True or False"):
+        fastfp.cexamples.generate(model, 2, (1, 8, 8), 5, steps=2, graphs="yes", progress=False)
+    fp = fastfp.cexamples.generate(model, 2, (1, 8, 8), 5, steps=2, progress=False)
+    assert fp.meta["engine"] == "torch"
 
 
-def test_mixed_dtype_models_decline_the_graph_path():
+def test_step_reads_the_step_index_from_the_device_state():
+    """The noise of a step comes from the batch's device counter t (streams t * q + c), not from
+    a host-side argument: running step 3 from a state whose t is 3 equals the 4th eager step."""
     model = tiny_cnn()
-    model[0].bias.data = model[0].bias.data.double()
-    assert graphs._flat_parameters(model) is None
+    s = settings_for("rcgm", (1, 8, 8), steps=4, q=2, eta=0.0)
+    x0, labels = start(3, (1, 8, 8), 5, 1)
+    b = engine.Batch.start(x0, labels, s)
+    for _ in range(3):
+        engine.step(model, b, s)
+    resumed = engine.Batch.start(b.x, labels, s, t=3)
+    engine.step(model, b, s)
+    engine.step(model, resumed, s)
+    assert torch.equal(b.x, resumed.x)
+    other = engine.Batch.start(resumed.x, labels, s, t=7)  # another stream: another result
+    engine.step(model, other, s)
+    assert not torch.equal(other.x, resumed.x)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", METHODS)
-def test_captured_graph_equals_eager_on_cuda(method):
+@pytest.mark.parametrize("eta", [0.0, 0.3])
+def test_captured_step_equals_eager_on_cuda(method, eta):
     model = tiny_cnn().cuda().eval()
-    s = settings_for(method, (1, 8, 8), steps=12, q=3, eta=0.0)
-    x0, labels = engine.start(5, (1, 8, 8), 5, 0)
+    s = settings_for(method, (1, 8, 8), steps=12, q=3, eta=eta, k=2 if method == "ltrc" else None)
+    x0, labels = start(5, (1, 8, 8), 5, 0)
     x0, labels = x0.cuda(), labels.cuda()
     expect = engine.run_batch(model, x0, labels, s)
-    got = graphs.run_batch(model, x0, labels, s)
-    assert got is not None, "capture failed on a plain CNN"
-    close = ((got[0] - expect[0]).abs() < 1e-4).float().mean()
-    assert close > 0.99
+    got = engine.run_batch(model, x0, labels, s, graphs=True)
+    assert float((got[0] - expect[0]).abs().max()) <= 1e-5
     assert got[1].tolist() == expect[1].tolist()
-
-
-@pytest.mark.gpu
-def test_triton_noise_on_cuda_matches_the_stream():
-    pytest.importorskip("triton")
-    model = tiny_cnn().cuda()
-    _, master, _ = graphs._flat_parameters(model)
-    out = torch.empty_like(master)
-    step = torch.tensor([5], device="cuda")
-    graphs.fill_noise(master, out, step, 10, 3, 1, 0.03, use_triton=True)
-    assert torch.equal(out.cpu(), flat_noise_reference(tiny_cnn(), 0.03, 1, 53))
-
-
-@pytest.mark.parametrize("h, w, k", [(32, 32, 2), (9, 7, 3), (8, 8, 1), (5, 6, 9)])
-def test_graph_high_pass_equals_the_reference(h, w, k):
-    from fastfp.reference import dct
-
-    x = torch.rand(2, 3, h, w, dtype=torch.float32)
-    band = graphs._band(h, w, k, torch.device("cpu"))
-    torch.testing.assert_close(graphs._subtract_band(x, *band), dct.highpass(x.double(), k).float(),
-                               atol=2e-6, rtol=0)

@@ -1,4 +1,4 @@
-"""The batched eager engine: sign-gradient descent toward target labels, with per-example early stop.
+"""The engine: the one step of sign-gradient descent toward target labels, and the loop around it.
 
 Every example follows the paper's iteration independently of its batch mates:
 
@@ -6,87 +6,66 @@ Every example follows the paper's iteration independently of its batch mates:
         if CE(F_theta(x_t), l) < eta: stop            (eq. 1, on the clean model)
         g = grad_x CE(F_{theta + Delta}(x_t), l)       (vanilla: Delta = 0; rc: one draw;
                                                         rcgm/ltrc: mean over q draws)
-        x_{t+1} = HighPass_k(Clip_[0,1](x_t - alpha sign(g)))     (k = 0 except for ltrc)
+        x_{t+1} = HighPass_k(Clip_[lo,hi](x_t - alpha sign(g)))    (k = 0 except for ltrc)
 
 The weight noise of step t, copy c is the stream ``offset = t * q + c`` of :mod:`fastfp.noise`, the
 same for every example, so results do not depend on the batch size and the literal one-example twin
 (:mod:`fastfp.reference.cexamples`) reproduces them. The loss is summed over the batch, so each
-example's gradient is its own. Finished examples leave the batch (compaction), so the work shrinks.
+example's gradient is its own.
+
+:func:`step` is written once and is capture-safe: the step index lives on the device (it reaches
+the noise as a device scalar), finished examples are frozen by a device mask, and nothing inside
+reads a value back to the host. :func:`run_batch` calls it eagerly, or (``graphs=True``, CUDA)
+captures it once into a ``torch.cuda.CUDAGraph`` and replays it: same arithmetic, same results.
+Between steps the host looks at the active count; finished examples leave the batch (compaction),
+after every step when eager, every ``CHECK_EVERY`` steps and at most half left when replaying.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-METHODS = ("vanilla", "rc", "rcgm", "ltrc")
-PRECISIONS = ("fp32", "bf16")
+from .. import ops
+from . import gradmean
+from .checks import model_dtype
+from .settings import Settings
 
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    method: str
-    k: int          # high-pass band (0 unless ltrc)
-    delta: float    # weight-noise bound (0 for vanilla)
-    q: int          # noisy copies per step (1 for vanilla and rc)
-    alpha: float
-    steps: int
-    eta: float
-    seed: int
-    precision: str = "fp32"
-    copies: int = 1  # noisy copies evaluated per batched (vmap) call; 1: one after the other
-    lo: float = 0.0
-    hi: float = 1.0
-
-    @property
-    def noisy(self) -> bool:
-        return self.method != "vanilla" and self.delta > 0
-
-
-def start(num: int, input_shape, num_classes: int, seed: int):
-    """Uniform [0, 1) starting points and uniform target labels, reproducible from ``seed`` (CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.rand((num, *input_shape), generator=g, dtype=torch.float32)
-    labels = torch.randint(0, num_classes, (num,), generator=g, dtype=torch.int64)
-    return x0, labels
+CHECK_EVERY = 8  # graph replays between host checks of the active count
+log = logging.getLogger("fastfp")
 
 
 def work_dtype(model: torch.nn.Module) -> torch.dtype:
     """float64 for a float64 model (exact comparisons in tests), float32 otherwise."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return torch.float64 if p.dtype == torch.float64 else torch.float32
-    return torch.float32
+    return torch.float64 if model_dtype(model) == torch.float64 else torch.float32
 
 
-def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return None
-
-
-def autocast(settings: Settings, device: torch.device):
+def autocast(settings: Settings, device: torch.device) -> torch.autocast:
     if settings.precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # no weight-cast cache: under capture it would outlive the graph
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     # fp32 means fp32 even inside a caller's autocast region (which would otherwise leak in).
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def logits_of(model, x, mdtype):
+def logits_of(model: torch.nn.Module, x: torch.Tensor, mdtype: torch.dtype | None) -> torch.Tensor:
     out = model(x if mdtype is None or x.dtype == mdtype else x.to(mdtype))
     return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
 
-def clean_loss(model, x, y, settings, mdtype) -> torch.Tensor:
+def clean_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Settings,
+               mdtype: torch.dtype | None) -> torch.Tensor:
     """Per-example CE on the unperturbed model (the early-stop test of eq. 1)."""
     with torch.no_grad(), autocast(settings, x.device):
         return F.cross_entropy(logits_of(model, x, mdtype), y, reduction="none")
 
 
-def vanilla_grad(model, x, y, settings, mdtype):
+def vanilla_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Settings,
+                 mdtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-example clean loss, input gradient) from one forward + backward."""
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad(), autocast(settings, x.device):
@@ -95,73 +74,170 @@ def vanilla_grad(model, x, y, settings, mdtype):
     return loss.detach(), g
 
 
-def noisy_grad(model, x, y, t, settings):
-    """Mean input gradient over the q noisy copies of step t (streams t*q .. t*q+q-1)."""
-    from . import _noise
-
-    mdtype = model_dtype(model)
+def noisy_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, offset: torch.Tensor,
+               settings: Settings, mdtype: torch.dtype | None) -> torch.Tensor:
+    """Mean input gradient over the q noisy copies drawn from streams offset .. offset + q - 1."""
     if mdtype in (torch.float16, torch.bfloat16):
         # Half-precision weights take half-precision inputs (the work dtype stays float32, as
         # logits_of does for the clean model); the caller casts the gradient back.
         x = x.to(mdtype)
     with autocast(settings, x.device):
-        return _noise.grad_mean(model, x, y, settings.delta, settings.q, settings.seed,
-                                offset=t * settings.q, copies=settings.copies)
+        return gradmean.grad_mean(model, x, y, settings.delta, settings.q, settings.seed, offset,
+                                  copies=settings.copies)
 
 
-def step(model, x, y, t, settings: Settings, grad=None) -> torch.Tensor:
-    """x_{t+1} from x_t: the (noisy, averaged) input gradient, then the fused sign step."""
-    from .. import ops
+@dataclasses.dataclass
+class Batch:
+    """The device state of one batch; :func:`step` updates it in place."""
 
-    if grad is None:
-        if settings.noisy:
-            grad = noisy_grad(model, x, y, t, settings)
-        else:
-            grad = vanilla_grad(model, x, y, settings, model_dtype(model))[1]
-    return ops.sign_step(x, grad.to(x.dtype), settings.alpha, settings.k, settings.lo,
-                         settings.hi)
+    x: torch.Tensor           # (B, C, H, W) current iterate, work dtype
+    y: torch.Tensor           # (B,) int64 targets
+    t: torch.Tensor           # (1,) int64: the step index (noise streams t * q + c)
+    active: torch.Tensor      # (B,) bool: not yet below eta
+    steps_used: torch.Tensor  # (B,) int64: the step at which an example stopped (steps if never)
+    final_loss: torch.Tensor  # (B,) float64: its clean loss then
+
+    @classmethod
+    def start(cls, x: torch.Tensor, y: torch.Tensor, s: Settings, t: int = 0) -> Batch:
+        n, dev = x.shape[0], x.device
+        return cls(x.detach().clone(), y.clone(),
+                   torch.full((1,), t, dtype=torch.int64, device=dev),
+                   torch.ones(n, dtype=torch.bool, device=dev),
+                   torch.full((n,), s.steps, dtype=torch.int64, device=dev),
+                   torch.zeros(n, dtype=torch.float64, device=dev))
+
+    def rows(self, keep: torch.Tensor) -> Batch:
+        """A new batch of the rows ``keep`` selects, at the same step."""
+        return Batch(self.x[keep], self.y[keep], self.t.clone(), self.active[keep],
+                     self.steps_used[keep], self.final_loss[keep])
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.x, self.t, self.active, self.steps_used, self.final_loss)
 
 
-def run_batch(model, x, y, settings: Settings, *, on_finish=None):
-    """Optimise one batch in place of a copy; returns (x_final, steps_used, final_loss).
+def step(model: torch.nn.Module, b: Batch, s: Settings) -> None:
+    """One iteration for every example of ``b``, in place; finished examples stay frozen.
 
-    ``x`` (B, C, H, W) in the work dtype on the model's device, ``y`` (B,) int64 on the same device.
-    ``on_finish(n)`` is called as examples finish (progress bars).
+    Capture-safe: no host synchronisation and no host-side value inside, so a CUDA graph of one
+    call replays the iteration exactly (the step index ``b.t`` is read on the device).
     """
     mdtype = model_dtype(model)
+    loss = None
+    if s.noisy:
+        if s.eta > 0:  # eta <= 0: no loss can go below it; skip the test and its forward
+            loss = clean_loss(model, b.x, b.y, s, mdtype)
+        grad = noisy_grad(model, b.x, b.y, b.t * s.q, s, mdtype)
+    else:
+        loss, grad = vanilla_grad(model, b.x, b.y, s, mdtype)
+    with torch.no_grad():
+        if s.eta > 0 and loss is not None:
+            newly = b.active & (loss < s.eta)
+            b.steps_used.copy_(torch.where(newly, b.t, b.steps_used))
+            b.final_loss.copy_(torch.where(newly, loss.to(b.final_loss.dtype), b.final_loss))
+            b.active.logical_and_(~newly)
+        new = ops.sign_step(b.x, grad.to(b.x.dtype), s.alpha, s.k, s.lo, s.hi)
+        b.x.copy_(torch.where(b.active.view(-1, *([1] * (b.x.dim() - 1))), new, b.x))
+        b.t.add_(1)
+
+
+class Replay:
+    """:func:`step` captured once into a CUDA graph over the static buffers of one batch."""
+
+    def __init__(self, model: torch.nn.Module, b: Batch, s: Settings):
+        self.batch = b
+        saved = [t.clone() for t in b.tensors()]
+        dev = b.x.device
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: lazy inits, autotuning, the allocator
+                step(model, b, s)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step(model, b, s)
+        for t, value in zip(b.tensors(), saved):  # the warm-up steps did not happen
+            t.copy_(value)
+
+    def __call__(self) -> None:
+        self.graph.replay()
+
+
+def capture(model: torch.nn.Module, b: Batch, s: Settings) -> Replay:
+    """A :class:`Replay` of ``b``, or a RuntimeError that says why the model cannot be captured."""
+    try:
+        return Replay(model, b, s)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:  # host syncs, data-dependent shapes, CPU tensors in the model...
+        raise RuntimeError(f"graphs: this model's step cannot be captured in a CUDA graph "
+                           f"({exc}); run with graphs=False") from exc
+
+
+def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, *,
+              on_finish: Callable[[int], None] | None = None, graphs: bool = False,
+              capture_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Optimise one batch; returns (x_final, steps_used, final_loss) (the last two on CPU).
+
+    ``x`` (B, C, H, W) in the work dtype on the model's device, ``y`` (B,) int64 on the same
+    device, the model in eval mode. ``on_finish(n)`` is called as examples finish (progress
+    bars). ``graphs``: replay a captured step (CUDA); ``capture_graph=False`` runs the replay
+    schedule (checks every ``CHECK_EVERY`` steps, compaction at half) eagerly, for tests on CPU.
+    """
+    n = x.shape[0]
     out = x.detach().clone()
-    steps_used = torch.full((x.shape[0],), settings.steps, dtype=torch.int64)
-    final_loss = torch.zeros(x.shape[0], dtype=torch.float64)
-    idx = torch.arange(x.shape[0], device=x.device)   # rows of ``out`` still active
-    cur, cur_y = out, y
-    for t in range(settings.steps):
-        grad = None
-        if not settings.noisy:
-            loss, grad = vanilla_grad(model, cur, cur_y, settings, mdtype)
-        elif settings.eta > 0:
-            loss = clean_loss(model, cur, cur_y, settings, mdtype)
-        # eta <= 0: no loss can go below it, so skip the test (and its extra forward).
-        n_done = 0
-        if settings.eta > 0:
-            done = loss < settings.eta
-            n_done = int(done.sum())
-        if n_done:
-            rows = idx[done]
-            out[rows] = cur[done]
-            steps_used[rows.cpu()] = t
-            final_loss[rows.cpu()] = loss[done].double().cpu()
-            keep = ~done
-            idx, cur, cur_y = idx[keep], cur[keep], cur_y[keep]
-            grad = grad[keep] if grad is not None else None
-            if on_finish:
-                on_finish(n_done)
-            if idx.numel() == 0:
-                return out, steps_used, final_loss
-        cur = step(model, cur, cur_y, t, settings, grad=grad)
-    # Ran out of steps: the survivors' final loss on the clean model.
-    out[idx] = cur
-    loss = clean_loss(model, cur, cur_y, settings, mdtype)
-    final_loss[idx.cpu()] = loss.double().cpu()
+    steps_used = torch.full((n,), s.steps, dtype=torch.int64)
+    final_loss = torch.zeros(n, dtype=torch.float64)
+    idx = torch.arange(n, device=x.device)  # rows of ``out`` held by the current batch
+    b = Batch.start(x, y, s)
+    every = CHECK_EVERY if graphs else 1
+
+    def runner(batch: Batch) -> Callable[[], None]:
+        if graphs and capture_graph:
+            return capture(model, batch, s)
+        return lambda: step(model, batch, s)
+
+    def collect(batch: Batch, rows: torch.Tensor) -> None:
+        cpu_rows = rows.cpu()
+        out[rows] = batch.x
+        steps_used[cpu_rows] = batch.steps_used.cpu()
+        final_loss[cpu_rows] = batch.final_loss.cpu()
+
+    run, t, reported, compact = runner(b), 0, 0, True
+    while t < s.steps:
+        for _ in range(min(every, s.steps - t)):
+            run()
+            t += 1
+        if s.eta <= 0:
+            continue
+        n_active = int(b.active.sum())
+        done = int(idx.numel()) - n_active
+        if on_finish and done > reported:
+            on_finish(done - reported)
+            reported = done
+        if n_active == 0:
+            break
+        if compact and done and (not graphs or n_active <= b.x.shape[0] // 2) and t < s.steps:
+            # Compaction: hand the finished rows back, continue with the survivors.
+            collect(b, idx)
+            keep = b.active
+            smaller = b.rows(keep)
+            try:
+                run = runner(smaller)
+            except RuntimeError as exc:
+                # Keep replaying the graph at hand (finished rows stay frozen in it): starting
+                # over would redo the work and report finished examples twice.
+                log.warning("fastfp: a smaller CUDA graph could not be captured (%s); the batch "
+                            "continues at its current size", exc)
+                compact = False
+                continue
+            b, idx, reported = smaller, idx[keep], 0
+    # Out of steps (or all done): the survivors' clean loss, as the paper's loop reports it.
+    survivors = b.active
+    if s.eta <= 0 or bool(survivors.any()):
+        loss = clean_loss(model, b.x, b.y, s, model_dtype(model)).to(torch.float64)
+        b.final_loss.copy_(torch.where(survivors, loss, b.final_loss))
+    collect(b, idx)
     if on_finish:
-        on_finish(int(idx.numel()))
+        on_finish(int(idx.numel()) - reported)
     return out, steps_used, final_loss

@@ -1,0 +1,203 @@
+"""``generate`` fingerprints and ``verify`` a model: validation, batching, then the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import _validate, backend
+
+# The start of the paper's setting (uniform pixels and labels from the seed) is a definition, so
+# it is written once, in the literal twin.
+from ..reference.cexamples import start
+from . import batching, checks, engine
+from .settings import PRECISIONS, Settings, describe, settings_for
+
+
+def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int,
+             method: str = "ltrc", k: int | None = None, delta: float | None = None, q: int = 10,
+             alpha: float | None = None, steps: int = 500, eta: float = 1e-6, seed: int = 0,
+             batch_size: int | None = None, progress: bool = True, device: object = None,
+             precision: str = "fp32", labels: torch.Tensor | None = None,
+             graphs: bool | None = None, model_name: str | None = None,
+             x0: torch.Tensor | None = None):
+    """Generate ``num`` characteristic examples of ``model``; returns a :class:`fastfp.Fingerprint`.
+
+    ``model``: any classifier ``nn.Module`` returning (batch, num_classes) logits for inputs of
+    shape (batch, *input_shape) with values in [0, 1]; it is run in eval mode, its parameters are
+    never modified and no ``.grad`` accumulates. ``input_shape``: (C, H, W), any H and W.
+    ``method``: ``vanilla`` | ``rc`` | ``rcgm`` | ``ltrc``. ``None`` settings take the paper's
+    defaults (:mod:`fastfp.cexamples.defaults`): ``k`` 2 at 32x32 / 20 at 224x224, ``delta`` 0.03
+    / 0.001, ``alpha = 2.5 / steps``. ``q``: noisy copies per step (rcgm, ltrc). ``eta``:
+    per-example early stop once the clean-model loss is below it. ``x0``: start images
+    (num, C, H, W) in [0, 1] (default: uniform noise from ``seed``); ``labels``: target labels
+    (default: uniform from ``seed``). ``precision``: ``fp32`` or ``bf16`` (autocast).
+    ``graphs=True``: capture the step in a CUDA graph and replay it (CUDA only, opt-in;
+    ``None``/``False``: eager). ``device``: the model's device (checked, never changed).
+    """
+    from ..fingerprint import Fingerprint
+
+    checks.check_model_name(model_name)
+    s, start_x, targets, dev, per_example = prepare(
+        model, num, input_shape, num_classes, method=method, k=k, delta=delta, q=q, alpha=alpha,
+        steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, device=device,
+        precision=precision, labels=labels, graphs=graphs, x0=x0)
+    x, steps_used, final_loss, impl = optimize(model, start_x, targets, s, dev,
+                                               batch_size=batch_size, progress=progress,
+                                               graphs=bool(graphs), per_example=per_example)
+    meta = finish_meta(s, model, start_x.shape[1:], num_classes, model_name, steps_used,
+                       final_loss, impl)
+    meta["start"] = "uniform" if x0 is None else "given"
+    return Fingerprint(x, targets, meta)
+
+
+def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int, *,
+            method: str = "ltrc", k: int | None = None, delta: float | None = None, q: int = 10,
+            alpha: float | None = None, steps: int = 500, eta: float = 1e-6, seed: int = 0,
+            batch_size: int | None = None, progress: bool = True, device: object = None,
+            precision: str = "fp32", labels: torch.Tensor | None = None,
+            graphs: bool | None = None, x0: torch.Tensor | None = None,
+            ) -> tuple[Settings, torch.Tensor, torch.Tensor, torch.device, int]:
+    """Validate everything (before any work) and draw the start: (settings, x0, targets, device,
+    bytes of activations per example)."""
+    model = checks.check_model(model)
+    num = _validate.integer("num", num, lo=1)
+    shape = checks.check_input_shape(input_shape)
+    num_classes = _validate.integer("num_classes", num_classes, lo=2)
+    s = settings_for(method, shape, k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta,
+                     seed=seed, precision=precision)
+    if batch_size is not None:
+        _validate.integer("batch_size", batch_size, lo=1)
+    checks.check_flag("progress", progress)
+    checks.check_flag("graphs", graphs, optional=True)
+    dev = checks.check_device(device, model)
+    if graphs and dev.type != "cuda":
+        raise ValueError(f"graphs: CUDA graphs need a model on a CUDA device, got {dev}")
+    checks.check_noisy_model(model, s)
+    drawn_x, drawn_labels = start(num, shape, num_classes, s.seed)
+    start_x = drawn_x if x0 is None else checks.check_images("x0", x0, num, shape, s.lo, s.hi)
+    targets = drawn_labels if labels is None else checks.check_labels(labels, num, num_classes)
+    per_example, _ = checks.probe(model, start_x[:1], num_classes, dev)
+    return s, start_x, targets, dev, per_example
+
+
+def finish_meta(s: Settings, model: torch.nn.Module, input_shape: Sequence[int], num_classes: int,
+                model_name: str | None, steps_used: torch.Tensor, final_loss: torch.Tensor,
+                impl: str) -> dict:
+    """The metadata a fingerprint records: settings, model, shape and how each example ended."""
+    import fastfp
+
+    meta = describe(s)
+    meta.update(model=model_name or type(model).__name__, input_shape=list(input_shape),
+                num_classes=num_classes, fastfp_version=fastfp.__version__,
+                steps_used=steps_used.tolist(), final_loss=[float(v) for v in final_loss],
+                converged=int((final_loss < s.eta).sum()) if s.eta > 0 else 0, engine=impl)
+    return meta
+
+
+# Input gradients need autograd even when the caller runs under torch.no_grad() or
+# torch.inference_mode() (evaluation and serving code often does).
+@torch.inference_mode(False)
+@torch.enable_grad()
+def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: Settings,
+             device: torch.device, *, batch_size: int | None = None, progress: bool = False,
+             graphs: bool = False, per_example: int | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Run the engine over all examples; returns (x CPU float32, steps_used, final_loss, impl).
+
+    ``x0`` (num, C, H, W) and ``labels`` (num,) on CPU; ``FASTFP_BACKEND=reference`` runs the
+    literal twin instead (one example at a time).
+    """
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    # Tensors made under inference mode can never enter autograd: work on ordinary copies.
+    x0 = x0.clone() if x0.is_inference() else x0
+    labels = labels.clone() if labels.is_inference() else labels
+    num = x0.shape[0]
+    if backend.forced() == "reference":
+        from ..reference import cexamples as ref
+
+        x, used, loss = ref.optimize(model, x0, labels, s)
+        backend.record("cexamples.generate", "reference")
+        return x, used, loss, "reference"
+    if per_example is None:
+        # No probe given (internal callers): assume activations ~16x the input, 4 bytes each.
+        per_example = x0[0].numel() * 64
+    bs = batch_size or batching.auto_batch_size(per_example, num, device)
+    if s.noisy and s.copies == 1:
+        s = dataclasses.replace(s, copies=batching.batched_copies(
+            per_example, bs, s.q, device, x0.shape[-1] * x0.shape[-2]))
+    wdtype = engine.work_dtype(model)
+    out = torch.empty_like(x0)
+    steps_used = torch.empty(num, dtype=torch.int64)
+    final_loss = torch.empty(num, dtype=torch.float64)
+    impl = "cuda-graph" if graphs else "torch"
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=num, unit="ex", desc=f"{s.method} ({impl})", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for b in range(0, num, bs):
+            xb = x0[b:b + bs].to(device, wdtype)
+            yb = labels[b:b + bs].to(device)
+            xo, used, loss = engine.run_batch(model, xb, yb, s, on_finish=bar.update,
+                                              graphs=graphs)
+            out[b:b + bs] = xo.to("cpu", torch.float32)
+            steps_used[b:b + bs] = used
+            final_loss[b:b + bs] = loss
+    finally:
+        bar.close()
+        model.train(was_training)
+    if not bool(torch.isfinite(final_loss).all()):
+        bad = torch.nonzero(~torch.isfinite(final_loss)).flatten()[:5].tolist()
+        raise ValueError(f"model: its loss became NaN or inf during generation (examples {bad}); "
+                         "check the model for overflow (e.g. half precision) or a smaller alpha")
+    backend.record("cexamples.generate", impl)
+    return out, steps_used, final_loss, impl
+
+
+def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = None,
+           precision: str = "fp32") -> float:
+    """Fraction of ``fp.inputs`` that ``model`` classifies as ``fp.labels`` (0..1)."""
+    from ..fingerprint import Fingerprint
+
+    model = checks.check_model(model)
+    if not isinstance(fp, Fingerprint):
+        raise TypeError(f"fp: expected a fastfp.Fingerprint, got {type(fp).__name__}")
+    batch_size = _validate.integer("batch_size", batch_size, lo=1)
+    precision = _validate.choice("precision", precision, PRECISIONS)
+    dev = checks.check_device(device, model)
+    if len(fp) == 0:
+        raise ValueError("fp: the fingerprint is empty")
+    mdtype = checks.model_dtype(model) or torch.float32
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for b in range(0, len(fp), batch_size):
+                x = fp.inputs[b:b + batch_size].to(dev, mdtype)
+                ctx = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+                       if precision == "bf16" else torch.autocast(dev.type, enabled=False))
+                with ctx:
+                    try:
+                        out = model(x)
+                    except torch.OutOfMemoryError:
+                        raise
+                    except Exception as exc:
+                        # Typically a fingerprint made for another input shape: say which.
+                        raise ValueError(f"fp: the model's forward pass failed on fingerprint "
+                                         f"inputs of shape {tuple(x.shape[1:])} "
+                                         f"({type(exc).__name__}: {exc})") from exc
+                checks.check_logits(out, x.shape[0])
+                if int(fp.labels.max()) >= out.shape[1]:
+                    raise ValueError(f"fp: labels go up to {int(fp.labels.max())}, but the model "
+                                     f"outputs {out.shape[1]} classes")
+                pred = out.argmax(dim=1).cpu()
+                correct += int((pred == fp.labels[b:b + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(fp)
