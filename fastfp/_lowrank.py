@@ -11,10 +11,26 @@ which is exact (the DCT is orthonormal) and costs O(k H W) instead of O(H W (H +
 
 from __future__ import annotations
 
-import functools
-import math
+import collections
+import threading
+from collections.abc import Callable, Hashable
+from typing import NamedTuple
 
 import torch
+
+from .reference.dct import dct_matrix
+
+# The fast paths build only the DCT rows they use, cached per (size, rows, dtype, device). Bounds:
+# one axis' rows may hold MAX_DCT_ELEMENTS elements (rows * n: 64 MiB in float32; a larger image
+# is rejected by the ops before any work), and the cache keeps CACHE_ENTRIES tensors and
+# CACHE_BYTES bytes at most (least recently used evicted first).
+MAX_DCT_ELEMENTS = 2**24
+CACHE_ENTRIES = 64
+CACHE_BYTES = 2**28
+
+_cache: collections.OrderedDict[Hashable, torch.Tensor] = collections.OrderedDict()
+_pinned: set[Hashable] = set()
+_lock = threading.Lock()
 
 
 def rank(k: int, n: int) -> int:
@@ -22,30 +38,102 @@ def rank(k: int, n: int) -> int:
     return min(k + 1, n)
 
 
-@functools.lru_cache(maxsize=32)
-def _dct_f64(n: int) -> torch.Tensor:
-    # Built once in float64 on CPU, then sliced / cast / moved per use below.
-    i = torch.arange(n, dtype=torch.float64).unsqueeze(1)  # frequency
-    j = torch.arange(n, dtype=torch.float64).unsqueeze(0)  # sample
-    d = torch.cos(math.pi * (2 * j + 1) * i / (2 * n)) * math.sqrt(2.0 / n)
-    d[0] /= math.sqrt(2.0)
-    return d
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
-@functools.lru_cache(maxsize=128)
-def dct_rows(n: int, r: int, dtype: torch.dtype, device: torch.device, start: int = 0) -> torch.Tensor:
+def _cached(key: Hashable, device: torch.device, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The cached tensor of ``key`` (built on first use).
+
+    CUDA-graph safety: after the first call the hot path copies nothing host -> device and never
+    syncs (a lookup, no .item()), so the engine can capture a step that uses these tensors. A
+    captured graph keeps reading their memory at every replay without coming back here, so an
+    entry used while a capture is under way is pinned: never evicted, never freed under the graph.
+    """
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    with _lock:
+        t = _cache.get(key)
+        if t is not None:
+            _cache.move_to_end(key)
+            if capturing:
+                _pinned.add(key)
+            return t
+    t = build()  # outside the lock: O(rows * n) work
+    with _lock:
+        if key not in _cache:
+            _cache[key] = t
+            if capturing:
+                _pinned.add(key)
+            _evict(keep=key)
+        return _cache.get(key, t)
+
+
+def _evict(keep: Hashable) -> None:
+    used = sum(_nbytes(t) for t in _cache.values())
+    for key in list(_cache):
+        if len(_cache) <= CACHE_ENTRIES and used <= CACHE_BYTES:
+            return
+        if key != keep and key not in _pinned:
+            used -= _nbytes(_cache.pop(key))
+
+
+class CacheInfo(NamedTuple):
+    entries: int
+    bytes: int
+    pinned: int  # entries a CUDA-graph capture used: never evicted
+
+
+def cache_info() -> CacheInfo:
+    """What the DCT-row / mask cache holds."""
+    with _lock:
+        return CacheInfo(len(_cache), sum(_nbytes(t) for t in _cache.values()),
+                         sum(key in _cache for key in _pinned))
+
+
+def _build_on(device: torch.device) -> torch.device:
+    # CUDA: built on the device itself, so even a first call inside a graph capture copies
+    # nothing from the host; elsewhere on CPU, then moved (MPS has no float64)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def cache_clear() -> None:
+    """Drop every cached tensor but those pinned by a CUDA-graph capture."""
+    with _lock:
+        for key in [key for key in _cache if key not in _pinned]:
+            del _cache[key]
+
+
+def dct_rows(n: int, r: int, dtype: torch.dtype, device: torch.device,
+             start: int = 0) -> torch.Tensor:
     """Rows start .. start+r-1 of the orthonormal DCT-II matrix of size ``n`` (r x n), cached."""
-    return _dct_f64(n)[start:start + r].to(dtype=dtype, device=device).contiguous()
+    device = torch.device(device)
+    return _cached(("dct", n, r, start, dtype, device), device,
+                   lambda: dct_matrix(n, rows=r, start=start, device=_build_on(device))
+                   .to(dtype=dtype, device=device))
 
 
-@functools.lru_cache(maxsize=128)
 def band_mask(rh: int, rw: int, k: int, dtype: torch.dtype, device: torch.device,
               h0: int = 0, w0: int = 0, kept: bool = False) -> torch.Tensor:
     """(rh x rw) mask over the frequencies (h0 + i, w0 + j): 1 where 1 <= sum <= k (the removed
-    band), or with ``kept`` 1 where sum > k (the kept high corner, DC aside)."""
-    s = torch.arange(rh).unsqueeze(1) + torch.arange(rw).unsqueeze(0) + h0 + w0
-    keep = (s > k) if kept else (s >= 1) & (s <= k)
-    return keep.to(dtype=dtype, device=device)
+    band), or with ``kept`` 1 where sum > k (the kept high corner, DC aside); cached."""
+    device = torch.device(device)
+
+    def build() -> torch.Tensor:
+        on = _build_on(device)
+        s = (torch.arange(rh, device=on).unsqueeze(1) + torch.arange(rw, device=on).unsqueeze(0)
+             + h0 + w0)
+        keep = (s > k) if kept else (s >= 1) & (s <= k)
+        return keep.to(dtype=dtype, device=device)
+
+    return _cached(("mask", rh, rw, k, dtype, device, h0, w0, kept), device, build)
+
+
+def dct_elements(k: int, h: int, w: int) -> int:
+    """The most DCT-matrix elements (rows * n) one axis needs to filter H x W at cutoff k."""
+    if k == 0:
+        return 0
+    rh, rw = plan(k, h, w)[3:]
+    return max(rh * h, rw * w)
 
 
 def plan(k: int, h: int, w: int) -> tuple[bool, int, int, int, int]:

@@ -18,6 +18,8 @@ see DOT_PRECISION), whatever the input dtype.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -62,8 +64,9 @@ def highpass_sign_step_kernel(
     ri = tl.arange(0, BH)
     ci = tl.arange(0, BW)
     fi = tl.arange(0, RB)
-    # No tl.cdiv / tl.zeros / tl.sum here: they are std-library @jit functions, which the interpreter
-    # cannot call when triton was imported before TRITON_INTERPRET was set (as in a test run).
+    # No tl.cdiv / tl.zeros / tl.sum here: they are std-library @jit functions, which the
+    # interpreter cannot call when triton was imported before TRITON_INTERPRET was set (as in a
+    # test run).
     n_rb = (H + BH - 1) // BH
 
     if (not HIGHPASS) or KEPT:
@@ -156,7 +159,14 @@ def highpass_sign_step_kernel(
 DOT_PRECISION = "ieee"
 
 
-def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, *, step: bool,
+@functools.cache
+def _placeholder(device: torch.device) -> torch.Tensor:
+    # one per device, allocated once: a launch allocates nothing (CUDA-graph capture)
+    return torch.zeros(1, 1, dtype=torch.float32, device=device)
+
+
+def launch(x3: torch.Tensor, g3: torch.Tensor, out3: torch.Tensor, dh: torch.Tensor,
+           dw: torch.Tensor, k: int, alpha: float, lo: float, hi: float, *, step: bool,
            kept: bool = False, h0: int = 0, w0: int = 0) -> None:
     """Fill ``out3`` (contiguous (N, H, W), x's dtype) from x3 / g3 ((N, H, W) views, any strides).
 
@@ -169,7 +179,7 @@ def launch(x3, g3, out3, dh, dw, k: int, alpha: float, lo: float, hi: float, *, 
         return
     rh, rw = dh.shape[0], dw.shape[0]
     if rh == 0 or rw == 0:  # nothing to add (k = 0, or only the mean is kept): no null pointers
-        dh = dw = torch.zeros(1, 1, dtype=torch.float32, device=x3.device)
+        dh = dw = _placeholder(x3.device)
         rh = rw = 0
     # Tiles: tl.dot wants every dim >= 16. About 2K elements per image tile: compiled for sm_90,
     # a 32x64 fp32 tile with RB = 32 takes ~60 KB of shared memory (3 programs per SM), a 32x128
