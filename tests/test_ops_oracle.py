@@ -1,55 +1,18 @@
-"""Outside oracle and tolerances shared by the ops tests (scipy's orthonormal DCT, float64).
-
-Imported by test_ops*.py as a plain module; its own tests check the oracle itself."""
+"""The ops tests' outside oracle (tests/oracles.py) checked against things it shares no code with,
+and fastfp.reference.dct's matrix builder against scipy."""
 
 from __future__ import annotations
 
 import numpy as np
+import oracles
+import pytest
 import scipy.fft
 import torch
 
-# Absolute tolerance per dtype, relative to the output's magnitude (max |oracle|, at least 1).
-ATOL = {torch.float64: 1e-11, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-DTYPES = tuple(ATOL)
+from fastfp.reference import dct as ref
 
-
-def highpass(x: torch.Tensor, k: int) -> np.ndarray:
-    """IDCTN(mask * DCTN(x)) over the last two axes with scipy, float64."""
-    a = x.detach().cpu().double().numpy()
-    c = scipy.fft.dctn(a, axes=(-2, -1), norm="ortho")
-    h, w = a.shape[-2:]
-    s = np.arange(h)[:, None] + np.arange(w)[None, :]
-    c[..., (s >= 1) & (s <= k)] = 0.0
-    return scipy.fft.idctn(c, axes=(-2, -1), norm="ortho")
-
-
-def sign_step(x, grad, alpha, k, lo, hi) -> np.ndarray:
-    a = x.detach().cpu().double().numpy()
-    g = grad.detach().cpu().double().numpy()
-    stepped = torch.from_numpy(np.clip(a - alpha * np.sign(g), lo, hi))
-    return highpass(stepped, k)
-
-
-def error(y: torch.Tensor, want: np.ndarray) -> float:
-    return float(np.abs(y.detach().cpu().double().numpy() - want).max(initial=0.0))
-
-
-def assert_close(y, want, dtype, *, reference_error: float | None = None):
-    """Within the dtype's tolerance, and (when given) no worse than ~2x the reference's error."""
-    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
-    err = error(y, want)
-    assert err <= ATOL[dtype] * scale, f"{dtype}: max error {err:.3g} > {ATOL[dtype] * scale:.3g}"
-    if reference_error is not None:
-        floor = torch.finfo(dtype).eps * scale  # both exact (e.g. k=0): allow one rounding
-        assert err <= 2 * reference_error + floor, (
-            f"{dtype}: error {err:.3g} vs reference's own {reference_error:.3g}")
-
-
-# The oracle itself, checked against things it does not share code with.
 
 def test_reference_dct_matches_scipy():
-    from fastfp.reference import dct as ref
-
     x = torch.randn(2, 7, 9, dtype=torch.float64)
     want = scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho")
     np.testing.assert_allclose(ref.dct2(x).numpy(), want, atol=1e-12)
@@ -58,8 +21,34 @@ def test_reference_dct_matches_scipy():
 
 def test_oracle_highpass_extremes():
     x = torch.randn(3, 5, 4, dtype=torch.float64)
-    np.testing.assert_allclose(highpass(x, 0), x.numpy(), atol=1e-12)
+    np.testing.assert_allclose(oracles.highpass(x, 0), x.numpy(), atol=1e-12)
     # largest k: only the DC term survives -> every pixel equals the image mean
-    y = highpass(x, 7)
+    y = oracles.highpass(x, 7)
     np.testing.assert_allclose(y, np.broadcast_to(x.numpy().mean(axis=(-2, -1), keepdims=True),
                                                   y.shape), atol=1e-12)
+
+
+def test_oracle_dct_matrix_is_orthonormal_dct():
+    d = oracles.dct_matrix(6)
+    np.testing.assert_allclose(d @ d.T, np.eye(6), atol=1e-12)
+    v = np.random.default_rng(0).standard_normal(6)
+    np.testing.assert_allclose(d @ v, scipy.fft.dct(v, norm="ortho"), atol=1e-12)
+
+
+@pytest.mark.parametrize("n,rows,start", [(1, None, 0), (7, None, 0), (9, 3, 0), (9, 4, 5),
+                                          (9, 0, 9), (32, 1, 31), (5, 0, 2)])
+def test_dct_matrix_rows(n, rows, start):
+    # only the asked rows are built, and they are the rows of the full matrix
+    d = ref.dct_matrix(n, rows=rows, start=start)
+    want = oracles.dct_matrix(n)[start:start + (n - start if rows is None else rows)]
+    assert d.shape == want.shape and d.dtype == torch.float64
+    np.testing.assert_allclose(d.numpy(), want, atol=1e-13)
+    assert ref.dct_matrix(n, rows=rows, start=start, dtype=torch.float32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(start=8), "start"), (dict(start=-1), "start"),
+                                         (dict(rows=8), "rows"), (dict(rows=3, start=5), "rows"),
+                                         (dict(rows=-1), "rows")])
+def test_dct_matrix_bad_rows(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}: expected 0\.\."):
+        ref.dct_matrix(7, **kwargs)

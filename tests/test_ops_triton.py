@@ -10,13 +10,12 @@ from __future__ import annotations
 import importlib
 import os
 
+import oracles
 import pytest
 import torch
 
 import fastfp
 from fastfp import backend
-
-import test_ops_oracle as oracle
 
 triton = pytest.importorskip("triton")
 
@@ -68,12 +67,12 @@ def test_sign_step_interpreted(triton_cpu, shape, k, dtype):
     y = fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9)
     assert backend.last_used("sign_step") == "triton"
     assert y.dtype == dtype and y.shape == x.shape
-    want = oracle.sign_step(x, g, 0.05, k, 0.1, 0.9)
+    want = oracles.sign_step(x, g, 0.05, k, 0.1, 0.9)
     if dtype == torch.float32:
-        ref_err = oracle.error(fastfp.reference.dct.sign_step(x, g, 0.05, k, 0.1, 0.9), want)
-        oracle.assert_close(y, want, dtype, reference_error=ref_err)
+        ref_err = oracles.error(fastfp.reference.dct.sign_step(x, g, 0.05, k, 0.1, 0.9), want)
+        oracles.assert_close(y, want, dtype, reference_error=ref_err)
     else:
-        oracle.assert_close(y, want, dtype)
+        oracles.assert_close(y, want, dtype)
     assert torch.equal(x, xb) and torch.equal(g, gb)
 
 
@@ -83,7 +82,7 @@ def test_highpass_interpreted(triton_cpu, shape, k, dtype):
     x = _rand(shape, dtype, 3)
     y = fastfp.highpass(x, k)
     assert backend.last_used("highpass") == "triton"
-    oracle.assert_close(y, oracle.highpass(x, k), dtype)
+    oracles.assert_close(y, oracles.highpass(x, k), dtype)
 
 
 def test_strided_inputs_interpreted(triton_cpu):
@@ -92,14 +91,14 @@ def test_strided_inputs_interpreted(triton_cpu):
     g = _rand((3, 10, 12), torch.float32, 5).expand(2, 3, 10, 12)  # batch stride 0
     y = fastfp.sign_step(x, g, 0.1, 4, -1.0, 1.0)
     assert backend.last_used("sign_step") == "triton"
-    oracle.assert_close(y, oracle.sign_step(x, g, 0.1, 4, -1.0, 1.0), torch.float32)
-    oracle.assert_close(fastfp.highpass(base[:, :, ::2, 1:], 3),
-                        oracle.highpass(base[:, :, ::2, 1:], 3), torch.float32)
+    oracles.assert_close(y, oracles.sign_step(x, g, 0.1, 4, -1.0, 1.0), torch.float32)
+    oracles.assert_close(fastfp.highpass(base[:, :, ::2, 1:], 3),
+                         oracles.highpass(base[:, :, ::2, 1:], 3), torch.float32)
     cl = base.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     y = fastfp.sign_step(cl, g.transpose(-1, -2), 0.1, 5, -1.0, 1.0)
     assert backend.last_used("sign_step") == "triton" and y.is_contiguous()
-    oracle.assert_close(y, oracle.sign_step(cl, g.transpose(-1, -2), 0.1, 5, -1.0, 1.0),
-                        torch.bfloat16)
+    oracles.assert_close(y, oracles.sign_step(cl, g.transpose(-1, -2), 0.1, 5, -1.0, 1.0),
+                         torch.bfloat16)
 
 
 @pytest.mark.parametrize("gdtype", [torch.float64, torch.float16, torch.float32], ids=str)
@@ -116,40 +115,157 @@ def test_grad_dtype_sign_like_torch_interpreted(triton_cpu, gdtype, monkeypatch)
         y = fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9)
         assert backend.last_used("sign_step") == "triton"
         want = fastfp.reference.dct.sign_step(x.double(), g.double(), 0.05, k, 0.1, 0.9)
-        oracle.assert_close(y, want.numpy(), torch.float32)
+        oracles.assert_close(y, want.numpy(), torch.float32)
         monkeypatch.setenv("FASTFP_BACKEND", "auto")
-        oracle.assert_close(y, fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9).numpy(), torch.float32)
+        oracles.assert_close(y, fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9).numpy(), torch.float32)
         monkeypatch.setenv("FASTFP_BACKEND", "triton")
 
 
 def test_float64_goes_to_the_torch_path(triton_cpu):
     # the kernel computes in float32; float64 keeps its precision on the low-rank torch path
     x = _rand((1, 6, 6), torch.float64, 6)
-    oracle.assert_close(fastfp.highpass(x, 2), oracle.highpass(x, 2), torch.float64)
+    oracles.assert_close(fastfp.highpass(x, 2), oracles.highpass(x, 2), torch.float64)
     assert backend.last_used("highpass") == "cpu"
+
+
+@pytest.mark.slow
+def test_kept_corner_multi_block_interpreted(triton_cpu):
+    # k = 100 on 80 x 80 keeps rows and columns 22..79: two 32 x 32 blocks of the kept corner
+    from fastfp import _lowrank
+
+    assert _lowrank.plan(100, 80, 80) == (True, 22, 22, 58, 58)
+    x = _rand((1, 1, 80, 80), torch.float32, 14, uniform=True)
+    g = _rand((1, 1, 80, 80), torch.float32, 15)
+    y = fastfp.sign_step(x, g, 0.01, 100)
+    assert backend.last_used("sign_step") == "triton"
+    want = oracles.sign_step(x, g, 0.01, 100, 0.0, 1.0)
+    ref_err = oracles.error(fastfp.reference.dct.sign_step(x, g, 0.01, 100), want)
+    oracles.assert_close(y, want, torch.float32, reference_error=ref_err)
+
+
+# ---- NaN in x ----------------------------------------------------------------------------------
+
+def _check_nan_propagates(x, g, k, impl):
+    """A NaN pixel makes its whole image NaN (every DCT coefficient mixes every pixel; k = 0: only
+    the pixel), never another image, and never gets cleaned; the other images stay right."""
+    clean = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    clean[1, 0] = False
+    for op, y, want in [("highpass", fastfp.highpass(x, k), oracles.highpass(x, k)),
+                        ("sign_step", fastfp.sign_step(x, g, 0.05, k, 0.1, 0.9),
+                         oracles.sign_step(x, g, 0.05, k, 0.1, 0.9))]:
+        assert backend.last_used(op) == impl
+        if k == 0:
+            assert int(torch.isnan(y).sum()) == 1 and bool(torch.isnan(y[1, 0, 4, 2]))
+        else:
+            assert bool(torch.isnan(y[1, 0]).all()) and not bool(torch.isnan(y[clean]).any())
+        oracles.assert_close(y[clean], want[clean.cpu().numpy()], x.dtype)
+
+
+# the removed band, the kept corner (large k), only the mean left (largest k), a copy (k = 0)
+NAN_CASES = [((2, 2, 9, 7), 3), ((2, 1, 40, 33), 50), ((2, 2, 9, 7), 14), ((2, 2, 9, 7), 0)]
+
+
+@pytest.mark.parametrize("shape,k", NAN_CASES, ids=str)
+def test_nan_in_x_propagates_interpreted(triton_cpu, shape, k):
+    x = _rand(shape, torch.float32, 12, uniform=True)
+    x[1, 0, 4, 2] = float("nan")
+    _check_nan_propagates(x, _rand(shape, torch.float32, 13), k, "triton")
 
 
 # ---- compiled kernel on a GPU -----------------------------------------------------------------
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", HALF, ids=str)
-@pytest.mark.parametrize("shape,k", [((4, 3, 224, 224), 20), ((8, 3, 32, 32), 2),
-                                     ((2, 1, 512, 512), 20), ((2, 3, 224, 224), 446),
-                                     ((3, 2, 7, 9), 5), ((2, 3, 100, 60), 0)], ids=str)
-def test_triton_on_gpu(shape, k, dtype, monkeypatch):
+def _compiled_kernel():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("TRITON_INTERPRET is set: the compiled kernel is not in use")
+
+
+# (shape, k, path): "band" subtracts the removed band, "kept" rebuilds from the kept corner;
+# "multi" walks several 32 x 32 frequency blocks (k + 1 > 32 rows, or that many kept rows)
+GPU_CASES = [((4, 3, 224, 224), 20, "band"), ((8, 3, 32, 32), 2, "band"),
+             ((2, 1, 512, 512), 20, "band"), ((2, 1, 512, 512), 100, "band multi"),
+             ((1, 2, 70, 66), 40, "band multi"), ((2, 3, 224, 224), 300, "kept multi"),
+             ((1, 1, 40, 33), 50, "kept"), ((2, 3, 224, 224), 446, "kept"),
+             ((3, 2, 7, 9), 5, "band"), ((2, 3, 100, 60), 0, "copy")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("shape,k,path", GPU_CASES, ids=str)
+def test_triton_on_gpu(shape, k, path, dtype, monkeypatch):
+    # the maximum error over every element (oracles.assert_close), on every kernel path
+    from fastfp import _lowrank
+
+    _compiled_kernel()
+    if k > 0:
+        kept, _, _, rh, rw = _lowrank.plan(k, *shape[-2:])
+        assert kept == ("kept" in path) and (max(rh, rw) > 32) == ("multi" in path)
     x = _rand(shape, dtype, 7, uniform=True, device="cuda")
     g = _rand(shape, dtype, 8, device="cuda")
     y = fastfp.sign_step(x, g, 0.01, k)
     assert backend.last_used("sign_step") == "triton"
-    want = oracle.sign_step(x, g, 0.01, k, 0.0, 1.0)
-    ref_err = oracle.error(fastfp.reference.dct.sign_step(x, g, 0.01, k), want)  # same precision
-    oracle.assert_close(y, want, dtype, reference_error=ref_err if dtype == torch.float32 else None)
-    oracle.assert_close(fastfp.highpass(x, k), oracle.highpass(x, k), dtype)
+    want = oracles.sign_step(x, g, 0.01, k, 0.0, 1.0)
+    ref_err = oracles.error(fastfp.reference.dct.sign_step(x, g, 0.01, k), want)  # same precision
+    oracles.assert_close(y, want, dtype,
+                         reference_error=ref_err if dtype == torch.float32 else None)
+    oracles.assert_close(fastfp.highpass(x, k), oracles.highpass(x, k), dtype)
     monkeypatch.setenv("FASTFP_BACKEND", "torch")
-    oracle.assert_close(fastfp.sign_step(x, g, 0.01, k), want, dtype)
+    oracles.assert_close(fastfp.sign_step(x, g, 0.01, k), want, dtype)
     assert backend.last_used("sign_step") == "torch"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,impl", [("auto", "triton"), ("torch", "torch")])
+@pytest.mark.parametrize("shape,k", NAN_CASES, ids=str)
+def test_nan_in_x_propagates_on_gpu(shape, k, mode, impl, monkeypatch):
+    _compiled_kernel()
+    monkeypatch.setenv("FASTFP_BACKEND", mode)
+    x = _rand(shape, torch.float32, 12, uniform=True, device="cuda")
+    x[1, 0, 4, 2] = float("nan")
+    _check_nan_propagates(x, _rand(shape, torch.float32, 13, device="cuda"), k, impl)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,impl", [("auto", "triton"), ("torch", "torch")])
+@pytest.mark.parametrize("shape,k", [((8, 3, 32, 32), 2), ((2, 3, 224, 224), 20),
+                                     ((1, 2, 40, 33), 50), ((2, 3, 224, 224), 446),
+                                     ((2, 3, 32, 32), 0)], ids=str)
+def test_sign_step_in_a_cuda_graph(shape, k, mode, impl, monkeypatch):
+    # the engine captures a step calling sign_step: after a first call with the same sizes the
+    # fast paths neither sync nor copy host -> device, and a captured graph keeps its DCT rows
+    from fastfp import _lowrank
+
+    _compiled_kernel()
+    monkeypatch.setenv("FASTFP_BACKEND", mode)
+    x = _rand(shape, torch.float32, 1, uniform=True, device="cuda")
+    g = _rand(shape, torch.float32, 2, device="cuda")
+    side = torch.cuda.Stream()  # warm up on a side stream, as torch.cuda.graph asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fastfp.sign_step(x, g, 0.01, k)  # the first call builds the DCT rows and masks
+        assert backend.last_used("sign_step") == impl
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any sync (a blocking copy, .item()) raises
+        try:
+            fastfp.sign_step(x, g, 0.01, k)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fastfp.sign_step(x, g, 0.01, k)
+    pinned = _lowrank.cache_info().pinned
+    assert pinned > 0 or k == 0 or (impl == "torch" and k == 446)  # (only the mean: no rows)
+    _lowrank.cache_clear()  # the entries the graph reads stay
+    monkeypatch.setattr(_lowrank, "CACHE_ENTRIES", 1)
+    for n in (11, 12, 13):  # evictions, and fresh allocations that would reuse freed memory
+        fastfp.highpass(torch.rand(2, n, n + 2, device="cuda"), 3)
+    assert _lowrank.cache_info().pinned == pinned
+    for seed in (3, 4):
+        x.copy_(_rand(shape, torch.float32, seed, uniform=True, device="cuda"))
+        g.copy_(_rand(shape, torch.float32, seed + 10, device="cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        oracles.assert_close(out, oracles.sign_step(x, g, 0.01, k, 0.0, 1.0), torch.float32)
 
 
 # ---- compiled for a GPU without one: catches what the lenient interpreter lets through ----------
