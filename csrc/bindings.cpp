@@ -16,56 +16,6 @@
 
 namespace nb = nanobind;
 
-using CpuF32 = nb::ndarray<float, nb::device::cpu, nb::c_contig>;
-using CpuF32Const = nb::ndarray<const float, nb::device::cpu, nb::c_contig>;
-
-static void sign_step_cpu(CpuF32Const x, CpuF32Const g, CpuF32 out, float alpha,
-                          float lo, float hi) {
-  if (x.size() != g.size())
-    throw std::invalid_argument("grad: must have as many elements as x");
-  if (x.size() != out.size())
-    throw std::invalid_argument("out: must have as many elements as x");
-  nb::gil_scoped_release release;
-  fastfp::sign_step_f32(x.data(), g.data(), out.data(),
-                        static_cast<std::int64_t>(x.size()), alpha, lo, hi);
-}
-
-using CpuF32In4 = nb::ndarray<const float, nb::ndim<4>, nb::device::cpu, nb::c_contig>;
-using CpuF32Out4 = nb::ndarray<float, nb::ndim<4>, nb::device::cpu, nb::c_contig>;
-using CpuI64Out4 = nb::ndarray<std::int64_t, nb::ndim<4>, nb::device::cpu, nb::c_contig>;
-
-static bool max_pool2d_cpu(CpuF32In4 x, CpuF32Out4 out, CpuI64Out4 idx, int kh, int kw) {
-  if (kh < 1 || kw < 1) throw std::invalid_argument("kernel_size: expected >= 1");
-  for (int d = 0; d < 2; ++d) {
-    if (out.shape(d) != x.shape(d) || idx.shape(d) != x.shape(d))
-      throw std::invalid_argument("out, idx: must have x's batch and channel sizes");
-  }
-  const std::int64_t H = x.shape(2), W = x.shape(3);
-  if (out.shape(2) != H / kh || out.shape(3) != W / kw || idx.shape(2) != H / kh ||
-      idx.shape(3) != W / kw)
-    throw std::invalid_argument("out, idx: expected (N, C, H // kh, W // kw)");
-  nb::gil_scoped_release release;
-  return fastfp::max_pool2d_f32(x.data(), out.data(), idx.data(),
-                                static_cast<std::int64_t>(x.shape(0) * x.shape(1)), H, W, kh, kw);
-}
-
-static void conv_input_grad_cpu(CpuF32In4 grad_out, CpuF32In4 weight, CpuF32Out4 grad_in, int ph,
-                                int pw) {
-  const std::int64_t n = grad_out.shape(0), co = grad_out.shape(1), ho = grad_out.shape(2),
-                     wo = grad_out.shape(3);
-  const std::int64_t ci = weight.shape(1), kh = weight.shape(2), kw = weight.shape(3);
-  const std::int64_t h = grad_in.shape(2), w = grad_in.shape(3);
-  if (ph < 0 || pw < 0) throw std::invalid_argument("padding: expected >= 0");
-  if (weight.shape(0) != co) throw std::invalid_argument("weight: expected grad_out's channels first");
-  if (grad_in.shape(0) != n || grad_in.shape(1) != ci)
-    throw std::invalid_argument("grad_in: expected (N, weight's input channels, H, W)");
-  if (ho != h + 2 * ph - kh + 1 || wo != w + 2 * pw - kw + 1)
-    throw std::invalid_argument("grad_out: its size is not a stride-1 convolution of grad_in's");
-  nb::gil_scoped_release release;
-  fastfp::conv_input_grad_f32(grad_out.data(), weight.data(), grad_in.data(), n, co, ci, ho, wo, h,
-                              w, kh, kw, ph, pw);
-}
-
 // ---------------------------------------------------------------------------- weight noise
 
 using AnyArray = nb::ndarray<>;
@@ -249,19 +199,6 @@ NB_MODULE(_ext, m) {
     d["threads"] = fastfp::openmp_max_threads();
     return d;
   });
-  m.def("sign_step_cpu", &sign_step_cpu, nb::arg("x").noconvert(),
-        nb::arg("grad").noconvert(), nb::arg("out").noconvert(), nb::arg("alpha"),
-        nb::arg("lo"), nb::arg("hi"),
-        "out = clamp(x - alpha * sign(grad), lo, hi) on contiguous float32 CPU arrays");
-  m.def("max_pool2d_cpu", &max_pool2d_cpu, nb::arg("x").noconvert(), nb::arg("out").noconvert(),
-        nb::arg("idx").noconvert(), nb::arg("kh"), nb::arg("kw"),
-        "max-pool over non-overlapping kh x kw windows of a contiguous NCHW float32 CPU array\n"
-        "into out (float32) and idx (int64, PyTorch's indices); False (nothing written) for a\n"
-        "window size that is not compiled (2x2, 3x3, 4x4 are)");
-  m.def("conv_input_grad_cpu", &conv_input_grad_cpu, nb::arg("grad_out").noconvert(),
-        nb::arg("weight").noconvert(), nb::arg("grad_in").noconvert(), nb::arg("ph"), nb::arg("pw"),
-        "grad_in = d loss / d input of a stride-1, undilated, ungrouped conv2d (contiguous NCHW\n"
-        "float32 CPU arrays; padding ph, pw)");
   m.def("noise_perturb", &noise_perturb, nb::arg("masters").noconvert(), nb::arg("outs").noconvert(),
         nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
         "outs[i] = masters[i] + U(-delta, delta) for a list of contiguous float32/bfloat16/float16\n"

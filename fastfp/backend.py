@@ -27,7 +27,7 @@ _last_used: dict[str, str] = {}
 
 
 def forced() -> str:
-    """The backend requested through ``FASTFP_BACKEND`` (read on every call, so tests can set it)."""
+    """The backend requested through ``FASTFP_BACKEND`` (read at every call: tests set it)."""
     value = os.environ.get("FASTFP_BACKEND", "auto").strip().lower() or "auto"
     if value not in BACKENDS:
         raise ValueError(f"FASTFP_BACKEND: expected one of {', '.join(BACKENDS)}, got {value!r}")
@@ -62,12 +62,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def triton_module():
+def triton_module() -> Any:
     """The ``triton`` module, or ``None`` when it cannot be imported."""
     return _import("triton")[0]
 
 
-def triton_usable(device) -> bool:
+def triton_usable(device: Any) -> bool:
     """Can a Triton kernel run on tensors of ``device``? (CUDA, or CPU under TRITON_INTERPRET=1.)
 
     ``auto`` dispatch sends only CUDA tensors to Triton; the interpreter serves CPU tensors
@@ -96,13 +96,13 @@ def cupy_usable() -> bool:
         return False
 
 
-def extension():
+def extension() -> Any:
     """The compiled ``fastfp._ext`` module, or ``None`` when it was not built."""
     return _import("fastfp._ext")[0]
 
 
 @functools.lru_cache(maxsize=None)
-def extension_info() -> dict:
+def extension_info() -> dict[str, Any]:
     ext = extension()
     if ext is None:
         return {"built": False, "openmp": False, "cuda": False, "threads": 0}
@@ -130,18 +130,19 @@ def missing(what: str, op: str | None = None) -> RuntimeError:
               "ext": _import("fastfp._ext")[1], "cuda": _import("fastfp._ext")[1]}.get(what)
     detail = f" ({reason})" if reason else ""
     return RuntimeError(
-        f"FASTFP_BACKEND={forced()} asks for the {what} implementation{where}, which is not available "
-        f"here{detail}: {_INSTALL_HINTS.get(what, 'install it')}, or set FASTFP_BACKEND=auto."
+        f"FASTFP_BACKEND={forced()} asks for the {what} implementation{where}, which is not "
+        f"available here{detail}: {_INSTALL_HINTS.get(what, 'install it')}, "
+        "or set FASTFP_BACKEND=auto."
     )
 
 
-def report() -> dict:
+def report() -> dict[str, Any]:
     """What this machine offers to fastfp."""
     import torch
 
     triton = triton_module()
     cp = _import("cupy")[0]
-    info = {
+    return {
         "fastfp_backend": forced(),
         "torch": torch.__version__,
         "cuda": cuda_available(),
@@ -153,13 +154,9 @@ def report() -> dict:
         "extension": extension_info(),
         "cpu_threads": torch.get_num_threads(),
     }
-    from . import _cpu_layers
-
-    info["cpu_model_layers"] = _cpu_layers.status()
-    return info
 
 
-def format_report(info: dict | None = None) -> str:
+def format_report(info: dict[str, Any] | None = None) -> str:
     info = report() if info is None else info
     ext = info["extension"]
     ext_text = (
@@ -176,7 +173,6 @@ def format_report(info: dict | None = None) -> str:
          if info["cupy"] else "not installed"),
         ("extension", ext_text),
         ("CPU threads", str(info["cpu_threads"])),
-        ("CPU model layers", info.get("cpu_model_layers", "-")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

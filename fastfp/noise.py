@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _cpu_layers, _validate, backend
+from . import _validate, backend
 from .reference import noise as _ref
 
 NOISE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -341,8 +341,7 @@ def _grad_mean(model, names, masters, x, labels, delta, q, seed, offset, batch="
                 labels = labels.clone()
             xg = x.detach().requires_grad_(True)
             fn = _grad_sum_loop if batch == "loop" else _grad_sum_vmap
-            with _cpu_layers.enabled(x.device, model):
-                total, impl = fn(model, names, masters, xg, labels, delta, q, seed, offset, top)
+            total, impl = fn(model, names, masters, xg, labels, delta, q, seed, offset, top)
     finally:
         model.train(was_training)
     backend.record("noise.grad_mean", impl)

@@ -44,19 +44,23 @@ def test_extension_roundtrip_numpy_and_torch():
     import numpy as np
     import torch
 
-    rng = np.random.default_rng(0)
-    x = rng.random(1000, dtype=np.float32)
-    g = rng.standard_normal(1000).astype(np.float32)
-    g[::7] = 0.0
-    out = np.empty_like(x)
-    ext.sign_step_cpu(x, g, out, 0.25, 0.1, 0.9)
-    np.testing.assert_array_equal(out, np.clip(x - np.float32(0.25) * np.sign(g), 0.1, 0.9))
-    xt, gt = torch.from_numpy(x), torch.from_numpy(g)
-    outt = torch.empty_like(xt)
-    ext.sign_step_cpu(xt, gt, outt, 0.25, 0.1, 0.9)
+    from fastfp.reference import noise as ref
+
+    out = np.full(1000, np.nan, dtype=np.float32)  # numpy and torch arrays through DLPack
+    ext.noise_fill(out, 5, 0.25, 3, 2)
+    np.testing.assert_array_equal(out, ref.noise(5, 1000, 0.25, 3, 2).numpy())
+    outt = torch.full((1000,), float("nan"))
+    ext.noise_fill(outt, 5, 0.25, 3, 2)
     assert torch.equal(outt, torch.from_numpy(out))
-    with pytest.raises(TypeError):  # float64 must not be silently converted
-        ext.sign_step_cpu(x.astype(np.float64), g, out, 0.25, 0.0, 1.0)
+    with pytest.raises(TypeError, match="out: expected float32"):  # never silently converted
+        ext.noise_fill(out.astype(np.float64), 5, 0.25, 3, 2)
+
+
+def test_report_names_no_layer_rerouting():
+    # fastfp runs the user's own layers: nothing to report or switch about them
+    info = backend.report()
+    assert not any("layer" in key for key in info)
+    assert "layer" not in backend.format_report(info).lower()
 
 
 def test_cli_version():

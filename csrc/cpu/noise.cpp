@@ -10,12 +10,6 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define FASTFP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FASTFP_CLONES
-#endif
-
 namespace fastfp {
 namespace {
 
