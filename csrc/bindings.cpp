@@ -58,17 +58,28 @@ static float check_delta(double delta) {
   return static_cast<float>(delta);
 }
 
+// The offset of a draw: `add` plus, when given, the value of the one-element int64 array
+// `offset_at` (read as unsigned 64-bit). A CPU array is read here; a CUDA array is read by the
+// kernel itself, so a captured CUDA graph draws the stream its replay finds in device memory.
+struct Offset {
+  std::uint64_t add = 0;
+  const std::int64_t *at = nullptr;  // device memory (CUDA) or nullptr
+};
+
+using OffsetArray = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig>;
+
 static void run_noise(const std::vector<fastfp::NoiseTensor> &table, int device_type, int device,
-                      float delta, std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) {
+                      float delta, std::uint64_t seed, Offset offset, std::uintptr_t stream) {
   const bool cuda = device_type == nb::device::cuda::value;
   nb::gil_scoped_release release;
   if (!cuda) {
-    fastfp::noise_perturb_cpu(table.data(), static_cast<int>(table.size()), delta, seed, offset);
+    fastfp::noise_perturb_cpu(table.data(), static_cast<int>(table.size()), delta, seed,
+                              offset.add);
     return;
   }
 #if defined(FASTFP_WITH_CUDA)
-  fastfp::noise_perturb_cuda(table.data(), static_cast<int>(table.size()), delta, seed, offset,
-                             device, stream);
+  fastfp::noise_perturb_cuda(table.data(), static_cast<int>(table.size()), delta, seed, offset.add,
+                             offset.at, device, stream);
 #else
   (void)device;
   (void)stream;
@@ -78,7 +89,8 @@ static void run_noise(const std::vector<fastfp::NoiseTensor> &table, int device_
 
 // A validated multi-tensor noise launch, reusable: building it converts every array once
 // (DLPack, a few microseconds each); each run() is then one parallel region / kernel launch.
-// It holds references to its arrays, so their memory stays valid while the plan lives.
+// It holds its arrays through DLPack, so their memory stays valid while the plan lives; it cannot
+// see a later resize or replacement of a torch tensor (fastfp.noise.Perturber re-binds then).
 class NoisePlan {
  public:
   NoisePlan(std::vector<AnyArray> masters, std::vector<AnyArray> outs)
@@ -108,39 +120,26 @@ class NoisePlan {
     device_id_ = masters_[0].device_id();
   }
 
-  // Internal fast path for torch tensors already validated in Python (fastfp.noise.Perturber):
-  // raw data pointers, no DLPack conversion. The caller keeps the tensors alive.
-  static NoisePlan from_pointers(const std::vector<std::uintptr_t> &ins,
-                                 const std::vector<std::uintptr_t> &outs,
-                                 const std::vector<std::int64_t> &numels,
-                                 const std::vector<std::int32_t> &dtypes, int device_type,
-                                 int device_id) {
-    const std::size_t n = ins.size();
-    if (n == 0) throw std::invalid_argument("masters: expected at least one array, got none");
-    if (outs.size() != n || numels.size() != n || dtypes.size() != n)
-      throw std::invalid_argument("outs, numels, dtypes: expected one entry per master");
-    if (device_type != nb::device::cpu::value && device_type != nb::device::cuda::value)
-      throw std::invalid_argument("device_type: expected a CPU (1) or CUDA (2) DLPack device type");
-    NoisePlan plan;
-    plan.table_.resize(n);
-    std::int64_t base = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      if (dtypes[i] < fastfp::noise::F32 || dtypes[i] > fastfp::noise::F16)
-        throw std::invalid_argument(item("dtypes", i) + ": expected 0 (f32), 1 (bf16) or 2 (f16)");
-      if (numels[i] < 0) throw std::invalid_argument(item("numels", i) + ": expected >= 0");
-      if (numels[i] > 0 && (ins[i] == 0 || outs[i] == 0))
-        throw std::invalid_argument(item("masters", i) + ": null data pointer");
-      plan.table_[i] = {reinterpret_cast<const void *>(ins[i]), reinterpret_cast<void *>(outs[i]),
-                        numels[i], base, dtypes[i]};
-      base += numels[i];
-    }
-    plan.device_type_ = device_type;
-    plan.device_id_ = device_id;
-    return plan;
+  void run(double delta, std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) const {
+    run_noise(table_, device_type_, device_id_, check_delta(delta), seed, Offset{offset}, stream);
   }
 
-  void run(double delta, std::uint64_t seed, std::uint64_t offset, std::uintptr_t stream) const {
-    run_noise(table_, device_type_, device_id_, check_delta(delta), seed, offset, stream);
+  // run() with the offset read at run time from the one-element int64 array `offset_at` on the
+  // plan's device, plus `add`: on CUDA the kernel reads it (no host sync, graph-capturable).
+  void run_at(const OffsetArray &offset_at, double delta, std::uint64_t seed, std::uint64_t add,
+              std::uintptr_t stream) const {
+    const float d = check_delta(delta);
+    if (offset_at.size() != 1)
+      throw std::invalid_argument("offset: expected a one-element int64 array, got " +
+                                  std::to_string(offset_at.size()) + " elements");
+    if (offset_at.device_type() != device_type_ || offset_at.device_id() != device_id_)
+      throw std::invalid_argument("offset: on another device than the plan's arrays");
+    Offset o{add};
+    if (device_type_ == nb::device::cuda::value)
+      o.at = offset_at.data();
+    else
+      o.add += static_cast<std::uint64_t>(offset_at.data()[0]);
+    run_noise(table_, device_type_, device_id_, d, seed, o, stream);
   }
 
 #if defined(FASTFP_WITH_CUDA)
@@ -157,7 +156,6 @@ class NoisePlan {
   std::int64_t numel() const { return table_.back().base + table_.back().numel; }
 
  private:
-  NoisePlan() = default;
   std::vector<AnyArray> masters_, outs_;  // keep DLPack-imported arrays alive
   std::vector<fastfp::NoiseTensor> table_;
   int device_type_ = 0, device_id_ = 0;
@@ -179,7 +177,7 @@ static void noise_fill(const AnyArray &out, std::int64_t start, double delta, st
   if (out.size() == 0) return;
   std::vector<fastfp::NoiseTensor> table{
       {nullptr, out.data(), static_cast<std::int64_t>(out.size()), start, fastfp::noise::F32}};
-  run_noise(table, out.device_type(), out.device_id(), d, seed, offset, stream);
+  run_noise(table, out.device_type(), out.device_id(), d, seed, Offset{offset}, stream);
 }
 
 NB_MODULE(_ext, m) {
@@ -209,12 +207,12 @@ NB_MODULE(_ext, m) {
                         "noise_perturb(masters, outs, ...) validated once, run many times")
       .def(nb::init<std::vector<AnyArray>, std::vector<AnyArray>>(), nb::arg("masters").noconvert(),
            nb::arg("outs").noconvert())
-      .def_static("_from_pointers", &NoisePlan::from_pointers, nb::arg("masters"), nb::arg("outs"),
-                  nb::arg("numels"), nb::arg("dtypes"), nb::arg("device_type"), nb::arg("device_id"),
-                  "internal: a plan from raw data pointers of validated, contiguous tensors that "
-                  "the caller keeps alive")
       .def("run", &NoisePlan::run, nb::arg("delta"), nb::arg("seed"), nb::arg("offset") = 0,
            nb::arg("stream") = 0)
+      .def("run_at", &NoisePlan::run_at, nb::arg("offset").noconvert(), nb::arg("delta"),
+           nb::arg("seed"), nb::arg("add") = 0, nb::arg("stream") = 0,
+           "run() with the stream offset[0] + add, offset being a one-element int64 array on the\n"
+           "plan's device (CUDA: read by the kernel, so a captured graph sees each replay's value)")
 #if defined(FASTFP_WITH_CUDA)
       .def("_emulate_cuda", &NoisePlan::emulate_cuda, nb::arg("delta"), nb::arg("seed"),
            nb::arg("offset") = 0, "run the CUDA kernel's per-thread code on the host (tests)")

@@ -33,8 +33,11 @@ void noise_perturb_cpu(const NoiseTensor *tensors, int count, float delta, std::
 
 #if defined(FASTFP_WITH_CUDA)
 // One kernel launch per kMaxNoiseTensors tensors on `stream` (a cudaStream_t, 0 = default).
+// The stream offset is `offset`, plus *offset_at when offset_at (device memory) is not null: the
+// kernel reads it, so a captured CUDA graph draws the stream its replay finds there.
 void noise_perturb_cuda(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
-                        std::uint64_t offset, int device, std::uintptr_t stream);
+                        std::uint64_t offset, const std::int64_t *offset_at, int device,
+                        std::uintptr_t stream);
 // The CUDA kernel's per-thread code run on the host over CPU buffers (tests without a GPU).
 void noise_emulate_cuda(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
                         std::uint64_t offset);

@@ -1,4 +1,4 @@
-"""Weight noise: the Philox stream, the extension vs the torch twin, statistics, grad_mean, errors."""
+"""Weight noise: the Philox stream, extension vs the torch twin, statistics, grad_mean, errors."""
 
 import copy
 import os
@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_cnn
 
-import fastfp
 from fastfp import backend
 from fastfp import noise as N
+from fastfp.cexamples import gradmean
 from fastfp.reference import noise as R
 
 HAS_EXT = backend.extension() is not None and hasattr(backend.extension(), "noise_perturb")
@@ -35,6 +36,16 @@ def _params(dtypes=(torch.float32,), seed=0, device="cpu"):
         t = torch.randn(s, generator=g) * 3
         out.append(t.to(dtypes[i % len(dtypes)]).to(device))
     return out
+
+
+def _bits(t):
+    return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
+
+
+def _same(got, want):
+    """Two lists of tensors equal bit for bit."""
+    return len(got) == len(want) and all(torch.equal(_bits(g), _bits(w))
+                                         for g, w in zip(got, want, strict=True))
 
 
 def _tiny_cnn(seed=0):
@@ -62,8 +73,8 @@ def test_vectorised_philox_equals_scalar_and_counter_layout():
         for k in range(9):
             i = start + k
             b = i // 4
-            want = R.philox4x32_10_scalar((b, b >> 32, offset, offset >> 32), R.split64(seed))[i % 4]
-            assert int(got[k]) == want
+            words = R.philox4x32_10_scalar((b, b >> 32, offset, offset >> 32), R.split64(seed))
+            assert int(got[k]) == words[i % 4]
 
 
 def test_noise_statistics():
@@ -105,14 +116,14 @@ def test_noise_dtype_rounding_bounds():
                                     (torch.float32, torch.float16, torch.bfloat16)])
 def test_extension_equals_reference_bit_for_bit(dtypes):
     params = _params(dtypes, seed=len(dtypes))
-    for seed, offset, delta in [(0, 0, 0.01), (2**33 + 7, 2**32 + 5, 0.3), (2**64 - 1, 2**64 - 1, 2.5)]:
+    for seed, offset, delta in [(0, 0, 0.01), (2**33 + 7, 2**32 + 5, 0.3),
+                                (2**64 - 1, 2**64 - 1, 2.5)]:
         got = N.perturb(params, delta, seed, offset)
         assert backend.last_used("noise.perturb") == "ext"
         want = R.perturb(params, delta, seed, offset)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype and g.shape == w.shape
-            assert torch.equal(g.view(torch.int16) if g.element_size() == 2 else g.view(torch.int32),
-                               w.view(torch.int16) if w.element_size() == 2 else w.view(torch.int32))
+            assert torch.equal(_bits(g), _bits(w))
 
 
 @needs_ext
@@ -150,7 +161,7 @@ def test_cuda_kernel_logic_emulated_on_host_equals_cpu():
         want = N.perturb(params, 0.3, seed, offset)
         outs = [torch.full_like(p, float("nan")) for p in params]
         ext.NoisePlan([p.contiguous() for p in params], outs)._emulate_cuda(0.3, seed, offset)
-        for i, (o, w) in enumerate(zip(outs, want)):
+        for i, (o, w) in enumerate(zip(outs, want, strict=True)):
             assert torch.equal(_bits(o), _bits(w)), i
     outs = [torch.full((1001,), float("nan"))]
     plan = ext.NoisePlan([torch.zeros(1001)], outs)
@@ -161,7 +172,7 @@ def test_cuda_kernel_logic_emulated_on_host_equals_cpu():
 @needs_ext
 def test_awkward_lists_equal_reference():
     params = _awkward_list()
-    for g, w in zip(N.perturb(params, 0.1, 5, 6), R.perturb(params, 0.1, 5, 6)):
+    for g, w in zip(N.perturb(params, 0.1, 5, 6), R.perturb(params, 0.1, 5, 6), strict=True):
         assert torch.equal(_bits(g), _bits(w))
 
 
@@ -179,10 +190,10 @@ def test_torch_fallback_equals_reference(monkeypatch):
     seed, offset = 2**63 + 2**33 + 17, 2**40 + 4  # high key and counter words in use
     got = N.perturb(params, 0.05, seed, offset)
     assert backend.last_used("noise.perturb") == "torch"
-    for g, w in zip(got, R.perturb(params, 0.05, seed, offset)):
+    for g, w in zip(got, R.perturb(params, 0.05, seed, offset), strict=True):
         assert torch.equal(g, w)
-    monkeypatch.setattr(N, "_TORCH_CHUNK", 100)  # chunk edges inside tensors change nothing
-    for g, w in zip(N.perturb(params, 0.05, seed, offset), got):
+    monkeypatch.setattr(N, "TORCH_CHUNK", 100)  # chunk edges inside tensors change nothing
+    for g, w in zip(N.perturb(params, 0.05, seed, offset), got, strict=True):
         assert torch.equal(g, w)
     for start, n in [(0, 1), (3, 998), (2**34 + 1, 301)]:
         assert torch.equal(N.noise(n, 0.7, seed, offset, start=start),
@@ -197,7 +208,7 @@ def test_extension_takes_numpy_through_dlpack():
     outs = [np.empty_like(m) for m in masters]
     ext.noise_perturb(masters, outs, 0.1, 8, 3)
     want = R.perturb([torch.from_numpy(m) for m in masters], 0.1, 8, 3)
-    for o, w in zip(outs, want):
+    for o, w in zip(outs, want, strict=True):
         np.testing.assert_array_equal(o, w.numpy())
 
 
@@ -212,10 +223,10 @@ def test_reproducible_and_stream_selection():
     params = _params(seed=5)
     a = N.perturb(params, 0.1, seed=42, offset=3)
     b = N.perturb(params, 0.1, seed=42, offset=3)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     for seed, offset in [(42, 4), (43, 3)]:
         c = N.perturb(params, 0.1, seed=seed, offset=offset)
-        assert not any(torch.equal(x, y) for x, y in zip(a, c) if x.numel() > 4)
+        assert not any(torch.equal(x, y) for x, y in zip(a, c, strict=True) if x.numel() > 4)
 
 
 @needs_ext
@@ -223,11 +234,12 @@ def test_bits_independent_of_thread_count():
     # this process: every OpenMP thread (2 on CI); the child: a single thread
     code = ("import torch, fastfp; "
             "z = fastfp.noise.noise(300_001, 0.5, seed=9, offset=2, start=5); "
-            "print(fastfp.backend.last_used('noise.noise'), fastfp.backend.extension_info()['threads'], "
+            "print(fastfp.backend.last_used('noise.noise'), "
+            "fastfp.backend.extension_info()['threads'], "
             "float((z.double() * torch.arange(z.numel())).sum()))")
     env = dict(os.environ, OMP_NUM_THREADS="1", FASTFP_BACKEND="auto")
-    impl, threads, value = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                          text=True, check=True).stdout.split()
+    impl, threads, value = subprocess.run([sys.executable, "-c", code], env=env,
+                                          capture_output=True, text=True, check=True).stdout.split()
     z = N.noise(300_001, 0.5, seed=9, offset=2, start=5)
     assert (impl, threads) == ("ext", "1") and backend.last_used("noise.noise") == "ext"
     assert float(value) == float((z.double() * torch.arange(z.numel())).sum())
@@ -237,9 +249,9 @@ def test_master_untouched_and_in_place_out():
     params = _params((torch.float32, torch.float16))
     before = [p.clone() for p in params]
     out = N.perturb(params, 0.1, seed=1)
-    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
     N.perturb(params, 0.1, seed=1, out=params)  # in place: same values as the fresh outputs
-    assert all(torch.equal(p, o) for p, o in zip(params, out))
+    assert all(torch.equal(p, o) for p, o in zip(params, out, strict=True))
 
 
 def test_in_place_on_module_parameters_and_exact_restore():
@@ -248,9 +260,9 @@ def test_in_place_on_module_parameters_and_exact_restore():
     masters = [p.detach().clone() for p in params]
     noisy = N.perturb(params, 0.1, seed=2, offset=1, out=params)
     assert noisy[0] is params[0] and not torch.equal(params[0], masters[0])
-    assert all(torch.equal(p, w) for p, w in zip(params, R.perturb(masters, 0.1, 2, 1)))
+    assert _same(params, R.perturb(masters, 0.1, 2, 1))
     with torch.no_grad():
-        for p, m in zip(params, masters):
+        for p, m in zip(params, masters, strict=True):
             p.copy_(m)
     assert lin.weight.grad is None and lin.weight.requires_grad
 
@@ -260,7 +272,7 @@ def test_perturbed_context_restores_exactly_even_on_error():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     masters = [p.detach().clone() for p in model.parameters()]
     with N.perturbed(model, 0.2, seed=4, offset=9) as params:
-        assert all(torch.equal(p, w) for p, w in zip(params, R.perturb(masters, 0.2, 4, 9)))
+        assert _same(params, R.perturb(masters, 0.2, 4, 9))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(KeyError):
         with N.perturbed(model, 0.2, seed=4):
@@ -276,7 +288,7 @@ def test_perturber_reuses_buffers_and_sees_in_place_updates():
     noisy = N.Perturber(params)
     a = [t.clone() for t in noisy.draw(0.1, 1, 0)]
     b = noisy.draw(0.1, 1, 1)
-    assert b is noisy.out and all(torch.equal(x, y) for x, y in zip(b, N.perturb(params, 0.1, 1, 1)))
+    assert b is noisy.out and _same(b, N.perturb(params, 0.1, 1, 1))
     with torch.no_grad():
         params[0].add_(1.0)  # the master changed in place: the next draw reads the new values
     c = noisy.draw(0.1, 1, 0)
@@ -297,7 +309,7 @@ def test_perturber_sees_in_place_updates_of_non_contiguous_params(forced, monkey
         base.mul_(-3.0)
     got = noisy.draw(0.1, 2, 1)
     want = R.perturb([p.contiguous() for p in params], 0.1, 2, 1)
-    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
 def test_noise_bad_input():
@@ -315,7 +327,7 @@ def test_non_contiguous_params_follow_row_major_order():
     t = base.t()  # non-contiguous view
     got = N.perturb([t, base[:, 1]], 0.2, seed=3)
     want = R.perturb([t.contiguous(), base[:, 1].contiguous()], 0.2, seed=3)
-    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
 def test_requires_grad_params_are_fine():
@@ -332,6 +344,83 @@ def test_forced_backends(monkeypatch):
         monkeypatch.setenv("FASTFP_BACKEND", "cuda")
         with pytest.raises(RuntimeError, match="FASTFP_BACKEND=auto"):
             N.perturb([torch.zeros(3)], 0.1, 0)
+
+
+def test_tensor_offset_equals_int_offset(monkeypatch):
+    params = _params((torch.float32, torch.bfloat16, torch.float16), seed=6)
+    for forced in ("auto", "torch"):
+        monkeypatch.setenv("FASTFP_BACKEND", forced)
+        noisy = N.Perturber(params)
+        for value in (0, 7, 2**40 + 3):
+            got = [t.clone() for t in noisy.draw(0.2, 9, torch.tensor([value]))]
+            want = R.perturb(params, 0.2, 9, value)
+            assert _same(got, want), (forced, value)
+        # a 0-d tensor is one element too; the value is read at each draw
+        off = torch.tensor(5)
+        noisy.draw(0.2, 9, off)
+        off += 1
+        assert _same(noisy.draw(0.2, 9, off), R.perturb(params, 0.2, 9, 6))
+        assert backend.last_used("noise.perturb") == ("ext" if HAS_EXT and forced == "auto"
+                                                      else "torch")
+
+
+@pytest.mark.parametrize("offset,exc,match", [
+    (torch.tensor([1, 2]), ValueError, "offset: expected a one-element tensor"),
+    (torch.tensor([1], dtype=torch.int32), TypeError, "offset: expected an int or an int64"),
+    (torch.tensor([-3]), ValueError, "offset: expected an int64 >= 0"),
+    (torch.tensor([1], device="meta"), ValueError, "offset: on meta"),
+    (1.0, TypeError, "offset: expected an int"),
+])
+def test_bad_offset(offset, exc, match):
+    noisy = N.Perturber([torch.zeros(3)])
+    with pytest.raises(exc, match=match):
+        noisy.draw(0.1, 0, offset)
+    with pytest.raises(exc, match=match):
+        N.perturb([torch.zeros(3)], 0.1, 0, offset)
+
+
+@pytest.mark.parametrize("forced", ["auto", "torch"])
+def test_perturber_rebinds_after_resize(forced, monkeypatch):
+    # the storage of a resized tensor moves: a draw must neither write through the old memory
+    # nor read it (this used to segfault), but draw on the current tensors
+    monkeypatch.setenv("FASTFP_BACKEND", forced)
+    params = [torch.randn(300), torch.randn(4, 5)]
+    noisy = N.Perturber(params)
+    noisy.draw(0.1, 1, 0)
+    with torch.no_grad():
+        params[0].resize_(50_000).uniform_(-1, 1)  # reallocates
+    got = noisy.draw(0.1, 1, 2)
+    assert got[0].shape == (50_000,)
+    assert all(torch.equal(g, w) for g, w in zip(got, R.perturb(params, 0.1, 1, 2), strict=True))
+    noisy.out[1].resize_(2)  # its own buffer resized: re-allocated to the parameter's shape
+    got = noisy.draw(0.1, 1, 3)
+    assert got[1].shape == (4, 5)
+    assert all(torch.equal(g, w) for g, w in zip(got, R.perturb(params, 0.1, 1, 3), strict=True))
+    outs = [torch.empty(50_000), torch.empty(4, 5)]
+    given = N.Perturber(params, outs)
+    outs[1].resize_(50, 50)  # a given out that no longer matches: a clear error, nothing written
+    with pytest.raises(ValueError, match=r"out\[1\]: expected shape \(4, 5\)"):
+        given.draw(0.1, 1, 0)
+
+
+@pytest.mark.parametrize("forced", ["auto", "torch"])
+def test_perturber_follows_replaced_data(forced, monkeypatch):
+    monkeypatch.setenv("FASTFP_BACKEND", forced)
+    lin = torch.nn.Linear(6, 4)
+    params = list(lin.parameters())
+    noisy = N.Perturber(params)
+    noisy.draw(0.1, 3, 0)
+    lin.weight.data = torch.randn(4, 6)  # new storage, same shape: no stale draws
+    got = noisy.draw(0.1, 3, 1)
+    assert all(torch.equal(g, w) for g, w in zip(got, R.perturb(params, 0.1, 3, 1), strict=True))
+    lin.weight.data = torch.randn(6, 3).t()  # another shape, non-contiguous
+    got = noisy.draw(0.1, 3, 2)
+    assert got[0].shape == (3, 6)
+    want = R.perturb([p.contiguous() for p in params], 0.1, 3, 2)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    lin.weight.data = torch.zeros(3, 6, dtype=torch.float64)  # re-validated like a new Perturber
+    with pytest.raises(TypeError, match=r"params\[0\]: expected float32"):
+        noisy.draw(0.1, 3, 3)
 
 
 # ----------------------------------------------------------------------------- grad_mean
@@ -401,6 +490,73 @@ def test_grad_mean_zero_delta_is_the_plain_gradient():
     torch.testing.assert_close(N.grad_mean(model, x, labels, 0.0, 2, seed=0), xg.grad)
 
 
+def test_grad_mean_tensor_offset_equals_int_offset():
+    model = _tiny_cnn(7).eval()
+    x, labels = torch.rand(2, 3, 6, 5), torch.tensor([1, 4])
+    want = gradmean.grad_mean(model, x, labels, 0.05, 3, 2, 6, strategy="loop")
+    for strategy, m, copies in [("loop", model, 1), ("vmap", model, 2),
+                                ("in_place", torch.jit.script(model), 1)]:
+        got = gradmean.grad_mean(m, x, labels, 0.05, 3, 2, torch.tensor([6]), strategy=strategy,
+                                 copies=copies)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    got = N.grad_mean(model, x, labels, 0.05, 3, 2, offset=torch.tensor([6]))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("copies", [2, 3, 5])
+def test_gradmean_vmap_groups_equal_the_loop_and_the_literal_twin(copies):
+    model = tiny_cnn()
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 4, 2])
+    loop = gradmean.grad_mean(model, x, y, 0.05, 5, 2, 10)
+    batched = gradmean.grad_mean(model, x, y, 0.05, 5, 2, 10, copies=copies)  # auto: vmap
+    torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loop, R.grad_mean(model, x, y, 0.05, 5, seed=2, offset=10),
+                               atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(loop, gradmean.grad_mean(model, x, y, 0.05, 5, 2, 11))
+
+
+class DataDependent(torch.nn.Module):
+    """vmap cannot trace a branch on a value computed from the (batched) weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_cnn()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.net(x)
+        return out if float(out.sum()) > -1e9 else -out
+
+
+def test_untraceable_model_falls_back_to_the_loop_once():
+    model = DataDependent()
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
+    got = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, copies=3)
+    assert model.calls == 1 + 3  # the failed vmap attempt, then the loop's three copies
+    torch.testing.assert_close(got, gradmean.grad_mean(model.net, x, y, 0.05, 3, 0, 0),
+                               atol=1e-6, rtol=1e-5)
+    model.calls = 0
+    gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, copies=3)
+    assert model.calls == 3  # remembered: no second attempt
+    with pytest.raises(RuntimeError):  # asked for explicitly, vmap's error is the caller's
+        gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, strategy="vmap", copies=3)
+
+
+def test_torchscript_models_get_the_noise_in_place_and_their_weights_back():
+    plain = tiny_cnn()
+    model = torch.jit.script(tiny_cnn())
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
+    g = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0)  # auto: in place
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    want = gradmean.grad_mean(plain, x, y, 0.05, 3, 0, 0)
+    torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(N.grad_mean(model, x, y, 0.05, 3, 0), want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="strategy: expected one of"):
+        gradmean.grad_mean(plain, x, y, 0.05, 3, 0, 0, strategy="stacked")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("params,delta,seed,offset,exc,match", [
@@ -414,7 +570,8 @@ def test_grad_mean_zero_delta_is_the_plain_gradient():
     ([torch.zeros(3), "w"], 0.1, 0, 0, TypeError, r"params\[1\]"),
     ([torch.zeros(3, dtype=torch.float64)], 0.1, 0, 0, TypeError, r"params\[0\].*float64"),
     ([torch.zeros(3, dtype=torch.int32)], 0.1, 0, 0, TypeError, r"params\[0\]"),
-    ([torch.zeros(3), torch.zeros(3, device="meta")], 0.1, 0, 0, ValueError, r"params\[1\].*device"),
+    ([torch.zeros(3), torch.zeros(3, device="meta")], 0.1, 0, 0, ValueError,
+     r"params\[1\].*device"),
 ])
 def test_perturb_bad_input(params, delta, seed, offset, exc, match):
     with pytest.raises(exc, match=match):
@@ -435,8 +592,8 @@ def test_grad_mean_bad_input():
     model = _tiny_cnn()
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([0, 1])
     cases = [
-        (dict(q=0), ValueError, "q"),
-        (dict(q=2.0), TypeError, "q"),
+        (dict(q=0), ValueError, "q: expected an int in"),
+        (dict(q=2.0), TypeError, "q: expected an int"),
         (dict(delta=-1.0), ValueError, "delta"),
         (dict(labels=torch.tensor([0.0, 1.0])), TypeError, "labels"),
         (dict(labels=torch.tensor([0, 1, 2])), ValueError, "labels"),
@@ -473,27 +630,22 @@ def test_extension_errors_are_clear():
     with pytest.raises(TypeError, match=r"outs\[0\]"):
         ext.noise_perturb([a], [a.astype(np.float16)], 0.1, 0, 0)
     with pytest.raises(ValueError, match=r"masters\[0\].*contiguous"):
-        ext.noise_perturb([np.zeros((4, 3), np.float32).T], [np.zeros((3, 4), np.float32)], 0.1, 0, 0)
+        ext.noise_perturb([np.zeros((4, 3), np.float32).T], [np.zeros((3, 4), np.float32)], 0.1, 0,
+                          0)
     with pytest.raises(ValueError, match=r"outs\[0\]"):
         ext.noise_perturb([a], [np.zeros(5, np.float32)], 0.1, 0, 0)
     with pytest.raises(ValueError, match="delta"):
         ext.noise_perturb([a], [a], -1.0, 0, 0)
-    plan = ext.NoisePlan._from_pointers
-    with pytest.raises(ValueError, match="masters"):
-        plan([], [], [], [], 1, 0)
-    with pytest.raises(ValueError, match=r"dtypes\[0\]"):
-        plan([a.ctypes.data], [a.ctypes.data], [6], [7], 1, 0)
-    with pytest.raises(ValueError, match="null"):
-        plan([0], [a.ctypes.data], [6], [0], 1, 0)
-    with pytest.raises(ValueError, match="device_type"):
-        plan([a.ctypes.data], [a.ctypes.data], [6], [0], 9, 0)
+    plan = ext.NoisePlan([a], [np.empty_like(a)])
+    with pytest.raises(ValueError, match="offset: expected a one-element"):
+        plan.run_at(np.zeros(2, np.int64), 0.1, 0)
+    with pytest.raises(TypeError):  # an int32 offset is not silently converted
+        plan.run_at(np.zeros(1, np.int32), 0.1, 0)
+    with pytest.raises(ValueError, match="delta"):
+        plan.run_at(np.zeros(1, np.int64), -1.0, 0)
 
 
 # ----------------------------------------------------------------------------- GPU
-
-def _bits(t):
-    return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
-
 
 @pytest.mark.gpu
 def test_cuda_awkward_list_equals_cpu():
@@ -502,7 +654,7 @@ def test_cuda_awkward_list_equals_cpu():
     storage = torch.randn(4003).cuda()
     gpu[7] = storage[1:4001].view(40, 100)  # keep the misalignment on the device
     params[7] = gpu[7].cpu()
-    for g, w in zip(N.perturb(gpu, 0.1, 5, 6), N.perturb(params, 0.1, 5, 6)):
+    for g, w in zip(N.perturb(gpu, 0.1, 5, 6), N.perturb(params, 0.1, 5, 6), strict=True):
         assert torch.equal(_bits(g.cpu()), _bits(w))
 
 
@@ -519,9 +671,9 @@ def test_cuda_equals_cpu_bit_for_bit():
     for seed, offset in [(0, 0), (2**40 + 3, 2**33 + 1)]:
         want = N.perturb(cpu, 0.02, seed, offset)
         got = N.perturb(gpu, 0.02, seed, offset)
-        assert backend.last_used("noise.perturb") == ("cuda" if HAS_EXT and backend.extension_cuda_usable()
-                                                      else "torch")
-        for g, w in zip(got, want):
+        assert backend.last_used("noise.perturb") == (
+            "cuda" if HAS_EXT and backend.extension_cuda_usable() else "torch")
+        for g, w in zip(got, want, strict=True):
             assert torch.equal(_bits(g.cpu()), _bits(w))
     z = N.noise(100_003, 0.5, 1, 2, start=3, device="cuda")
     assert torch.equal(z.cpu(), N.noise(100_003, 0.5, 1, 2, start=3))
@@ -533,7 +685,7 @@ def test_cuda_torch_fallback_equals_kernel(monkeypatch):
     fast = N.perturb(params, 0.1, 5, 6)
     monkeypatch.setenv("FASTFP_BACKEND", "torch")
     slow = N.perturb(params, 0.1, 5, 6)
-    assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(fast, slow))
+    assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(fast, slow, strict=True))
 
 
 @pytest.mark.gpu
@@ -545,6 +697,35 @@ def test_cuda_grad_mean_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("forced", ["auto", "torch"])
+def test_cuda_device_offset_and_graph_replays_draw_fresh_streams(forced, monkeypatch):
+    monkeypatch.setenv("FASTFP_BACKEND", forced)
+    cpu = _params((torch.float32, torch.bfloat16, torch.float16), seed=8) + [torch.randn(4001)]
+    gpu = [p.cuda() for p in cpu]
+    noisy = N.Perturber(gpu)
+    offset = torch.tensor([2**33 + 5], dtype=torch.int64, device="cuda")
+    got = noisy.draw(0.1, 7, offset)  # the device offset: the int offset's bits
+    assert backend.last_used("noise.perturb") == (
+        "cuda" if forced == "auto" and HAS_EXT and backend.extension_cuda_usable() else "torch")
+    for g, w in zip(got, N.perturb(gpu, 0.1, 7, 2**33 + 5), strict=True):
+        assert torch.equal(_bits(g), _bits(w))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture
+        noisy.draw(0.1, 7, offset)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        noisy.draw(0.1, 7, offset)
+    for value in (11, 12):  # each replay reads the offset the tensor holds then
+        offset.fill_(value)
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, w in zip(noisy.out, R.perturb(cpu, 0.1, 7, value), strict=True):
+            assert torch.equal(_bits(g.cpu()), _bits(w)), value
+
+
 def test_custom_op_compiles_and_differentiates():
     params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
 
@@ -553,7 +734,7 @@ def test_custom_op_compiles_and_differentiates():
 
     want = N.perturb(params, 0.1, 3, 4)
     got = torch.compile(fn, backend="aot_eager", fullgraph=True)(params)
-    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     out = fn(params)
     sum(o.sum() * (i + 2) for i, o in enumerate(out)).backward()
     assert torch.equal(params[0].grad, torch.full((5, 3), 2.0))

@@ -6,6 +6,8 @@
 // The math is the same inline code as the CPU path (noise.h), with fp32 ops that are never
 // contracted into an FMA, so the bits are identical. noise_emulate_cuda runs the same per-thread
 // code on the host, so the CPU-only test suite checks the kernel's indexing and vector paths.
+// The stream offset may be read from device memory by the kernel (offset_at), so that a captured
+// CUDA graph draws fresh noise at each replay when the caller increments it.
 #include "fastfp.h"
 #include "noise.h"
 
@@ -96,8 +98,10 @@ FASTFP_HD void noise_block(const Table &tb, std::int64_t i, float delta, std::ui
 }
 
 __global__ void __launch_bounds__(kThreads)
-    noise_kernel(const __grid_constant__ Table tb, float delta, std::uint32_t o0, std::uint32_t o1,
-                 noise::Key key) {
+    noise_kernel(const __grid_constant__ Table tb, float delta, std::uint64_t offset,
+                 const std::int64_t *offset_at, noise::Key key) {
+  if (offset_at) offset += static_cast<std::uint64_t>(*offset_at);  // read at run (graph replay)
+  const auto o0 = static_cast<std::uint32_t>(offset), o1 = static_cast<std::uint32_t>(offset >> 32);
   const std::int64_t n = philox_blocks(tb);
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -127,20 +131,21 @@ void check(cudaError_t err, const char *what) {
 }  // namespace
 
 void noise_perturb_cuda(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
-                        std::uint64_t offset, int device, std::uintptr_t stream) {
+                        std::uint64_t offset, const std::int64_t *offset_at, int device,
+                        std::uintptr_t stream) {
   int previous = 0;
   check(cudaGetDevice(&previous), "cudaGetDevice");
   check(cudaSetDevice(device), "cudaSetDevice");
   int sms = 0;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
   const noise::Key key{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)};
-  const auto o0 = static_cast<std::uint32_t>(offset), o1 = static_cast<std::uint32_t>(offset >> 32);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   cudaError_t err = cudaSuccess;
   for_each_table(tensors, count, [&](const Table &tb) {
     const std::int64_t grid = std::min<std::int64_t>((philox_blocks(tb) + kThreads - 1) / kThreads,
                                                      static_cast<std::int64_t>(sms) * 16);
-    noise_kernel<<<static_cast<unsigned>(grid), kThreads, 0, s>>>(tb, delta, o0, o1, key);
+    noise_kernel<<<static_cast<unsigned>(grid), kThreads, 0, s>>>(tb, delta, offset, offset_at,
+                                                                   key);
     err = cudaGetLastError();
     return err == cudaSuccess;
   });

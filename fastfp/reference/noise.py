@@ -1,4 +1,4 @@
-"""Readable twin of the weight noise: Philox4x32-10 in plain integer ops, and RC+GM by a literal loop.
+"""Readable twin of the weight noise: Philox4x32-10 in plain integer ops, RC+GM by a literal loop.
 
 The noise stream (the contract every implementation of ``fastfp.noise`` reproduces bit for bit):
 
@@ -48,7 +48,7 @@ def philox4x32_10_scalar(counter, key):
     return c0, c1, c2, c3
 
 
-# ----------------------------------------------------------------------------- vectorised (int64 tensors)
+# ----------------------------------------------------------------------------- int64 tensors
 
 def _mulhilo(m: int, c: torch.Tensor):
     """(hi, lo) 32-bit halves of ``m * c`` for ``c`` in [0, 2^32), via 16-bit halves of ``c``."""
@@ -112,20 +112,21 @@ def perturb(params, delta: float, seed: int, offset: int = 0) -> list[torch.Tens
 # ----------------------------------------------------------------------------- RC+GM, literally
 
 def grad_mean(model, x, labels, delta: float, q: int, seed: int, offset: int = 0) -> torch.Tensor:
-    """Mean over copies ``c = 0 .. q-1`` of d CE(model_{theta + Delta(seed, offset + c)}(x), labels) / dx.
+    """Mean over copies ``c < q`` of d CE(model_{theta + Delta(seed, offset + c)}(x), labels) / dx.
 
     One deep copy of the model per noisy copy, perturbed in place: the obvious, slow way.
     The loss is summed over the batch, so every example's gradient is its own.
     """
     masters = [p.detach() for p in model.parameters()]
-    total = None
+    total = torch.zeros_like(x)
     for c in range(q):
         noisy = copy.deepcopy(model).eval()
         with torch.no_grad():
-            for p, new in zip(noisy.parameters(), perturb(masters, delta, seed, offset + c)):
+            noisy_weights = perturb(masters, delta, seed, offset + c)
+            for p, new in zip(noisy.parameters(), noisy_weights, strict=True):
                 p.copy_(new)
         xg = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(noisy(xg).float(), labels, reduction="sum")
         (g,) = torch.autograd.grad(loss, xg)
-        total = g if total is None else total + g
+        total = total + g
     return total / q
