@@ -24,9 +24,11 @@ Procedures and parameters (the paper's):
 from __future__ import annotations
 
 import copy
+import functools
 import io
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as V
+from ._training import deterministic, fit, prunable
+
+Data = tuple[torch.Tensor, torch.Tensor]  # (x, y): images and their classes
 
 JPEG_QUALITIES = (30, 40, 50, 60, 70, 80, 90)
 POSTERIZE_BITS = (3, 4, 5, 6, 7)
@@ -56,14 +61,16 @@ def _check_images(x: torch.Tensor) -> torch.Tensor:
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounding to the nearest level."""
-    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    u8 = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return u8.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _from_uint8(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).to(like.device, like.dtype) / 255.0
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    return t.to(like.device, like.dtype) / 255.0
 
 
-def _per_image_pil(x: torch.Tensor, fn) -> torch.Tensor:
+def _per_image_pil(x: torch.Tensor, fn: Callable[[Any], Any]) -> torch.Tensor:
     from PIL import Image
 
     a = _to_uint8(_check_images(x))
@@ -81,7 +88,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     quality = V.integer("quality", quality, lo=1, hi=95)
     from PIL import Image
 
-    def fn(img):
+    def fn(img: Any) -> Any:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality)
         buf.seek(0)
@@ -109,84 +116,91 @@ def posterize(x: torch.Tensor, bits: int) -> torch.Tensor:
 class InputTransform(nn.Module):
     """``model(transform(x))``: an input-side variant that is still a model."""
 
-    def __init__(self, model: nn.Module, transform: Callable, name: str):
+    def __init__(self, model: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor],
+                 name: str) -> None:
         super().__init__()
-        self.model = model
+        self.model = V.module("model", model)
         self.transform = transform
         self.name = name
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.transform(x))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"transform={self.name}"
 
 
 class HalfPrecision(nn.Module):
     """Weights and activations in float16; float32 in and out."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = copy.deepcopy(model).half()
+        self.model = copy.deepcopy(V.module("model", model)).half()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.half()).float()
 
 
 class RandomizedSmoothing(nn.Module):
-    """Cohen et al.'s smoothed classifier: the outputs are the vote frequencies of the base model's
-    top-1 over ``n`` copies of the input with N(0, sigma^2) noise (argmax = the smoothed prediction).
+    """Cohen et al.'s smoothed classifier: the outputs are the vote frequencies of the base
+    model's top-1 over ``n`` copies of the input with N(0, sigma^2) noise (argmax = the smoothed
+    prediction).
 
     The noise is drawn from a generator seeded with ``seed`` at every call, so the variant is a
     deterministic function, like the other variants.
     """
 
-    def __init__(self, model: nn.Module, sigma: float, n: int = 100, seed: int = 0, chunk: int = 4096):
+    def __init__(self, model: nn.Module, sigma: float, n: int = 100, seed: int = 0,
+                 chunk: int = 4096) -> None:
         super().__init__()
-        self.model = model
+        self.model = V.module("model", model)
         self.sigma = V.real("sigma", sigma, lo=0.0)
         self.n = V.integer("n", n, lo=1)
         self.seed = V.integer("seed", seed, lo=0)
         self.chunk = V.integer("chunk", chunk, lo=1)
 
     @torch.no_grad()
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        V.tensor("x", x, min_dim=1, floating=True)  # the Gaussian noise needs float inputs
         g = torch.Generator(device=x.device).manual_seed(self.seed)
-        counts = None
+        counts: torch.Tensor | None = None
         per = max(1, self.chunk // max(x.shape[0], 1))  # noisy copies per model call
         done = 0
         while done < self.n:
             r = min(per, self.n - done)
             xr = x.unsqueeze(0).expand(r, *x.shape).reshape(r * x.shape[0], *x.shape[1:])
-            noisy = xr + self.sigma * torch.randn(xr.shape, generator=g, device=x.device, dtype=x.dtype)
-            pred = self.model(noisy).argmax(-1).view(r, x.shape[0])
+            noisy = xr + self.sigma * torch.randn(xr.shape, generator=g, device=x.device,
+                                                  dtype=x.dtype)
+            out = self.model(noisy)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise TypeError("model: expected a classifier returning 2-D logits, got "
+                                f"{type(out).__name__}")
+            pred = out.argmax(-1).view(r, x.shape[0])
             c = F.one_hot(pred, self.num_classes(x)).sum(0)
             counts = c if counts is None else counts + c
             done += r
+        assert counts is not None  # n >= 1
         return counts.float() / self.n
 
-    def num_classes(self, x):
+    def num_classes(self, x: torch.Tensor) -> int:
+        """The base model's number of classes (from one forward pass, then remembered)."""
         if not hasattr(self, "_nc"):
             self._nc = int(self.model(x[:1]).shape[-1])
         return self._nc
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"sigma={self.sigma}, n={self.n}, seed={self.seed}"
 
 
 # ------------------------------------------------------------------------------------ pruning
-def _prunable(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
 def prune_global(model: nn.Module, rate: float) -> nn.Module:
-    """Unstructured global magnitude pruning (Han et al.): zero the ``rate`` fraction of all conv and
-    linear weights with the smallest |w|, across layers. Returns a pruned deep copy."""
+    """Unstructured global magnitude pruning (Han et al.): zero the ``rate`` fraction of all conv
+    and linear weights with the smallest |w|, across layers. Returns a pruned deep copy."""
     from torch.nn.utils import prune
 
     rate = V.real("rate", rate, lo=0.0, hi=1.0)
-    m = copy.deepcopy(model)
-    params = [(layer, "weight") for layer in _prunable(m)]
+    m = copy.deepcopy(V.module("model", model))
+    params = [(layer, "weight") for layer in prunable(m)]
     if not params:
         raise ValueError("model: has no Conv2d or Linear layer to prune")
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=rate)
@@ -200,21 +214,22 @@ def prune_all(model: nn.Module, amount: float) -> nn.Module:
     from torch.nn.utils import prune
 
     amount = V.real("amount", amount, lo=0.0, hi=1.0)
-    m = copy.deepcopy(model)
-    for layer in _prunable(m):
+    m = copy.deepcopy(V.module("model", model))
+    for layer in prunable(m):
         prune.l1_unstructured(layer, "weight", amount=amount)
         prune.remove(layer, "weight")
     return m
 
 
 def prune_filters(model: nn.Module, amount: float) -> nn.Module:
-    """Filter pruning: zero ``amount`` of the output channels (smallest L1 norm) of every conv layer.
-    Models without conv layers (an MLP) get their hidden linear layers' output units pruned instead."""
+    """Filter pruning: zero ``amount`` of the output channels (smallest L1 norm) of every conv
+    layer. Models without conv layers (an MLP) get their hidden linear layers' output units pruned
+    instead."""
     from torch.nn.utils import prune
 
     amount = V.real("amount", amount, lo=0.0, hi=1.0)
-    m = copy.deepcopy(model)
-    layers = [x for x in m.modules() if isinstance(x, nn.Conv2d)] or _prunable(m)[:-1]
+    m = copy.deepcopy(V.module("model", model))
+    layers = [x for x in m.modules() if isinstance(x, nn.Conv2d)] or prunable(m)[:-1]
     for layer in layers:
         prune.ln_structured(layer, "weight", amount=amount, n=1, dim=0)
         prune.remove(layer, "weight")
@@ -226,8 +241,8 @@ def prune_last(model: nn.Module, amount: float) -> nn.Module:
     from torch.nn.utils import prune
 
     amount = V.real("amount", amount, lo=0.0, hi=1.0)
-    m = copy.deepcopy(model)
-    layers = _prunable(m)
+    m = copy.deepcopy(V.module("model", model))
+    layers = prunable(m)
     if not layers:
         raise ValueError("model: has no Conv2d or Linear layer to prune")
     prune.l1_unstructured(layers[-1], "weight", amount=amount)
@@ -236,15 +251,14 @@ def prune_last(model: nn.Module, amount: float) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------- fine-tuning
-def finetune(model: nn.Module, data, *, layers: str = "all", epochs: int = 1, lr: float = 0.01,
-             batch_size: int = 64, seed: int = 0) -> nn.Module:
+def finetune(model: nn.Module, data: Data, *, layers: str = "all", epochs: int = 1,
+             lr: float = 0.01, batch_size: int = 64, seed: int = 0) -> nn.Module:
     """Fine-tune a deep copy on ``data = (x, y)`` with SGD (momentum 0.9), deterministically.
 
-    ``layers="all"`` trains every parameter (BatchNorm statistics update too); ``"last"`` only the last
-    conv / linear layer, with the rest frozen and in eval mode.
+    ``layers="all"`` trains every parameter (BatchNorm statistics update too); ``"last"`` only the
+    last conv / linear layer, with the rest frozen and in eval mode.
     """
-    from .zoo import _deterministic
-
+    V.module("model", model)
     V.choice("layers", layers, ("all", "last"))
     epochs = V.integer("epochs", epochs, lo=0)
     lr = V.real("lr", lr, lo=0.0)
@@ -254,32 +268,28 @@ def finetune(model: nn.Module, data, *, layers: str = "all", epochs: int = 1, lr
         raise TypeError("data: expected a pair (x, y) of tensors")
     x, y = data
     V.tensor("data[0]", x, floating=True)
-    V.tensor("data[1]", y)
+    V.labels("data[1]", y)
     if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and {len(y)}")
+        raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and "
+                         f"{len(y)}")
     m = copy.deepcopy(model).float()
     if layers == "all":
         params = list(m.parameters())
         m.train()
     else:
-        last = _prunable(m)[-1]
+        layers_ = prunable(m)
+        if not layers_:
+            raise ValueError("model: has no Conv2d or Linear layer to fine-tune")
         for p in m.parameters():
             p.requires_grad_(False)
-        params = list(last.parameters())
+        params = list(layers_[-1].parameters())
         for p in params:
             p.requires_grad_(True)
         m.eval()
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    with _deterministic():
-        for _ in range(epochs):
-            perm = torch.randperm(len(y), generator=g)
-            for i in range(0, len(y), batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(m(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+    with deterministic():
+        fit(m, x, y, opt, epochs=epochs, batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed))
     for p in m.parameters():
         p.requires_grad_(True)
     return m.eval()
@@ -292,35 +302,42 @@ class Spec:
 
     kind: str
     param: float | int | str | None = None
-    options: dict = field(default_factory=dict, compare=False, hash=False)
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def name(self) -> str:
+        """``kind`` or ``kind:param`` (e.g. ``"jpeg:50"``)."""
         return self.kind if self.param is None else f"{self.kind}:{self.param}"
 
     def needs_data(self) -> bool:
+        """Whether :meth:`apply` needs a fine-tuning data set."""
         return self.kind.startswith("finetune")
 
-    def apply(self, model: nn.Module, data=None) -> nn.Module:
+    def apply(self, model: nn.Module, data: Data | None = None) -> nn.Module:
         """The variant of ``model`` (a new module; ``model`` is left untouched)."""
-        k, p, o = self.kind, self.param, self.options
+        k, o = self.kind, self.options
+        p: Any = self.param
+        V.module("model", model)
         if k == "identity":
             return copy.deepcopy(model).eval()
         if k == "half":
             return HalfPrecision(model).eval()
         if k == "jpeg":
-            return InputTransform(copy.deepcopy(model), lambda x, q=p: jpeg(x, q), f"jpeg(q={p})").eval()
+            return InputTransform(copy.deepcopy(model), functools.partial(jpeg, quality=p),
+                                  f"jpeg(q={p})").eval()
         if k == "equalize":
             return InputTransform(copy.deepcopy(model), equalize, "equalize").eval()
         if k == "posterize":
-            return InputTransform(copy.deepcopy(model), lambda x, b=p: posterize(x, b), f"posterize({p})").eval()
+            return InputTransform(copy.deepcopy(model), functools.partial(posterize, bits=p),
+                                  f"posterize({p})").eval()
         if k == "smoothing":
-            return RandomizedSmoothing(copy.deepcopy(model), p, n=o.get("n", 100), seed=o.get("seed", 0)).eval()
+            return RandomizedSmoothing(copy.deepcopy(model), p, n=o.get("n", 100),
+                                       seed=o.get("seed", 0)).eval()
         if k in ("finetune_all", "finetune_last"):
             if data is None:
                 raise ValueError(f"data: variant {self.name!r} needs a fine-tuning data set (x, y)")
-            return finetune(model, data, layers=k.split("_")[1], epochs=int(p), lr=o.get("lr", 0.01),
-                            seed=o.get("seed", 0))
+            return finetune(model, data, layers=k.split("_")[1], epochs=int(p),
+                            lr=o.get("lr", 0.01), seed=o.get("seed", 0))
         if k == "prune_all":
             return prune_all(model, p).eval()
         if k == "prune_filters":
@@ -338,8 +355,8 @@ KINDS = ("identity", "half", "jpeg", "equalize", "posterize", "smoothing", "fine
 
 def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = True,
             finetune: bool = True, per_range: int | None = None) -> list[Spec]:
-    """The paper's procedures with its parameters (36 specs: fine-tuning at two epoch counts; 41 with
-    the C-examples paper's global pruning).
+    """The paper's procedures with its parameters (36 specs: fine-tuning at two epoch counts; 41
+    with the C-examples paper's global pruning).
 
     ``per_range``: keep only the extremes (2) or the extremes and the middle (3) of each parameter
     range; ``quick`` is ``per_range=3`` (for tests and quick demos). Fine-tuning keeps one epoch
@@ -351,10 +368,12 @@ def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = 
     if per_range is not None:
         V.choice("per_range", per_range, (2, 3))
 
-    def pick(values):
+    def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
         if per_range is None or len(values) <= per_range:
             return values
-        return (values[0], values[len(values) // 2], values[-1]) if per_range == 3 else (values[0], values[-1])
+        if per_range == 3:
+            return values[0], values[len(values) // 2], values[-1]
+        return values[0], values[-1]
 
     specs = [Spec("identity"), Spec("half")]
     specs += [Spec("jpeg", q) for q in pick(JPEG_QUALITIES)]
@@ -372,26 +391,28 @@ def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = 
     return specs
 
 
-def make_variants(model: nn.Module, specs=None, data=None, *, progress: bool = False) -> dict[str, nn.Module]:
+def make_variants(model: nn.Module, specs: Iterable[Spec] | None = None, data: Data | None = None,
+                  *, progress: bool = False) -> dict[str, nn.Module]:
     """``{spec.name: variant}`` for each spec (default :func:`catalog`)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    V.module("model", model)
     specs = catalog() if specs is None else list(specs)
     for s in specs:
         if not isinstance(s, Spec):
             raise TypeError(f"specs: expected fastfp.variants.Spec items, got {type(s).__name__}")
         if s.kind not in KINDS:
-            raise ValueError(f"specs: unknown variant kind {s.kind!r}; expected one of {', '.join(KINDS)}")
+            raise ValueError(f"specs: unknown variant kind {s.kind!r}; expected one of "
+                             f"{', '.join(KINDS)}")
         if s.needs_data() and data is None:
             raise ValueError(f"data: variant {s.name!r} needs a fine-tuning data set (x, y)")
     from tqdm.auto import tqdm
 
-    return {s.name: s.apply(model, data) for s in tqdm(specs, desc="variants", disable=not progress)}
+    bar = tqdm(specs, desc="variants", disable=not progress)
+    return {s.name: s.apply(model, data) for s in bar}
 
 
-@torch.no_grad()
-def accuracy_filter(model: nn.Module, variants: dict, x: torch.Tensor, y: torch.Tensor, *,
-                    max_drop: float = MAX_DROP):
+def accuracy_filter(model: nn.Module, variants: Mapping[str, nn.Module], x: torch.Tensor,
+                    y: torch.Tensor, *, max_drop: float = MAX_DROP
+                    ) -> tuple[dict[str, nn.Module], dict[str | None, float]]:
     """Keep the variants whose accuracy on ``(x, y)`` is at least ``acc(model) - max_drop``
     (absolute drop, fractions). Returns ``(kept, accuracies)`` where ``accuracies`` covers every
     variant and the base model (key ``None``)."""
@@ -403,7 +424,7 @@ def accuracy_filter(model: nn.Module, variants: dict, x: torch.Tensor, y: torch.
     if len(x) != len(y):
         raise ValueError(f"y: length {len(y)} does not match x's {len(x)}")
     base = accuracy(model, x, y)
-    accs = {None: base}
+    accs: dict[str | None, float] = {None: base}
     kept = {}
     for name, v in variants.items():
         accs[name] = accuracy(v, x, y)

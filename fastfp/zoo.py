@@ -15,20 +15,23 @@ Also :func:`load_arch`: a timm / torchvision architecture by name, random init o
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as V
+from ._training import deterministic, fit
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 32, 32)
@@ -88,7 +91,7 @@ def _affine(x: torch.Tensor, angle_deg: torch.Tensor, shift_px: torch.Tensor,
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, max_angle: float, max_shift: float,
             noise: float = 0.0, contrast: float = 0.0, scale: float = 0.0) -> torch.Tensor:
-    """Random rotation, shift, scale, contrast change and Gaussian noise; result clipped to [0, 1]."""
+    """Random rotation, shift, scale, contrast change and Gaussian noise; clipped to [0, 1]."""
     n = x.shape[0]
     g = generator
     angle = (torch.rand(n, generator=g) * 2 - 1) * max_angle
@@ -105,7 +108,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, max_angle: float, ma
     return out.clamp(0.0, 1.0)
 
 
-def benign_inputs(n: int = 2000, seed: int = 0, *, with_labels: bool = True):
+def benign_inputs(n: int = 2000, seed: int = 0, *,
+                  with_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
     """Benign but hard inputs for FBI: held-out digits under strong shifts, rotations, scale,
     contrast and noise, so that the zoo's models disagree on a fair share of them.
 
@@ -117,7 +121,8 @@ def benign_inputs(n: int = 2000, seed: int = 0, *, with_labels: bool = True):
     d = digits()
     g = torch.Generator().manual_seed(10_000 + seed)
     idx = torch.randint(0, len(d.y_test), (n,), generator=g)
-    x = augment(d.x_test[idx], g, max_angle=25.0, max_shift=3.0, noise=0.25, contrast=0.5, scale=0.15)
+    x = augment(d.x_test[idx], g, max_angle=25.0, max_shift=3.0, noise=0.25, contrast=0.5,
+                scale=0.15)
     return (x, d.y_test[idx].clone()) if with_labels else x
 
 
@@ -132,7 +137,7 @@ class SmallCNN(nn.Module):
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * width, num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
@@ -143,10 +148,12 @@ class _Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.short = (nn.Identity() if stride == 1 and cin == cout else
-                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+        self.short: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(y)) + self.short(x))
 
@@ -154,12 +161,13 @@ class _Block(nn.Module):
 class TinyResNet(nn.Module):
     def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
         self.layers = nn.Sequential(_Block(width, width, 2), _Block(width, 2 * width, 2),
                                     _Block(2 * width, 2 * width, 2))
         self.fc = nn.Linear(2 * width, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layers(self.stem(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
 
@@ -177,7 +185,7 @@ class TinyVGG(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * 16, 64), nn.ReLU(),
                                         nn.Linear(64, num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
@@ -185,9 +193,10 @@ class MLP(nn.Module):
     def __init__(self, hidden: int = 128, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+                                 nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
@@ -216,8 +225,9 @@ def parse_name(name: str) -> tuple[str, int]:
         raise TypeError(f"name: expected a str such as 'cnn-s0', got {type(name).__name__}")
     arch, sep, seed = name.rpartition("-s")
     if not sep or arch not in ARCHITECTURES or not seed.isdigit():
-        raise ValueError(f"name: unknown zoo model {name!r}; expected '<arch>-s<seed>' with arch in "
-                         f"{', '.join(ARCHITECTURES)} (e.g. 'cnn-s0'); known: {', '.join(names())}")
+        raise ValueError(f"name: unknown zoo model {name!r}; expected '<arch>-s<seed>' with arch "
+                         f"in {', '.join(ARCHITECTURES)} (e.g. 'cnn-s0'); known: "
+                         f"{', '.join(names())}")
     return arch, int(seed)
 
 
@@ -233,30 +243,25 @@ BATCH = 64
 LR = 2e-3
 
 
+def _augment_train(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    # Mild augmentation: models generalise a bit, but the harder benign set still splits them.
+    return augment(x, g, max_angle=15.0, max_shift=2.0, noise=0.1)
+
+
 def _train(model: nn.Module, seed: int, epochs: int, data: Digits) -> None:
-    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    n = len(data.y_train)
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, BATCH):
-            idx = perm[i:i + BATCH]
-            # Mild augmentation: models generalise a bit, but the harder benign set still splits them.
-            x = augment(data.x_train[idx], g, max_angle=15.0, max_shift=2.0, noise=0.1)
-            loss = F.cross_entropy(model(x), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
+    fit(model, data.x_train, data.y_train, opt, epochs=epochs, batch_size=BATCH,
+        generator=torch.Generator().manual_seed(seed), transform=_augment_train, scheduler=sched)
     model.eval()
 
 
-def recipe(arch: str, seed: int) -> dict:
+def recipe(arch: str, seed: int) -> dict[str, Any]:
     """Everything that determines the trained weights; its hash is the cache key."""
     cls, kwargs, epochs = ARCHITECTURES[arch]
-    src = "".join(inspect.getsource(o) for o in (cls, _Block, _train, augment, _affine, digits))
+    src = "".join(inspect.getsource(o) for o in (cls, _Block, _train, _augment_train, fit, augment,
+                                                  _affine, digits))
     return {"arch": arch, "class": cls.__name__, "kwargs": kwargs, "epochs": epochs, "seed": seed,
             "batch": BATCH, "lr": LR, "data_version": DATA_VERSION, "test_size": _TEST_SIZE,
             "source_sha256": hashlib.sha256(src.encode()).hexdigest(),
@@ -264,6 +269,7 @@ def recipe(arch: str, seed: int) -> dict:
 
 
 def recipe_hash(arch: str, seed: int) -> str:
+    """The cache key: a short SHA-256 of :func:`recipe`."""
     return hashlib.sha256(json.dumps(recipe(arch, seed), sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -274,20 +280,6 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "fastfp"
-
-
-@contextlib.contextmanager
-def _deterministic(threads: int = 1):
-    """Bit-reproducible CPU training: deterministic kernels and a fixed thread count."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.set_num_threads(old_threads)
 
 
 def _cache_file(arch: str, seed: int) -> Path:
@@ -314,15 +306,12 @@ def _try_load(path: Path, arch: str, seed: int) -> nn.Module | None:
 
 
 def _save(path: Path, model: nn.Module, arch: str, seed: int) -> None:
-    from safetensors.torch import save_file
-
-    from .store import atomic_path
+    from .store import safetensors_bytes, write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = {"recipe_hash": recipe_hash(arch, seed), "recipe": json.dumps(recipe(arch, seed), sort_keys=True)}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    meta = {"recipe_hash": recipe_hash(arch, seed),
+            "recipe": json.dumps(recipe(arch, seed), sort_keys=True)}
+    write_bytes(path, safetensors_bytes(model.state_dict(), meta))
 
 
 def load(name: str, *, train: bool = True) -> nn.Module:
@@ -338,7 +327,7 @@ def load(name: str, *, train: bool = True) -> nn.Module:
         return model
     if not train:
         raise FileNotFoundError(f"name: {name!r} is not in the zoo cache {str(cache_dir())!r}")
-    with _deterministic():
+    with deterministic():
         torch.manual_seed(seed)
         model = build(arch)
         _train(model, seed, ARCHITECTURES[arch][2], digits())
@@ -347,11 +336,13 @@ def load(name: str, *, train: bool = True) -> nn.Module:
     except OSError as exc:  # read-only cache: still usable, just not cached
         import warnings
 
-        warnings.warn(f"fastfp.zoo: could not cache {name!r} in {str(path.parent)!r}: {exc}", stacklevel=2)
+        warnings.warn(f"fastfp.zoo: could not cache {name!r} in {str(path.parent)!r}: {exc}",
+                      stacklevel=2)
     return model
 
 
-def default_zoo(model_names=None, *, quick: bool = False, progress: bool = True) -> dict[str, nn.Module]:
+def default_zoo(model_names: Iterable[str] | None = None, *, quick: bool = False,
+                progress: bool = True) -> dict[str, nn.Module]:
     """``{name: trained model}`` for ``model_names`` (default: :func:`names`)."""
     if model_names is None:
         model_names = names(quick=quick)
@@ -370,17 +361,21 @@ def default_zoo(model_names=None, *, quick: bool = False, progress: bool = True)
     return out
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``."""
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-    return correct / max(len(y), 1)
+    """Top-1 accuracy of ``model`` on images ``x`` (N, C, H, W) with classes ``y`` (N,)."""
+    from .metrics import fp_accuracy
+
+    V.tensor("x", x, floating=True)
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"x: expected a non-empty batch of images (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    V.labels("y", y, len(x))
+    return fp_accuracy((x, y), model, batch_size)
 
 
 # ----------------------------------------------------------------- timm / torchvision by name
-def load_arch(name: str, weights=None, *, num_classes: int | None = None, source: str = "auto") -> nn.Module:
+def load_arch(name: str, weights: str | os.PathLike[str] | None = None, *,
+              num_classes: int | None = None, source: str = "auto") -> nn.Module:
     """A torchvision or timm architecture by name (``"resnet18"``, ``"vgg16"``, ...), in eval mode.
 
     ``weights``: path of a state dict (``.safetensors``, or a torch ``.pt``/``.pth`` file holding a
@@ -391,7 +386,9 @@ def load_arch(name: str, weights=None, *, num_classes: int | None = None, source
     if not isinstance(name, str) or not name:
         raise TypeError(f"name: expected an architecture name such as 'resnet18', got {name!r}")
     V.choice("source", source, ("auto", "torchvision", "timm"))
-    kwargs = {} if num_classes is None else {"num_classes": V.integer("num_classes", num_classes, lo=1)}
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = V.integer("num_classes", num_classes, lo=1)
     model = None
     errors = []
     if source in ("auto", "torchvision"):
@@ -408,7 +405,8 @@ def load_arch(name: str, weights=None, *, num_classes: int | None = None, source
         try:
             import timm
         except ImportError:
-            errors.append("timm is not installed (pip install timm, or pip install 'fastfp[vision]')")
+            errors.append("timm is not installed (pip install timm, or pip install "
+                          "'fastfp[vision]')")
         else:
             if name in timm.list_models():
                 model = timm.create_model(name, pretrained=False, **kwargs)
@@ -421,18 +419,20 @@ def load_arch(name: str, weights=None, *, num_classes: int | None = None, source
     return model.eval()
 
 
-def _load_weights(model: nn.Module, weights) -> None:
+def _load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
+    from .store import read_bytes
+
     path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights: no such file {str(path)!r}")
+    data = read_bytes(path, name="weights")  # a regular file only (a FIFO would hang)
+    state: Any
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            state = load_file(str(path))
+            state = load(data)
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
     except Exception as exc:
         raise ValueError(f"weights: cannot read {str(path)!r} as a state dict: {exc}") from None
@@ -451,5 +451,6 @@ def _load_weights(model: nn.Module, weights) -> None:
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
-        raise ValueError(f"weights: {str(path)!r} does not match the architecture: " + ", ".join(parts))
+        raise ValueError(f"weights: {str(path)!r} does not match the architecture: "
+                         + ", ".join(parts))
     model.load_state_dict(state, strict=True)

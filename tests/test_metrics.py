@@ -20,20 +20,34 @@ def _cases():
     yield np.array([3.0, 1.0]), np.array([1, 0])  # perfect
 
 
-def test_roc_auc_and_curve_match_sklearn():
+def _roc_by_hand(s, y):
+    """Literal definitions: one point per distinct score t (positive iff score >= t), and the AUC
+    as P(pos > neg) + P(pos == neg) / 2 over every pair."""
+    pos, neg = s[y == 1], s[y == 0]
+    ts = np.unique(s)[::-1]
+    fpr = np.r_[0.0, [np.mean(neg >= t) for t in ts]]
+    tpr = np.r_[0.0, [np.mean(pos >= t) for t in ts]]
+    pairs = pos[:, None] - neg[None, :]
+    auc = np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0)
+    return fpr, tpr, np.r_[np.inf, ts], auc
+
+
+def test_roc_auc_and_curve_follow_the_definitions():
     for s, y in _cases():
-        assert M.roc_auc(s, y) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+        f0, t0, th0, auc0 = _roc_by_hand(s, y)
+        assert M.roc_auc(s, y) == pytest.approx(auc0, abs=1e-12)
         f, t, th = M.roc_curve(s, y)
-        fs, ts, ths = skm.roc_curve(y, s, drop_intermediate=False)
-        np.testing.assert_allclose(f, fs)
-        np.testing.assert_allclose(t, ts)
-        np.testing.assert_allclose(th[1:], ths[1:])
+        np.testing.assert_allclose(f, f0)
+        np.testing.assert_allclose(t, t0)
+        np.testing.assert_array_equal(th, th0)
         assert M.roc_auc(s, y) == pytest.approx(np.trapezoid(t, f))
+    # ties by hand: one positive above, one tied with a negative -> (1 + 0.5) / 2
+    assert M.roc_auc([3.0, 1.0, 1.0], [1, 1, 0]) == 0.75
 
 
 def test_tpr_at_fpr_uses_the_negatives_quantile():
     for s, y in _cases():
-        fs, ts, _ = skm.roc_curve(y, s, drop_intermediate=False)
+        fs, ts, _, _ = _roc_by_hand(s, y)
         for target in (0.0, 0.05, 0.3, 1.0):
             assert M.tpr_at_fpr(s, y, target) == pytest.approx(ts[fs <= target + 1e-12].max())
             tau = M.threshold_at_fpr(s, y, target)
@@ -132,7 +146,8 @@ def test_robustness_on_pruned_copies():
     assert M.robustness(fp, m, rates=(0.0, 1.0)) == pytest.approx((1.0 + per[1.0]) / 2)
     copies = M.pruned_copies(m, rates=(0.5,), repeats=5)
     assert len(copies[0.5]) == 1  # no data: magnitude pruning is deterministic, one copy
-    w = torch.cat([l.weight.flatten() for l in copies[0.5][0] if isinstance(l, nn.Linear)])
+    w = torch.cat([layer.weight.flatten() for layer in copies[0.5][0]
+                   if isinstance(layer, nn.Linear)])
     assert int((w == 0).sum()) == round(0.5 * w.numel())
     other = _mlp(1)
     u = M.uniqueness(fp, m, [other], rates=(0.0,))
@@ -144,17 +159,17 @@ def test_pruned_copies_with_retraining_keep_the_mask_and_differ_per_repeat():
     data = (torch.rand(96, 1, 4, 4), torch.randint(0, 10, (96,)))
     copies = M.pruned_copies(m, rates=(0.6,), repeats=3, data=data, epochs=1, lr=0.05)
     ref = M.pruned_copies(m, rates=(0.6,))[0.6][0]
-    zero_ref = [l.weight == 0 for l in ref if isinstance(l, nn.Linear)]
+    zero_ref = [layer.weight == 0 for layer in ref if isinstance(layer, nn.Linear)]
     ws = []
     for c in copies[0.6]:
-        layers = [l for l in c if isinstance(l, nn.Linear)]
-        for z, l in zip(zero_ref, layers):
-            assert torch.all(l.weight[z] == 0)  # pruned weights stay pruned through retraining
-        ws.append(torch.cat([l.weight.flatten() for l in layers]))
+        layers = [layer for layer in c if isinstance(layer, nn.Linear)]
+        for z, layer in zip(zero_ref, layers, strict=True):
+            assert torch.all(layer.weight[z] == 0)  # pruned weights stay pruned through retraining
+        ws.append(torch.cat([layer.weight.flatten() for layer in layers]))
     assert not torch.equal(ws[0], ws[1]) and not torch.equal(ws[1], ws[2])
     again = M.pruned_copies(m, rates=(0.6,), repeats=3, data=data, epochs=1, lr=0.05)
     assert all(torch.equal(list(a.parameters())[1], list(b.parameters())[1])
-               for a, b in zip(copies[0.6], again[0.6]))
+               for a, b in zip(copies[0.6], again[0.6], strict=True))
     with pytest.raises(ValueError, match="rates"):
         M.pruned_copies(m, rates=())
     with pytest.raises(ValueError, match="repeats"):
@@ -178,7 +193,7 @@ def test_fp_accuracy_runs_in_eval_mode_and_gives_the_mode_back():
     assert M.fp_accuracy(fp, m, batch_size=3) == 1.0
     assert M.transferability(fp, [m]) == 1.0
     assert m.training
-    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers(), strict=True))
 
 
 def test_fp_accuracy_float64_models_and_bad_input():
@@ -212,13 +227,69 @@ def test_paper_pruning_schedule_is_global_magnitude():
     m = _mlp()
     with torch.no_grad():
         m[3].weight.mul_(10.0)  # the last layer's weights much larger than the first's
-    orig = torch.cat([l.weight.detach().flatten() for l in m if isinstance(l, nn.Linear)]).abs()
+    orig = torch.cat([layer.weight.detach().flatten() for layer in m
+                      if isinstance(layer, nn.Linear)]).abs()
     copies = M.pruned_copies(m)
     assert sorted(copies) == list(M.PRUNE_RATES)
     for rate, (c,) in copies.items():
-        w = torch.cat([l.weight.flatten() for l in c if isinstance(l, nn.Linear)])
+        w = torch.cat([layer.weight.flatten() for layer in c if isinstance(layer, nn.Linear)])
         pruned = w == 0
         assert int(pruned.sum()) == round(rate * w.numel())
         assert orig[pruned].max() <= orig[~pruned].min()
     data = (torch.rand(32, 1, 4, 4), torch.randint(0, 10, (32,)))
     assert all(len(v) == 5 for v in M.pruned_copies(m, rates=(0.4,), data=data).values())
+
+
+class _Pair(nn.Module):
+    """A model returning (logits, features): not a classifier the metrics can score."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out, out
+
+
+def test_fp_accuracy_takes_fingerprints_and_objects_and_rejects_odd_models():
+    from types import SimpleNamespace
+
+    from fastfp import Fingerprint
+
+    m = _mlp()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    wrong = (y + 1) % 10
+    assert M.fp_accuracy(Fingerprint(x, y), m) == 1.0
+    assert M.fp_accuracy(SimpleNamespace(inputs=x, labels=wrong), m) == 0.0
+    with pytest.raises(TypeError, match="model: expected a classifier returning a logits"):
+        M.fp_accuracy((x, y), _Pair())
+    with pytest.raises(ValueError, match="meta device"):
+        M.fp_accuracy((x, y), _mlp().to("meta"))
+    with pytest.raises(TypeError, match="fp.inputs: expected float"):
+        M.fp_accuracy(((x * 255).to(torch.uint8), y), m)
+    with pytest.raises(TypeError, match="fp.labels: expected integer"):
+        M.fp_accuracy((x, y.float()), m)
+    with pytest.raises(ValueError, match="fp.inputs: expected images"):
+        M.fp_accuracy((x.flatten(1), y), m)
+
+
+def test_pruned_copies_validate_seed_data_and_models():
+    m = _mlp()
+    data = (torch.rand(8, 1, 4, 4), torch.randint(0, 10, (8,)))
+    with pytest.raises(ValueError, match="seed: expected an int"):
+        M.pruned_copies(m, rates=(0.5,), data=data, seed=-1)
+    with pytest.raises(TypeError, match="seed: expected an int"):
+        M.pruned_copies(m, rates=(0.5,), data=data, seed=0.5)
+    with pytest.raises(TypeError, match="data\\[1\\]: expected integer"):
+        M.pruned_copies(m, rates=(0.5,), data=(data[0], data[1].float()))
+    with pytest.raises(TypeError, match="data: expected a pair"):
+        M.pruned_copies(m, rates=(0.5,), data=data[0])
+    with pytest.raises(ValueError, match="meta device"):
+        M.pruned_copies(_mlp().to("meta"), rates=(0.5,))
+    with pytest.raises(TypeError, match="model: expected a classifier"):
+        M.pruned_copies(_Pair(), rates=(0.5,), data=data)
+    with pytest.raises(ValueError, match="y: labels go up to 12"):
+        M.pruned_copies(m, rates=(0.5,), data=(data[0], torch.full((8,), 12)))

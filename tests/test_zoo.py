@@ -12,6 +12,11 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FASTFP_CACHE", str(tmp_path_factory.getbasetemp() / "fastfp-cache"))
 
 
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_digits_split_is_fixed_and_in_range():
     d = zoo.digits()
     assert d.x_train.shape[1:] == (1, 32, 32) and d.x_test.shape == (500, 1, 32, 32)
@@ -30,8 +35,10 @@ def test_benign_inputs_deterministic_and_bounded():
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, x3)
     assert x1.shape == (64, 1, 32, 32) and 0 <= x1.min() and x1.max() <= 1
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(ValueError, match="n: expected an int"):
         zoo.benign_inputs(0)
+    with pytest.raises(ValueError, match="seed: expected an int"):
+        zoo.benign_inputs(4, seed=-1)
 
 
 def test_names_and_bad_names():
@@ -46,12 +53,27 @@ def test_names_and_bad_names():
         zoo.default_zoo([])
 
 
+def test_accuracy_checks_its_arguments():
+    m = zoo.build("mlp")
+    x, y = zoo.benign_inputs(8, seed=1)
+    assert 0.0 <= zoo.accuracy(m, x, y, batch_size=3) <= 1.0
+    with pytest.raises(TypeError, match="x: expected float"):
+        zoo.accuracy(m, (x * 255).to(torch.uint8), y)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        zoo.accuracy(m, x, y[:3])
+    with pytest.raises(ValueError, match="has tensors on the meta device"):
+        zoo.accuracy(zoo.build("mlp").to("meta"), x, y)
+    with pytest.raises(ValueError, match="batch_size: expected an int"):
+        zoo.accuracy(m, x, y, batch_size=0)
+
+
 def test_every_architecture_runs_on_the_input_shape():
     for arch in zoo.ARCHITECTURES:
         out = zoo.build(arch)(torch.rand(2, *zoo.INPUT_SHAPE))
         assert out.shape == (2, zoo.NUM_CLASSES)
 
 
+@pytest.mark.slow  # trains zoo models on CPU
 def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTFP_CACHE", str(tmp_path / "a"))
     m1 = zoo.load("mlp-s1")
@@ -59,15 +81,16 @@ def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert len(files) == 1
     monkeypatch.setenv("FASTFP_CACHE", str(tmp_path / "b"))
     m2 = zoo.load("mlp-s1")  # retrained from scratch in another cache
-    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     d = zoo.digits()
     assert zoo.accuracy(m1, d.x_test, d.y_test) > 0.85  # it did learn the digits
     # a second load reads the cache (no training): same weights, and train=False works
     m3 = zoo.load("mlp-s1", train=False)
-    assert all(torch.equal(a, b) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))
+    assert _same_weights(m2, m3)
 
 
+@pytest.mark.slow  # trains zoo models on CPU
 def test_corrupt_or_foreign_cache_entry_retrains(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTFP_CACHE", str(tmp_path))
     good = zoo.load("mlp-s0")
@@ -76,7 +99,7 @@ def test_corrupt_or_foreign_cache_entry_retrains(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         zoo.load("mlp-s0", train=False)  # unreadable entry is never used
     again = zoo.load("mlp-s0")
-    assert all(torch.equal(a, b) for a, b in zip(good.state_dict().values(), again.state_dict().values()))
+    assert _same_weights(good, again)
     # a well-formed file holding another model's weights under this name: rejected too
     from safetensors.torch import save_file
 
@@ -97,6 +120,7 @@ def test_changed_recipe_changes_the_key(monkeypatch):
     assert zoo.recipe_hash("cnn", 0) != h
 
 
+@pytest.mark.slow  # trains zoo models on CPU
 def test_zoo_models_disagree_on_benign_inputs():
     a, b = zoo.load("cnn-s0"), zoo.load("mlp-s0")
     x, y = zoo.benign_inputs(400)
@@ -109,6 +133,7 @@ def test_zoo_models_disagree_on_benign_inputs():
         assert 0.3 < acc < 0.95, acc  # hard, yet far above chance (0.1)
 
 
+@pytest.mark.slow
 def test_load_arch_torchvision_and_weights(tmp_path):
     pytest.importorskip("torchvision")
     m = zoo.load_arch("resnet18", num_classes=7)
@@ -118,7 +143,7 @@ def test_load_arch_torchvision_and_weights(tmp_path):
     good = tmp_path / "good.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(good))
     m2 = zoo.load_arch("resnet18", good, num_classes=7)
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    assert _same_weights(m, m2)
     pt = tmp_path / "w.pt"
     torch.save(m.state_dict(), pt)
     zoo.load_arch("resnet18", pt, num_classes=7)
@@ -143,4 +168,16 @@ def test_load_arch_timm_message_when_missing():
         with pytest.raises(ValueError, match="timm is not installed"):
             zoo.load_arch("resnet18", source="timm")
     else:
-        assert zoo.load_arch("resnet18", source="timm", num_classes=3)(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+        m = zoo.load_arch("resnet18", source="timm", num_classes=3)
+        assert m(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_load_arch_refuses_a_weights_fifo(tmp_path):
+    import os
+
+    pytest.importorskip("torchvision")
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(ValueError, match="weights: .* FIFO, not a regular file"):
+        zoo.load_arch("resnet18", fifo)

@@ -1,0 +1,60 @@
+"""The one training loop of fastfp (zoo training, fine-tuning variants, retraining pruned copies),
+the layers that pruning acts on, and bit-reproducible CPU execution."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def prunable(model: nn.Module) -> list[nn.Module]:
+    """The conv and linear layers of ``model``, in module order (what pruning acts on)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = 1) -> Iterator[None]:
+    """Bit-reproducible CPU training: deterministic kernels and a fixed thread count (restored)."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, *,
+        epochs: int, batch_size: int, generator: torch.Generator,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+    """Minibatch cross-entropy training: each epoch draws a permutation from ``generator``, then
+    ``transform(x_batch, generator)`` (e.g. augmentation) and one optimizer step per batch;
+    ``scheduler`` steps once per epoch. The model's train/eval mode is the caller's choice."""
+    n = len(y)
+    top = int(y.max()) if n else -1
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            xb = x[idx] if transform is None else transform(x[idx], generator)
+            out = model(xb)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                shape = tuple(getattr(out, "shape", ()))
+                raise TypeError("model: expected a classifier returning 2-D logits "
+                                f"(batch, classes), got {type(out).__name__} {shape}")
+            if top >= out.shape[1]:
+                raise ValueError(f"y: labels go up to {top}, but the model outputs {out.shape[1]} "
+                                 "classes")
+            loss = F.cross_entropy(out, y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
