@@ -404,3 +404,59 @@ def test_seeds_and_rng_are_checked_before_any_work(db, ow):
         fbi.greedy_identify(db.topk, db.families, 0, seed=1.5)
     with pytest.raises(TypeError, match="expected a numeric array"):
         fbi.pairwise_rajski(np.array([["a", "b"]]))
+
+
+@pytest.mark.parametrize("strategy", ["all", "50/50", "30/70", "entropy"])
+def test_select_inputs_equals_the_literal_twin(db, strategy):
+    correct = db.symbols() == 1
+    ent = fbi.label_entropy(db.topk[:, :, 0])
+    for seed in range(25):
+        for L in (12, 40):
+            got = fbi.select_inputs(
+                L,
+                strategy,
+                np.random.default_rng(seed),
+                correct=correct,
+                anchor_correct=correct[seed % 4],
+                entropy=ent,
+            )
+            want = ref.select_inputs(
+                L, strategy, np.random.default_rng(seed), correct, correct[seed % 4], ent
+            )
+            assert got.tolist() == want  # every greedy decision and draw, exactly
+
+
+def test_select_inputs_cover_with_constant_models_and_many_words():
+    rng = np.random.default_rng(4)
+    correct = rng.random((150, 90)) < 0.8  # three 64-model words
+    correct[3] = True  # always right: only its "right" requirement
+    correct[70] = False  # always wrong
+    for seed in range(10):
+        got = fbi.select_inputs(30, "all", np.random.default_rng(seed), correct=correct)
+        want = ref.select_inputs(30, "all", np.random.default_rng(seed), correct)
+        assert got.tolist() == want
+
+
+def test_batched_pairwise_equals_per_batch_calls_and_the_twin():
+    rng = np.random.default_rng(6)
+    A, B = rng.integers(3, size=(4, 9, 25)), rng.integers(3, size=(4, 2, 25))
+    got = fbi.pairwise_rajski(A, B, k=2)
+    assert got.shape == (4, 9, 2)
+    for i in range(4):
+        assert np.array_equal(got[i], fbi.pairwise_rajski(A[i], B[i], k=2, exact=True))
+        np.testing.assert_allclose(
+            got[i], ref.pairwise_rajski(A[i].tolist(), B[i].tolist()), atol=1e-9, rtol=0
+        )
+    with pytest.raises(ValueError, match="B: expected"):
+        fbi.pairwise_rajski(A, B[:3], k=2)
+
+
+def test_paper_database_shape():
+    db = fbi.paper_database(n_families=4, n_variants=60, num_inputs=500, num_classes=50, seed=1)
+    assert db.num_models == 64 and len(db.family_names) == 4 and db.k == 1
+    acc = (db.topk[:, :, 0] == db.ground_truth).mean(1)
+    for f in db.family_names:  # the paper's filter: at most 15 % relative accuracy drop
+        members = db.members(f)
+        assert (acc[members] >= 0.85 * acc[db.index(f)] - 1e-12).all()
+    ow = fbi.OpenWorld(L=50, trials=2, seed=0).fit(db)
+    assert ow.detect(db.names[1], db.families[1], seed=0).family == db.families[1]

@@ -30,7 +30,7 @@ from .law import fit_query_law, query_law_experiment
 from .openworld import OpenWorld, label_entropy, select_inputs
 from .sharded import build_sharded
 from .surjection import surjection
-from .synthetic import synthetic_database
+from .synthetic import paper_database, synthetic_database
 
 __all__ = [
     "Database",
@@ -55,4 +55,5 @@ __all__ = [
     "fit_query_law",
     "query_law_experiment",
     "synthetic_database",
+    "paper_database",
 ]

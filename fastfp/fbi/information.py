@@ -78,16 +78,30 @@ def _terms(ta, tb, K):
 
 
 def entropy(a: Array, k: int | None = None) -> Array:
-    """Empirical entropy (nats) of each sequence: a (..., L) -> (...) float64."""
+    """Empirical entropy (nats) of each sequence: a (..., L) -> (...) float64.
+
+    Counts by one bincount of (row, symbol) codes when the alphabet is small, else (labels of
+    1,000 classes, say) by run lengths of each sorted row, so memory stays O(rows x L)."""
     kind = arrays.kind_of(a)
     ta = arrays.symbols("a", a, arrays.check_k(k))
-    if ta.shape[-1] == 0:
+    L = ta.shape[-1]
+    if L == 0:
         raise ValueError("a: empty sequences (L = 0)")
     K = arrays.num_symbols(k, ta)
-    c = torch.zeros(ta.shape[:-1] + (K,), dtype=torch.float64, device=ta.device)
-    c.scatter_add_(-1, ta.long(), torch.ones(ta.shape, dtype=torch.float64, device=ta.device))
+    rows = ta.reshape(-1, L).long()
+    base = torch.arange(rows.shape[0], device=ta.device).unsqueeze(1)
+    if K <= L:
+        codes = base * K + rows
+        width = K
+    else:  # run ids of each sorted row: a new run wherever the sorted value changes
+        srt = rows.sort(-1).values
+        runs = torch.cat([torch.zeros_like(srt[:, :1]), (srt[:, 1:] != srt[:, :-1]).long()], 1)
+        codes = base * L + runs.cumsum(1)
+        width = L
+    c = torch.bincount(codes.reshape(-1), minlength=rows.shape[0] * width)
+    h = _entropy_from_counts(c.view(rows.shape[0], width).double(), L, (-1,))
     backend.record("fbi.entropy", "torch")
-    return arrays.restore(_entropy_from_counts(c, ta.shape[-1], (-1,)), kind)
+    return arrays.restore(h.reshape(ta.shape[:-1]), kind)
 
 
 def mutual_information(a: Array, b: Array, k: int | None = None) -> Array:
@@ -181,16 +195,54 @@ def _cuda_block_entropy(c, L, rows, cols, K):
         return _block_entropy(c, L, rows, cols, K)
 
 
-def _joint_entropies(
-    A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool, exact: bool
-) -> torch.Tensor:
-    """H(a_i, b_j) for every pair of rows, float64 (m, n)."""
+def _sum_xlogx(c, xp):
+    """sum over the last axis of c log c (0 log 0 = 0), added in a fixed order: each result
+    depends only on its own counts, never on the shape of the batch around it."""
+    t = c * xp.log(xp.clip(c, 1, None))
+    s = t[..., 0]
+    for j in range(1, c.shape[-1]):
+        s = s + t[..., j]
+    return s
+
+
+def _entropy_exact(c, L: int, xp):
+    """Entropy (nats, float64) from exact counts (..., C) summing to L; exactly 0 if constant."""
+    c = xp.asarray(c, dtype=xp.float64)
+    h = xp.clip(math.log(L) - _sum_xlogx(c, xp) / L, 0.0, None)
+    return xp.where((c == L).any(-1), xp.zeros_like(h), h)
+
+
+def _exact_terms(A, B, K: int, xp):
+    """H(a), H(b), H(a, b) of every pair of rows of A (b, m, L) and B (b, n, L), float64, in
+    numpy on CPU (single-threaded: no parallel-region stalls on a busy machine) or torch on GPU.
+
+    One contingency count for all pairs: c(u, .) = [A == u] @ onehot(B)^T, a batched fp32 GEMM
+    whose entries are exact integers (<= L <= 2^24); c(0, .) is the rest of B's counts. A is
+    read K - 1 times (once for top-1), B's one-hot is small."""
+    nb, m, L = A.shape
+    n = B.shape[1]
+    f32 = xp.float32
+    OB = xp.stack([xp.asarray(B == v, dtype=f32) for v in range(K)], 2)  # (b, n, K, L)
+    count_b = OB.sum(-1)
+    OBt = xp.swapaxes(OB.reshape(nb, n * K, L), 1, 2)
+    ind = [xp.asarray(A == u, dtype=f32) for u in range(1, K)]
+    rows = [x @ OBt for x in ind]  # K - 1 x (b, m, n * K)
+    rest = count_b.reshape(nb, 1, n * K) - sum(rows)  # c(0, .) = B's counts - the others
+    c = xp.stack([rest] + rows, 2)  # (b, m, K_a, n * K_b); K >= 2 (callers see to it)
+    c = xp.moveaxis(c.reshape(nb, m, K, n, K), 3, 2).reshape(nb, m, n, K * K)
+    sums = [x.sum(-1) for x in ind]
+    count_a = xp.stack([L - sum(sums)] + sums, -1)
+    return (
+        _entropy_exact(count_a, L, xp),
+        _entropy_exact(count_b, L, xp),
+        _entropy_exact(c, L, xp),
+    )
+
+
+def _joint_entropies(A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool) -> torch.Tensor:
+    """H(a_i, b_j) for every pair of rows by the blocked matmul, float64 (m, n)."""
     m, L = A.shape
     n = B.shape[0]
-    if exact or m * n * max(L, K * K) <= SMALL:
-        c = _counts(A.unsqueeze(1), B.unsqueeze(0), K)  # (m, n, K, K) by scatter on u * K + v
-        H = (math.log(L) - torch.xlogy(c, c).sum((-2, -1)) / L).clamp_min(0.0)
-        return torch.triu(H) + torch.triu(H, 1).t() if symmetric else H
     if A.device.type == "cuda":
         # 0/1 inputs are exact in fp16; a count <= 2048 is exact in an fp16 output, <= 2^24 in fp32
         dtype = torch.float16 if L <= 2048 else torch.float32
@@ -223,21 +275,41 @@ def _marginal_entropy(X: torch.Tensor, K: int) -> torch.Tensor:
     return _entropy_from_counts(c, X.shape[1], (-1,))
 
 
+def _distances(h_a, h_b, h_ab, xp):
+    """D = 1 - I / H(a, b) from (..., m), (..., n), (..., m, n) entropies."""
+    # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
+    zero = (h_a == 0)[..., :, None] & (h_b == 0)[..., None, :]
+    h_ab = xp.where(zero, xp.zeros_like(h_ab), h_ab)
+    mi = xp.clip(h_a[..., :, None] + h_b[..., None, :] - h_ab, 0.0, None)
+    safe = xp.where(h_ab > 0, h_ab, xp.ones_like(h_ab))
+    return xp.clip(xp.where(h_ab > 0, 1.0 - mi / safe, xp.zeros_like(h_ab)), 0.0, 1.0)
+
+
 def _pairwise_torch(
     A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool, exact: bool
 ) -> torch.Tensor:
-    A.shape[1]
-    h_a = _marginal_entropy(A, K)
-    h_b = h_a if symmetric else _marginal_entropy(B, K)
-    h_ab = _joint_entropies(A, B, K, symmetric, exact)
-    # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
-    zero = (h_a == 0).unsqueeze(1) & (h_b == 0).unsqueeze(0)
-    h_ab = torch.where(zero, torch.zeros_like(h_ab), h_ab)
-    mi = (h_a.unsqueeze(1) + h_b.unsqueeze(0) - h_ab).clamp_min(0.0)
-    safe = torch.where(h_ab > 0, h_ab, torch.ones_like(h_ab))
-    d = torch.where(h_ab > 0, 1.0 - mi / safe, torch.zeros_like(h_ab)).clamp_(0.0, 1.0)
+    """(b, m, L) x (b, n, L) -> (b, m, n) distances."""
+    nb, m, L = A.shape
+    n = B.shape[1]
+    if K == 1:  # one symbol: every sequence is constant, every distance 0
+        return torch.zeros(nb, m, n, dtype=torch.float64, device=A.device)
+    if exact or nb * m * n * max(L, K * K) <= SMALL:
+        cpu = A.device.type == "cpu"
+        xp = np if cpu else torch
+        a, b = (A.numpy(), B.numpy()) if cpu else (A, B)
+        h_a, h_b, h_ab = _exact_terms(a, b, K, xp)
+        if symmetric:  # the same bits for (i, j) and (j, i)
+            h_ab = xp.triu(h_ab) + xp.swapaxes(xp.triu(h_ab, 1), -1, -2)
+        d = _distances(h_a, h_b, h_ab, xp)
+        d = torch.from_numpy(np.ascontiguousarray(d)) if cpu else d
+    else:
+        d = torch.empty(nb, m, n, dtype=torch.float64, device=A.device)
+        for i in range(nb):
+            h_a = _marginal_entropy(A[i], K)
+            h_b = h_a if symmetric else _marginal_entropy(B[i], K)
+            d[i] = _distances(h_a, h_b, _joint_entropies(A[i], B[i], K, symmetric), torch)
     if symmetric:
-        d.fill_diagonal_(0.0)  # D(a, a) = 0 by definition, whatever the round-off
+        d.diagonal(dim1=-2, dim2=-1).zero_()  # D(a, a) = 0 by definition, whatever the round-off
     return d
 
 
@@ -246,51 +318,60 @@ def pairwise_rajski(
 ) -> Array:
     """Rajski distances of every pair of rows: A (m, L), B (n, L) -> (m, n) float64.
 
-    ``B=None`` compares A with itself (symmetric, zero diagonal, half the work). Symbols in 0..k.
+    Batched: A (b, m, L) and B (b, n, L) -> (b, m, n), the pairs of each batch entry (e.g. every
+    model against one family's delegates on that family's own queries). ``B=None`` compares A
+    with itself (symmetric, zero diagonal, half the work). Symbols in 0..k.
     Same array kind out as A (numpy / torch / cupy); CUDA tensors stay on their device.
-    exact: always take the small-problem path (fp64 counts and entropies), where each distance
+    exact: always take the small-problem path (exact counts, fp64 entropies), where each distance
     depends only on its pair, so batching rows differently never changes a bit; by default large
     problems take the blocked matmul (fp32 entropies, within 1e-6).
     """
     kind = arrays.kind_of(A)
     k = arrays.check_k(k)
     tA = arrays.symbols("A", A, k, min_dim=2)
-    if tA.dim() != 2:
-        raise ValueError(f"A: expected (m, L) symbols, got shape {tuple(tA.shape)}")
+    if tA.dim() > 3:
+        raise ValueError(f"A: expected (m, L) or (b, m, L) symbols, got shape {tuple(tA.shape)}")
     symmetric = B is None
     tB = tA if symmetric else arrays.symbols("B", B, k, min_dim=2)
-    if tB.dim() != 2:
-        raise ValueError(f"B: expected (n, L) symbols, got shape {tuple(tB.shape)}")
-    if tA.shape[1] != tB.shape[1]:
+    if tB.dim() != tA.dim() or tB.shape[:-2] != tA.shape[:-2]:
         raise ValueError(
-            f"B: has L = {tB.shape[1]} symbols per row, but A has L = {tA.shape[1]} "
+            f"B: expected {'(n, L)' if tA.dim() == 2 else f'({tA.shape[0]}, n, L)'} "
+            f"symbols like A {tuple(tA.shape)}, got shape {tuple(tB.shape)}"
+        )
+    if tA.shape[-1] != tB.shape[-1]:
+        raise ValueError(
+            f"B: has L = {tB.shape[-1]} symbols per row, but A has L = {tA.shape[-1]} "
             "(mismatched lengths)"
         )
-    if tA.shape[1] == 0:
+    batched = tA.dim() == 3
+    if not batched:
+        tA, tB = tA.unsqueeze(0), tB.unsqueeze(0)
+    if tA.shape[-1] == 0:
         raise ValueError("A: empty rows (L = 0)")
     if tA.device != tB.device:
         raise ValueError(f"B: on {tB.device}, but A is on {tA.device}")
-    if tA.shape[1] > 2**24:
+    if tA.shape[-1] > 2**24:
         raise ValueError(
-            f"A: L = {tA.shape[1]} exceeds 2^24, where float32 counts stop being exact"
+            f"A: L = {tA.shape[-1]} exceeds 2^24, where float32 counts stop being exact"
         )
     K = arrays.num_symbols(k, tA, tB)
     if backend.forced() == "reference":
         from fastfp.reference import fbi as ref
 
-        d = (
-            torch.tensor(
-                ref.pairwise_rajski(tA.cpu().tolist(), None if symmetric else tB.cpu().tolist()),
-                dtype=torch.float64,
-            )
-            .reshape(tA.shape[0], tB.shape[0])
-            .to(tA.device)
-        )
+        d = torch.tensor(
+            [
+                ref.pairwise_rajski(a.tolist(), None if symmetric else b.tolist())
+                for a, b in zip(tA.cpu(), tB.cpu(), strict=True)
+            ],
+            dtype=torch.float64,
+        ).reshape(tA.shape[0], tA.shape[1], tB.shape[1])
         backend.record("fbi.pairwise_rajski", "reference")
-        return arrays.restore(d, kind)
-    if tA.shape[0] == 0 or tB.shape[0] == 0:
-        d = torch.zeros(tA.shape[0], tB.shape[0], dtype=torch.float64, device=tA.device)
+        return arrays.restore(d.to(tA.device) if batched else d[0].to(tA.device), kind)
+    if tA.shape[1] == 0 or tB.shape[1] == 0:
+        d = torch.zeros(
+            tA.shape[0], tA.shape[1], tB.shape[1], dtype=torch.float64, device=tA.device
+        )
     else:
         d = _pairwise_torch(tA, tB, K, symmetric, bool(exact))
     backend.record("fbi.pairwise_rajski", "torch")
-    return arrays.restore(d, kind)
+    return arrays.restore(d if batched else d[0], kind)

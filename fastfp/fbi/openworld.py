@@ -23,7 +23,7 @@ import numpy as np
 from fastfp import _validate
 
 from . import arrays
-from .information import pairwise_rajski
+from .information import entropy, pairwise_rajski
 from .surjection import surjection
 
 if TYPE_CHECKING:
@@ -38,6 +38,79 @@ DELEGATES = ("close", "median", "far")
 _RATIO = {"50/50": 0.5, "30/70": 0.3}
 
 
+class _Guard:
+    """The correctness matrix (M, N) packed 64 models to a word, word-major (W, N) uint64, with
+    the coverable requirements of a pool: the greedy cover of ``select_inputs`` in popcounts."""
+
+    def __init__(self, correct: np.ndarray):
+        self.M, self.N = correct.shape
+        W = max(1, (self.M + 63) // 64)
+        pad = np.zeros((W * 64, self.N), dtype=bool)
+        pad[: self.M] = correct
+        # bit m of word w, column x = correct[64 w + m, x] (little-endian bit order)
+        self.words = np.ascontiguousarray(
+            np.packbits(pad.reshape(W, 64, self.N), axis=1, bitorder="little")
+            .transpose(0, 2, 1)
+            .copy()
+            .view(np.uint64)[..., 0]
+        )
+        self._pools: dict = {}
+
+    def pool(self, pool: np.ndarray):
+        """Per pool (cached): its columns, where each input sits in it, and the packed masks of
+        the models with a right / a wrong input in it (the requirements a cover can meet)."""
+        key = pool.tobytes()
+        if key not in self._pools:
+            cols = self.words[:, pool]
+            where = np.full(self.N, -1, dtype=np.int64)
+            where[pool] = np.arange(pool.size)
+            ones = np.full(self.words.shape[0], ~np.uint64(0))
+            self._pools = {
+                key: (
+                    cols,
+                    where,
+                    np.bitwise_or.reduce(cols, axis=1),
+                    self._valid() & ~np.bitwise_and.reduce(cols, axis=1) & ones,
+                )
+            }
+        return self._pools[key]
+
+    def _valid(self) -> np.ndarray:
+        v = np.zeros(self.words.shape[0] * 64, dtype=bool)
+        v[: self.M] = True
+        return np.packbits(v.reshape(-1, 64), axis=1, bitorder="little").view(np.uint64)[:, 0]
+
+    def cover(self, pool: np.ndarray, perm: np.ndarray) -> list[int]:
+        """The literal greedy cover (reference ``select_inputs``), vectorised: the column that
+        meets the most unmet requirements, ties to the first in ``perm`` order."""
+        cols, where, need_right, need_wrong = self.pool(pool)
+        need_right, need_wrong = need_right.copy(), need_wrong.copy()
+        if not (need_right | need_wrong).any():
+            return []
+        rank = np.empty(pool.size, dtype=np.int64)
+        local = where[perm]
+        rank[local] = np.arange(pool.size)
+        # first pick: every column meets exactly one requirement of every model, a tie for all
+        best = local[0]
+        chosen = []
+        while True:
+            chosen.append(int(pool[best]))
+            col = cols[:, best]
+            need_right &= ~col
+            need_wrong &= col
+            unmet = need_right | need_wrong  # now at most one requirement per model
+            ws = np.flatnonzero(unmet)
+            if ws.size == 0:
+                return chosen
+            # a column meets model m's last requirement iff its bit differs from need_wrong's
+            t = cols[ws] if ws.size < cols.shape[0] else cols.copy()
+            t ^= need_wrong[ws, None]
+            t &= unmet[ws, None]
+            count = np.bitwise_count(t).sum(0, dtype=np.int32)
+            top = np.flatnonzero(count == count.max())
+            best = top[np.argmin(rank[top])]
+
+
 def select_inputs(
     L: int,
     strategy: str,
@@ -46,38 +119,43 @@ def select_inputs(
     correct: Any,
     anchor_correct: Any = None,
     entropy: Any = None,
-    pool_fraction: float = 0.5,
+    pool_fraction: float = 0.2,
     guard: bool = True,
 ) -> np.ndarray:
     """Draw L distinct input indices from the selection X' of section IV-B2.
 
     correct: (M, N) bool, model m classifies input x correctly (S_k = 1); anchor_correct: (N,)
-    the same for the hypothesis' vanilla model (50/50 and 30/70); entropy: (N,) entropy of the
-    models' top-1 labels (Entropy keeps the ``pool_fraction`` head of the ranking, at least L).
-    guard: every model gets at least one correct and one wrong input when X' allows it (found by
-    a greedy cover first; the rest is drawn at random).
+    the same for the hypothesis' vanilla model (50/50 and 30/70); entropy: (N,) per-input
+    entropy of the models' top-1 labels (Entropy keeps the ``pool_fraction`` head of the
+    ranking, at least L). guard: every model gets at least one correct and one wrong input when
+    X' allows it (paper section IV-B2, last paragraph; found by a greedy cover first, the rest
+    drawn at random). The same draws as the literal ``fastfp.reference.fbi.select_inputs``.
     """
+    return _select(L, strategy, rng, correct, anchor_correct, entropy, pool_fraction, guard, None)
+
+
+def _select(L, strategy, rng, correct, anchor_correct, entropy, pool_fraction, guard, packed):
     strategy = _validate.choice("selection", strategy, SELECTIONS)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    correct = np.asarray(correct, dtype=bool)
-    if correct.ndim != 2:
-        raise ValueError(f"correct: expected (M, N) booleans, got shape {correct.shape}")
+    if packed is None:
+        correct = np.asarray(correct, dtype=bool)
+        if correct.ndim != 2:
+            raise ValueError(f"correct: expected (M, N) booleans, got shape {correct.shape}")
     N = correct.shape[1]
     L = _validate.integer("L", L, lo=1)
     # per-input arrays of another length would index the wrong inputs (or past the end)
     for name, v in (("anchor_correct", anchor_correct), ("entropy", entropy)):
         if v is not None and np.shape(v) != (N,):
             raise ValueError(
-                f"{name}: expected one value per input, shape ({N},), got {np.shape(v)} "
-                f"(mismatched lengths)"
+                f"{name}: expected one value per input, shape ({N},), got "
+                f"{np.shape(v)} (mismatched lengths)"
             )
     if strategy == "entropy":
         if entropy is None:
             raise ValueError("entropy: the Entropy selection needs the per-input entropies")
-        size = max(
-            L, int(math.ceil(_validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0) * N))
-        )
+        fraction = _validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0)
+        size = max(L, int(math.ceil(fraction * N)))
         pool = np.argsort(-np.asarray(entropy), kind="stable")[:size]
     else:
         pool = np.arange(N)
@@ -85,42 +163,35 @@ def select_inputs(
         raise ValueError(
             f"L: {L} queries asked, but the selection {strategy!r} has only {pool.size} inputs"
         )
+    if strategy in _RATIO and anchor_correct is None:
+        raise ValueError(
+            f"anchor_correct: the {strategy} selection needs the vanilla model's correctness"
+        )
     perm = rng.permutation(pool)
     chosen: list[int] = []
     if guard:
-        cover = np.concatenate([correct[:, perm], ~correct[:, perm]], 0)  # (2M, P) requirements
-        uncovered = cover.any(1)
-        while uncovered.any():
-            best = int(cover[uncovered].sum(0).argmax())
-            chosen.append(int(perm[best]))
-            uncovered &= ~cover[:, best]
+        chosen = (packed or _Guard(correct)).cover(pool, perm)
         if len(chosen) > L:
             raise ValueError(
                 f"L: {L} queries cannot give every model one correct and one wrong input "
                 f"(the cover needs {len(chosen)}); raise L or pass guard=False"
             )
-    taken = set(chosen)
-    rest = [int(x) for x in perm if int(x) not in taken]
+    taken = np.zeros(N, dtype=bool)
+    taken[chosen] = True
+    rest = perm[~taken[perm]]
     need = L - len(chosen)
-    if strategy in _RATIO:
-        if anchor_correct is None:
-            raise ValueError(
-                f"anchor_correct: the {strategy} selection needs the vanilla model's correctness"
-            )
-        ok = np.asarray(anchor_correct, dtype=bool)
-        want_right = max(0, int(round(_RATIO[strategy] * L)) - sum(bool(ok[x]) for x in chosen))
-        right = [x for x in rest if ok[x]]
-        wrong = [x for x in rest if not ok[x]]
-        n_right = min(want_right, len(right), need)
-        n_wrong = min(need - n_right, len(wrong))
-        n_right = need - n_wrong  # short of one kind: fill with the other
-        picked = right[:n_right] + wrong[:n_wrong]
-        picked = (
-            [int(x) for x in rng.permutation(np.asarray(picked, dtype=np.int64))] if picked else []
-        )
-    else:
-        picked = rest[:need]
-    return np.asarray(chosen + picked, dtype=np.int64)
+    if strategy not in _RATIO:
+        return np.concatenate([np.asarray(chosen, dtype=np.int64), rest[:need]])
+    ok = np.asarray(anchor_correct, dtype=bool)
+    want_right = max(0, int(round(_RATIO[strategy] * L)) - int(ok[chosen].sum()))
+    right, wrong = rest[ok[rest]], rest[~ok[rest]]
+    n_right = min(want_right, right.size, need)
+    n_wrong = min(need - n_right, wrong.size)
+    n_right = need - n_wrong  # short of one kind: fill with the other
+    picked = np.concatenate([right[:n_right], wrong[:n_wrong]]).astype(np.int64)
+    if picked.size:
+        picked = rng.permutation(picked)
+    return np.concatenate([np.asarray(chosen, dtype=np.int64), picked])
 
 
 def _threshold(negatives: np.ndarray, fpr: float) -> float:
@@ -167,10 +238,11 @@ class OpenWorld:
         fpr: float = 0.05,
         trials: int = 20,
         guard: bool = True,
-        pool_fraction: float = 0.5,
+        pool_fraction: float = 0.2,
+        entropy_models: str = "anchors",
         k: int | None = None,
         seed: int = 0,
-    ):
+    ) -> None:
         self.L = _validate.integer("L", L, lo=1)
         self.selection = _validate.choice("selection", selection, SELECTIONS)
         self.identify_selection = _validate.choice(
@@ -192,6 +264,7 @@ class OpenWorld:
         self.trials = _validate.integer("trials", trials, lo=1)
         self.guard = bool(guard)
         self.pool_fraction = _validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0)
+        self.entropy_models = _validate.choice("entropy_models", entropy_models, ("anchors", "all"))
         self.k = None if k is None else _validate.integer("k", k, lo=1, hi=254)
         self.seed = _validate.integer("seed", seed, lo=0)
         self.db = None
@@ -235,8 +308,6 @@ class OpenWorld:
         self.reference_ = db.reference
         self.sym_ = db.symbols(k)  # (M, N) uint8
         self.correct_ = self.sym_ == 1
-        top1 = db.topk[:, :, 0].astype(np.int64)
-        self.entropy_ = np.asarray(label_entropy(top1))
         if anchors is not None and not hasattr(anchors, "items"):
             raise TypeError(
                 f"anchors: expected a mapping family -> model name, got {type(anchors).__name__}"
@@ -257,34 +328,44 @@ class OpenWorld:
                 self.anchors_[f] = (
                     db.index(f) if f in db.names and db.index(f) in members else members[0]
                 )
+        ranked = [self.anchors_[f] for f in self.families_]
+        if self.entropy_models == "all":
+            ranked = list(range(db.num_models))
+        self.entropy_ = label_entropy(db.topk[ranked, :, 0])
+        self.guard_ = _Guard(self.correct_)
         self.delegates_ = self._delegates()
         # every family's delegates stacked in one list: one pairwise_rajski call per query set
         self.delegate_rows_ = np.asarray(
             [r for f in self.families_ for r in self.delegates_[f]], dtype=np.int64
         )
-        ends = np.cumsum([len(self.delegates_[f]) for f in self.families_])
-        self.delegate_slices_ = [
-            slice(int(e) - len(self.delegates_[f]), int(e))
-            for f, e in zip(self.families_, ends, strict=True)
-        ]
+        sizes = [len(self.delegates_[f]) for f in self.families_]
+        self.delegate_starts_ = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        # the same, padded to one width by repeating a family's first delegate (min unchanged)
+        width = max(sizes)
+        self.delegate_table_ = np.asarray(
+            [
+                self.delegates_[f] + self.delegates_[f][:1] * (width - len(self.delegates_[f]))
+                for f in self.families_
+            ],
+            dtype=np.int64,
+        )
         rng = np.random.default_rng(self.seed)
         fam_of = np.array([self.families_.index(f) for f in db.families])
+        other = fam_of[:, None] != np.arange(len(self.families_))[None, :]  # (M, nF)
         neg, pos = [], []
         self.samples_ = {"detect": [], "identify": []}
         self.detect_distances_ = []  # per draw: (M, nF) distance of every model to every family
         from tqdm.auto import tqdm
 
         for _ in tqdm(range(self.trials), desc="fbi open world fit", disable=not progress):
-            draw, cols = {}, []
-            for i, f in enumerate(self.families_):
-                S = self.sample(f, rng)
-                draw[f] = S
-                d = self._family_distance_all(S, f)
-                cols.append(d)
-                neg.append(d[fam_of != i])
-                pos.append(d[fam_of == i])
-            self.samples_["detect"].append(draw)
-            self.detect_distances_.append(np.stack(cols, 1))
+            draws = np.stack([self.sample(f, rng) for f in self.families_])  # (nF, L)
+            self.samples_["detect"].append(dict(zip(self.families_, draws, strict=True)))
+            Z = np.ascontiguousarray(self.sym_[:, draws].transpose(1, 0, 2))  # (nF, M, L)
+            dele = self.sym_[self.delegate_table_[:, :, None], draws[:, None, :]]  # (nF, d, L)
+            D = np.asarray(pairwise_rajski(Z, dele, k=self.k_, exact=True)).min(-1).T  # (M, nF)
+            self.detect_distances_.append(D)
+            neg.append(D[other])
+            pos.append(D[~other])
         self.tau_ = _threshold(np.concatenate(neg), self.fpr)
         self.detect_tpr_ = float(np.mean(np.concatenate(pos) < self.tau_))
         neg_id = []
@@ -292,10 +373,7 @@ class OpenWorld:
             S = self.sample(None, rng)
             self.samples_["identify"].append(S)
             D = self._compound(self.sym_[:, S], S)  # (M, nF)
-            D_other = np.where(
-                np.arange(len(self.families_))[None, :] == fam_of[:, None], np.inf, D
-            )
-            neg_id.append(D_other.min(1))
+            neg_id.append(np.where(other, D, np.inf).min(1))
         self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
         return self
 
@@ -314,14 +392,15 @@ class OpenWorld:
         return [(D[keep], member[keep].astype(np.int64)) for D in self.detect_distances_]
 
     def _delegates(self) -> dict:
-        db, out = self.db, {}
-        for f in self.families_:
+        """Close / median / far members by their distance to the family's anchor on all inputs
+        (eq. 23), from one exact call: every model against every anchor."""
+        db = self.db
+        anchors = [self.anchors_[f] for f in self.families_]
+        D = np.asarray(pairwise_rajski(self.sym_, self.sym_[anchors], k=self.k_, exact=True))
+        out = {}
+        for j, f in enumerate(self.families_):
             members = db.members(f)
-            a = self.anchors_[f]
-            d = np.asarray(
-                pairwise_rajski(self.sym_[a][None], self.sym_[members], k=self.k_, exact=True)
-            )[0]
-            order = [members[i] for i in np.argsort(d, kind="stable")]
+            order = [members[i] for i in np.argsort(D[members, j], kind="stable")]
             pick = {"close": order[0], "median": order[(len(order) - 1) // 2], "far": order[-1]}
             out[f] = list(dict.fromkeys(pick[kind] for kind in self.delegate_kinds))
         return out
@@ -334,18 +413,19 @@ class OpenWorld:
         """L input indices for a detection of ``family`` (None: for identification)."""
         strategy = self.identify_selection if family is None else self.selection
         anchor = None if family is None else self.correct_[self.anchors_[family]]
-        return select_inputs(
+        return _select(
             self.L,
             strategy,
             rng,
-            correct=self.correct_,
-            anchor_correct=anchor,
-            entropy=self.entropy_,
-            pool_fraction=self.pool_fraction,
-            guard=self.guard,
+            self.correct_,
+            anchor,
+            self.entropy_,
+            self.pool_fraction,
+            self.guard,
+            self.guard_,
         )
 
-    def _family_distance_all(self, S, family) -> np.ndarray:
+    def _family_distance_all(self, S: np.ndarray, family: str) -> np.ndarray:
         """Compound distance of every database model to ``family`` on inputs S: (M,)."""
         symS = self.sym_[:, S]
         return np.asarray(
@@ -359,7 +439,7 @@ class OpenWorld:
         D = np.asarray(
             pairwise_rajski(Z, self.sym_[self.delegate_rows_][:, S], k=self.k_, exact=True)
         )
-        return np.stack([D[:, sl].min(1) for sl in self.delegate_slices_], 1)
+        return np.minimum.reduceat(D, self.delegate_starts_, axis=1)
 
     # --- black box -------------------------------------------------------------------------
     def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
@@ -480,11 +560,10 @@ class OpenWorld:
         }
 
 
-def label_entropy(top1: np.ndarray) -> np.ndarray:
-    """Entropy (nats) of the models' top-1 labels on each input: (M, N) -> (N,)."""
-    M, N = top1.shape
-    counts = np.zeros((N, int(top1.max()) + 1), dtype=np.float64)
-    np.add.at(counts, (np.broadcast_to(np.arange(N), top1.shape), top1), 1.0)
-    p = counts / M
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -(np.where(p > 0, p * np.log(p), 0.0)).sum(1)
+def label_entropy(top1: Any) -> np.ndarray:
+    """Entropy (nats) of the models' top-1 labels on each input: (M, N) -> (N,) (the ranking of
+    the Entropy selection)."""
+    top1 = np.asarray(top1)
+    if top1.ndim != 2:
+        raise ValueError(f"top1: expected (M, N) labels, got shape {top1.shape}")
+    return np.asarray(entropy(np.ascontiguousarray(top1.T).astype(np.int64)))

@@ -65,3 +65,72 @@ def synthetic_database(
         num_classes=num_classes,
         ground_truth=truth if ground_truth else None,
     )
+
+
+def paper_database(
+    n_families: int = 35,
+    n_variants: int = 1046,
+    num_inputs: int = 20_000,
+    *,
+    num_classes: int = 1000,
+    seed: int = 0,
+) -> Database:
+    """A top-1 database of the FBI paper's shape (section IV-D: 35 vanilla ImageNet models and
+    1,046 variants, 1,081 models, on 20,000 inputs), without any model.
+
+    Each input has a difficulty and five confusable classes; a vanilla model is right with
+    probability sigmoid(ability - difficulty) (accuracies about 0.55..0.80), else it names a
+    confusable class (or, one time in five, any class). A variant copies its vanilla model's
+    label except on a fraction (its strength, 2..40 %) of the inputs, where it answers afresh
+    with a slightly lower ability; variants losing more than 15 % relative accuracy are redrawn
+    (the paper's filter). Family sizes vary around 30. Names: ``fam07`` for a vanilla model,
+    ``v0123-fam07`` for a variant.
+    """
+    n_families = _validate.integer("n_families", n_families, lo=2)
+    n_variants = _validate.integer("n_variants", n_variants, lo=0)
+    num_inputs = _validate.integer("num_inputs", num_inputs, lo=1)
+    num_classes = _validate.integer("num_classes", num_classes, lo=7)
+    rng = np.random.default_rng(_validate.integer("seed", seed, lo=0))
+    N = num_inputs
+    truth = rng.integers(num_classes, size=N)
+    difficulty = rng.normal(0.0, 1.5, size=N)
+    confusers = (truth[:, None] + rng.integers(1, num_classes, size=(N, 5))) % num_classes
+    weights = np.cumsum([0.4, 0.25, 0.15, 0.1, 0.1])
+
+    def answer(ability: float, n: int, idx: np.ndarray) -> np.ndarray:
+        right = rng.random(n) < 1.0 / (1.0 + np.exp(difficulty[idx] - ability))
+        wrong = confusers[idx, np.searchsorted(weights, rng.random(n) * weights[-1])]
+        anywhere = rng.random(n) < 0.2
+        wrong = np.where(anywhere, rng.integers(num_classes, size=n), wrong)
+        return np.where(right, truth[idx], wrong)
+
+    every = np.arange(N)
+    extra = rng.multinomial(max(0, n_variants - 10 * n_families), [1 / n_families] * n_families)
+    sizes = (
+        np.minimum(extra + 10, n_variants)
+        if n_variants >= 10 * n_families
+        else np.bincount(np.arange(n_variants) % n_families, minlength=n_families)
+    )
+    rows, names, fams = [], [], []
+    v = 0
+    for f in range(n_families):
+        ability = rng.uniform(0.4, 1.9)
+        vanilla = answer(ability, N, every)
+        acc = float(np.mean(vanilla == truth))
+        rows.append(vanilla)
+        names.append(f"fam{f:02d}")
+        fams.append(f"fam{f:02d}")
+        for _ in range(int(sizes[f])):
+            while True:
+                strength = rng.uniform(0.02, 0.4)
+                redo = np.flatnonzero(rng.random(N) < strength)
+                out = vanilla.copy()
+                out[redo] = answer(ability - rng.uniform(0.0, 0.6), redo.size, redo)
+                if np.mean(out == truth) >= 0.85 * acc:
+                    break
+            rows.append(out)
+            names.append(f"v{v:04d}-fam{f:02d}")
+            fams.append(f"fam{f:02d}")
+            v += 1
+    topk = np.stack(rows)[:, :, None]
+    return Database(topk, names, fams, k=1, num_classes=num_classes, ground_truth=truth)

@@ -208,3 +208,50 @@ def identify_decision(distances, tau):
     if best >= tau or len(winners) > 1:
         return None
     return winners[0]
+
+
+def select_inputs(
+    L, strategy, rng, correct, anchor_correct=None, entropy=None, pool_fraction=0.2, guard=True
+):
+    """Section IV-B2, literally: L distinct inputs from X' (All, 50/50, 30/70 or Entropy).
+
+    Entropy: the head ``pool_fraction`` of the inputs ranked by entropy (at least L). guard: a
+    greedy cover first gives every model one correct and one wrong input (a Python loop over
+    the (2M, P) requirement matrix, columns in the order of ``rng.permutation(pool)``; ties to
+    the first column); the rest in permutation order, with the 50/50 and 30/70 share of inputs
+    the hypothesis' vanilla model gets right, shuffled by a second ``rng.permutation``.
+    Returns a list of input indices, or None when the cover needs more than L inputs."""
+    correct = np.asarray(correct, dtype=bool)
+    N = correct.shape[1]
+    if strategy == "entropy":
+        size = max(L, int(math.ceil(pool_fraction * N)))
+        pool = np.argsort(-np.asarray(entropy), kind="stable")[:size]
+    else:
+        pool = np.arange(N)
+    perm = rng.permutation(pool)
+    chosen = []
+    if guard:
+        cover = np.concatenate([correct[:, perm], ~correct[:, perm]], 0)
+        uncovered = cover.any(1)
+        while uncovered.any():
+            best = int(cover[uncovered].sum(0).argmax())
+            chosen.append(int(perm[best]))
+            uncovered &= ~cover[:, best]
+        if len(chosen) > L:
+            return None
+    rest = [int(x) for x in perm if int(x) not in set(chosen)]
+    need = L - len(chosen)
+    ratio = {"50/50": 0.5, "30/70": 0.3}.get(strategy)
+    if ratio is None:
+        return chosen + rest[:need]
+    ok = np.asarray(anchor_correct, dtype=bool)
+    want_right = max(0, int(round(ratio * L)) - sum(bool(ok[x]) for x in chosen))
+    right = [x for x in rest if ok[x]]
+    wrong = [x for x in rest if not ok[x]]
+    n_right = min(want_right, len(right), need)
+    n_wrong = min(need - n_right, len(wrong))
+    n_right = need - n_wrong  # short of one kind: fill with the other
+    picked = right[:n_right] + wrong[:n_wrong]
+    if picked:
+        picked = [int(x) for x in rng.permutation(np.asarray(picked, dtype=np.int64))]
+    return chosen + picked
