@@ -1,9 +1,9 @@
 """Characteristic-examples engine: paper-literal equivalence, success on a real model, bad input."""
 
-
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from helpers import METHODS, DigitsCNN, digits_cnn, tiny_cnn  # noqa: F401
 
 import fastfp
@@ -417,3 +417,115 @@ def test_torchvision_classifier_non_square_and_mode_restored():
     assert fp.meta["k"] == defaults.k_for((3, 48, 40))
     x0, _ = ref.start(2, (3, 48, 40), 7, 0)
     assert (fp.inputs - x0).abs().max() > 0
+
+
+# ----------------------------------------------------------------------------- pixel space
+
+@pytest.mark.parametrize("method", ["vanilla", "ltrc"])
+def test_normalised_model_round_trip(method):
+    """A fingerprint made through normalize= is stored in pixel space and recorded; verify
+    applies the recorded normalisation, so the bare network scores what the wrapper scored."""
+    model, _ = digits_cnn()
+    mean, std = (0.7,), (0.2,)
+    fp = cexamples.generate(model, 12, (1, 32, 32), 10, method=method, steps=40, q=2,
+                            normalize=(mean, std), progress=False)
+    assert fp.meta["normalize"] == [list(mean), list(std)]
+    assert float(fp.inputs.min()) >= 0 and float(fp.inputs.max()) <= 1
+    wrapped = cexamples.checks.Normalized(model, mean, std)
+    bare = fastfp.Fingerprint(fp.inputs, fp.labels)  # the same examples, no normalisation
+    assert cexamples.verify(model, fp) == cexamples.verify(wrapped, bare) == 1.0
+    assert cexamples.verify(model, bare) < 0.9  # fed raw pixels, the network does not match
+    imagenet = cexamples.generate(tiny_cnn(in_ch=3), 1, (3, 8, 8), 5, steps=1,
+                                  normalize="imagenet", progress=False)
+    assert imagenet.meta["normalize"] == [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
+
+
+@pytest.mark.parametrize("normalize, exc, phrase", [
+    (((0.5, 0.5), (0.2, 0.2)), ValueError, "normalize: mean has 2 values for 3 channels"),
+    (((0.5,), (0.0,)), ValueError, "normalize: std must be > 0"),
+    ("cifar", TypeError, "normalize: expected None, 'imagenet'"),
+    (((0.5,), ("a",)), TypeError, "normalize std: expected a number"),
+])
+def test_bad_normalize(normalize, exc, phrase):
+    with pytest.raises(exc, match=phrase):
+        cexamples.generate(tiny_cnn(in_ch=3), 2, (3, 8, 8), 5, steps=1, normalize=normalize,
+                           progress=False)
+
+
+@pytest.mark.parametrize("quantize, levels", [(None, None), (8, 255), (16, 65535)])
+def test_ltrc_examples_are_valid_images(quantize, levels):
+    """The high-pass leaves [0, 1]; the stored example is its projection (and rounding), and the
+    early stop and the final loss are those of exactly what is stored."""
+    model, _ = digits_cnn()
+    fp = cexamples.generate(model, 8, (1, 32, 32), 10, method="ltrc", steps=60, q=3, k=4,
+                            eta=0.05, quantize=quantize, progress=False)
+    x = fp.inputs
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    if levels:
+        assert torch.equal(x, torch.round(x * levels) / levels)
+    assert fp.meta["quantize"] == quantize
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), fp.labels, reduction="none").double()
+    torch.testing.assert_close(loss, torch.tensor(fp.meta["final_loss"], dtype=torch.float64),
+                               rtol=1e-4, atol=1e-6)
+    used = torch.tensor(fp.meta["steps_used"])
+    assert bool((loss[used < 60] < 0.05).all()) and int((used < 60).sum()) > 0
+    with pytest.raises(ValueError, match="quantize: expected None, 8 or 16"):
+        cexamples.generate(model, 1, (1, 32, 32), 10, quantize=4, progress=False)
+
+
+def test_stored_examples_follow_the_literal_twin_with_quantize():
+    model = tiny_cnn()
+    s = settings_for("ltrc", (1, 8, 8), steps=8, q=2, k=3, eta=0.5, quantize=8)
+    x_ref, labels_ref, used_ref, loss_ref = ref.generate(model, 4, (1, 8, 8), 5, s)
+    fp = cexamples.generate(model, 4, (1, 8, 8), 5, method="ltrc", steps=8, q=2, k=3, eta=0.5,
+                            quantize=8, progress=False)
+    torch.testing.assert_close(fp.inputs, x_ref, atol=1e-6, rtol=0)
+    assert fp.meta["steps_used"] == used_ref.tolist()
+
+
+# ----------------------------------------------------------------------------- verdict
+
+def test_verdict_tells_a_copy_from_an_unrelated_model():
+    model, _ = digits_cnn()
+    fp = cexamples.generate(model, 30, (1, 32, 32), 10, method="rcgm", steps=40, q=3,
+                            progress=False)
+    others = [tiny_cnn(num_classes=10, seed=s) for s in (1, 2)]
+    copy = cexamples.verdict(model, fp, negatives=others)
+    assert copy.is_copy and copy.match_rate == 1.0 and copy.p_value < 1e-6
+    assert 0 < copy.null_rate < 0.5 and 0 < copy.threshold <= 1
+    other = cexamples.verdict(tiny_cnn(num_classes=10, seed=3), fp, negatives=others)
+    assert not other.is_copy and other.p_value > 0.01
+    fixed = cexamples.verdict(model, fp, negatives=others, threshold=0.9)
+    assert fixed.is_copy and fixed.threshold == 0.9
+    with pytest.warns(UserWarning, match="chance level 1/10"):
+        chance = cexamples.verdict(model, fp)
+    assert chance.null_rate == pytest.approx(0.1) and chance.is_copy
+
+
+def test_verdict_p_value_is_the_binomial_tail():
+    from scipy import stats
+
+    model = tiny_cnn()
+    fp = fastfp.Fingerprint(torch.rand(20, 1, 8, 8), torch.randint(0, 5, (20,)))
+    fp.meta["num_classes"], fp.meta["null_rate"] = 5, 0.2
+    v = cexamples.verdict(model, fp)
+    k = round(v.match_rate * 20)
+    assert v.p_value == pytest.approx(stats.binomtest(k, 20, 0.2, alternative="greater").pvalue)
+    assert v.is_copy == (v.p_value < 0.01)
+
+
+@pytest.mark.parametrize("kwargs, exc, phrase", [
+    (dict(alpha=0.0), ValueError, "alpha: expected a significance level"),
+    (dict(alpha=1.5), ValueError, "alpha: expected a significance level"),
+    (dict(threshold=2.0), ValueError, "threshold: expected a number in"),
+    (dict(negatives=["m"]), TypeError, r"negatives\[0\]: expected a torch.nn.Module"),
+    (dict(negatives=[None]), TypeError, r"negatives\[0\]: expected"),
+])
+def test_verdict_bad_input(kwargs, exc, phrase):
+    fp = fastfp.Fingerprint(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    fp.meta["num_classes"] = 5
+    with pytest.raises(exc, match=phrase):
+        cexamples.verdict(tiny_cnn(), fp, **kwargs)
+    with pytest.raises(ValueError, match=r"negatives\[0\]: not a classifier of the"):
+        cexamples.verdict(tiny_cnn(), fp, negatives=[tiny_cnn(num_classes=7)])

@@ -12,7 +12,7 @@ from .. import _validate, backend
 # it is written once, in the literal twin.
 from ..reference.cexamples import start
 from . import batching, checks, engine
-from .settings import PRECISIONS, Settings, describe, settings_for
+from .settings import PRECISIONS, Settings, check_normalize, describe, settings_for
 
 
 def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int,
@@ -21,7 +21,8 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
              batch_size: int | None = None, progress: bool = True, device: object = None,
              precision: str = "fp32", labels: torch.Tensor | None = None,
              graphs: bool | None = None, model_name: str | None = None,
-             x0: torch.Tensor | None = None):
+             x0: torch.Tensor | None = None, normalize: object = None,
+             quantize: int | None = None):
     """Generate ``num`` characteristic examples of ``model``; returns a :class:`fastfp.Fingerprint`.
 
     ``model``: any classifier ``nn.Module`` returning (batch, num_classes) logits for inputs of
@@ -35,20 +36,25 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
     (default: uniform from ``seed``). ``precision``: ``fp32`` or ``bf16`` (autocast).
     ``graphs=True``: capture the step in a CUDA graph and replay it (CUDA only, opt-in;
     ``None``/``False``: eager). ``device``: the model's device (checked, never changed).
+    ``normalize``: ``None``, ``"imagenet"`` or ``(mean, std)`` per channel: the model sees
+    ``(x - mean) / std`` while the fingerprint stays in pixel space (``meta["normalize"]``,
+    applied again by :func:`verify`). ``quantize``: ``8`` or ``16`` stores (and tests against
+    ``eta``) each example rounded to that many bits per pixel, so it is exactly a PNG-able image.
     """
     from ..fingerprint import Fingerprint
 
     checks.check_model_name(model_name)
-    s, start_x, targets, dev, per_example = prepare(
+    s, start_x, targets, dev, per_example, norm = prepare(
         model, num, input_shape, num_classes, method=method, k=k, delta=delta, q=q, alpha=alpha,
         steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, device=device,
-        precision=precision, labels=labels, graphs=graphs, x0=x0)
-    x, steps_used, final_loss, impl = optimize(model, start_x, targets, s, dev,
+        precision=precision, labels=labels, graphs=graphs, x0=x0, normalize=normalize,
+        quantize=quantize)
+    net = checks.normalized(model, norm)
+    x, steps_used, final_loss, impl = optimize(net, start_x, targets, s, dev,
                                                batch_size=batch_size, progress=progress,
                                                graphs=bool(graphs), per_example=per_example)
     meta = finish_meta(s, model, start_x.shape[1:], num_classes, model_name, steps_used,
-                       final_loss, impl)
-    meta["start"] = "uniform" if x0 is None else "given"
+                       final_loss, impl, normalize=norm, given_start=x0 is not None)
     return Fingerprint(x, targets, meta)
 
 
@@ -57,16 +63,18 @@ def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_cl
             alpha: float | None = None, steps: int = 500, eta: float = 1e-6, seed: int = 0,
             batch_size: int | None = None, progress: bool = True, device: object = None,
             precision: str = "fp32", labels: torch.Tensor | None = None,
-            graphs: bool | None = None, x0: torch.Tensor | None = None,
-            ) -> tuple[Settings, torch.Tensor, torch.Tensor, torch.device, int]:
+            graphs: bool | None = None, x0: torch.Tensor | None = None, normalize: object = None,
+            quantize: int | None = None,
+            ) -> tuple[Settings, torch.Tensor, torch.Tensor, torch.device, int, tuple | None]:
     """Validate everything (before any work) and draw the start: (settings, x0, targets, device,
-    bytes of activations per example)."""
+    bytes of activations per example, normalisation)."""
     model = checks.check_model(model)
     num = _validate.integer("num", num, lo=1)
     shape = checks.check_input_shape(input_shape)
     num_classes = _validate.integer("num_classes", num_classes, lo=2)
     s = settings_for(method, shape, k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta,
-                     seed=seed, precision=precision)
+                     seed=seed, precision=precision, quantize=quantize)
+    norm = check_normalize(normalize, shape[0])
     if batch_size is not None:
         _validate.integer("batch_size", batch_size, lo=1)
     checks.check_flag("progress", progress)
@@ -78,18 +86,20 @@ def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_cl
     drawn_x, drawn_labels = start(num, shape, num_classes, s.seed)
     start_x = drawn_x if x0 is None else checks.check_images("x0", x0, num, shape, s.lo, s.hi)
     targets = drawn_labels if labels is None else checks.check_labels(labels, num, num_classes)
-    per_example, _ = checks.probe(model, start_x[:1], num_classes, dev)
-    return s, start_x, targets, dev, per_example
+    per_example, _ = checks.probe(checks.normalized(model, norm), start_x[:1], num_classes, dev)
+    return s, start_x, targets, dev, per_example, norm
 
 
 def finish_meta(s: Settings, model: torch.nn.Module, input_shape: Sequence[int], num_classes: int,
                 model_name: str | None, steps_used: torch.Tensor, final_loss: torch.Tensor,
-                impl: str) -> dict:
+                impl: str, *, normalize: tuple | None, given_start: bool) -> dict:
     """The metadata a fingerprint records: settings, model, shape and how each example ended."""
     import fastfp
 
     meta = describe(s)
-    meta.update(model=model_name or type(model).__name__, input_shape=list(input_shape),
+    meta.update(normalize=None if normalize is None else [list(v) for v in normalize],
+                start="given" if given_start else "uniform",
+                model=model_name or type(model).__name__, input_shape=list(input_shape),
                 num_classes=num_classes, fastfp_version=fastfp.__version__,
                 steps_used=steps_used.tolist(), final_loss=[float(v) for v in final_loss],
                 converged=int((final_loss < s.eta).sum()) if s.eta > 0 else 0, engine=impl)
@@ -172,6 +182,9 @@ def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = N
     dev = checks.check_device(device, model)
     if len(fp) == 0:
         raise ValueError("fp: the fingerprint is empty")
+    norm = fp.meta.get("normalize")
+    if norm:
+        model = checks.normalized(model, check_normalize(norm, fp.inputs.shape[1]))
     mdtype = checks.model_dtype(model) or torch.float32
     was_training = model.training
     model.eval()

@@ -11,6 +11,35 @@ from .. import _validate
 from .settings import Settings
 
 
+class Normalized(torch.nn.Module):
+    """``model((x - mean) / std)``: how a model trained on normalised images sees pixels.
+
+    Fingerprints live in pixel space; this wrapper is what the engine and ``verify`` run when a
+    fingerprint records a normalisation. Its parameters are the model's own (nothing is copied).
+    """
+
+    def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
+        return self.model((x - mean) / std)
+
+
+def normalized(model: torch.nn.Module, normalize: tuple | None) -> torch.nn.Module:
+    """The model as the engine runs it: ``model`` itself, or wrapped by :class:`Normalized`."""
+    if normalize is None:
+        return model
+    dev = model_device(model)
+    return Normalized(model, *normalize).to(dev)
+
+
 def check_model(model: object) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module classifier, got {type(model).__name__}")
@@ -148,8 +177,8 @@ def probe(model: torch.nn.Module, x1: torch.Tensor, num_classes: int | None,
             sizes.append(output.numel() * output.element_size())
 
     # TorchScript modules take no hooks: their activations are then guessed from the input.
-    leaves = ([] if isinstance(model, torch.jit.ScriptModule)
-              else [m for m in model.modules() if not list(m.children())])
+    leaves = [m for m in model.modules()
+              if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     model.eval()

@@ -8,6 +8,11 @@ Every example follows the paper's iteration independently of its batch mates:
                                                         rcgm/ltrc: mean over q draws)
         x_{t+1} = HighPass_k(Clip_[lo,hi](x_t - alpha sign(g)))    (k = 0 except for ltrc)
 
+What is stored (and tested against eta) is ``stored(x_t)``: the iterate projected into [lo, hi]
+(the high-pass leaves the box) and, with ``quantize``, rounded to its levels, so a fingerprint is
+a valid image and what is saved is exactly what fitted. Without high-pass or quantisation that
+is x_t itself.
+
 The weight noise of step t, copy c is the stream ``offset = t * q + c`` of :mod:`fastfp.noise`, the
 same for every example, so results do not depend on the batch size and the literal one-example twin
 (:mod:`fastfp.reference.cexamples`) reproduces them. The loss is summed over the batch, so each
@@ -115,6 +120,18 @@ class Batch:
         return (self.x, self.t, self.active, self.steps_used, self.final_loss)
 
 
+def stored(x: torch.Tensor, s: Settings) -> torch.Tensor:
+    """The example an iterate stands for: projected into [lo, hi], rounded to 2^quantize - 1
+    levels (``round((x - lo) / (hi - lo) * L) / L``, what an 8-bit PNG holds for L = 255)."""
+    if not s.projects:
+        return x
+    out = x.clamp(s.lo, s.hi)
+    if s.quantize is not None:
+        levels = float(2 ** s.quantize - 1)
+        out = torch.round((out - s.lo) / (s.hi - s.lo) * levels) / levels * (s.hi - s.lo) + s.lo
+    return out
+
+
 def step(model: torch.nn.Module, b: Batch, s: Settings) -> None:
     """One iteration for every example of ``b``, in place; finished examples stay frozen.
 
@@ -123,11 +140,12 @@ def step(model: torch.nn.Module, b: Batch, s: Settings) -> None:
     """
     mdtype = model_dtype(model)
     loss = None
-    if s.noisy:
+    if s.noisy or s.projects:
         if s.eta > 0:  # eta <= 0: no loss can go below it; skip the test and its forward
-            loss = clean_loss(model, b.x, b.y, s, mdtype)
-        grad = noisy_grad(model, b.x, b.y, b.t * s.q, s, mdtype)
-    else:
+            loss = clean_loss(model, stored(b.x, s), b.y, s, mdtype)
+        grad = (noisy_grad(model, b.x, b.y, b.t * s.q, s, mdtype) if s.noisy
+                else vanilla_grad(model, b.x, b.y, s, mdtype)[1])
+    else:  # the gradient's forward gives the clean loss of x_t = stored(x_t)
         loss, grad = vanilla_grad(model, b.x, b.y, s, mdtype)
     with torch.no_grad():
         if s.eta > 0 and loss is not None:
@@ -199,7 +217,7 @@ def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Setti
 
     def collect(batch: Batch, rows: torch.Tensor) -> None:
         cpu_rows = rows.cpu()
-        out[rows] = batch.x
+        out[rows] = stored(batch.x, s)
         steps_used[cpu_rows] = batch.steps_used.cpu()
         final_loss[cpu_rows] = batch.final_loss.cpu()
 
@@ -235,7 +253,7 @@ def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Setti
     # Out of steps (or all done): the survivors' clean loss, as the paper's loop reports it.
     survivors = b.active
     if s.eta <= 0 or bool(survivors.any()):
-        loss = clean_loss(model, b.x, b.y, s, model_dtype(model)).to(torch.float64)
+        loss = clean_loss(model, stored(b.x, s), b.y, s, model_dtype(model)).to(torch.float64)
         b.final_loss.copy_(torch.where(survivors, loss, b.final_loss))
     collect(b, idx)
     if on_finish:

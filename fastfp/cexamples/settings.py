@@ -32,18 +32,58 @@ class Settings:
     copies: int = 1  # noisy copies evaluated per batched (vmap) call; 1: one after the other
     lo: float = 0.0
     hi: float = 1.0
+    quantize: int | None = None  # bits per stored pixel (8, 16) or None: float32
 
     @property
     def noisy(self) -> bool:
         return self.method != "vanilla" and self.delta > 0
 
+    @property
+    def projects(self) -> bool:
+        """Does the stored example differ from the iterate? (The high-pass leaves [lo, hi];
+        quantisation rounds.) Only then does the early-stop test need its own forward."""
+        return self.k > 0 or self.quantize is not None
+
+
+QUANTIZE = (None, 8, 16)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's / timm's default
+
+
+def check_normalize(normalize: object, channels: int) -> tuple[tuple[float, ...],
+                                                               tuple[float, ...]] | None:
+    """``None`` / ``"none"`` (the model takes pixels), ``"imagenet"``, or ``(mean, std)`` with one
+    value per channel (or one for all): the model sees ``(x - mean) / std``."""
+    if normalize is None or normalize == "none":
+        return None
+    if normalize == "imagenet":
+        normalize = IMAGENET
+    if isinstance(normalize, str) or not isinstance(normalize, (tuple, list)) or \
+            len(normalize) != 2:
+        raise TypeError("normalize: expected None, 'imagenet' or a (mean, std) pair, got "
+                        f"{normalize!r}")
+    out = []
+    for name, values in zip(("mean", "std"), normalize):
+        values = [values] if isinstance(values, (int, float)) else list(values)
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise ValueError(f"normalize: {name} has {len(values)} values for {channels} "
+                             "channels")
+        values = [_validate.real(f"normalize {name}", v) for v in values]
+        if name == "std" and min(values) <= 0:
+            raise ValueError(f"normalize: std must be > 0, got {values}")
+        out.append(tuple(values))
+    return out[0], out[1]
+
 
 def settings_for(method: str, input_shape: Sequence[int], *, k: int | None = None,
                  delta: float | None = None, q: int = 10, alpha: float | None = None,
                  steps: int = 500, eta: float = 1e-6, seed: int = 0,
-                 precision: str = "fp32") -> Settings:
+                 precision: str = "fp32", quantize: int | None = None) -> Settings:
     """Validate the generation settings and fill the paper defaults for ``None`` ones."""
     method = _validate.choice("method", method, METHODS)
+    if quantize not in QUANTIZE or isinstance(quantize, bool):
+        raise ValueError(f"quantize: expected None, 8 or 16 (bits per pixel), got {quantize!r}")
     h, w = input_shape[-2:]
     steps = _validate.integer("steps", steps, lo=1)
     q = _validate.integer("q", q, lo=1)
@@ -70,10 +110,11 @@ def settings_for(method: str, input_shape: Sequence[int], *, k: int | None = Non
     q = q if method in ("rcgm", "ltrc") else 1
     alpha = defaults.alpha_for(steps) if alpha is None else alpha
     return Settings(method=method, k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta,
-                    seed=seed, precision=precision)
+                    seed=seed, precision=precision, quantize=quantize)
 
 
 def describe(s: Settings) -> dict:
     """The settings as they are recorded in a fingerprint's metadata."""
     return {"method": s.method, "k": s.k, "delta": s.delta, "q": s.q, "alpha": s.alpha,
-            "steps": s.steps, "eta": s.eta, "seed": s.seed, "precision": s.precision}
+            "steps": s.steps, "eta": s.eta, "seed": s.seed, "precision": s.precision,
+            "quantize": s.quantize}

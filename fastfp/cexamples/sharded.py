@@ -33,12 +33,13 @@ def generate_sharded(model: torch.nn.Module, num: int, input_shape: Sequence[int
     check_model_name(model_name)
     ctx = ctx or dd.Context()
     batch_size = DEFAULT_BATCH if batch_size is None else batch_size
-    s, x0, targets, _dev, _per_example = prepare(model, num, input_shape, num_classes,
-                                                 batch_size=batch_size, progress=progress,
-                                                 graphs=graphs, **settings)
+    s, x0, targets, _dev, _per_example, norm = prepare(model, num, input_shape, num_classes,
+                                                       batch_size=batch_size, progress=progress,
+                                                       graphs=graphs, **settings)
     per_batch = {k: v for k, v in settings.items() if k not in ("labels", "x0")}
     n_items = (x0.shape[0] + batch_size - 1) // batch_size
-    key = dict(vars(s), num=x0.shape[0], input_shape=list(x0.shape[1:]), num_classes=num_classes,
+    key = dict(vars(s), normalize=norm, num=x0.shape[0], input_shape=list(x0.shape[1:]),
+               num_classes=num_classes,
                batch_size=batch_size, model=model_name or type(model).__name__,
                targets=targets.tolist())
     shards = dd.ShardStore(shard_dir, {"job": "cexamples", **key}, n_items, ctx).open()
@@ -62,6 +63,6 @@ def generate_sharded(model: torch.nn.Module, num: int, input_shape: Sequence[int
     loss = torch.cat([t["final_loss"] for t in tensors])
     engines = sorted({m["engine"] for m in metas})
     meta = finish_meta(s, model, x0.shape[1:], num_classes, model_name, used, loss,
-                       "+".join(engines))
-    meta["start"] = "uniform" if settings.get("x0") is None else "given"
+                       "+".join(engines), normalize=norm,
+                       given_start=settings.get("x0") is not None)
     return Fingerprint(x, targets, meta)

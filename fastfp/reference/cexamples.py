@@ -10,6 +10,9 @@ For each example (x_0, l):
         g = mean_c g_c                                           # gradient mean (rcgm, ltrc)
         x_{t+1} = HighPass(Clip_[0,1](x_t - alpha * sign(g)))    # eq. (2), (3); k = 0: no high-pass
 
+The example stored, and tested against eta, is x_t clipped to [lo, hi] and, with ``quantize`` bits,
+rounded to 2^bits - 1 levels (a valid image: the high-pass leaves the box).
+
 The noise draws come from :mod:`fastfp.reference.noise` (the stream contract), the step from
 :mod:`fastfp.reference.dct`, so nothing fast is involved. Readable and slow by design.
 """
@@ -57,8 +60,18 @@ def input_gradient(model, x, label) -> torch.Tensor:
     return g
 
 
+def stored(x, s):
+    """The example x stands for: in [lo, hi], rounded to the quantisation levels if any."""
+    x = torch.clamp(x, s.lo, s.hi)
+    quantize = getattr(s, "quantize", None)
+    if quantize:
+        levels = 2 ** quantize - 1
+        x = torch.round((x - s.lo) / (s.hi - s.lo) * levels) / levels * (s.hi - s.lo) + s.lo
+    return x
+
+
 def generate_one(model, x0, label, settings):
-    """One example's trajectory; returns (x_final, steps_used, final clean loss)."""
+    """One example's trajectory; returns (stored x_final, steps_used, final clean loss)."""
     s = settings
     noisy = s.method != "vanilla" and s.delta > 0
     q = s.q if s.method in ("rcgm", "ltrc") else 1
@@ -66,8 +79,9 @@ def generate_one(model, x0, label, settings):
     for t in range(s.steps):
         if s.eta > 0:
             with torch.no_grad():
-                if loss(model, x, label).item() < s.eta:
-                    return x, t, loss(model, x, label).item()
+                value = loss(model, stored(x, s), label).item()
+                if value < s.eta:
+                    return stored(x, s), t, value
         if noisy:
             grads = [input_gradient(noisy_model(model, s.delta, s.seed, t * q + c), x, label)
                      for c in range(q)]
@@ -78,7 +92,7 @@ def generate_one(model, x0, label, settings):
         if s.k > 0:
             x = dct.highpass(x, s.k)
     with torch.no_grad():
-        return x, s.steps, loss(model, x, label).item()
+        return stored(x, s), s.steps, loss(model, stored(x, s), label).item()
 
 
 def optimize(model, x0, labels, settings):
