@@ -48,7 +48,7 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import(name: str) -> tuple[Any, str | None]:
     try:
         return importlib.import_module(name), None
@@ -81,7 +81,7 @@ def triton_usable(device: Any) -> bool:
     return kind == "cpu" and triton_interpreted()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_usable() -> bool:
     """CuPy imports without a GPU but fails at first use, so probe with a real allocation."""
     cp = _import("cupy")[0]
@@ -101,7 +101,7 @@ def extension() -> Any:
     return _import("fastfp._ext")[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def extension_info() -> dict[str, Any]:
     ext = extension()
     if ext is None:

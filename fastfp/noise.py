@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from . import _validate, backend
 from .reference import noise as _ref
 
 NOISE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-Offset = Union[int, torch.Tensor]  # an int, or a one-element int64 tensor read on the device
+Offset: TypeAlias = int | torch.Tensor  # or a one-element int64 tensor, read on the device
 _MAX_U64 = 2 ** 64 - 1
 TORCH_CHUNK = 1 << 22  # elements per fallback chunk: bounds its int64 temporaries (~32 MiB each)
 _MAX_DELTA = float(torch.finfo(torch.float32).max)  # delta is used in float32
