@@ -1,15 +1,22 @@
-"""Drop-in adapters for attack-library users, in the style of torchattacks.
+"""Characteristic examples as attacks: torchattacks ``Attack`` subclasses (and ART, in :mod:`.art`).
 
     atk = fastfp.attacks.LTRC(model, steps=500, q=10)          # like torchattacks.PGD(model, ...)
     x = atk(images, target_labels)     # start from given images in [0, 1] ...
     x = atk(None, target_labels)       # ... or from uniform noise (needs input_shape)
     atk.fingerprint                    # the last result as a fastfp.Fingerprint (with meta)
 
-The attack is always *targeted*: it drives every input toward its label (characteristic
-examples are fingerprints, not misclassifications). It returns a tensor on the model's device in
-the dtype of ``images`` (float32 when starting from noise). ``Vanilla``, ``RC``, ``RCGM`` and
-``LTRC`` differ only in the method; every call is one :func:`fastfp.cexamples.generate` with the
-given start images (``x0``) and targets (``labels``).
+When torchattacks is installed the classes are ``torchattacks.attack.Attack`` subclasses, so its
+conventions hold: ``set_normalization_used(mean, std)`` (the model then sees normalised inputs;
+images and results stay in pixel space), ``set_mode_targeted_by_label`` (the default here: the
+labels given are the targets) / ``set_mode_targeted_random``, ``save``, ``MultiAttack``. The
+methods are inherently targeted (characteristic examples are fingerprints, not
+misclassifications): ``set_mode_default()`` makes a call raise instead of silently driving toward
+the true labels. Without torchattacks they work standalone, always targeted by label.
+
+A call returns a tensor on the model's device in the dtype of ``images`` (float32 when starting
+from noise). ``Vanilla``, ``RC``, ``RCGM`` and ``LTRC`` differ only in the method; every call is
+one :func:`fastfp.cexamples.generate` with the given start images (``x0``) and targets
+(``labels``).
 """
 
 from __future__ import annotations
@@ -18,11 +25,19 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _validate
-from .cexamples import checks, settings_for
+from .. import _validate
+from ..cexamples import checks, settings_for
+
+try:  # the real library when present: its base class, modes and normalisation
+    from torchattacks.attack import Attack as AttackBase
+
+    HAVE_TORCHATTACKS = True
+except ImportError:  # standalone
+    AttackBase = object
+    HAVE_TORCHATTACKS = False
 
 
-class CharacteristicAttack:
+class CharacteristicAttack(AttackBase):  # type: ignore[misc, valid-type]
     """Base adapter; subclasses fix :attr:`method`."""
 
     method = "ltrc"
@@ -32,7 +47,13 @@ class CharacteristicAttack:
                  alpha: float | None = None, steps: int = 500, eta: float = 1e-6, seed: int = 0,
                  batch_size: int | None = None, progress: bool = False, precision: str = "fp32",
                  graphs: bool | None = None):
-        self.model = checks.check_model(model)
+        checks.check_model(model)
+        if HAVE_TORCHATTACKS:
+            super().__init__(type(self).__name__, model)
+            self.supported_mode = ["default", "targeted"]
+            self.set_mode_targeted_by_label(quiet=True)
+        else:
+            self.model, self.targeted = model, True
         self.input_shape = (None if input_shape is None
                             else checks.check_input_shape(input_shape))
         self._kw = dict(k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta, seed=seed,
@@ -52,12 +73,26 @@ class CharacteristicAttack:
         kw = ", ".join(f"{k}={v}" for k, v in self._kw.items() if v is not None)
         return f"{type(self).__name__}(model={type(self.model).__name__}, {kw})"
 
-    def __call__(self, images: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        return self.forward(images, labels)
+    if not HAVE_TORCHATTACKS:
+        def __call__(self, images: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+            return self.forward(images, labels)
+
+    def _normalize(self) -> tuple | None:
+        """torchattacks' ``set_normalization_used``: the model sees (x - mean) / std."""
+        used = getattr(self, "normalization_used", None)
+        if used is None:
+            return None
+        return used["mean"].flatten().tolist(), used["std"].flatten().tolist()
 
     def forward(self, images: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        from .cexamples import generate
+        from ..cexamples import generate
 
+        if not self.targeted:
+            raise ValueError(f"mode: {type(self).__name__} drives inputs toward target labels; "
+                             "call set_mode_targeted_by_label() or set_mode_targeted_random() "
+                             "(default mode would drive them toward the true labels)")
+        if HAVE_TORCHATTACKS and images is not None and isinstance(labels, torch.Tensor):
+            labels = self.get_target_label(images, labels)
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels: expected an int64 tensor of target labels, got "
                             f"{type(labels).__name__}")
@@ -80,7 +115,7 @@ class CharacteristicAttack:
         self.fingerprint = generate(self.model, num, shape, num_classes, method=self.method,
                                     **self._kw, batch_size=self.batch_size,
                                     progress=self.progress, graphs=self.graphs, labels=labels,
-                                    x0=x0)
+                                    x0=x0, normalize=self._normalize())
         return self.fingerprint.inputs.to(self.device, out_dtype)
 
 
