@@ -460,3 +460,57 @@ def test_paper_database_shape():
         assert (acc[members] >= 0.85 * acc[db.index(f)] - 1e-12).all()
     ow = fbi.OpenWorld(L=50, trials=2, seed=0).fit(db)
     assert ow.detect(db.names[1], db.families[1], seed=0).family == db.families[1]
+
+
+def test_entropy_ranking_uses_the_anchors_by_default(db):
+    ow = fbi.OpenWorld(L=20, trials=1, seed=0).fit(db)
+    anchors = [ow.anchors_[f] for f in ow.families_]
+    want = [ref.entropy(db.topk[anchors, x, 0].tolist()) for x in range(db.num_inputs)]
+    np.testing.assert_allclose(ow.entropy_, want, atol=1e-12, rtol=0)
+    every = fbi.OpenWorld(L=20, trials=1, entropy_models="all", seed=0).fit(db)
+    want = [ref.entropy(db.topk[:, x, 0].tolist()) for x in range(db.num_inputs)]
+    np.testing.assert_allclose(every.entropy_, want, atol=1e-12, rtol=0)
+    assert fbi.OpenWorld().pool_fraction == 0.2
+    with pytest.raises(ValueError, match="entropy_models: expected one of"):
+        fbi.OpenWorld(entropy_models="vanilla")
+
+
+def test_trial_needs_a_fit_and_repeats_the_fit(db, ow):
+    with pytest.raises(RuntimeError, match="call fit"):
+        fbi.OpenWorld().trial(np.random.default_rng(0))
+    draws, D, S, D_id = ow.trial(np.random.default_rng(1))
+    assert draws.shape == (len(ow.families_), ow.L) and D.shape == (
+        db.num_models,
+        len(ow.families_),
+    )
+    sym = db.symbols()
+    f = ow.families_[2]
+    lit = ref.family_distance(
+        sym[5][draws[2]].tolist(), [sym[m][draws[2]].tolist() for m in ow.delegates_[f]]
+    )
+    assert abs(D[5, 2] - lit) < 1e-9
+    lit = ref.family_distance(sym[5][S].tolist(), [sym[m][S].tolist() for m in ow.delegates_[f]])
+    assert abs(D_id[5, 2] - lit) < 1e-9
+
+
+def test_paper_database_bad_input():
+    with pytest.raises(ValueError, match="strengths: low"):
+        fbi.paper_database(num_inputs=50, n_variants=4, strengths=(0.5, 0.2))
+    with pytest.raises(TypeError, match="strengths: expected a"):
+        fbi.paper_database(num_inputs=50, n_variants=4, strengths=0.3)
+    with pytest.raises(ValueError, match="seed: expected an int in"):
+        fbi.paper_database(num_inputs=50, n_variants=4, seed=-1)
+
+
+@pytest.mark.gpu
+def test_open_world_arrays_cupy_in_cupy_out():
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(0)
+    A, B = rng.integers(2, size=(3, 50, 40)), rng.integers(2, size=(3, 2, 40))
+    got = fbi.pairwise_rajski(cupy.asarray(A), cupy.asarray(B), k=1)
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(got), fbi.pairwise_rajski(A, B, k=1), atol=1e-9)
+    labels = rng.integers(1000, size=(200, 35))
+    ent = fbi.entropy(cupy.asarray(labels))
+    assert isinstance(ent, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(ent), fbi.entropy(labels), atol=1e-12)

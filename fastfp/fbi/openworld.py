@@ -55,49 +55,47 @@ class _Guard:
             .view(np.uint64)[..., 0]
         )
         self._pools: dict = {}
+        self._ranked: tuple | None = None
 
-    def pool(self, pool: np.ndarray):
-        """Per pool (cached): its columns, where each input sits in it, and the packed masks of
-        the models with a right / a wrong input in it (the requirements a cover can meet)."""
-        key = pool.tobytes()
+    def ranking(self, entropy: np.ndarray) -> np.ndarray:
+        """Inputs by decreasing entropy (stable), cached for the array the open world holds."""
+        if self._ranked is None or self._ranked[0] is not entropy:
+            self._ranked = (entropy, np.argsort(-np.asarray(entropy), kind="stable"))
+        return self._ranked[1]
+
+    def pool(self, pool: np.ndarray) -> tuple:
+        """Per pool (a few cached): its columns, and the packed masks of the models with a right
+        / a wrong input in it (the requirements a cover can meet)."""
+        key = (pool.size, pool[:8].tobytes(), pool.tobytes())
         if key not in self._pools:
             cols = self.words[:, pool]
-            where = np.full(self.N, -1, dtype=np.int64)
-            where[pool] = np.arange(pool.size)
-            ones = np.full(self.words.shape[0], ~np.uint64(0))
-            self._pools = {
-                key: (
-                    cols,
-                    where,
-                    np.bitwise_or.reduce(cols, axis=1),
-                    self._valid() & ~np.bitwise_and.reduce(cols, axis=1) & ones,
-                )
-            }
+            valid = np.zeros(self.words.shape[0] * 64, dtype=bool)
+            valid[: self.M] = True
+            valid = np.packbits(valid.reshape(-1, 64), axis=1, bitorder="little").view(np.uint64)
+            if len(self._pools) >= 4:
+                self._pools.pop(next(iter(self._pools)))
+            self._pools[key] = (
+                cols,
+                np.bitwise_or.reduce(cols, axis=1),
+                valid[:, 0] & ~np.bitwise_and.reduce(cols, axis=1),
+            )
         return self._pools[key]
-
-    def _valid(self) -> np.ndarray:
-        v = np.zeros(self.words.shape[0] * 64, dtype=bool)
-        v[: self.M] = True
-        return np.packbits(v.reshape(-1, 64), axis=1, bitorder="little").view(np.uint64)[:, 0]
 
     def cover(self, pool: np.ndarray, perm: np.ndarray) -> list[int]:
         """The literal greedy cover (reference ``select_inputs``), vectorised: the column that
         meets the most unmet requirements, ties to the first in ``perm`` order."""
-        cols, where, need_right, need_wrong = self.pool(pool)
-        need_right, need_wrong = need_right.copy(), need_wrong.copy()
+        cols, need_right, need_wrong = self.pool(pool)
         if not (need_right | need_wrong).any():
             return []
-        rank = np.empty(pool.size, dtype=np.int64)
-        local = where[perm]
-        rank[local] = np.arange(pool.size)
+        local = None  # pool positions in perm order, built only if a tie needs them
         # first pick: every column meets exactly one requirement of every model, a tie for all
-        best = local[0]
+        best = int(np.flatnonzero(pool == perm[0])[0])
         chosen = []
         while True:
             chosen.append(int(pool[best]))
             col = cols[:, best]
-            need_right &= ~col
-            need_wrong &= col
+            need_right = need_right & ~col
+            need_wrong = need_wrong & col
             unmet = need_right | need_wrong  # now at most one requirement per model
             ws = np.flatnonzero(unmet)
             if ws.size == 0:
@@ -108,7 +106,13 @@ class _Guard:
             t &= unmet[ws, None]
             count = np.bitwise_count(t).sum(0, dtype=np.int32)
             top = np.flatnonzero(count == count.max())
-            best = top[np.argmin(rank[top])]
+            if top.size > 1:
+                if local is None:
+                    rank_of = np.empty(self.N, dtype=np.int64)
+                    rank_of[perm] = np.arange(perm.size)
+                    local = rank_of[pool]
+                top = top[np.argmin(local[top])]
+            best = int(top) if np.ndim(top) == 0 else int(top[0])
 
 
 def select_inputs(
@@ -156,7 +160,12 @@ def _select(L, strategy, rng, correct, anchor_correct, entropy, pool_fraction, g
             raise ValueError("entropy: the Entropy selection needs the per-input entropies")
         fraction = _validate.real("pool_fraction", pool_fraction, lo=0.0, hi=1.0)
         size = max(L, int(math.ceil(fraction * N)))
-        pool = np.argsort(-np.asarray(entropy), kind="stable")[:size]
+        ranked = (
+            packed.ranking(entropy)
+            if packed is not None
+            else np.argsort(-np.asarray(entropy), kind="stable")
+        )
+        pool = ranked[:size]
     else:
         pool = np.arange(N)
     if L > pool.size:
@@ -352,30 +361,41 @@ class OpenWorld:
         rng = np.random.default_rng(self.seed)
         fam_of = np.array([self.families_.index(f) for f in db.families])
         other = fam_of[:, None] != np.arange(len(self.families_))[None, :]  # (M, nF)
-        neg, pos = [], []
+        neg, pos, neg_id = [], [], []
         self.samples_ = {"detect": [], "identify": []}
         self.detect_distances_ = []  # per draw: (M, nF) distance of every model to every family
         from tqdm.auto import tqdm
 
         for _ in tqdm(range(self.trials), desc="fbi open world fit", disable=not progress):
-            draws = np.stack([self.sample(f, rng) for f in self.families_])  # (nF, L)
+            draws, D, S, D_id = self.trial(rng)
             self.samples_["detect"].append(dict(zip(self.families_, draws, strict=True)))
-            Z = np.ascontiguousarray(self.sym_[:, draws].transpose(1, 0, 2))  # (nF, M, L)
-            dele = self.sym_[self.delegate_table_[:, :, None], draws[:, None, :]]  # (nF, d, L)
-            D = np.asarray(pairwise_rajski(Z, dele, k=self.k_, exact=True)).min(-1).T  # (M, nF)
             self.detect_distances_.append(D)
             neg.append(D[other])
             pos.append(D[~other])
+            self.samples_["identify"].append(S)
+            neg_id.append(np.where(other, D_id, np.inf).min(1))
         self.tau_ = _threshold(np.concatenate(neg), self.fpr)
         self.detect_tpr_ = float(np.mean(np.concatenate(pos) < self.tau_))
-        neg_id = []
-        for _ in range(self.trials):
-            S = self.sample(None, rng)
-            self.samples_["identify"].append(S)
-            D = self._compound(self.sym_[:, S], S)  # (M, nF)
-            neg_id.append(np.where(other, D, np.inf).min(1))
         self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
         return self
+
+    def trial(
+        self, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One trial of ``fit`` (repeated ``trials`` times): L queries per family drawn with the
+        detection selection, every model's compound distance to every family on that family's
+        queries, then one identification draw and every model's distance to every family on it.
+
+        Returns (draws (nF, L), detection distances (M, nF), identification queries (L,),
+        identification distances (M, nF)); usable once delegates are known (after ``fit``)."""
+        if getattr(self, "delegate_table_", None) is None:
+            raise RuntimeError("OpenWorld: call fit(db) first")
+        draws = np.stack([self.sample(f, rng) for f in self.families_])  # (nF, L)
+        Z = np.ascontiguousarray(self.sym_[:, draws].transpose(1, 0, 2))  # (nF, M, L)
+        dele = self.sym_[self.delegate_table_[:, :, None], draws[:, None, :]]  # (nF, d, L)
+        D = np.asarray(pairwise_rajski(Z, dele, k=self.k_, exact=True)).min(-1).T  # (M, nF)
+        S = self.sample(None, rng)
+        return draws, D, S, self._compound(self.sym_[:, S], S)
 
     def detection_scores(self, *, include_delegates: bool = False) -> list:
         """The detection pairs of ``fit``, one ``(distances, labels)`` per draw: every (model,

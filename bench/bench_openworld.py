@@ -1,0 +1,156 @@
+"""FBI open world on a database of the paper's shape vs the code a user writes otherwise.
+
+The database is ``fastfp.fbi.paper_database()``: 1,081 top-1 models in 35 families on 20,000
+inputs (QUICK and --benchmark-disable: smaller). ``OpenWorld(L=100)`` with the paper's
+defaults (30/70 detection, Entropy identification, close delegate). Groups (same run):
+
+- ``fbi open world trial vs literal``: one fit trial (``OpenWorld.trial``: 35 detection draws
+  + distances, one identification draw + distances) vs the literal twin, timed on one family's
+  draw and a sample of models and extrapolated. Target <= 0.1 s on CPU.
+- ``fbi open world trial vs numpy``: the same trial vs plain numpy (literal draws, bincount
+  distances), timed whole. Target <= 0.1 s on CPU.
+- ``fbi open world identify_many``: 1,000 black boxes (database outputs) vs a numpy loop timed
+  on a sample of boxes and extrapolated. Target <= 1 s on CPU.
+- ``fbi open world detect``: one black box after fitting vs numpy. Target <= 1 ms on CPU.
+
+Correctness (also under --benchmark-disable): fastfp's draws equal the baselines' exactly and
+its distances equal them to 1e-6.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fastfp import fbi
+
+from .baselines import openworld as base
+from .common import QUICK, measure
+
+CPU = torch.device("cpu")
+
+
+def _disabled(request) -> bool:
+    return bool(request.config.getoption("benchmark_disable", default=False))
+
+
+@functools.lru_cache(maxsize=2)
+def _fitted(small: bool):
+    if small:
+        db = fbi.paper_database(n_families=5, n_variants=60, num_inputs=2000, num_classes=100)
+        L = 60
+    else:
+        db = fbi.paper_database()
+        L = 100
+    return fbi.OpenWorld(L=L, trials=1, seed=0).fit(db)
+
+
+def _ow(request):
+    return _fitted(_disabled(request) or QUICK)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _same_trial(got, want, families=None, models=None):
+    draws, D, S, D_id = got
+    wd, wD, wS, wD_id = want
+    n = wd.shape[0] if families is None else families
+    m = D.shape[0] if models is None else models
+    assert np.array_equal(draws[:n], wd)
+    np.testing.assert_allclose(D[:m, :n], wD[:m], atol=1e-6, rtol=0)
+    if families is None:  # a sampled literal trial draws its identification queries earlier
+        assert np.array_equal(S, wS)
+        np.testing.assert_allclose(D_id[:m], wD_id[:m], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("role", ["baseline", "fastfp"])
+def test_trial_vs_literal(benchmark, request, role):
+    ow = _ow(request)
+    M, nF = ow.sym_.shape[0], len(ow.families_)
+    group = f"fbi open world trial vs literal {M} models {nF} families L={ow.L}"
+    models = 20 if _disabled(request) else 100
+    if role == "baseline":
+        def sample():
+            return base.trial_literal(ow, np.random.default_rng(1), families=1, models=models)
+
+        t = min(_timed(sample) for _ in range(2))
+        scale = (nF + 1) / 2 * M / models  # one of nF detection draws + the identification draw
+        got = measure(benchmark, sample, group=group, role=role, device=CPU, rounds=1, warmup=0,
+                      baseline_extrapolated_s=t * scale,
+                      extrapolation=f"1 of {nF} families, {models} of {M} models, x {scale:.0f}")
+        _same_trial(ow.trial(np.random.default_rng(1)), got, families=1, models=models)
+    else:
+        got = measure(benchmark, lambda: ow.trial(np.random.default_rng(1)), group=group,
+                      role=role, device=CPU, rounds=5, shape=[M, ow.sym_.shape[1], ow.L],
+                      target_max_s={"cpu": 0.1})
+        want = base.trial_literal(ow, np.random.default_rng(1), families=1, models=10)
+        _same_trial(got, want, families=1, models=10)
+
+
+@pytest.mark.parametrize("role", ["baseline", "fastfp"])
+def test_trial_vs_numpy(benchmark, request, role):
+    ow = _ow(request)
+    M, nF = ow.sym_.shape[0], len(ow.families_)
+    group = f"fbi open world trial vs numpy {M} models {nF} families L={ow.L}"
+    def numpy_trial(rng):
+        return base.trial_numpy(ow, rng)
+
+    fn, other = (numpy_trial, ow.trial) if role == "baseline" else (ow.trial, numpy_trial)
+    extra = {} if role == "baseline" else {"target_max_s": {"cpu": 0.1}}
+    got = measure(benchmark, lambda: fn(np.random.default_rng(2)), group=group, role=role,
+                  device=CPU, rounds=1 if role == "baseline" else 5, warmup=0, **extra)
+    _same_trial(got, other(np.random.default_rng(2)))
+
+
+def _boxes(ow, n):
+    rows = np.random.default_rng(3).integers(ow.db.num_models, size=n)
+    return [ow.db.topk[r] for r in rows], list(range(n))
+
+
+@pytest.mark.parametrize("role", ["baseline", "fastfp"])
+def test_identify_many(benchmark, request, role):
+    ow = _ow(request)
+    n = 40 if _disabled(request) else 1000
+    boxes, seeds = _boxes(ow, n)
+    group = f"fbi open world identify_many {n} black boxes L={ow.L}"
+    sample = min(n, 20)
+    if role == "baseline":
+        def run():
+            return base.identify_numpy(ow, boxes[:sample], seeds[:sample])
+
+        t = min(_timed(run) for _ in range(2))
+        got = measure(benchmark, run, group=group, role=role, device=CPU, rounds=1, warmup=0,
+                      baseline_extrapolated_s=t * n / sample,
+                      extrapolation=f"sample of {sample} boxes x {n / sample:.0f}")
+        fast = ow.identify_many(boxes[:sample], seeds=seeds[:sample])
+    else:
+        fast = measure(benchmark, lambda: ow.identify_many(boxes, seeds=seeds), group=group,
+                       role=role, device=CPU, rounds=3, target_max_s={"cpu": 1.0})[:sample]
+        got = base.identify_numpy(ow, boxes[:sample], seeds[:sample])
+    assert [r.family for r in fast] == got
+
+
+@pytest.mark.parametrize("role", ["baseline", "fastfp"])
+def test_detect_one(benchmark, request, role):
+    ow = _ow(request)
+    name = ow.db.names[1]
+    family = ow.db.families[1]
+    box = ow.db.topk[1]
+    group = f"fbi open world detect one black box L={ow.L}"
+    if role == "baseline":
+        positive, d = measure(benchmark, lambda: base.detect_numpy(ow, box, family, 4),
+                              group=group, role=role, device=CPU, rounds=5)
+    else:
+        r = measure(benchmark, lambda: ow.detect(box, family, seed=4), group=group, role=role,
+                    device=CPU, rounds=20, target_max_s={"cpu": 1e-3})
+        positive, d = base.detect_numpy(ow, box, family, 4)
+        assert abs(r.distance - d) < 1e-6 and r.positive == positive
+    assert name.endswith(family)
