@@ -291,6 +291,7 @@ PYTEST = [sys.executable, "-m", "pytest", "-q", "-o", "python_files=bench_*.py",
           "no:cacheprovider"]
 
 
+@pytest.mark.slow  # a pytest run in a subprocess
 def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-disable"],
@@ -303,6 +304,7 @@ def test_disabled_benchmarks_stay_quiet_and_green(bench_copy, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a pytest run in a subprocess
 def test_timed_run_reports_and_saves(bench_copy, tmp_path):
     out, raw = tmp_path / "out", tmp_path / "raw.json"
     proc = subprocess.run([*PYTEST, str(bench_copy), "--benchmark-enable",
@@ -320,6 +322,7 @@ def test_timed_run_reports_and_saves(bench_copy, tmp_path):
     assert json.loads((out / "report.json").read_text())["summary"]["rows"] == 1
 
 
+@pytest.mark.slow  # a pytest run in a subprocess
 def test_suite_without_pytest_benchmark_says_what_to_install(bench_copy, tmp_path):
     proc = subprocess.run([*PYTEST, str(bench_copy), "-p", "no:benchmark"], capture_output=True,
                           text=True, cwd=tmp_path, env=_env())
@@ -327,6 +330,7 @@ def test_suite_without_pytest_benchmark_says_what_to_install(bench_copy, tmp_pat
     assert "needs pytest-benchmark" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # a pytest run in a subprocess
 def test_fastfp_bench_end_to_end(bench_copy, tmp_path):
     out = tmp_path / "res"
     proc = subprocess.run(
