@@ -411,6 +411,13 @@ def test_cli_environment_and_pytest_command(tmp_path, bench_copy):
     assert f"--benchmark-json={(tmp_path / 'o' / 'benchmark.json').resolve()}" in cmd
     curves = cli_bench.curves_command(args, bench_copy)
     assert curves[1:3] == ["-m", "bench.curves"] and "--quick" in curves
+    assert curves[curves.index("--only") + 1] == "ops"
+    args = build_parser().parse_args(["bench", "--only", "openworld", "--only", "fbi"])
+    assert cli_bench.curve_areas(args) == ["fbi"]  # open world has no curves
+    assert cli_bench.curve_areas(build_parser().parse_args(["bench"])) == list(
+        cli_bench.CURVE_AREAS)
+    assert cli_bench.CURVE_AREAS == curves.AREAS  # the CLI's list follows bench/curves.py
+    assert all((BENCH / f"bench_{area}.py").is_file() for area in cli_bench.AREAS)
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(bench_copy.parent)  # where bench is
 
 

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-AREAS = ("ops", "noise", "cexamples", "fbi")
+AREAS = ("ops", "noise", "cexamples", "fbi", "openworld")  # bench/bench_<area>.py
+CURVE_AREAS = ("ops", "noise", "cexamples", "fbi")  # the areas bench/curves.py draws
 
 
 def add_parser(sub: Any) -> None:
@@ -147,9 +148,14 @@ def curves_command(args: argparse.Namespace, bench_dir: Path) -> list[str]:
         cmd.append("--quick")
     if args.device:
         cmd += ["--device", args.device]
-    for area in args.only or ():
+    for area in curve_areas(args):
         cmd += ["--only", area]
     return cmd
+
+
+def curve_areas(args: argparse.Namespace) -> list[str]:
+    """The areas of ``--only`` that have scaling curves (all of them without ``--only``)."""
+    return [a for a in args.only or CURVE_AREAS if a in CURVE_AREAS]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
             print("fastfp bench: no benchmark was collected", file=sys.stderr)
         status = rc
         status = max(status, _summarize(args, report_path))
-    if args.curves or args.curves_only:
+    if (args.curves or args.curves_only) and not curve_areas(args):
+        print(f"fastfp bench: no scaling curves for {', '.join(args.only)}", file=sys.stderr)
+    elif args.curves or args.curves_only:
         status = max(status, subprocess.call(curves_command(args, bench_dir), env=env))
     return status
 
