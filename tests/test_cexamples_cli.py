@@ -1,13 +1,14 @@
-"""``fastfp generate`` / ``fastfp verify`` end to end, and their user errors (exit 2, no traceback)."""
+"""``fastfp generate`` / ``fastfp verify`` end to end, and their user errors (exit 2, no
+traceback)."""
 
 import json
 
 import pytest
 import torch
+from helpers import tiny_cnn
 
 from fastfp import Fingerprint, cexamples
 from fastfp.cli.main import main
-from test_cexamples import tiny_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notes
 
@@ -61,22 +62,48 @@ def test_zoo_names_are_accepted(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{scripted}", "--num", "2", "--out", "{out}"], "--input-shape"),
     (["generate", "{scripted}", "--input-shape", "1,8", "--out", "{out}"], "--input-shape"),
-    (["generate", "{scripted}", "--input-shape", "1,8,8", "--q", "0", "--out", "{out}"], "q"),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--q", "0", "--out", "{out}"],
+     "q: expected an int"),
     (["generate", "{scripted}", "--input-shape", "1,8,8", "--num-classes", "3", "--out", "{out}"],
      "num_classes"),
     (["generate", "no-such-model", "--out", "{out}"], "MODEL"),
     (["generate", "{junk}", "--input-shape", "1,8,8", "--out", "{out}"], "MODEL"),
     (["verify", "{scripted}", "{junk}"], "not a fastfp fingerprint"),
     (["verify", "{scripted}", "{missing}"], "does not exist"),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--out", "{nodir}"],
+     "--out: folder"),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--device", "cuda:x", "--out", "{out}"],
+     "--device: not a torch device"),
+    (["generate", "{folder}", "--input-shape", "1,8,8", "--out", "{out}"], "is a folder"),
+    (["verify", "{scripted}", "{folder}"], "is a folder"),
 ])
 def test_user_errors_exit_2_without_traceback(argv, message, model_files, tmp_path, capsys):
     _, scripted, _ = model_files
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a model at all")
+    (tmp_path / "folder").mkdir()
     names = dict(scripted=scripted, out=tmp_path / "o.safetensors", junk=junk,
-                 missing=tmp_path / "missing.safetensors")
+                 missing=tmp_path / "missing.safetensors", folder=tmp_path / "folder",
+                 nodir=tmp_path / "nodir" / "o.safetensors")
     rc = main([a.format(**names) for a in argv] + (["--no-progress"] if argv[0] == "generate"
                                                    else []))
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_fifo_model_and_output_are_refused_before_any_work(model_files, tmp_path, capsys):
+    import os
+
+    _, scripted, _ = model_files
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)  # torch.jit.load on it would block forever
+    rc = main(["generate", str(fifo), "--input-shape", "1,8,8", "--out",
+               str(tmp_path / "o.safetensors"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "MODEL: " in err and "FIFO, not a regular file" in err
+    rc = main(["generate", str(scripted), "--input-shape", "1,8,8", "--out", str(fifo),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--out: " in err and "FIFO, not a regular file" in err

@@ -40,7 +40,8 @@ def setup(tmp_path_factory):
     x = torch.randn(120, 3, 2, 2, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp / "inputs.pt")
     db = tmp / "db.safetensors"
-    assert main(["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"), "--k", "2",
+    assert main(["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"), "--k",
+                 "2",
                  "--out", str(db), "--json", str(tmp / "build.json")]) == 0
     return tmp, db
 
@@ -52,7 +53,8 @@ def test_build_writes_a_loadable_database(setup):
     assert json.loads((tmp / "build.json").read_text())["models"] == d.names
     # a rerun resumes: nothing to do, same content
     before = d.topk.copy()
-    assert main(["fbi", "build", "--spec", str(tmp / "models.json"), "--inputs", str(tmp / "inputs.pt"),
+    assert main(["fbi", "build", "--spec", str(tmp / "models.json"), "--inputs",
+                 str(tmp / "inputs.pt"),
                  "--k", "2", "--out", str(db)]) == 0
     assert np.array_equal(fbi.Database.load(db).topk, before)
 
@@ -60,27 +62,42 @@ def test_build_writes_a_loadable_database(setup):
 def test_detect_and_identify_from_model_and_outputs(setup, capsys):
     tmp, db = setup
     out = tmp / "det.json"
-    assert main(["fbi", "detect", "--db", str(db), "--family", "fam1", "--blackbox", str(tmp / "fam1_2.pt"),
-                 "--inputs", str(tmp / "inputs.pt"), "--L", "60", "--trials", "3", "--json", str(out)]) == 0
+    detect = ["fbi", "detect", "--db", str(db), "--inputs", str(tmp / "inputs.pt"), "--L", "60",
+              "--trials", "3", "--json", str(out)]
+    # open world: a member of fam1 is detected as fam1, and it is not in fam2
+    assert main([*detect, "--family", "fam1", "--blackbox", str(tmp / "fam1_2.pt")]) == 0
     rep = json.loads(out.read_text())
-    assert rep["mode"] == "open" and 0 <= rep["distance"] <= 1 and rep["L"] == 60
+    assert rep["mode"] == "open" and rep["L"] == 60 and rep["family"] == "fam1"
+    assert rep["positive"] is True and 0 <= rep["distance"] <= rep["tau"]
+    assert "open-world detection of 'fam1': positive" in capsys.readouterr().out
+    assert main([*detect, "--family", "fam2", "--blackbox", str(tmp / "fam1_2.pt")]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["positive"] is False and rep["distance"] > rep["tau"]
+    assert "open-world detection of 'fam2': negative" in capsys.readouterr().out
     d = fbi.Database.load(db)
     np.save(tmp / "bb.npy", d.outputs("fam2_1"))
-    assert main(["fbi", "identify", "--db", str(db), "--blackbox", str(tmp / "bb.npy"), "--mode", "walled",
+    assert main(["fbi", "identify", "--db", str(db), "--blackbox", str(tmp / "bb.npy"), "--mode",
+                 "walled",
                  "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["family"] == "fam2" and rep["status"] == "identified"
     assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox", "db:fam0_1",
                  "--mode", "walled", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["decision"] == "positive"
-    assert main(["fbi", "identify", "--db", str(db), "--blackbox", "db:fam0_2", "--L", "60", "--trials", "3"]) == 0
-    assert "open-world identification" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["fbi", "identify", "--db", str(db), "--blackbox", "db:fam0_2", "--L", "60",
+                 "--trials", "3", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["mode"] == "open" and rep["family"] == "fam0" and rep["status"] == "identified"
+    assert min(rep["distances"], key=rep["distances"].get) == "fam0"
+    assert "open-world identification: fam0 (identified" in capsys.readouterr().out
 
 
 def test_distances_figures(setup):
     tmp, db = setup
     png, emb, js = tmp / "d.png", tmp / "e.png", tmp / "d.json"
-    assert main(["fbi", "distances", "--db", str(db), "--png", str(png), "--embedding-png", str(emb),
+    assert main(["fbi", "distances", "--db", str(db), "--png", str(png), "--embedding-png",
+                 str(emb),
                  "--json", str(js)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG" and emb.read_bytes()[:4] == b"\x89PNG"
     rep = json.loads(js.read_text())
@@ -99,7 +116,8 @@ def test_law_report(setup):
 
 def test_cli_errors(setup, capsys):
     tmp, db = setup
-    assert main(["fbi", "detect", "--db", str(db), "--family", "nope", "--blackbox", "db:fam0_1"]) == 2
+    assert main(["fbi", "detect", "--db", str(db), "--family", "nope", "--blackbox",
+                 "db:fam0_1"]) == 2
     assert "unknown family" in capsys.readouterr().err
     assert main(["fbi", "identify", "--db", str(db), "--blackbox", "db:ghost"]) == 2
     assert "not in the database" in capsys.readouterr().err
@@ -108,7 +126,8 @@ def test_cli_errors(setup, capsys):
     np.save(tmp / "short.npy", np.zeros((5, 2), dtype=np.int64))
     assert main(["fbi", "identify", "--db", str(db), "--blackbox", str(tmp / "short.npy")]) == 2
     assert "120 inputs" in capsys.readouterr().err
-    assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox", "db:fam0_1", "--fpr", "1.5"]) == 2
+    assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox", "db:fam0_1",
+                 "--fpr", "1.5"]) == 2
     assert "fpr" in capsys.readouterr().err
     bad = tmp / "bad.json"
     bad.write_text(json.dumps({"models": [{"name": "a"}]}))
@@ -128,5 +147,21 @@ def test_spec_inputs_and_labels_lie_beside_the_spec(setup, tmp_path, monkeypatch
     (folder / "models.json").write_text(json.dumps({**spec, "inputs": "x.pt", "labels": "y.npy"}))
     monkeypatch.chdir(tmp_path)  # elsewhere: the spec's relative files must not be looked up here
     out = tmp_path / "db.safetensors"
-    assert main(["fbi", "build", "--spec", str(folder / "models.json"), "--k", "2", "--out", str(out)]) == 0
+    assert main(["fbi", "build", "--spec", str(folder / "models.json"), "--k", "2", "--out",
+                 str(out)]) == 0
     assert np.array_equal(fbi.Database.load(out).reference, np.arange(120) % 10)
+
+
+def test_model_files_that_are_not_modules_are_user_errors(setup, tmp_path, capsys):
+    tmp, _ = setup
+    torch.save(nn.Linear(12, 10).state_dict(), tmp_path / "weights.pt")
+    spec = tmp_path / "models.json"
+    spec.write_text(json.dumps({"models": [{"name": "w", "family": "F", "path": "weights.pt"}]}))
+    assert main(["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"),
+                 "--out", str(tmp_path / "db.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "model 'w': " in err and "not a torch.nn.Module" in err and "Traceback" not in err
+    db = tmp / "db.safetensors"
+    assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox",
+                 str(tmp_path / "missing.pt"), "--inputs", str(tmp / "inputs.pt")]) == 2
+    assert "--blackbox: " in capsys.readouterr().err

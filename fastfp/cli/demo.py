@@ -1,41 +1,51 @@
-"""``fastfp demo``: both papers' experiments on the embedded zoo (no downloads), tables + figures + JSON."""
+"""``fastfp demo``: both papers' experiments on the embedded zoo (no downloads): tables, figures,
+JSON."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from fastfp.cli.main import SubParsers
 
-def add_parser(sub) -> None:
+
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
-        "demo", help="reproduce both papers' experiments on the embedded digits zoo (tables, PNG, JSON)",
-        description="Train (or load from the cache) the embedded model zoo, fingerprint a protected model "
-                    "with the four characteristic-example methods (robustness / transferability / "
-                    "uniqueness tables), run FBI detection and identification over the zoo's variants, "
-                    "and write figures and a JSON report. Default run: under 10 minutes on 2 CPU cores "
-                    "including zoo training; --quick: under 2 minutes.")
+        "demo",
+        help="reproduce both papers' experiments on the embedded digits zoo (tables, PNG, JSON)",
+        description="Train (or load from the cache) the embedded model zoo, fingerprint a "
+                    "protected model with the four characteristic-example methods (robustness / "
+                    "transferability / uniqueness tables), run FBI detection and identification "
+                    "over the zoo's variants, and write figures and a JSON report. Default run: "
+                    "under 10 minutes on 2 CPU cores including zoo training; --quick: under 2 "
+                    "minutes.")
     p.add_argument("--quick", action="store_true", help="small settings (tests, smoke runs)")
     p.add_argument("--out", default="fastfp-out", metavar="DIR",
                    help="folder for the figures and fingerprints (default: ./fastfp-out)")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON (schema fastfp.demo/1)")
     p.add_argument("--model", metavar="NAME",
-                   help="first protected zoo model, e.g. cnn-s0 (default: cnn-s0); see `fastfp.zoo.names()`")
-    p.add_argument("--seeds", type=int, metavar="N", help="protected models: N seeds of its architecture")
+                   help="first protected zoo model, e.g. cnn-s0 (default: cnn-s0); see "
+                        "`fastfp.zoo.names()`")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="protected models: N seeds of its architecture")
     p.add_argument("--num", type=int, metavar="N", help="characteristic examples per method")
     p.add_argument("--steps", type=int, metavar="N", help="sign-gradient steps per example")
     p.add_argument("--full-variants", action="store_true",
-                   help="FBI over every parameter of the paper's variant list (38 per model; slower)")
+                   help="FBI over every parameter of the paper's variant list (38 per model; "
+                        "slower)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fastfp import demo
     from fastfp.store import write_json
 
-    cfg = demo.config(quick=args.quick, model=args.model, seeds=args.seeds, num=args.num, steps=args.steps,
+    cfg = demo.config(quick=args.quick, model=args.model, seeds=args.seeds, num=args.num,
+                      steps=args.steps,
                       full_variants=args.full_variants)
     demo.check_output(args.out)
     if args.json:  # fail now, not after ten minutes of work

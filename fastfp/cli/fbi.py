@@ -19,40 +19,51 @@ for simulations), or a precomputed ``.npy`` / ``.pt`` file of its top-k labels o
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
+from fastfp.cli.loader import load_entry
+from fastfp.cli.main import SubParsers
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("fbi", help="FBI: fingerprinting with benign inputs (database, detect, identify, distances)",
+
+def add_parser(sub: SubParsers) -> None:
+    p = sub.add_parser("fbi", help="FBI: fingerprinting with benign inputs (database, detect, "
+                                   "identify, distances)",
                        description=__doc__.split("\n\n")[0])
     cmds = p.add_subparsers(dest="fbi_command", metavar="SUBCOMMAND")
 
-    b = cmds.add_parser("build", help="query a model list on benign inputs and store their top-k outputs")
-    b.add_argument("--spec", required=True, help="JSON or TOML model list (names, families, model sources)")
-    b.add_argument("--inputs", help="zoo:N, or a .pt / .npy tensor file (default: the spec's 'inputs')")
+    b = cmds.add_parser("build",
+                        help="query a model list on benign inputs and store their top-k outputs")
+    b.add_argument("--spec", required=True,
+                   help="JSON or TOML model list (names, families, model sources)")
+    b.add_argument("--inputs",
+                   help="zoo:N, or a .pt / .npy tensor file (default: the spec's 'inputs')")
     b.add_argument("--labels", help="ground-truth classes (.pt / .npy); default: majority vote")
     b.add_argument("--k", type=int, default=3, help="top-k kept per output (default 3)")
-    b.add_argument("--out", required=True, help="database file (.safetensors); an existing one is resumed")
+    b.add_argument("--out", required=True,
+                   help="database file (.safetensors); an existing one is resumed")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default=None, help="device for the models (default: cpu)")
     b.add_argument("--checkpoint-s", type=float, default=30.0,
                    help="rewrite --out at most this often while building (seconds; 0: after every "
                         "model; default 30). It is always written at the end and on interruption")
     b.add_argument("--shard-dir", default=None,
-                   help="build in per-(model, input chunk) shards in this folder (resumable; implied "
-                        "under torchrun, default OUT.shards); rank 0 merges into --out")
+                   help="build in per-(model, input chunk) shards in this folder (resumable; "
+                        "implied under torchrun, default OUT.shards); rank 0 merges into --out")
     b.add_argument("--json", metavar="PATH", help="also write a JSON report")
     b.set_defaults(func=run_build)
 
-    for name, helptext in (("detect", "is the black box in FAMILY?"), ("identify", "which family is the black box?")):
+    for name, helptext in (("detect", "is the black box in FAMILY?"),
+                           ("identify", "which family is the black box?")):
         d = cmds.add_parser(name, help=helptext)
         d.add_argument("--db", required=True, help="database file")
         if name == "detect":
             d.add_argument("--family", required=True, help="hypothesis family")
-        d.add_argument("--blackbox", required=True, help="model file, zoo:NAME, arch:NAME[:WEIGHTS], db:NAME, "
+        d.add_argument("--blackbox", required=True,
+                       help="model file, zoo:NAME, arch:NAME[:WEIGHTS], db:NAME, "
                                                          "or a .npy/.pt file of top-k labels")
         d.add_argument("--inputs", help="the database's inputs (needed to query a model black box)")
         d.add_argument("--mode", choices=("open", "walled"), default="open",
@@ -60,8 +71,10 @@ def add_parser(sub) -> None:
         d.add_argument("--L", type=int, default=100, help="queries (open world; default 100)")
         d.add_argument("--selection", default="30/70" if name == "detect" else "entropy",
                        help="input selection: all, 50/50, 30/70, entropy")
-        d.add_argument("--delegates", default="close", help="close, median, far, or a comma list (compound)")
-        d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate (default 0.05)")
+        d.add_argument("--delegates", default="close",
+                       help="close, median, far, or a comma list (compound)")
+        d.add_argument("--fpr", type=float, default=0.05,
+                       help="target false-positive rate (default 0.05)")
         d.add_argument("--trials", type=int, default=20, help="random draws used to set tau")
         d.add_argument("--max-queries", type=int, default=None, help="walled garden: query budget")
         d.add_argument("--seed", type=int, default=0)
@@ -69,21 +82,25 @@ def add_parser(sub) -> None:
         d.add_argument("--json", metavar="PATH", help="also write a JSON report")
         d.set_defaults(func=run_detect if name == "detect" else run_identify)
 
-    m = cmds.add_parser("distances", help="pairwise Rajski distances of the database's models (+ PNG figures)")
+    m = cmds.add_parser("distances",
+                        help="pairwise Rajski distances of the database's models (+ PNG figures)")
     m.add_argument("--db", required=True)
     m.add_argument("--L", type=int, default=None, help="use L random inputs (default: all)")
     m.add_argument("--k", type=int, default=None, help="S_k with this k (default: the database's)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--png", help="write a heatmap of the distance matrix")
-    m.add_argument("--embedding-png", help="write a 2-D embedding (t-SNE on the precomputed distances)")
+    m.add_argument("--embedding-png",
+                   help="write a 2-D embedding (t-SNE on the precomputed distances)")
     m.add_argument("--tile-rows", type=int, default=256,
                    help="under torchrun: rows of the matrix per tile, spread over the ranks")
     m.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
     m.set_defaults(func=run_distances)
 
-    law = cmds.add_parser("law", help="fit E(L) ~ a E|F| nF / k + beta(k) with greedy identification")
+    law = cmds.add_parser("law",
+                          help="fit E(L) ~ a E|F| nF / k + beta(k) with greedy identification")
     law.add_argument("--db", required=True)
-    law.add_argument("--k", type=int, nargs="+", default=None, help="k values (default: 1 .. database k)")
+    law.add_argument("--k", type=int, nargs="+", default=None,
+                     help="k values (default: 1 .. database k)")
     law.add_argument("--trials", type=int, default=20)
     law.add_argument("--seed", type=int, default=0)
     law.add_argument("--json", metavar="PATH")
@@ -132,33 +149,6 @@ def _inputs(spec_value, labels_path):
     return x, None if labels_path is None else _load_tensor(labels_path).numpy()
 
 
-def _load_model(entry: dict, base: Path):
-    import torch
-
-    if "zoo" in entry:
-        from fastfp import zoo
-
-        return zoo.load(entry["zoo"])
-    if "arch" in entry:
-        from fastfp import zoo
-
-        weights = entry.get("weights")
-        return zoo.load_arch(entry["arch"], None if weights is None else str(base / weights))
-    if "path" in entry:
-        path = base / entry["path"]
-        if not path.exists():
-            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-        try:
-            return torch.jit.load(str(path), map_location="cpu")
-        except Exception:
-            model = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(model, torch.nn.Module):
-            raise _user_error(f"{path}: expected a full torch.nn.Module (torch.save(model)) or TorchScript, "
-                              f"found {type(model).__name__}")
-        return model
-    raise _user_error(f"model {entry.get('name')!r}: give one of 'zoo', 'arch' or 'path'")
-
-
 def _read_spec(path: str) -> dict:
     p = Path(path)
     if not p.exists():
@@ -168,7 +158,8 @@ def _read_spec(path: str) -> dict:
         try:
             import tomllib
         except ImportError:  # Python 3.10
-            raise _user_error(f"{path}: TOML specs need Python 3.11+; write the model list as JSON") from None
+            raise _user_error(f"{path}: TOML specs need Python 3.11+; write the model list as "
+                              "JSON") from None
         spec = tomllib.loads(text)
     else:
         try:
@@ -211,7 +202,7 @@ class _Deferred:
             import torch
 
             with torch.enable_grad():  # a zoo model may be trained now, even if asked under no_grad
-                self.model = _load_model(self.entry, self.base).eval()
+                self.model = load_entry(self.entry, self.base).eval()
         return self.model
 
     def __call__(self, x):
@@ -236,9 +227,9 @@ def _report(args, data: dict) -> None:
         write_json(args.json, data)
 
 
-# --- sub-commands ----------------------------------------------------------------------------------
+# --- sub-commands ------------------------------------------------------------------------------
 
-def run_build(args) -> int:
+def run_build(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     spec = _read_spec(args.spec)
@@ -260,8 +251,8 @@ def run_build(args) -> int:
             return 0
     else:
         db = fbi.Database.build(models, x, k=args.k, families=families, labels=labels,
-                                batch_size=args.batch_size, device=args.device, path=args.out, progress=True,
-                                checkpoint_s=args.checkpoint_s)
+                                batch_size=args.batch_size, device=args.device, path=args.out,
+                                progress=True, checkpoint_s=args.checkpoint_s)
     print(f"{db!r} -> {args.out}")
     _report(args, {"database": args.out, "models": db.names, "families": db.families, "k": db.k,
                    "num_inputs": db.num_inputs, "num_classes": db.num_classes})
@@ -282,9 +273,11 @@ def _blackbox_outputs(args, db) -> np.ndarray:
         out = _load_tensor(bb).numpy()
         out = out[:, None] if out.ndim == 1 else out
         if out.shape[0] != db.num_inputs:
-            raise _user_error(f"blackbox: {bb} holds {out.shape[0]} outputs, the database has {db.num_inputs} inputs")
+            raise _user_error(f"blackbox: {bb} holds {out.shape[0]} outputs, the database has "
+                              f"{db.num_inputs} inputs")
         if out.shape[1] < db.k:
-            raise _user_error(f"blackbox: {bb} holds top-{out.shape[1]} outputs, the database was built with k = {db.k}")
+            raise _user_error(f"blackbox: {bb} holds top-{out.shape[1]} outputs, the database was "
+                              f"built with k = {db.k}")
         return out
     if bb.startswith("zoo:"):
         entry = {"zoo": bb[4:]}
@@ -293,12 +286,13 @@ def _blackbox_outputs(args, db) -> np.ndarray:
         entry = {"arch": name, **({"weights": weights} if weights else {})}
     else:
         entry = {"path": bb}
-    model = _load_model(entry, Path.cwd()).eval()
+    model = load_entry(entry, Path.cwd(), what="--blackbox").eval()
     x, _ = _inputs(args.inputs, None)
     if db.digest is not None and fbi.database.inputs_digest(x) != db.digest:
         raise _user_error("inputs: differ from the inputs the database was built on")
     with torch.no_grad():
-        return fbi.query_topk(model, x, db.k, batch_size=args.batch_size, progress=True, desc="black box")
+        return fbi.query_topk(model, x, db.k, batch_size=args.batch_size, progress=True,
+                              desc="black box")
 
 
 def _is_tensor_file(p: Path) -> bool:
@@ -316,43 +310,50 @@ def _open_world(args, db):
     delegates = tuple(d.strip() for d in args.delegates.split(",") if d.strip())
     sel = args.selection
     kwargs = {"selection": sel} if args.fbi_command == "detect" else {"identify_selection": sel}
-    return fbi.OpenWorld(L=args.L, delegates=delegates, fpr=args.fpr, trials=args.trials, seed=args.seed,
+    return fbi.OpenWorld(L=args.L, delegates=delegates, fpr=args.fpr, trials=args.trials,
+                         seed=args.seed,
                          **kwargs).fit(db, progress=True)
 
 
-def run_detect(args) -> int:
+def run_detect(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
     db.members(args.family)  # unknown family -> clear error before any work
     out = _blackbox_outputs(args, db)
     if args.mode == "walled":
-        r = fbi.greedy_detect(db.topk, np.asarray(db.families) == args.family, out, max_queries=args.max_queries,
+        r = fbi.greedy_detect(db.topk, np.asarray(db.families) == args.family, out,
+                              max_queries=args.max_queries,
                               seed=args.seed)
-        print(f"walled garden detection of {args.family!r}: {r.decision} after L = {r.L} queries {r.queries}")
+        print(f"walled garden detection of {args.family!r}: {r.decision} after L = {r.L} queries "
+              f"{r.queries}")
         _report(args, {"mode": "walled", "family": args.family, "decision": r.decision, "L": r.L,
                        "queries": r.queries})
         return 0
     ow = _open_world(args, db)
     r = ow.detect(out, args.family, seed=args.seed)
     verdict = "positive" if r.positive else "negative"
-    print(f"open-world detection of {args.family!r}: {verdict} (D = {r.distance:.4f}, tau = {r.tau:.4f}, "
-          f"L = {len(r.queries)}, FPR target {args.fpr})")
-    _report(args, {"mode": "open", "family": args.family, "positive": bool(r.positive), "distance": r.distance,
-                   "tau": r.tau, "L": len(r.queries), "queries": r.queries.tolist(), "fit": ow.report()})
+    print(f"open-world detection of {args.family!r}: {verdict} (D = {r.distance:.4f}, "
+          f"tau = {r.tau:.4f}, L = {len(r.queries)}, FPR target {args.fpr})")
+    _report(args, {"mode": "open", "family": args.family, "positive": bool(r.positive),
+                   "distance": r.distance, "tau": r.tau, "L": len(r.queries),
+                   "queries": r.queries.tolist(), "fit": ow.report()})
     return 0
 
 
-def run_identify(args) -> int:
+def run_identify(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
     out = _blackbox_outputs(args, db)
     if args.mode == "walled":
-        r = fbi.greedy_identify(db.topk, db.families, out, max_queries=args.max_queries, seed=args.seed)
-        print(f"walled garden identification: {r.family if r.family is not None else '-'} ({r.status}) "
+        r = fbi.greedy_identify(db.topk, db.families, out, max_queries=args.max_queries,
+                                seed=args.seed)
+        print(f"walled garden identification: {r.family if r.family is not None else '-'} "
+              f"({r.status}) "
               f"after L = {r.L} queries {r.queries}")
-        _report(args, {"mode": "walled", "family": r.family, "status": r.status, "L": r.L, "queries": r.queries})
+        _report(args, {"mode": "walled", "family": r.family, "status": r.status, "L": r.L,
+                       "queries": r.queries})
         return 0
     ow = _open_world(args, db)
     r = ow.identify(out, seed=args.seed)
@@ -360,20 +361,23 @@ def run_identify(args) -> int:
           f"tau = {r.tau:.4f}, L = {len(r.queries)})")
     for f, d in sorted(r.distances.items(), key=lambda kv: kv[1]):
         print(f"  {f:<24} D = {d:.4f}")
-    _report(args, {"mode": "open", "family": r.family, "status": r.status, "distances": r.distances,
-                   "tau": r.tau, "L": len(r.queries), "queries": r.queries.tolist(), "fit": ow.report()})
+    _report(args, {"mode": "open", "family": r.family, "status": r.status,
+                   "distances": r.distances, "tau": r.tau, "L": len(r.queries),
+                   "queries": r.queries.tolist(), "fit": ow.report()})
     return 0
 
 
-def run_distances(args) -> int:
+def run_distances(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
     sym = db.symbols(args.k)
     if args.L is not None:
         if not 1 <= args.L <= db.num_inputs:
-            raise ValueError(f"L: expected 1..{db.num_inputs} (the database's inputs), got {args.L}")
-        cols = np.sort(np.random.default_rng(args.seed).choice(db.num_inputs, args.L, replace=False))
+            raise ValueError(f"L: expected 1..{db.num_inputs} (the database's inputs), got "
+                             f"{args.L}")
+        cols = np.sort(np.random.default_rng(args.seed).choice(db.num_inputs, args.L,
+                                                               replace=False))
         sym = sym[:, cols]
     from fastfp import distributed as dd
 
@@ -442,7 +446,8 @@ def _embedding(d, db, path, seed):
 
     n = d.shape[0]
     if n < 3:
-        raise ValueError(f"embedding-png: a 2-D embedding needs at least 3 models, the database has {n}")
+        raise ValueError("embedding-png: a 2-D embedding needs at least 3 models, the database "
+                         f"has {n}")
     from sklearn.manifold import TSNE
 
     # exact t-SNE for the usual few hundred models (Barnes-Hut only pays off beyond that)
@@ -464,15 +469,17 @@ def _embedding(d, db, path, seed):
     plt.close(fig)
 
 
-def run_law(args) -> int:
+def run_law(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
     ks = args.k or list(range(1, db.k + 1))
-    res = fbi.query_law_experiment(db.topk, db.families, k_values=ks, trials=args.trials, seed=args.seed,
+    res = fbi.query_law_experiment(db.topk, db.families, k_values=ks, trials=args.trials,
+                                   seed=args.seed,
                                    progress=True)
     for r in res["records"]:
-        print(f"k={r['k']} nF={r['n_families']} E|F|={r['family_size']:.2f}: E(L) = {r['queries']:.2f}")
+        print(f"k={r['k']} nF={r['n_families']} E|F|={r['family_size']:.2f}: E(L) = "
+              f"{r['queries']:.2f}")
     fit = res["fit"]
     betas = ", ".join(f"beta({k}) = {b:.3f}" for k, b in fit["beta"].items())
     print(f"fit: E(L) ~ {fit['slope']:.4f} E|F| nF / k + beta(k); {betas}; R^2 = {fit['r2']:.3f} "

@@ -2,88 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import time
-from pathlib import Path
 
-METHODS = ("vanilla", "rc", "rcgm", "ltrc")
-
-MODEL_HELP = ("the model: a TorchScript file, a torch.save'd nn.Module (trusted files only: it is "
-              "unpickled), or a default-zoo name such as cnn-s0 (see fastfp.zoo.names())")
+from fastfp.cli.loader import add_model_args, load_model
+from fastfp.cli.main import SubParsers
 
 
-def add_model_args(p) -> None:
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--arch", action="store_true",
-                   help="MODEL is a torchvision/timm architecture name (random init unless "
-                        "--weights)")
-    p.add_argument("--weights", metavar="FILE", help="state dict for --arch (.safetensors or .pt)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-
-
-def load_model(args):
-    """(model on its device, name, default input shape or None) from the CLI arguments."""
-    import torch
-
-    from fastfp.cli.main import UserError
-
-    spec = args.model
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device: not a torch device: {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device: cuda asked for, but torch sees no CUDA device")
-    if args.weights and not args.arch:
-        raise UserError("--weights: only with --arch (a file MODEL already holds its weights)")
-    shape = None
-    if args.arch:
-        from fastfp import zoo
-
-        model = zoo.load_arch(spec, args.weights)
-        name, shape = spec, (3, 224, 224)
-    elif Path(spec).exists():
-        model = _load_file(Path(spec))
-        name = Path(spec).stem
-    else:
-        try:
-            from fastfp import zoo
-        except ImportError:
-            raise UserError(f"MODEL: {spec!r} is not a file, and the model zoo is not available "
-                            "in this install") from None
-        try:
-            zoo.parse_name(spec)
-        except ValueError as exc:
-            raise UserError(f"MODEL: {spec!r} is neither an existing file nor a zoo model ({exc})") \
-                from None
-        model = zoo.load(spec)
-        name, shape = spec, tuple(zoo.INPUT_SHAPE)
-    if not isinstance(model, torch.nn.Module):
-        raise UserError(f"MODEL: {spec!r} holds a {type(model).__name__}, not a torch.nn.Module "
-                        "(save the module itself, or use --arch NAME --weights FILE for a "
-                        "state dict)")
-    return model.to(device).eval(), name, shape
-
-
-def _load_file(path: Path):
-    import torch
-
-    from fastfp.cli.main import UserError
-
-    if path.is_dir():
-        raise UserError(f"MODEL: {str(path)!r} is a folder, expected a model file")
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except Exception:
-        pass  # not TorchScript: try a pickled module
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(f"MODEL: cannot read {str(path)!r} as TorchScript or a torch.save'd "
-                        f"module ({type(exc).__name__}: {exc})") from None
-
-
-def parse_shape(text):
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (or ``CxHxW``) as a tuple of 3 ints."""
     from fastfp.cli.main import UserError
 
     try:
@@ -95,13 +22,15 @@ def parse_shape(text):
     return shape
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "generate", help="generate characteristic-example fingerprints (C, RC, RC+GM, LTRC)",
         description="Generate characteristic examples of a model (Wang et al., IJCAI'21) and "
                     "write them as one .safetensors fingerprint. Settings left out take the "
                     "paper's defaults for the input size.")
     add_model_args(p)
+    from fastfp.cexamples import METHODS
+
     p.add_argument("--method", choices=METHODS, default="ltrc", help="default: %(default)s")
     p.add_argument("-n", "--num-examples", "--num", dest="num", type=int, default=100,
                    help="number of examples (default: 100; under torchrun write -n or "
@@ -122,12 +51,13 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--shard-dir", metavar="DIR",
                    help="generate in per-batch shards in DIR (resumable; implied under torchrun, "
-                        "default OUT.shards); rank 0 merges into --out. Same --batch-size, same bits")
+                        "default OUT.shards); rank 0 merges into --out. Same --batch-size, same "
+                        "bits")
     p.add_argument("--json", metavar="PATH", help="also write a JSON report")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastfp import cexamples
     from fastfp import distributed as dd
     from fastfp.cli.main import UserError
@@ -135,6 +65,11 @@ def run(args) -> int:
     ctx = dd.init()
     if ctx.distributed and args.device is None:
         args.device = str(dd.device_for(ctx))
+    from fastfp.store import check_target
+
+    check_target(args.out, name="--out")  # before the work that fills it
+    if args.json:
+        check_target(args.json, name="--json")
     model, name, shape = load_model(args)
     if args.input_shape:
         shape = parse_shape(args.input_shape)
@@ -144,8 +79,10 @@ def run(args) -> int:
     if num_classes is None:
         import torch
 
-        _, num_classes = cexamples.probe(model, torch.zeros(1, *shape), None,
-                                         cexamples.model_device(model))
+        from fastfp.cexamples import checks
+
+        _, num_classes = checks.probe(model, torch.zeros(1, *shape), None,
+                                      checks.model_device(model))
     start = time.perf_counter()
     settings = dict(method=args.method, k=args.k, delta=args.delta, q=args.q, alpha=args.alpha,
                     steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,

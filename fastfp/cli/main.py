@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import fastfp
 
 # Each sub-command module defines add_parser(subparsers) and run(args) -> int.
 SUBCOMMANDS = ("demo", "generate", "verify", "fbi", "bench", "info")
+
+
+# What ``ArgumentParser.add_subparsers()`` returns (argparse keeps its class private).
+SubParsers = Any
 
 
 class UserError(Exception):
@@ -29,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fastfp`` command; returns its exit code (0 yes/ok, 1 no, 2 error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

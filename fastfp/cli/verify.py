@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 
-def add_parser(sub) -> None:
-    from fastfp.cli.generate import add_model_args
+from fastfp.cli.main import SubParsers
+
+
+def add_parser(sub: SubParsers) -> None:
+    from fastfp.cli.loader import add_model_args
 
     p = sub.add_parser(
         "verify", help="accuracy of a model on a fingerprint (high: the fingerprinted model "
@@ -18,16 +22,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastfp import Fingerprint, cexamples
-    from fastfp.cli.generate import load_model
+    from fastfp.cexamples import checks
+    from fastfp.cli.loader import load_model
+    from fastfp.store import check_target
 
+    if args.json:
+        check_target(args.json, name="--json")
     fp = Fingerprint.load(args.fingerprint)
     model, name, _ = load_model(args)
     shape = tuple(fp.inputs.shape[1:])
     import torch
 
-    cexamples.probe(model, torch.zeros(1, *shape), None, cexamples.model_device(model))
+    checks.probe(model, torch.zeros(1, *shape), None, checks.model_device(model))
     accuracy = cexamples.verify(model, fp, precision=args.precision)
     print(f"{name}: {accuracy:.3f} of {len(fp)} fingerprint examples classified as their targets "
           f"(fingerprint: {fp.meta.get('method', '?')} of {fp.meta.get('model', '?')})")
