@@ -121,7 +121,8 @@ def test_progress_bar_and_default_alpha(capsys):
     model = tiny_cnn()
     fp = cexamples.generate(model, 3, (1, 8, 8), 5, method="vanilla", steps=10, progress=True)
     err = capsys.readouterr().err
-    assert "vanilla" in err and "3/3" in err
+    # the bar counts example-steps (3 x 10) and says how many examples are done
+    assert "vanilla" in err and "30/30" in err and "3/3 examples" in err
     assert fp.meta["alpha"] == pytest.approx(0.25)
 
 

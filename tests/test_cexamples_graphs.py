@@ -23,13 +23,18 @@ def test_replay_schedule_equals_the_eager_schedule(method, eta, check_every, mon
     s = settings_for(method, (1, 32, 32), steps=20, q=2, eta=eta)
     x0, labels = start(6, (1, 32, 32), 10, 0)
     expect = engine.run_batch(model, x0, labels, s)
-    finished = []
-    got = engine.run_batch(model, x0, labels, s, on_finish=finished.append, graphs=True,
+    steps, finished = [], []
+
+    def on_progress(n_steps, n_done):
+        steps.append(n_steps)
+        finished.append(n_done)
+
+    got = engine.run_batch(model, x0, labels, s, on_progress=on_progress, graphs=True,
                            capture_graph=False)
     torch.testing.assert_close(got[0], expect[0], atol=1e-5, rtol=0)
     assert got[1].tolist() == expect[1].tolist()
     torch.testing.assert_close(got[2], expect[2], rtol=1e-4, atol=1e-6)
-    assert sum(finished) == 6
+    assert sum(finished) == 6 and sum(steps) == 6 * 20 and steps[0] > 0 and min(steps) >= 0
     if eta > 0:  # the schedule really stopped and compacted examples early
         assert min(expect[1].tolist()) < 20
 
@@ -53,7 +58,8 @@ def test_a_smaller_graph_that_cannot_be_captured_keeps_the_current_one(monkeypat
     monkeypatch.setattr(engine, "capture", second_fails)
     finished = []
     with caplog.at_level(logging.WARNING, logger="fastfp"):
-        got = engine.run_batch(model, x0, labels, s, on_finish=finished.append, graphs=True)
+        got = engine.run_batch(model, x0, labels, s, graphs=True,
+                               on_progress=lambda _steps, done: finished.append(done))
     assert len(made) == 2
     torch.testing.assert_close(got[0], expect[0], atol=1e-5, rtol=0)
     assert got[1].tolist() == expect[1].tolist()

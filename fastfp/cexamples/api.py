@@ -147,13 +147,23 @@ def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: 
     impl = "cuda-graph" if graphs else "torch"
     was_training = model.training
     model.eval()
-    bar = tqdm(total=num, unit="ex", desc=f"{s.method} ({impl})", disable=not progress,
-               dynamic_ncols=True)
+    # The bar counts example-steps (an example that stops early counts all its steps), so it
+    # moves, and its ETA means something, from the first step of the first batch.
+    bar = tqdm(total=num * s.steps, unit="step", desc=f"{s.method} ({impl})",
+               disable=not progress, dynamic_ncols=True)
+    finished = 0
+
+    def on_progress(steps: int, done: int) -> None:
+        nonlocal finished
+        finished += done
+        bar.set_postfix_str(f"{finished}/{num} examples", refresh=False)
+        bar.update(steps)
+
     try:
         for b in range(0, num, bs):
             xb = x0[b:b + bs].to(device, wdtype)
             yb = labels[b:b + bs].to(device)
-            xo, used, loss = engine.run_batch(model, xb, yb, s, on_finish=bar.update,
+            xo, used, loss = engine.run_batch(model, xb, yb, s, on_progress=on_progress,
                                               graphs=graphs)
             out[b:b + bs] = xo.to("cpu", torch.float32)
             steps_used[b:b + bs] = used

@@ -193,13 +193,15 @@ def capture(model: torch.nn.Module, b: Batch, s: Settings) -> Replay:
 
 
 def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, *,
-              on_finish: Callable[[int], None] | None = None, graphs: bool = False,
+              on_progress: Callable[[int, int], None] | None = None, graphs: bool = False,
               capture_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Optimise one batch; returns (x_final, steps_used, final_loss) (the last two on CPU).
 
     ``x`` (B, C, H, W) in the work dtype on the model's device, ``y`` (B,) int64 on the same
-    device, the model in eval mode. ``on_finish(n)`` is called as examples finish (progress
-    bars). ``graphs``: replay a captured step (CUDA); ``capture_graph=False`` runs the replay
+    device, the model in eval mode. ``on_progress(steps, finished)`` is called after each host
+    check with the example-steps done and the examples finished since the last call (a finished
+    example counts all ``s.steps``), so a progress bar moves from the first step and ends at
+    ``B * s.steps``. ``graphs``: replay a captured step (CUDA); ``capture_graph=False`` runs the replay
     schedule (checks every ``CHECK_EVERY`` steps, compaction at half) eagerly, for tests on CPU.
     """
     n = x.shape[0]
@@ -221,21 +223,27 @@ def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Setti
         steps_used[cpu_rows] = batch.steps_used.cpu()
         final_loss[cpu_rows] = batch.final_loss.cpu()
 
-    run, t, reported, compact = runner(b), 0, 0, True
+    credited = [0, 0]  # example-steps and finished examples reported so far
+
+    def report(steps_done: int, finished: int) -> None:
+        if on_progress and (steps_done, finished) != tuple(credited):
+            on_progress(steps_done - credited[0], finished - credited[1])
+            credited[:] = [steps_done, finished]
+
+    run, t, compact = runner(b), 0, True
     while t < s.steps:
         for _ in range(min(every, s.steps - t)):
             run()
             t += 1
-        if s.eta <= 0:
+        if s.eta <= 0:  # nobody stops early: no need to look (no sync)
+            report(n * t, 0)
             continue
         n_active = int(b.active.sum())
-        done = int(idx.numel()) - n_active
-        if on_finish and done > reported:
-            on_finish(done - reported)
-            reported = done
+        report((n - n_active) * s.steps + n_active * t, n - n_active)
         if n_active == 0:
             break
-        if compact and done and (not graphs or n_active <= b.x.shape[0] // 2) and t < s.steps:
+        rows = b.x.shape[0]
+        if compact and n_active < rows and (not graphs or n_active <= rows // 2) and t < s.steps:
             # Compaction: hand the finished rows back, continue with the survivors.
             collect(b, idx)
             keep = b.active
@@ -249,13 +257,12 @@ def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Setti
                             "continues at its current size", exc)
                 compact = False
                 continue
-            b, idx, reported = smaller, idx[keep], 0
+            b, idx = smaller, idx[keep]
     # Out of steps (or all done): the survivors' clean loss, as the paper's loop reports it.
     survivors = b.active
     if s.eta <= 0 or bool(survivors.any()):
         loss = clean_loss(model, stored(b.x, s), b.y, s, model_dtype(model)).to(torch.float64)
         b.final_loss.copy_(torch.where(survivors, loss, b.final_loss))
     collect(b, idx)
-    if on_finish:
-        on_finish(int(idx.numel()) - reported)
+    report(n * s.steps, n)
     return out, steps_used, final_loss
