@@ -201,8 +201,8 @@ def run_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, s: Setti
     device, the model in eval mode. ``on_progress(steps, finished)`` is called after each host
     check with the example-steps done and the examples finished since the last call (a finished
     example counts all ``s.steps``), so a progress bar moves from the first step and ends at
-    ``B * s.steps``. ``graphs``: replay a captured step (CUDA); ``capture_graph=False`` runs the replay
-    schedule (checks every ``CHECK_EVERY`` steps, compaction at half) eagerly, for tests on CPU.
+    ``B * s.steps``. ``graphs``: replay a captured step (CUDA); ``capture_graph=False`` runs the
+    replay schedule (checks every ``CHECK_EVERY`` steps, compaction at half) eagerly, for tests.
     """
     n = x.shape[0]
     out = x.detach().clone()
