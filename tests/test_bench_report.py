@@ -409,9 +409,9 @@ def test_cli_environment_and_pytest_command(tmp_path, bench_copy):
     assert "--benchmark-enable" in cmd and str(bench_copy / "bench_ops.py") in cmd
     assert cmd[cmd.index("-k") + 1] == "matmul"
     assert f"--benchmark-json={(tmp_path / 'o' / 'benchmark.json').resolve()}" in cmd
-    curves = cli_bench.curves_command(args, bench_copy)
-    assert curves[1:3] == ["-m", "bench.curves"] and "--quick" in curves
-    assert curves[curves.index("--only") + 1] == "ops"
+    curves_cmd = cli_bench.curves_command(args, bench_copy)
+    assert curves_cmd[1:3] == ["-m", "bench.curves"] and "--quick" in curves_cmd
+    assert curves_cmd[curves_cmd.index("--only") + 1] == "ops"
     args = build_parser().parse_args(["bench", "--only", "openworld", "--only", "fbi"])
     assert cli_bench.curve_areas(args) == ["fbi"]  # open world has no curves
     assert cli_bench.curve_areas(build_parser().parse_args(["bench"])) == list(
