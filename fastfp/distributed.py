@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
+import numpy as np
 import torch
 
 from . import store
@@ -63,7 +65,8 @@ def init(backend: str | None = None) -> Context:
 def device_for(ctx: Context) -> torch.device:
     """The device this rank should compute on."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cuda",
+                            int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -96,8 +99,8 @@ def check_same_settings(ctx: Context, digest: str) -> None:
 
 
 def my_items(n_items: int, ctx: Context, blocked: bool = False) -> list[int]:
-    """This rank's items: round-robin (item i -> rank i % world_size), or ``blocked`` contiguous runs
-    (so that consecutive items, e.g. chunks of one model, stay on one rank and load it once)."""
+    """This rank's items: round-robin (item i -> rank i % world_size), or ``blocked`` contiguous
+    runs (so that consecutive items, e.g. chunks of one model, stay on one rank, loaded once)."""
     if not blocked:
         return list(range(ctx.rank, n_items, ctx.world_size))
     lo = n_items * ctx.rank // ctx.world_size
@@ -108,7 +111,8 @@ def my_items(n_items: int, ctx: Context, blocked: bool = False) -> list[int]:
 class ShardStore:
     """A run folder of per-item shards with a manifest guarding against mixing runs."""
 
-    def __init__(self, folder, settings: dict, n_items: int, ctx: Context):
+    def __init__(self, folder: str | os.PathLike[str], settings: dict[str, Any], n_items: int,
+                 ctx: Context) -> None:
         if n_items < 1:
             raise ValueError(f"n_items: expected at least 1 item, got {n_items}")
         self.folder = Path(folder)
@@ -119,9 +123,10 @@ class ShardStore:
 
     # -- layout -------------------------------------------------------------------------------
     def shard_path(self, item: int) -> Path:
+        """Where item ``item``'s shard lives."""
         return self.folder / f"shard-{item:06d}.safetensors"
 
-    def open(self) -> "ShardStore":
+    def open(self) -> ShardStore:
         """Create or validate the manifest (rank 0), then let every rank proceed."""
         check_same_settings(self.ctx, self.digest)
         if self.ctx.is_main:
@@ -130,7 +135,8 @@ class ShardStore:
             wanted = {"settings_hash": self.digest, "world_size": self.ctx.world_size,
                       "n_items": self.n_items, "settings": self.settings}
             if manifest.exists():
-                self._check_manifest(json.loads(manifest.read_text()), wanted)
+                have = json.loads(store.read_bytes(manifest, name=str(manifest)))
+                self._check_manifest(have, wanted)
             else:
                 store.write_json(manifest, wanted)
         barrier(self.ctx)
@@ -145,8 +151,8 @@ class ShardStore:
                 "use a new folder or the original settings")
         if have.get("world_size") != wanted["world_size"]:
             raise ValueError(
-                f"{where}: this run was started with world size {have.get('world_size')}, the resume "
-                f"has {wanted['world_size']}; resume with the same number of processes")
+                f"{where}: this run was started with world size {have.get('world_size')}, the "
+                f"resume has {wanted['world_size']}; resume with the same number of processes")
         if have.get("n_items") != wanted["n_items"]:
             raise ValueError(f"{where}: {have.get('n_items')} items recorded, this run has "
                              f"{wanted['n_items']}")
@@ -155,33 +161,39 @@ class ShardStore:
     def done(self, item: int) -> bool:
         return self.shard_path(item).exists()
 
-    def save(self, item: int, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
+    def save(self, item: int, tensors: dict[str, torch.Tensor],
+             meta: dict[str, Any] | None = None) -> None:
+        """Write item ``item``'s shard atomically, with a checksum over its header and tensors."""
         header = {"settings_hash": self.digest, "item": str(item),
                   "meta": json.dumps(meta or {}, sort_keys=True, default=str)}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        with store.atomic_path(self.shard_path(item), suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        header["sha256"] = hashlib.sha256(store.safetensors_bytes(tensors, header)).hexdigest()
+        store.write_bytes(self.shard_path(item), store.safetensors_bytes(tensors, header))
 
-    def load(self, item: int) -> tuple[dict[str, torch.Tensor], dict]:
-        from safetensors import safe_open
+    def load(self, item: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Item ``item``'s tensors and meta; a missing, foreign or corrupt shard is an error."""
+        from safetensors.torch import load
 
         path = self.shard_path(item)
         if not path.exists():
             raise FileNotFoundError(f"shard {path.name}: missing in {self.folder} (item {item} of "
                                     f"{self.n_items}; was the rank computing it killed? "
                                     "run again to finish it)")
+        data = store.read_bytes(path, name=f"shard {path.name}")
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                header = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = load(data)
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + n]).get("__metadata__") or {}
         except Exception as exc:
             raise ValueError(f"shard {path}: unreadable ({exc}); delete it and run again") from exc
         if header.get("settings_hash") != self.digest or header.get("item") != str(item):
             raise ValueError(f"shard {path}: written by a different configuration or item "
                              f"(hash {header.get('settings_hash')}, item {header.get('item')}); "
                              "delete it and run again")
+        digest = header.pop("sha256", None)  # shards from before the checksum have none
+        if digest is not None and digest != hashlib.sha256(
+                store.safetensors_bytes(tensors, header)).hexdigest():
+            raise ValueError(f"shard {path}: checksum mismatch (corrupt file); delete it and run "
+                             "again")
         return tensors, json.loads(header.get("meta", "{}"))
 
     def missing(self) -> list[int]:
@@ -190,7 +202,8 @@ class ShardStore:
 
 def run_sharded(shards: ShardStore, work: Callable[[int], tuple[dict, dict]],
                 progress: bool = True, desc: str = "shards", blocked: bool = False) -> list[int]:
-    """Compute this rank's unfinished items with ``work(item) -> (tensors, meta)``, each saved at once.
+    """Compute this rank's unfinished items with ``work(item) -> (tensors, meta)``, each saved at
+    once.
 
     Returns the items computed by this call (finished ones are skipped). Ends with a barrier so that
     rank 0 can merge afterwards.
@@ -217,7 +230,7 @@ def merge(shards: ShardStore) -> tuple[list[dict[str, torch.Tensor]], list[dict]
     return [t for t, _ in loaded], [m for _, m in loaded]
 
 
-def _progress(items: Iterable, enabled: bool, desc: str):
+def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
     if not enabled:
         return items
     from tqdm.auto import tqdm
@@ -225,8 +238,10 @@ def _progress(items: Iterable, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="shard")
 
 
-def pairwise_rajski_tiled(A, B=None, ctx: Context | None = None, tile_rows: int = 256):
-    """All-pairs Rajski distances with each rank computing tiles of rows; the matrix lands on rank 0.
+def pairwise_rajski_tiled(A: torch.Tensor | np.ndarray, B: torch.Tensor | np.ndarray | None = None,
+                          ctx: Context | None = None,
+                          tile_rows: int = 256) -> torch.Tensor | None:
+    """All-pairs Rajski distances, each rank computing tiles of rows; the matrix lands on rank 0.
 
     Memory per rank is bounded by one (tile_rows x n) block plus the rank's finished tiles; other
     ranks return ``None``.
@@ -242,12 +257,14 @@ def pairwise_rajski_tiled(A, B=None, ctx: Context | None = None, tile_rows: int 
     mine = {t: fbi.pairwise_rajski(A[t * tile_rows:(t + 1) * tile_rows], B)
             for t in my_items(n_tiles, ctx)}
     if not ctx.distributed:
-        return torch.cat([mine[t] for t in range(n_tiles)]) if n_tiles else A.new_zeros((0, B.shape[0]))
+        if not n_tiles:
+            return A.new_zeros((0, B.shape[0]))
+        return torch.cat([mine[t] for t in range(n_tiles)])
     import torch.distributed as dist
 
-    gathered: list = [None] * ctx.world_size if ctx.is_main else None
+    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(mine, gathered, dst=0)
-    if not ctx.is_main:
+    if gathered is None:  # not rank 0
         return None
     tiles = {t: block for part in gathered for t, block in part.items()}
     return torch.cat([tiles[t] for t in range(n_tiles)])

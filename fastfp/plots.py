@@ -5,12 +5,17 @@ Each function takes plain arrays / dicts and a path, writes one PNG and returns 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+PathArg = str | os.PathLike[str]
 
-def _plt():
+
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display needed, never opens a window
@@ -19,7 +24,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path) -> Path:
+def _save(fig: Any, path: PathArg) -> Path:
     from .store import atomic_path
 
     path = Path(path)
@@ -29,12 +34,14 @@ def _save(fig, path) -> Path:
     return path
 
 
-def cexample_grid(images: dict, labels: dict, path, per_method: int = 8) -> Path:
+def cexample_grid(images: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                  path: PathArg, per_method: int = 8) -> Path:
     """Rows = methods, columns = the first ``per_method`` C-examples (C=1 grey, C=3 RGB)."""
     plt = _plt()
     methods = list(images)
     cols = min(per_method, min(len(v) for v in images.values()))
-    fig, axes = plt.subplots(len(methods), cols, figsize=(1.3 * cols, 1.4 * len(methods)), squeeze=False)
+    fig, axes = plt.subplots(len(methods), cols, figsize=(1.3 * cols, 1.4 * len(methods)),
+                             squeeze=False)
     for r, m in enumerate(methods):
         for c in range(cols):
             ax = axes[r][c]
@@ -52,7 +59,7 @@ def cexample_grid(images: dict, labels: dict, path, per_method: int = 8) -> Path
     return _save(fig, path)
 
 
-def dct_spectra(images: dict, path) -> Path:
+def dct_spectra(images: Mapping[str, np.ndarray], path: PathArg) -> Path:
     """Mean log-magnitude of the orthonormal 2-D DCT-II of the C-examples, one panel per method
     (LTRC's high-pass empties the low-frequency corner i + j <= k, except DC)."""
     from scipy.fft import dctn
@@ -62,14 +69,15 @@ def dct_spectra(images: dict, path) -> Path:
     specs = {}
     for m in methods:
         x = np.asarray(images[m], dtype=np.float64)
-        mag = np.abs(dctn(x, type=2, norm="ortho", axes=(-2, -1))).mean(axis=tuple(range(x.ndim - 2)))
+        mag = np.abs(dctn(x, type=2, norm="ortho",
+                          axes=(-2, -1))).mean(axis=tuple(range(x.ndim - 2)))
         specs[m] = np.log10(np.maximum(mag, 1e-3))  # floor: the removed band would squash the scale
     # One colour scale for every panel, so the methods compare at a glance.
     lo = min(s.min() for s in specs.values())
     hi = max(s.max() for s in specs.values())
     fig, axes = plt.subplots(1, len(methods), figsize=(3 * len(methods) + 1, 3.2), squeeze=False,
                              layout="constrained")
-    for i, (ax, m) in enumerate(zip(axes[0], methods)):
+    for i, (ax, m) in enumerate(zip(axes[0], methods, strict=True)):
         im = ax.imshow(specs[m], cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(m)
         ax.set_xlabel("j (horizontal frequency)")
@@ -80,7 +88,8 @@ def dct_spectra(images: dict, path) -> Path:
     return _save(fig, path)
 
 
-def roc_curves(curves: dict, path, title: str = "FBI detection ROC") -> Path:
+def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: PathArg,
+               title: str = "FBI detection ROC") -> Path:
     """``curves``: label -> (fpr, tpr, auc)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -95,7 +104,7 @@ def roc_curves(curves: dict, path, title: str = "FBI detection ROC") -> Path:
     return _save(fig, path)
 
 
-def tradeoff(points: dict, path) -> Path:
+def tradeoff(points: Mapping[str, Sequence[tuple[float, float, float]]], path: PathArg) -> Path:
     """Robustness vs transferability per method as delta varies (C-examples paper, Fig. 4).
     ``points``: method -> list of (delta, robustness, transferability)."""
     plt = _plt()
@@ -118,7 +127,8 @@ def tradeoff(points: dict, path) -> Path:
     return _save(fig, path)
 
 
-def heatmap(dist: np.ndarray, families: list, path, title: str = "Rajski distance between models") -> Path:
+def heatmap(dist: np.ndarray, families: Sequence[str], path: PathArg,
+            title: str = "Rajski distance between models") -> Path:
     """Pairwise distances, rows/columns grouped by family (family names on the axes)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6))

@@ -187,6 +187,9 @@ def read_bytes(path: str | os.PathLike[str], *, name: str = "path") -> bytes:
 _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
            torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
            torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+for _bits in (16, 32, 64):  # unsigned wide integers exist in torch >= 2.3 only
+    if hasattr(torch, f"uint{_bits}"):
+        _DTYPES[getattr(torch, f"uint{_bits}")] = f"U{_bits}"
 
 
 def safetensors_bytes(tensors: Mapping[str, torch.Tensor | np.ndarray],

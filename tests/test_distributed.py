@@ -26,6 +26,7 @@ def _run(folder, *extra, nproc=1, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow  # torchrun processes
 def test_two_processes_equal_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = _run(one)
@@ -37,6 +38,7 @@ def test_two_processes_equal_one(tmp_path):
     assert a.shape == (7, 3, 3) and torch.equal(a, b)
 
 
+@pytest.mark.slow  # torchrun processes
 def test_resume_after_killed_worker(tmp_path):
     r = _run(tmp_path, "--crash-item", "3", nproc=2)
     assert r.returncode != 0
@@ -54,12 +56,14 @@ def test_resume_after_killed_worker(tmp_path):
     assert torch.equal(torch.load(tmp_path / "result.pt"), torch.load(fresh / "result.pt"))
 
 
+@pytest.mark.slow  # torchrun processes
 def test_ranks_disagreeing_on_settings(tmp_path):
     r = _run(tmp_path, "--rank-dependent-settings", nproc=2)
     assert r.returncode != 0
     assert "ranks disagree on the configuration" in r.stderr
 
 
+@pytest.mark.slow  # torchrun processes
 def test_resume_with_other_settings_or_world_size(tmp_path):
     assert _run(tmp_path, "--items", "4").returncode == 0
     r = _run(tmp_path, "--items", "4", "--seed", "9")
@@ -95,3 +99,23 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="n_items"):
         dd.ShardStore("x", {}, 0, dd.Context())
     assert dd.my_items(7, dd.Context(1, 3)) == [1, 4]
+
+
+def test_shards_are_checksummed_and_reproducible(tmp_path):
+    shards = dd.ShardStore(tmp_path, {"a": 1}, 2, dd.Context()).open()
+    shards.save(0, {"y": torch.arange(6.0), "i": torch.arange(3)}, {"steps": [1, 2]})
+    shards.save(1, {"y": torch.arange(6.0), "i": torch.arange(3)}, {"steps": [1, 2]})
+    again = dd.ShardStore(tmp_path / "again", {"a": 1}, 2, dd.Context()).open()
+    again.save(0, {"i": torch.arange(3), "y": torch.arange(6.0)}, {"steps": [1, 2]})
+    assert again.shard_path(0).read_bytes() == shards.shard_path(0).read_bytes()
+    tensors, meta = shards.load(0)
+    assert torch.equal(tensors["y"], torch.arange(6.0)) and meta == {"steps": [1, 2]}
+    # a flipped byte in the data, and a changed digit in the meta: the layout stays valid
+    data = shards.shard_path(1).read_bytes()
+    shards.shard_path(1).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        shards.load(1)
+    at = data.index(b"[1, 2]") + 1
+    shards.shard_path(1).write_bytes(data[:at] + b"7" + data[at + 1:])
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        dd.merge(shards)

@@ -1,4 +1,5 @@
-"""`fastfp fbi build` and `fastfp generate` under torchrun (2 Gloo processes) equal a single process."""
+"""`fastfp fbi build` and `fastfp generate` under torchrun (2 Gloo processes) equal a single
+process."""
 
 import json
 import os
@@ -11,6 +12,8 @@ from torch import nn
 
 from fastfp import fbi
 from fastfp.cli.main import main
+
+pytestmark = pytest.mark.slow  # torchrun processes
 
 
 def _torchrun(*args, nproc=2, timeout=180):
@@ -71,15 +74,16 @@ def test_fbi_build_resume_checks_world_size(fbi_spec):
 def tiny_model_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen_dist")
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 8 * 8, 10))
     torch.save(m, tmp / "model.pt")
     return tmp
 
 
 def _gen_args(tmp, out, *extra):
     return ["generate", str(tmp / "model.pt"), "--input-shape", "1,8,8", "--method", "ltrc",
-            "--num-examples", "10", "--steps", "15", "--q", "2", "--batch-size", "3", "--device", "cpu",
-            "--no-progress", "--out", str(out), *extra]
+            "--num-examples", "10", "--steps", "15", "--q", "2", "--batch-size", "3",
+            "--device", "cpu", "--no-progress", "--out", str(out), *extra]
 
 
 def test_generate_two_processes_equal_one(tiny_model_file):

@@ -21,7 +21,8 @@ JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], tim
                               per_rate: {"0.4": {robustness, uniqueness}, ...}}}
                     for method in vanilla, rc, rcgm, ltrc
     cexamples_runs  one row per (protected model, method), same fields
-    sweep           [{method, delta, k, num, fitted, robustness, transferability, uniqueness, base_accuracy}]
+    sweep           [{method, delta, k, num, fitted, robustness, transferability, uniqueness,
+                      base_accuracy}]
                     first protected model: the trade-off over delta (rcgm, ltrc) and the k ablation
     fbi.database    {models, vanilla, inputs, k, dropped: [names], kinds: {kind: count},
                      known_families: [names], L, trials}
@@ -49,9 +50,14 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..variants import Spec
 
 SCHEMA = "fastfp.demo/1"
 
@@ -65,20 +71,23 @@ K_DIGITS = 8
 FILTER_SIZE = 250
 
 
-def QUICK_SPECS(smoothing_n: int):
+def QUICK_SPECS(smoothing_n: int) -> list[Spec]:
     """One variant per procedure (the --quick FBI database)."""
     from ..variants import Spec
 
-    return [Spec("half"), Spec("jpeg", 50), Spec("posterize", 4), Spec("smoothing", 0.04, {"n": smoothing_n}),
-            Spec("finetune_last", 1), Spec("prune_all", 0.02), Spec("prune_last", 0.8), Spec("prune_global", 0.4)]
+    return [Spec("half"), Spec("jpeg", 50), Spec("posterize", 4),
+            Spec("smoothing", 0.04, {"n": smoothing_n}), Spec("finetune_last", 1),
+            Spec("prune_all", 0.02), Spec("prune_last", 0.8), Spec("prune_global", 0.4)]
 
 
 def config(*, quick: bool = False, model: str | None = None, seeds: int | None = None,
-           num: int | None = None, steps: int | None = None, full_variants: bool = False) -> dict:
+           num: int | None = None, steps: int | None = None,
+           full_variants: bool = False) -> dict[str, Any]:
     """Settings of a run; ``quick`` is the < 2 minute version used by the tests."""
     from .. import _validate as V
     from .. import zoo
 
+    cfg: dict[str, Any]
     if quick:
         cfg = {"quick": True, "num": 16, "steps": 60, "q": 3, "delta": 0.03, "k": K_DIGITS,
                "rates": (0.4, 0.6, 0.8), "repeats": 1, "prune_epochs": 1,
@@ -105,21 +114,24 @@ def config(*, quick: bool = False, model: str | None = None, seeds: int | None =
         cfg["num"] = V.integer("num", num, lo=1)
     if steps is not None:
         cfg["steps"] = V.integer("steps", steps, lo=1)
-    arch_seeds = [int(n.rpartition("-s")[2]) for n in zoo_names if n.rpartition("-s")[0] == cfg["arch"]]
+    arch_seeds = [int(n.rpartition("-s")[2]) for n in zoo_names
+                  if n.rpartition("-s")[0] == cfg["arch"]]
     order = arch_seeds[arch_seeds.index(first_seed):] + arch_seeds[:arch_seeds.index(first_seed)]
     if cfg["protected_seeds"] > len(order):
-        raise ValueError(f"seeds: the zoo has {len(order)} seeds of {cfg['arch']!r}, got {cfg['protected_seeds']}")
+        raise ValueError(f"seeds: the zoo has {len(order)} seeds of {cfg['arch']!r}, got "
+                         f"{cfg['protected_seeds']}")
     cfg["protected"] = [f"{cfg['arch']}-s{s}" for s in order[:cfg["protected_seeds"]]]
     return cfg
 
 
-def check_output(out) -> Path:
+def check_output(out: str | os.PathLike[str]) -> Path:
     """Create ``out`` if needed and make sure it can be written (before any long work)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise PermissionError(f"--out: cannot create the output folder {str(out)!r}: {exc.strerror}") from None
+        raise PermissionError(f"--out: cannot create the output folder {str(out)!r}: "
+                              f"{exc.strerror}") from None
     if not out.is_dir():
         raise NotADirectoryError(f"--out: {str(out)!r} is not a folder")
     if not os.access(out, os.W_OK | os.X_OK):
@@ -127,8 +139,9 @@ def check_output(out) -> Path:
     return out
 
 
-def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=print) -> dict:
-    """Run the whole demo; returns the JSON-ready report (also printed as tables through ``log``)."""
+def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = True,
+        figures: bool = True, log: Callable[[str], object] = print) -> dict[str, Any]:
+    """Run the whole demo; returns the JSON-ready report (also printed as tables via ``log``)."""
     import torch
 
     from .. import zoo
@@ -139,7 +152,8 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
     out = check_output(out)
     t_start = time.perf_counter()
     timing = {}
-    report = {"schema": SCHEMA, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
+    report: dict[str, Any] = {"schema": SCHEMA,
+              "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
 
     # 1. zoo
     t0 = time.perf_counter()
@@ -154,7 +168,8 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
     # 2. characteristic examples
     t0 = time.perf_counter()
     data = (d.x_train, d.y_train)
-    summary, rows, fps, ctiming = CE.run(models, cfg["protected"], cfg, data, progress=progress, log=log)
+    summary, rows, fps, ctiming = CE.run(models, cfg["protected"], cfg, data, progress=progress,
+                                         log=log)
     report["cexamples"] = summary
     report["cexamples_runs"] = rows
     timing["cexamples_s"] = time.perf_counter() - t0
@@ -173,7 +188,8 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
     for r in rows:  # the main run's points complete the curves
         if r["model"] == cfg["protected"][0] and r["method"] in ("rcgm", "ltrc"):
             sweep.append({k: r[k] for k in ("method", "delta", "k", "robustness", "transferability",
-                                            "uniqueness", "base_accuracy", "fitted")} | {"num": cfg["num"]})
+                                            "uniqueness", "base_accuracy", "fitted")}
+                         | {"num": cfg["num"]})
     sweep.sort(key=lambda p: (p["method"], p["k"], p["delta"]))
     report["sweep"] = sweep
     timing["sweep_s"] = time.perf_counter() - t0
@@ -213,15 +229,17 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
             f, t, _ = M.roc_curve(s, y)
             roc[sel] = (f, t, auc)
         paths.append(plots.roc_curves(roc, out / "fbi_roc.png",
-                                      title=f"FBI detection ROC (L={cfg['L']}, top-1, close delegate)"))
-        pts = {}
+                                      title=f"FBI detection ROC (L={cfg['L']}, top-1, close "
+                                            "delegate)"))
+        pts: dict[str, list[tuple[float, float, float]]] = {}
         for p in sweep:
             if p["method"] == "rcgm" or p["k"] == cfg["k"]:
                 pts.setdefault(f"{p['method']} (k={p['k']})" if p["k"] else p["method"], []).append(
                     (p["delta"], p["robustness"], p["transferability"]))
         paths.append(plots.tradeoff(pts, out / "tradeoff.png"))
         order = np.argsort(np.asarray(db.families), kind="stable")
-        paths.append(plots.heatmap(fbi_figs["distances"][np.ix_(order, order)], [db.families[i] for i in order],
+        paths.append(plots.heatmap(fbi_figs["distances"][np.ix_(order, order)],
+                                   [db.families[i] for i in order],
                                    out / "fbi_distances.png"))
     timing["figures_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
@@ -230,7 +248,8 @@ def run(cfg: dict, out, *, progress: bool = True, figures: bool = True, log=prin
     import fastfp
 
     report["environment"] = {"fastfp": fastfp.__version__, "torch": torch.__version__,
-                             "python": platform.python_version(), "threads": torch.get_num_threads()}
+                             "python": platform.python_version(),
+                             "threads": torch.get_num_threads()}
     log(tables.timing_table(timing))
     return report
 

@@ -14,18 +14,24 @@ that selection (examples that did not converge within the steps), ``fitted`` the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 from .. import metrics as M
+from ..cexamples import METHODS
+from ..fingerprint import Fingerprint
+from ..variants import Data
 
-METHODS = ("vanilla", "rc", "rcgm", "ltrc")
 
-
-def _generate(model, method, cfg, seed, delta=None, progress=False):
+def _generate(model: nn.Module, method: str, cfg: dict[str, Any], seed: int,
+              delta: float | None = None, progress: bool = False) -> Fingerprint:
     from .. import cexamples
 
-    kw = {}
+    kw: dict[str, Any] = {}
     if method != "vanilla":
         kw["delta"] = cfg["delta"] if delta is None else delta
     if method == "ltrc":
@@ -36,13 +42,9 @@ def _generate(model, method, cfg, seed, delta=None, progress=False):
                               seed=seed, progress=progress, **kw)
 
 
-def fitted(fp, model):
+def fitted(fp: Fingerprint, model: nn.Module) -> Fingerprint:
     """The examples the protected model classifies as their labels (the paper's fingerprints are
     100 % on the base model); all of them when none fits."""
-    import torch
-
-    from ..fingerprint import Fingerprint
-
     with torch.no_grad():
         keep = model(fp.inputs).argmax(-1) == fp.labels
     if not bool(keep.any()):
@@ -50,17 +52,23 @@ def fitted(fp, model):
     return Fingerprint(fp.inputs[keep], fp.labels[keep], dict(fp.meta, fitted=int(keep.sum())))
 
 
-def evaluate(fp, copies, same, others) -> dict:
+def evaluate(fp: Fingerprint, copies: M.Copies, same: Iterable[nn.Module],
+             others: Iterable[nn.Module]) -> dict[str, Any]:
+    """Robustness on ``copies``, transferability to ``same`` (other seeds) and ``others`` (other
+    architectures), and the uniqueness scores."""
     per = M.robustness_per_rate(fp, copies=copies)
     rob = float(np.mean(list(per.values())))
     t_same = M.transferability(fp, same)
     t_other = M.transferability(fp, others)
     return {"robustness": rob, "transferability": t_same, "uniqueness": rob - t_same,
             "transferability_other_arch": t_other, "uniqueness_other_arch": rob - t_other,
-            "per_rate": {f"{r:g}": {"robustness": v, "uniqueness": v - t_same} for r, v in per.items()}}
+            "per_rate": {f"{r:g}": {"robustness": v, "uniqueness": v - t_same} for r,
+                         v in per.items()}}
 
 
-def run(zoo_models: dict, protected: list[str], cfg: dict, data, *, progress: bool = True, log=print):
+def run(zoo_models: dict[str, nn.Module], protected: list[str], cfg: dict[str, Any], data: Data,
+        *, progress: bool = True, log: Callable[[str], object] = print
+        ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Fingerprint], dict[str, float]]:
     """Returns (results per method averaged over ``protected``, per-seed rows, fingerprints of the
     first protected model, timing)."""
     from tqdm.auto import tqdm
@@ -68,7 +76,8 @@ def run(zoo_models: dict, protected: list[str], cfg: dict, data, *, progress: bo
     timing = {"pruned_copies_s": 0.0, "generate_s": 0.0, "evaluate_s": 0.0}
     rows = []
     first_fps = {}
-    bar = tqdm(total=len(protected) * len(METHODS), desc="c-examples", unit="fp", disable=not progress)
+    bar = tqdm(total=len(protected) * len(METHODS), desc="c-examples", unit="fp",
+               disable=not progress)
     for pi, name in enumerate(protected):
         model = zoo_models[name]
         arch = name.rpartition("-s")[0]
@@ -78,7 +87,8 @@ def run(zoo_models: dict, protected: list[str], cfg: dict, data, *, progress: bo
             raise ValueError(f"model: {name!r} needs another seed of its architecture and other "
                              "architectures in the zoo")
         t0 = time.perf_counter()
-        copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"],
+        copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data,
+                                 epochs=cfg["prune_epochs"],
                                  seed=pi)
         timing["pruned_copies_s"] += time.perf_counter() - t0
         for method in METHODS:
@@ -103,16 +113,19 @@ def run(zoo_models: dict, protected: list[str], cfg: dict, data, *, progress: bo
         rs = [r for r in rows if r["method"] == method]
         keys = ("robustness", "transferability", "uniqueness", "transferability_other_arch",
                 "uniqueness_other_arch", "base_accuracy")
-        s = {k: float(np.mean([r[k] for r in rs])) for k in keys}
+        s: dict[str, Any] = {k: float(np.mean([r[k] for r in rs])) for k in keys}
         s["uniqueness_std"] = float(np.std([r["uniqueness"] for r in rs]))
         s["per_rate"] = {rate: {k: float(np.mean([r["per_rate"][rate][k] for r in rs]))
-                                for k in ("robustness", "uniqueness")} for rate in rs[0]["per_rate"]}
+                                for k in ("robustness",
+                                          "uniqueness")} for rate in rs[0]["per_rate"]}
         s.update(delta=rs[0]["delta"], k=rs[0]["k"], q=rs[0]["q"], seeds=len(rs))
         summary[method] = s
     return summary, rows, first_fps, timing
 
 
-def sweep(zoo_models: dict, name: str, cfg: dict, data, settings, *, num=None, progress: bool = True):
+def sweep(zoo_models: dict[str, nn.Module], name: str, cfg: dict[str, Any], data: Data,
+          settings: Iterable[tuple[str, float, int]], *, num: int | None = None,
+          progress: bool = True) -> list[dict[str, Any]]:
     """Robustness / transferability / uniqueness of ``name``'s fingerprints for each
     ``(method, delta, k)`` in ``settings`` (the trade-off over delta, paper Fig. 4, and the k
     ablation, paper Table 2). ``num`` overrides the number of examples (cheaper sweeps)."""
@@ -122,7 +135,8 @@ def sweep(zoo_models: dict, name: str, cfg: dict, data, settings, *, num=None, p
     arch = name.rpartition("-s")[0]
     same = [m for n, m in zoo_models.items() if n != name and n.rpartition("-s")[0] == arch]
     others = [m for n, m in zoo_models.items() if n.rpartition("-s")[0] != arch]
-    copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"], seed=0)
+    copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"],
+                             seed=0)
     out = []
     for method, delta, k in tqdm(list(settings), desc="sweep", unit="fp", disable=not progress):
         c = dict(cfg, k=k, num=num or cfg["num"])
@@ -130,7 +144,8 @@ def sweep(zoo_models: dict, name: str, cfg: dict, data, settings, *, num=None, p
         base = M.fp_accuracy(fp, model)
         fp = fitted(fp, model)
         r = evaluate(fp, copies, same, others)
-        out.append({"method": method, "delta": delta, "k": fp.meta["k"], "num": c["num"], "fitted": len(fp),
+        out.append({"method": method, "delta": delta, "k": fp.meta["k"], "num": c["num"],
+                    "fitted": len(fp),
                     "robustness": r["robustness"], "transferability": r["transferability"],
                     "uniqueness": r["uniqueness"], "base_accuracy": base})
     return out

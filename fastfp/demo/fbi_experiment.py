@@ -1,4 +1,5 @@
-"""FBI experiment of the demo (Maho et al., TIFS'23, Sect. III-IV), at zoo scale, on :mod:`fastfp.fbi`.
+"""FBI experiment of the demo (Maho et al., TIFS'23, Sect. III-IV), at zoo scale, with
+:mod:`fastfp.fbi`.
 
 Families F(m): each zoo model m and its variants (the paper's procedures, accuracy-drop filtered),
 stored in one :class:`fastfp.fbi.Database` (top-k labels on the benign inputs, ground truth as the
@@ -23,11 +24,16 @@ reference class). Everything below is the public FBI API; this module only lays 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .. import fbi
 from .. import metrics as M
+from ..variants import Data, Spec
 
 SELECTIONS = fbi.openworld.SELECTIONS
 DELEGATES = fbi.openworld.DELEGATES
@@ -35,8 +41,10 @@ COMPOUND = {"vanilla": ("close",), "compound": DELEGATES}
 
 
 # ------------------------------------------------------------------------------------- database
-def build_database(zoo_models: dict, inputs, labels, specs, data, test, *, k: int = 1,
-                   max_drop: float = 0.15, progress: bool = True):
+def build_database(zoo_models: dict[str, nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+                   specs: Sequence[Spec], data: Data, test: Data, *, k: int = 1,
+                   max_drop: float = 0.15, progress: bool = True
+                   ) -> tuple[fbi.Database, dict[str, Any]]:
     """Query every zoo model and its accepted variants into a :class:`fastfp.fbi.Database` (the
     vanilla model is named like its family); returns ``(db, info)`` with info ``kinds`` (variant
     kind per model, ``"vanilla"`` for the zoo model), ``accuracy`` and ``dropped`` (variants over
@@ -70,21 +78,22 @@ def build_database(zoo_models: dict, inputs, labels, specs, data, test, *, k: in
     return db, {"kinds": kinds, "accuracy": accs, "dropped": dropped}
 
 
-def subset(db: "fbi.Database", rows) -> "fbi.Database":
+def subset(db: fbi.Database, rows: Iterable[int]) -> fbi.Database:
     """The database restricted to the models ``rows`` (same inputs and reference classes)."""
     rows = [int(r) for r in rows]
     return fbi.Database(db.topk[rows], [db.names[r] for r in rows], [db.families[r] for r in rows],
-                        k=db.k, num_classes=db.num_classes, ground_truth=db.ground_truth, digest=db.digest)
+                        k=db.k, num_classes=db.num_classes, ground_truth=db.ground_truth,
+                        digest=db.digest)
 
 
-def distance_matrix(db: "fbi.Database") -> np.ndarray:
+def distance_matrix(db: fbi.Database) -> np.ndarray:
     """Rajski distances between every pair of models on all inputs (the heatmap)."""
     S = db.symbols()
     return np.asarray(fbi.pairwise_rajski(S, S, k=db.k))
 
 
 # --------------------------------------------------------------------------------- walled garden
-def walled_garden(db: "fbi.Database") -> dict:
+def walled_garden(db: fbi.Database) -> dict:
     """Greedy identification of every database model (A = B): success rate and queries spent."""
     enc = fbi.encode(db.topk)
     res = [fbi.greedy_identify(enc, db.families, i) for i in range(db.num_models)]
@@ -96,26 +105,30 @@ def walled_garden(db: "fbi.Database") -> dict:
 
 
 # ------------------------------------------------------------------------------------ detection
-def detection(db, *, selection: str, delegate: str, L: int, trials: int, seed: int):
+def detection(db: fbi.Database, *, selection: str, delegate: str, L: int, trials: int,
+              seed: int) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """TPR at the fitted tau (5 % FPR) and ROC AUC, mean / std over the fit's ``trials`` draws;
     also returns the pooled (scores = -distance, labels) for the ROC figure."""
-    ow = fbi.OpenWorld(L, selection=selection, delegates=delegate, fpr=0.05, trials=trials, seed=seed).fit(db)
+    ow = fbi.OpenWorld(L, selection=selection, delegates=delegate, fpr=0.05, trials=trials,
+                       seed=seed).fit(db)
     tprs, fprs, aucs, pooled = [], [], [], []
     for d, y in ow.detection_scores():  # delegates excluded: trivially at distance 0
         tprs.append(float(np.mean(d[y == 1] < ow.tau_)))
         fprs.append(float(np.mean(d[y == 0] < ow.tau_)))
         aucs.append(M.roc_auc(-d, y))
         pooled.append((-d, y))
-    s, y = (np.concatenate(a) for a in zip(*pooled))
+    s, y = (np.concatenate(a) for a in zip(*pooled, strict=True))
     return {"tpr_at_5fpr": float(np.mean(tprs)), "tpr_at_5fpr_std": float(np.std(tprs)),
             "roc_auc": float(np.mean(aucs)), "roc_auc_std": float(np.std(aucs)),
             "fpr": float(np.mean(fprs)), "tau": ow.tau_,
-            "positives": int(pooled[-1][1].sum()), "negatives": int((1 - pooled[-1][1]).sum())}, (s, y)
+            "positives": int(pooled[-1][1].sum()),
+            "negatives": int((1 - pooled[-1][1]).sum())}, (s, y)
 
 
 # ------------------------------------------------------------------------------- identification
-def identification(db, *, known_fams, selection: str, delegates: str, L: int, trials: int, seed: int,
-                   fpr: float = 0.05) -> dict:
+def identification(db: fbi.Database, *, known_fams: Sequence[str], selection: str,
+                   delegates: str, L: int, trials: int, seed: int,
+                   fpr: float = 0.05) -> dict[str, Any]:
     """Open-world identification outcomes (see the module docstring); ``delegates`` is
     ``"vanilla"`` or ``"compound"``."""
     if selection not in ("all", "entropy"):
@@ -124,11 +137,16 @@ def identification(db, *, known_fams, selection: str, delegates: str, L: int, tr
         raise ValueError(f"delegates: expected 'vanilla' or 'compound', got {delegates!r}")
     fam_arr = np.asarray(db.families)
     known_fams = list(known_fams)
-    pred, truth, pred_unknown, taus, ties = [], [], [], [], 0
+    pred: list[str | None] = []
+    truth: list[str] = []
+    pred_unknown: list[str | None] = []
+    taus: list[float] = []
+    ties = 0
     for t in range(trials):
         rng = np.random.default_rng(seed * 7919 + t)
         # Alice's knowledge: each known family's vanilla model + a random half of its variants
-        alice, tests = [], []
+        alice: list[int] = []
+        tests: list[tuple[int, str | None]] = []
         for fam in known_fams:
             var = rng.permutation([i for i in db.members(fam) if db.names[i] != fam])
             half = len(var) // 2
@@ -138,34 +156,36 @@ def identification(db, *, known_fams, selection: str, delegates: str, L: int, tr
         ow = fbi.OpenWorld(L, identify_selection=selection, delegates=COMPOUND[delegates], fpr=fpr,
                            trials=trials, seed=seed * 7919 + t).fit(subset(db, alice))
         taus.append(ow.tau_identify_)
-        seeds = [int(rng.integers(2 ** 31)) for _ in tests]  # drawn in the order identify() drew them
+        seeds = [int(rng.integers(2 ** 31)) for _ in tests]  # in the order identify() drew them
         results = ow.identify_many([db.topk[i] for i, _ in tests], seeds=seeds)
-        for (i, fam), r in zip(tests, results):
+        for (_, true_fam), r in zip(tests, results, strict=True):
             ties += r.status == "abstain-tie"
-            if fam is None:
+            if true_fam is None:
                 pred_unknown.append(r.family)
             else:
                 pred.append(r.family)
-                truth.append(fam)
+                truth.append(true_fam)
     known = M.identification_counts(pred, truth)
     unknown = M.identification_counts(pred_unknown, [None] * len(pred_unknown))
     return {"success": known["success"], "abstain": known["abstain_rate"], "error": known["error"],
             "unknown_rejected": unknown["abstain_rate"], "ties": ties, "tau": float(np.mean(taus)),
-            "black_boxes_known": known["n"] // trials, "black_boxes_unknown": unknown["n"] // trials}
+            "black_boxes_known": known["n"] // trials,
+            "black_boxes_unknown": unknown["n"] // trials}
 
 
 # ------------------------------------------------------------------------------------ experiment
-def known_families(families) -> list[str]:
+def known_families(families: Iterable[str]) -> list[str]:
     """Open world: the last seed of every architecture is unknown to Alice."""
     fams = list(dict.fromkeys(families))
-    last = {}
+    last: dict[str, int] = {}
     for f in fams:
         arch, _, s = f.rpartition("-s")
         last[arch] = max(last.get(arch, -1), int(s))
     return [f for f in fams if int(f.rpartition("-s")[2]) != last[f.rpartition("-s")[0]]]
 
 
-def run(db, info, *, L: int, trials: int, progress: bool = True) -> tuple[dict, dict]:
+def run(db: fbi.Database, info: dict[str, Any], *, L: int, trials: int,
+        progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """All FBI results on database ``db``: ``(report["fbi"], {"roc": {selection: (scores, labels,
     auc)}, "distances": (M, M)})``."""
     from tqdm.auto import tqdm
@@ -176,7 +196,8 @@ def run(db, info, *, L: int, trials: int, progress: bool = True) -> tuple[dict, 
     bar = tqdm(total=steps, desc="fbi experiments", disable=not progress)
     det_sel, det_del, roc = {}, {}, {}
     for sel in SELECTIONS:
-        det_sel[sel], (s, y) = detection(db, selection=sel, delegate="close", L=L, trials=trials, seed=1)
+        det_sel[sel], (s, y) = detection(db, selection=sel, delegate="close", L=L, trials=trials,
+                                         seed=1)
         roc[sel] = (s, y, det_sel[sel]["roc_auc"])
         bar.update(1)
     for dk in DELEGATES:
@@ -194,16 +215,19 @@ def run(db, info, *, L: int, trials: int, progress: bool = True) -> tuple[dict, 
     garden = walled_garden(db)
     bar.update(1)
     bar.close()
-    kinds = {}
+    kinds: dict[str, int] = {}
     for kd in info["kinds"]:
         kinds[kd] = kinds.get(kd, 0) + 1
     report = {
-        "database": {"models": db.num_models, "vanilla": len(fams), "inputs": db.num_inputs, "k": db.k,
+        "database": {"models": db.num_models, "vanilla": len(fams), "inputs": db.num_inputs,
+                     "k": db.k,
                      "dropped": info["dropped"], "kinds": kinds, "known_families": known,
                      "L": L, "trials": trials},
-        "detection": {"tpr_at_5fpr": det_sel["30/70"]["tpr_at_5fpr"], "roc_auc": det_sel["30/70"]["roc_auc"],
+        "detection": {"tpr_at_5fpr": det_sel["30/70"]["tpr_at_5fpr"],
+                      "roc_auc": det_sel["30/70"]["roc_auc"],
                       "by_selection": det_sel, "by_delegate": det_del},
-        "identification": {**{k: ident["entropy/compound"][k] for k in ("success", "abstain", "error",
+        "identification": {**{k: ident["entropy/compound"][k] for k in ("success", "abstain",
+                                                                        "error",
                                                                           "unknown_rejected")},
                            "by_setting": ident},
         "walled_garden": garden,

@@ -17,9 +17,11 @@ def zoo_table(zoo: dict) -> str:
 def uniqueness_table(summary: dict, cfg: dict) -> str:
     rates = list(next(iter(summary.values()))["per_rate"])
     head = (f"{'method':8s} {'delta':>6s} {'k':>2s} {'fit%':>5s} {'transf%':>7s} {'robust%':>7s} "
-            f"{'uniq%':>6s} " + " ".join(f"{'U@' + str(int(float(r) * 100)) + '%':>6s}" for r in rates)
+            f"{'uniq%':>6s} "
+            + " ".join(f"{'U@' + str(int(float(r) * 100)) + '%':>6s}" for r in rates)
             + f" {'T other%':>8s} {'U other%':>8s}")
-    lines = ["", f"Characteristic examples on {', '.join(cfg['protected'])} ({cfg['num']} examples, "
+    lines = ["",
+             f"Characteristic examples on {', '.join(cfg['protected'])} ({cfg['num']} examples, "
              f"{cfg['steps']} steps; transferability to the same architecture's other seeds; "
              f"mean over {len(cfg['protected'])} protected seed(s))", head]
     for m, s in summary.items():
@@ -27,16 +29,20 @@ def uniqueness_table(summary: dict, cfg: dict) -> str:
                      f"{_pct(s['transferability']):>7s} {_pct(s['robustness']):>7s} "
                      f"{_pct(s['uniqueness'], True):>6s} "
                      + " ".join(f"{_pct(s['per_rate'][r]['uniqueness'], True):>6s}" for r in rates)
-                     + f" {_pct(s['transferability_other_arch']):>8s} {_pct(s['uniqueness_other_arch'], True):>8s}")
+                     + f" {_pct(s['transferability_other_arch']):>8s} "
+                     f"{_pct(s['uniqueness_other_arch'], True):>8s}")
     return "\n".join(lines)
 
 
 def sweep_table(rows: list) -> str:
     lines = ["", "Trade-off over delta and k ablation (first protected model)",
-             f"{'method':8s} {'delta':>6s} {'k':>3s} {'fit%':>5s} {'robust%':>7s} {'transf%':>7s} {'uniq%':>6s}"]
+             f"{'method':8s} {'delta':>6s} {'k':>3s} {'fit%':>5s} {'robust%':>7s} "
+             f"{'transf%':>7s} {'uniq%':>6s}"]
     for p in rows:
-        lines.append(f"{p['method']:8s} {p['delta']:6.3g} {p['k']:3d} {_pct(p['base_accuracy']):>5s} "
-                     f"{_pct(p['robustness']):>7s} {_pct(p['transferability']):>7s} {_pct(p['uniqueness'], True):>6s}")
+        lines.append(f"{p['method']:8s} {p['delta']:6.3g} {p['k']:3d} "
+                     f"{_pct(p['base_accuracy']):>5s} "
+                     f"{_pct(p['robustness']):>7s} {_pct(p['transferability']):>7s} "
+                     f"{_pct(p['uniqueness'], True):>6s}")
     return "\n".join(lines)
 
 
@@ -47,23 +53,29 @@ def fbi_tables(fbi: dict) -> str:
              f"(accuracy drop > 15 points); L = {db['L']} queries, {db['trials']} trials",
              "Detection, TPR % at 5 % FPR (tau fitted on the negatives; close delegate)  [ROC AUC]",
              "  " + "  ".join(f"{s:>16s}" for s in det["by_selection"]),
-             "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} [{r['roc_auc']:.3f}]"
+             "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} "
+                              f"[{r['roc_auc']:.3f}]"
                               for r in det["by_selection"].values()),
              "Detection by delegate (30/70), TPR % at 5 % FPR  [ROC AUC]",
              "  " + "  ".join(f"{s:>16s}" for s in det["by_delegate"]),
-             "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} [{r['roc_auc']:.3f}]"
+             "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} "
+                              f"[{r['roc_auc']:.3f}]"
                               for r in det["by_delegate"].values()),
              f"Identification, open world ({len(db['known_families'])} known families; the others "
              "must be rejected): % of known-family black boxes",
-             f"  {'setting':20s} {'success':>7s} {'abstain':>7s} {'error':>6s} {'unknown rejected':>17s}"]
+             f"  {'setting':20s} {'success':>7s} {'abstain':>7s} {'error':>6s} "
+             f"{'unknown rejected':>17s}"]
     for name, r in ide["by_setting"].items():
-        lines.append(f"  {name:20s} {_pct(r['success']):>7s} {_pct(r['abstain']):>7s} {_pct(r['error']):>6s} "
+        lines.append(f"  {name:20s} {_pct(r['success']):>7s} {_pct(r['abstain']):>7s} "
+                     f"{_pct(r['error']):>6s} "
                      f"{_pct(r['unknown_rejected']):>17s}")
     wg = fbi.get("walled_garden")
     if wg:
-        lines += [f"Walled garden (A = B), greedy identification of each of the {wg['black_boxes']} models:",
-                  f"  success {_pct(wg['success'])} %, fail {_pct(wg['fail'])} %, error {_pct(wg['error'])} %; "
-                  f"queries mean {wg['queries_mean']:.1f}, median {wg['queries_median']:.0f}, max {wg['queries_max']}"]
+        lines += ["Walled garden (A = B), greedy identification of each of the "
+                  f"{wg['black_boxes']} models:",
+                  f"  success {_pct(wg['success'])} %, fail {_pct(wg['fail'])} %, "
+                  f"error {_pct(wg['error'])} %; queries mean {wg['queries_mean']:.1f}, "
+                  f"median {wg['queries_median']:.0f}, max {wg['queries_max']}"]
     return "\n".join(lines)
 
 
