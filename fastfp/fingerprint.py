@@ -26,25 +26,22 @@ FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")
 
 
-def _tensor_digest(h: "hashlib._Hash", inputs: torch.Tensor, labels: torch.Tensor) -> None:
-    for t in (inputs, labels):
-        h.update(t.detach().cpu().contiguous().numpy().data)
+def _data(inputs: torch.Tensor, labels: torch.Tensor) -> bytes:
+    """The tensor data: inputs then labels, contiguous little-endian bytes."""
+    return b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in (inputs, labels))
 
 
 def _digest_v1(inputs: torch.Tensor, labels: torch.Tensor) -> str:
     """Version 1: SHA-256 of the tensor data (inputs then labels, little-endian bytes)."""
-    h = hashlib.sha256()
-    _tensor_digest(h, inputs, labels)
-    return h.hexdigest()
+    return hashlib.sha256(_data(inputs, labels)).hexdigest()
 
 
 def _digest(meta_json: str, inputs: torch.Tensor, labels: torch.Tensor) -> str:
     """Version 2: SHA-256 of the header strings, then the tensors' shapes and data."""
     head = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta_json,
             "shapes": [list(inputs.shape), list(labels.shape)]}
-    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode("utf-8"))
-    _tensor_digest(h, inputs, labels)
-    return h.hexdigest()
+    head_bytes = json.dumps(head, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(head_bytes + _data(inputs, labels)).hexdigest()
 
 
 class Fingerprint:
