@@ -103,7 +103,14 @@ def path(request, monkeypatch):
 
 @pytest.mark.parametrize(
     "m,n,L,k",
-    [(1, 1, 1, 1), (5, 7, 1, 3), (9, 4, 13, 1), (17, 23, 50, 10), (5, 260, 40, 2), (3, 5, 300, 3)],
+    [
+        (1, 1, 1, 1),
+        (5, 7, 1, 3),
+        (9, 4, 13, 1),
+        (17, 23, 50, 10),
+        pytest.param(5, 260, 40, 2, marks=pytest.mark.slow),
+        (3, 5, 300, 3),
+    ],
 )
 def test_pairwise_matches_reference(m, n, L, k, path):
     rng = np.random.default_rng(m * n + L)

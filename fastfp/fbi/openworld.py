@@ -87,6 +87,7 @@ class _Guard:
         cols, need_right, need_wrong = self.pool(pool)
         if not (need_right | need_wrong).any():
             return []
+        buf, buf8 = np.empty_like(cols), np.empty(cols.shape, dtype=np.uint8)
         local = None  # pool positions in perm order, built only if a tie needs them
         # first pick: every column meets exactly one requirement of every model, a tie for all
         best = int(np.flatnonzero(pool == perm[0])[0])
@@ -101,10 +102,14 @@ class _Guard:
             if ws.size == 0:
                 return chosen
             # a column meets model m's last requirement iff its bit differs from need_wrong's
-            t = cols[ws] if ws.size < cols.shape[0] else cols.copy()
-            t ^= need_wrong[ws, None]
+            t = buf[: ws.size]
+            np.bitwise_xor(cols[ws] if ws.size < cols.shape[0] else cols, need_wrong[ws, None],
+                           out=t)
             t &= unmet[ws, None]
-            count = np.bitwise_count(t).sum(0, dtype=np.int32)
+            ones = np.bitwise_count(t, out=buf8[: ws.size])
+            count = ones[0].astype(np.int32)
+            for row in ones[1:]:
+                count += row
             top = np.flatnonzero(count == count.max())
             if top.size > 1:
                 if local is None:
@@ -229,6 +234,24 @@ class OpenIdentification:
 
 class OpenWorld:
     """Open-world detection and identification fitted on an output database.
+
+    Defaults and their sources (paper: Maho, Furon, Le Merrer, TIFS'23, section IV-D; where it
+    is silent, the authors' released code, ``unknown/detection.py``):
+
+    - L = 100 queries: Tables III and IV.
+    - selection = "30/70" for detection: "the selection 30/70 is used for further experiments
+      on the detection task" (IV-D2a); identify_selection = "entropy" (IV-D3: "Images are
+      sampled with Entropy").
+    - Entropy ranks inputs by the entropy of the top-1 labels of the known vanilla models (the
+      anchors; ``entropy_models="all"``: every model, the paper's wording in IV-B2) and keeps
+      the head ``pool_fraction = 0.2`` of the ranking (the authors' ``get_score("entropy_label")``).
+    - delegates = "close": the closest member to the vanilla model (eq. 23), best for F(m)
+      (Table IV); "median" is best for F(m, Psi); several give the compound distance (eq. 22).
+    - guard = True: every model gets one correct and one wrong input (IV-B2, last paragraph).
+    - fpr = 0.05, tau the empirical fpr-quantile of the negatives' distances (IV-D2: "the
+      threshold tau as the empirical alpha-quantile", FPR set to 5 %).
+    - trials = 20: "20 measurements of any considered distance thanks to 20 independent inputs
+      samples" (IV-D).
 
     L: queries per decision; selection: for detection (All, 50/50, 30/70, Entropy);
     identify_selection: All or Entropy (the 50/50-style selections need a hypothesis);
