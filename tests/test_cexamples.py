@@ -8,7 +8,7 @@ from helpers import METHODS, DigitsCNN, digits_cnn, tiny_cnn  # noqa: F401
 
 import fastfp
 from fastfp import backend, cexamples
-from fastfp.cexamples import batching, defaults, gradmean, settings_for
+from fastfp.cexamples import batching, defaults, settings_for
 from fastfp.reference import cexamples as ref
 
 # ------------------------------------------------------------------------- reference equivalence
@@ -357,52 +357,6 @@ def test_cuda_graph_with_early_stop_and_bf16():
     used = fp.meta["steps_used"]
     assert min(used) < 60
     assert all(fp.meta["final_loss"][i] < 0.01 for i, n in enumerate(used) if n < 60)
-
-
-# ----------------------------------------------------------------------------- gradient-mean paths
-
-class DataDependent(nn.Module):
-    """vmap cannot trace a branch on a value computed from the (batched) weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_cnn()
-
-    def forward(self, x):
-        out = self.net(x)
-        return out if float(out.sum()) > -1e9 else -out
-
-
-@pytest.mark.parametrize("copies", [2, 5])
-def test_batched_copies_match_one_after_the_other(copies):
-    model = tiny_cnn()
-    x = torch.rand(3, 1, 8, 8)
-    y = torch.tensor([0, 4, 2])
-    loop = gradmean.grad_mean(model, x, y, 0.05, 5, 2, 10, strategy="loop")
-    batched = gradmean.grad_mean(model, x, y, 0.05, 5, 2, torch.tensor([10]), copies=copies)
-    assert model not in gradmean._NO_VMAP
-    torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-5)
-    literal = fastfp.reference.noise.grad_mean(model, x, y, 0.05, 5, seed=2, offset=10)
-    torch.testing.assert_close(loop, literal, atol=1e-6, rtol=1e-5)
-
-
-def test_untraceable_model_falls_back_to_the_loop():
-    model = DataDependent()
-    x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
-    batched = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, copies=3)
-    assert model in gradmean._NO_VMAP
-    torch.testing.assert_close(batched, gradmean.grad_mean(model.net, x, y, 0.05, 3, 0, 0),
-                               atol=1e-6, rtol=1e-5)
-
-
-def test_torchscript_models_restore_their_weights_exactly():
-    model = torch.jit.script(tiny_cnn())
-    before = [p.detach().clone() for p in model.parameters()]
-    x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
-    g = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    torch.testing.assert_close(g, gradmean.grad_mean(tiny_cnn(), x, y, 0.05, 3, 0, 0),
-                               atol=1e-6, rtol=1e-5)
 
 
 def test_torchvision_classifier_non_square_and_mode_restored():
