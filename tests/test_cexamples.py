@@ -484,3 +484,15 @@ def test_verdict_bad_input(kwargs, exc, phrase):
         cexamples.verdict(tiny_cnn(), fp, **kwargs)
     with pytest.raises(ValueError, match=r"negatives\[0\]: not a classifier of the"):
         cexamples.verdict(tiny_cnn(), fp, negatives=[tiny_cnn(num_classes=7)])
+
+
+def test_normalised_torchscript_model():
+    """A scripted model behind the normalisation wrapper takes its weight noise in place."""
+    model = torch.jit.script(tiny_cnn(in_ch=3))
+    before = [p.detach().clone() for p in model.parameters()]
+    fp = cexamples.generate(model, 2, (3, 8, 8), 5, method="rcgm", steps=3, q=2,
+                            normalize="imagenet", progress=False)
+    plain = cexamples.generate(tiny_cnn(in_ch=3), 2, (3, 8, 8), 5, method="rcgm", steps=3, q=2,
+                               normalize="imagenet", progress=False)
+    torch.testing.assert_close(fp.inputs, plain.inputs, atol=1e-6, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

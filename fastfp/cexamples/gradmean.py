@@ -51,7 +51,9 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
         xg = x.detach().requires_grad_(True)
         offsets = _offsets(offset, q)
         if strategy == "auto":
-            if isinstance(model, torch.jit.ScriptModule):
+            # functional_call refuses TorchScript anywhere in the module tree (a normalising
+            # wrapper around a scripted model included)
+            if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
                 strategy = "in_place"
             elif copies > 1 and q > 1 and model not in _NO_VMAP:
                 try:
