@@ -96,7 +96,7 @@ def test_truncated_shard_is_reported(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="n_items"):
+    with pytest.raises(ValueError, match="n_items: "):
         dd.ShardStore("x", {}, 0, dd.Context())
     assert dd.my_items(7, dd.Context(1, 3)) == [1, 4]
 

@@ -49,7 +49,7 @@ def test_names_and_bad_names():
             zoo.load(bad)
     with pytest.raises(TypeError):
         zoo.load(3)
-    with pytest.raises(ValueError, match="model_names"):
+    with pytest.raises(ValueError, match="model_names: "):
         zoo.default_zoo([])
 
 

@@ -385,11 +385,11 @@ def run_distances(args: argparse.Namespace) -> int:
     if ctx.distributed:  # tiles of rows across the ranks, gathered on rank 0
         import torch
 
-        d = dd.pairwise_rajski_tiled(torch.from_numpy(np.ascontiguousarray(sym)), ctx=ctx,
-                                     tile_rows=args.tile_rows)
-        if d is None:
+        tiled = dd.pairwise_rajski_tiled(torch.from_numpy(np.ascontiguousarray(sym)), ctx=ctx,
+                                         tile_rows=args.tile_rows)
+        if tiled is None:
             return 0
-        d = d.numpy()
+        d = tiled.numpy()
     else:
         d = np.asarray(fbi.pairwise_rajski(sym))
     if len(db.names) <= 40:
