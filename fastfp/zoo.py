@@ -128,7 +128,7 @@ def benign_inputs(n: int = 2000, seed: int = 0, *,
 
 # -------------------------------------------------------------------------------- architectures
 class SmallCNN(nn.Module):
-    def __init__(self, width: int = 16, num_classes: int = NUM_CLASSES):
+    def __init__(self, width: int = 16, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -142,7 +142,7 @@ class SmallCNN(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
@@ -159,7 +159,7 @@ class _Block(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES):
+    def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU())
@@ -173,11 +173,11 @@ class TinyResNet(nn.Module):
 
 
 class TinyVGG(nn.Module):
-    def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES):
+    def __init__(self, width: int = 12, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         w = width
 
-        def stage(cin, cout):
+        def stage(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(),
                     nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
 
@@ -190,7 +190,7 @@ class TinyVGG(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int = 128, num_classes: int = NUM_CLASSES):
+    def __init__(self, hidden: int = 128, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(),
