@@ -81,43 +81,51 @@ class _Guard:
             )
         return self._pools[key]
 
-    def cover(self, pool: np.ndarray, perm: np.ndarray) -> list[int]:
-        """The literal greedy cover (reference ``select_inputs``), vectorised: the column that
-        meets the most unmet requirements, ties to the first in ``perm`` order."""
-        cols, need_right, need_wrong = self.pool(pool)
-        if not (need_right | need_wrong).any():
-            return []
-        buf, buf8 = np.empty_like(cols), np.empty(cols.shape, dtype=np.uint8)
-        local = None  # pool positions in perm order, built only if a tie needs them
-        # first pick: every column meets exactly one requirement of every model, a tie for all
-        best = int(np.flatnonzero(pool == perm[0])[0])
-        chosen = []
-        while True:
-            chosen.append(int(pool[best]))
-            col = cols[:, best]
-            need_right = need_right & ~col
-            need_wrong = need_wrong & col
-            unmet = need_right | need_wrong  # now at most one requirement per model
-            ws = np.flatnonzero(unmet)
-            if ws.size == 0:
-                return chosen
-            # a column meets model m's last requirement iff its bit differs from need_wrong's
-            t = buf[: ws.size]
-            np.bitwise_xor(cols[ws] if ws.size < cols.shape[0] else cols, need_wrong[ws, None],
-                           out=t)
-            t &= unmet[ws, None]
-            ones = np.bitwise_count(t, out=buf8[: ws.size])
-            count = ones[0].astype(np.int32)
-            for row in ones[1:]:
-                count += row
-            top = np.flatnonzero(count == count.max())
-            if top.size > 1:
-                if local is None:
-                    rank_of = np.empty(self.N, dtype=np.int64)
-                    rank_of[perm] = np.arange(perm.size)
-                    local = rank_of[pool]
-                top = top[np.argmin(local[top])]
-            best = int(top) if np.ndim(top) == 0 else int(top[0])
+    def covers(self, pool: np.ndarray, perms: np.ndarray) -> list[list[int]]:
+        """The literal greedy cover (reference ``select_inputs``) of each permutation (B, P) of
+        ``pool``, vectorised and in lockstep: at each step, the column that meets the most unmet
+        requirements, ties to the first in that permutation's order."""
+        cols, right0, wrong0 = self.pool(pool)
+        B = perms.shape[0]
+        chosen: list[list[int]] = [[] for _ in range(B)]
+        if not (right0 | wrong0).any():
+            return chosen
+        where = np.empty(self.N, dtype=np.int64)
+        where[pool] = np.arange(pool.size)
+        rank = np.empty((B, pool.size), dtype=np.int64)  # rank[b, j]: position of pool[j]
+        rank[np.arange(B)[:, None], where[perms]] = np.arange(pool.size)
+        W, P = cols.shape
+        chunk = max(1, (1 << 22) // (W * P))  # samples per lockstep block: <= 32 MiB of words
+        for lo in range(0, B, chunk):
+            rows = np.arange(lo, min(lo + chunk, B))
+            need_right = np.tile(right0, (rows.size, 1))
+            need_wrong = np.tile(wrong0, (rows.size, 1))
+            # first pick: every column meets exactly one requirement of every model: a tie
+            best = where[perms[rows, 0]]
+            while rows.size:
+                for r, x in zip(rows.tolist(), pool[best].tolist(), strict=True):
+                    chosen[r].append(x)
+                col = cols[:, best].T  # (b, W)
+                need_right &= ~col
+                need_wrong &= col
+                unmet = need_right | need_wrong  # now at most one requirement per model
+                live = unmet.any(1)
+                rows, need_right, need_wrong, unmet = (
+                    rows[live],
+                    need_right[live],
+                    need_wrong[live],
+                    unmet[live],
+                )
+                if not rows.size:
+                    break
+                # a column meets model m's last requirement iff its bit differs from need_wrong
+                ws = np.flatnonzero(unmet.any(0))  # only the words with unmet models
+                t = (cols[ws] if ws.size < W else cols)[None] ^ need_wrong[:, ws, None]
+                t &= unmet[:, ws, None]
+                count = np.bitwise_count(t).sum(1, dtype=np.int32)  # (b, P)
+                top = count == count.max(1, keepdims=True)
+                best = np.where(top, rank[rows], pool.size).argmin(1)
+        return chosen
 
 
 def select_inputs(
@@ -140,13 +148,18 @@ def select_inputs(
     X' allows it (paper section IV-B2, last paragraph; found by a greedy cover first, the rest
     drawn at random). The same draws as the literal ``fastfp.reference.fbi.select_inputs``.
     """
-    return _select(L, strategy, rng, correct, anchor_correct, entropy, pool_fraction, guard, None)
+    return _select(
+        L, strategy, [rng], correct, anchor_correct, entropy, pool_fraction, guard, None
+    )[0]
 
 
-def _select(L, strategy, rng, correct, anchor_correct, entropy, pool_fraction, guard, packed):
+def _select(L, strategy, rngs, correct, anchor_correct, entropy, pool_fraction, guard, packed):
+    """select_inputs for one draw per generator in ``rngs`` (each one's stream used as a single
+    select_inputs call would), the greedy covers computed together."""
     strategy = _validate.choice("selection", strategy, SELECTIONS)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    for rng in rngs:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
     if packed is None:
         correct = np.asarray(correct, dtype=bool)
         if correct.ndim != 2:
@@ -181,15 +194,25 @@ def _select(L, strategy, rng, correct, anchor_correct, entropy, pool_fraction, g
         raise ValueError(
             f"anchor_correct: the {strategy} selection needs the vanilla model's correctness"
         )
-    perm = rng.permutation(pool)
-    chosen: list[int] = []
-    if guard:
-        chosen = (packed or _Guard(correct)).cover(pool, perm)
-        if len(chosen) > L:
-            raise ValueError(
-                f"L: {L} queries cannot give every model one correct and one wrong input "
-                f"(the cover needs {len(chosen)}); raise L or pass guard=False"
-            )
+    perms = (
+        np.stack([rng.permutation(pool) for rng in rngs])
+        if rngs
+        else np.zeros((0, pool.size), dtype=np.int64)
+    )
+    covers = (packed or _Guard(correct)).covers(pool, perms) if guard else [[] for _ in rngs]
+    return [
+        _finish(L, strategy, rng, perm, chosen, anchor_correct, N)
+        for rng, perm, chosen in zip(rngs, perms, covers, strict=True)
+    ]
+
+
+def _finish(L, strategy, rng, perm, chosen, anchor_correct, N) -> np.ndarray:
+    """The draw after its cover: the rest in permutation order, or the 50/50 / 30/70 split."""
+    if len(chosen) > L:
+        raise ValueError(
+            f"L: {L} queries cannot give every model one correct and one wrong input "
+            f"(the cover needs {len(chosen)}); raise L or pass guard=False"
+        )
     taken = np.zeros(N, dtype=bool)
     taken[chosen] = True
     rest = perm[~taken[perm]]
@@ -459,9 +482,24 @@ class OpenWorld:
         return _select(
             self.L,
             strategy,
-            rng,
+            [rng],
             self.correct_,
             anchor,
+            self.entropy_,
+            self.pool_fraction,
+            self.guard,
+            self.guard_,
+        )[0]
+
+    def _sample_many(self, seeds: Sequence[int | None]) -> list[np.ndarray]:
+        """``[sample(None, numpy.random.default_rng(s)) for s in seeds]``, covers in lockstep."""
+        rngs = [np.random.default_rng(s) for s in seeds]
+        return _select(
+            self.L,
+            self.identify_selection,
+            rngs,
+            self.correct_,
+            None,
             self.entropy_,
             self.pool_fraction,
             self.guard,
@@ -487,6 +525,10 @@ class OpenWorld:
     # --- black box -------------------------------------------------------------------------
     def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
         """Query the black box on inputs S and map its answers through S_k."""
+        return surjection(self._labels(blackbox, S), self.reference_[S], self.k_)
+
+    def _labels(self, blackbox, S: np.ndarray) -> np.ndarray:
+        """The black box's top-k labels (L, k) int64 on inputs S, checked."""
         if type(blackbox).__module__.startswith("torch.nn") or hasattr(blackbox, "parameters"):
             raise TypeError(
                 "blackbox: got a model; pass its outputs on the database's inputs "
@@ -521,7 +563,7 @@ class OpenWorld:
                 f"blackbox: gives top-{labels.shape[1]} outputs, but the open world was fitted "
                 f"with k = {self.k_} (a database built with another k)"
             )
-        return surjection(labels.astype(np.int64), self.reference_[S], self.k_)
+        return labels[:, : self.k_].astype(np.int64)
 
     def _distance(self, z: np.ndarray, S: np.ndarray, family: str) -> float:
         dele = self.sym_[self.delegates_[family]][:, S]
@@ -549,8 +591,10 @@ class OpenWorld:
         self, blackboxes: Iterable[Blackbox], *, seeds: Sequence[int | None] | None = None
     ) -> list[OpenIdentification]:
         """``[identify(b, seed=s) for b, s in zip(blackboxes, seeds)]``, with the same results,
-        computed with one pairwise_rajski call per distinct query set (black boxes whose seeds
-        draw the same inputs share it). seeds: one per black box, or None (fresh draws)."""
+        computed in batches: the query draws' greedy covers in lockstep, then one surjection and
+        one exact batched pairwise_rajski call for all black boxes (each distance depends only
+        on its pair: the same bits as one call per family). seeds: one per black box, or None
+        (fresh draws)."""
         self._check_fitted()
         blackboxes = list(blackboxes)
         seeds = [None] * len(blackboxes) if seeds is None else list(seeds)
@@ -559,21 +603,19 @@ class OpenWorld:
                 f"seeds: expected one per black box ({len(blackboxes)}), got {len(seeds)}"
             )
         seeds = [arrays.check_seed(s, "seeds") for s in seeds]
-        draws = [self.sample(None, np.random.default_rng(s)) for s in seeds]
-        Z = [
-            self._symbols(b, S) for b, S in zip(blackboxes, draws, strict=True)
-        ]  # every check before any distance
-        groups: dict = {}
-        for i, S in enumerate(draws):
-            groups.setdefault(S.tobytes(), []).append(i)
-        out = [None] * len(blackboxes)
-        for rows in groups.values():
-            S = draws[rows[0]]
-            D = self._compound(np.stack([Z[i] for i in rows]), S)
-            for i, d in zip(rows, D, strict=True):
-                out[i] = self._decide(
-                    {f: float(v) for f, v in zip(self.families_, d, strict=True)}, draws[i]
-                )
+        draws = self._sample_many(seeds)
+        labels = [self._labels(b, S) for b, S in zip(blackboxes, draws, strict=True)]
+        out: list[OpenIdentification] = []
+        if not draws:
+            return out
+        # every check done: one surjection and one exact batched distance call for all of them
+        S_all = np.stack(draws)  # (n, L)
+        Z = surjection(np.stack(labels), self.reference_[S_all], self.k_)  # (n, L)
+        dele = self.sym_[self.delegate_rows_[None, :, None], S_all[:, None, :]]  # (n, d, L)
+        D = np.asarray(pairwise_rajski(Z[:, None, :], dele, k=self.k_, exact=True))[:, 0]
+        D = np.minimum.reduceat(D, self.delegate_starts_, axis=1)  # (n, nF)
+        for d, S in zip(D, draws, strict=True):
+            out.append(self._decide(dict(zip(self.families_, d.tolist(), strict=True)), S))
         return out
 
     def _decide(self, dist: dict, S: np.ndarray) -> OpenIdentification:
