@@ -166,34 +166,24 @@ class ShardStore:
         """Write item ``item``'s shard atomically, with a checksum over its header and tensors."""
         header = {"settings_hash": self.digest, "item": str(item),
                   "meta": json.dumps(meta or {}, sort_keys=True, default=str)}
-        header["sha256"] = hashlib.sha256(store.safetensors_bytes(tensors, header)).hexdigest()
-        store.write_bytes(self.shard_path(item), store.safetensors_bytes(tensors, header))
+        store.write_bytes(self.shard_path(item), store.sealed_safetensors(tensors, header))
 
     def load(self, item: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Item ``item``'s tensors and meta; a missing, foreign or corrupt shard is an error."""
-        from safetensors.torch import load
-
         path = self.shard_path(item)
         if not path.exists():
             raise FileNotFoundError(f"shard {path.name}: missing in {self.folder} (item {item} of "
                                     f"{self.n_items}; was the rank computing it killed? "
                                     "run again to finish it)")
         data = store.read_bytes(path, name=f"shard {path.name}")
-        try:
-            tensors = load(data)
-            n = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8:8 + n]).get("__metadata__") or {}
-        except Exception as exc:
-            raise ValueError(f"shard {path}: unreadable ({exc}); delete it and run again") from exc
+        try:  # shards from before the checksum have none
+            tensors, header = store.read_safetensors(data, name=f"shard {path}")
+        except ValueError as exc:
+            raise ValueError(f"{exc}; delete it and run again") from None
         if header.get("settings_hash") != self.digest or header.get("item") != str(item):
             raise ValueError(f"shard {path}: written by a different configuration or item "
                              f"(hash {header.get('settings_hash')}, item {header.get('item')}); "
                              "delete it and run again")
-        digest = header.pop("sha256", None)  # shards from before the checksum have none
-        if digest is not None and digest != hashlib.sha256(
-                store.safetensors_bytes(tensors, header)).hexdigest():
-            raise ValueError(f"shard {path}: checksum mismatch (corrupt file); delete it and run "
-                             "again")
         return tensors, json.loads(header.get("meta", "{}"))
 
     def missing(self) -> list[int]:

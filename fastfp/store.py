@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import json
 import os
 import re
@@ -222,3 +223,31 @@ def safetensors_bytes(tensors: Mapping[str, torch.Tensor | np.ndarray],
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
     return len(blob).to_bytes(8, "little") + blob + b"".join(chunks)
+
+
+def sealed_safetensors(tensors: Mapping[str, torch.Tensor | np.ndarray],
+                       metadata: Mapping[str, str]) -> bytes:
+    """:func:`safetensors_bytes` whose metadata holds ``sha256``: the digest of the same file
+    written without it, so :func:`read_safetensors` sees a changed byte in the header or data."""
+    meta = {k: v for k, v in metadata.items() if k != "sha256"}
+    meta["sha256"] = hashlib.sha256(safetensors_bytes(tensors, meta)).hexdigest()
+    return safetensors_bytes(tensors, meta)
+
+
+def read_safetensors(data: bytes, *, name: str = "path"
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; ValueError naming ``name`` when it is unreadable
+    or its ``sha256`` (from :func:`sealed_safetensors`; files without one pass) does not match."""
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except Exception as exc:  # safetensors raises its own error type
+        raise ValueError(f"{name}: unreadable safetensors file ({exc})") from None
+    digest = meta.pop("sha256", None)
+    unsealed = safetensors_bytes(tensors, meta) if digest is not None else b""
+    if digest is not None and digest != hashlib.sha256(unsealed).hexdigest():
+        raise ValueError(f"{name}: checksum mismatch (corrupt file)")
+    return tensors, meta

@@ -287,17 +287,16 @@ def _cache_file(arch: str, seed: int) -> Path:
 
 
 def _try_load(path: Path, arch: str, seed: int) -> nn.Module | None:
-    """The cached model, or None when absent, unreadable, or made by another recipe."""
-    from safetensors import safe_open
+    """The cached model, or None when absent, unreadable, corrupt (checksum) or made by another
+    recipe."""
+    from .store import read_bytes, read_safetensors
 
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("recipe_hash") != recipe_hash(arch, seed):
-                return None
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        state, meta = read_safetensors(read_bytes(path), name=str(path))
+        if meta.get("recipe_hash") != recipe_hash(arch, seed):
+            return None
         model = build(arch)
         model.load_state_dict(state, strict=True)
         return model.eval()
@@ -306,12 +305,12 @@ def _try_load(path: Path, arch: str, seed: int) -> nn.Module | None:
 
 
 def _save(path: Path, model: nn.Module, arch: str, seed: int) -> None:
-    from .store import safetensors_bytes, write_bytes
+    from .store import sealed_safetensors, write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"recipe_hash": recipe_hash(arch, seed),
             "recipe": json.dumps(recipe(arch, seed), sort_keys=True)}
-    write_bytes(path, safetensors_bytes(model.state_dict(), meta))
+    write_bytes(path, sealed_safetensors(model.state_dict(), meta))
 
 
 def load(name: str, *, train: bool = True) -> nn.Module:

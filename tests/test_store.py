@@ -156,3 +156,20 @@ def test_safetensors_bytes_are_reproducible_and_readable():
     n = int.from_bytes(blob[:8], "little")
     header = blob[8:8 + n].decode()
     assert n % 8 == 0 and header.index('"__metadata__":{"a":"2","m":"3","z":"1"}') >= 0
+
+
+def test_sealed_safetensors_see_any_changed_byte():
+    import torch
+
+    tensors = {"w": torch.arange(8.0)}
+    blob = store.sealed_safetensors(tensors, {"recipe": '{"lr": 0.002}'})
+    back, meta = store.read_safetensors(blob)
+    assert torch.equal(back["w"], tensors["w"]) and meta == {"recipe": '{"lr": 0.002}'}
+    at = blob.index(b"0.002") + 4
+    for bad in (blob[:-1] + bytes([blob[-1] ^ 1]), blob[:at] + b"3" + blob[at + 1:]):
+        with pytest.raises(ValueError, match="cache.st: checksum mismatch"):
+            store.read_safetensors(bad, name="cache.st")
+    with pytest.raises(ValueError, match="cache.st: unreadable safetensors"):
+        store.read_safetensors(blob[:20], name="cache.st")
+    unsealed = store.safetensors_bytes(tensors, {"a": "1"})  # files without a checksum pass
+    assert store.read_safetensors(unsealed)[1] == {"a": "1"}

@@ -95,6 +95,10 @@ def test_corrupt_or_foreign_cache_entry_retrains(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTFP_CACHE", str(tmp_path))
     good = zoo.load("mlp-s0")
     path = next((tmp_path / "zoo").glob("mlp-s0-*.safetensors"))
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a flipped bit in the last weight
+    with pytest.raises(FileNotFoundError):
+        zoo.load("mlp-s0", train=False)  # the checksum rejects it: never silently other weights
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(FileNotFoundError):
         zoo.load("mlp-s0", train=False)  # unreadable entry is never used
