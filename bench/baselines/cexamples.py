@@ -44,7 +44,10 @@ def eager_generate(model: nn.Module, num: int, input_shape: Sequence[int], num_c
                    q: int = 10, alpha: float | None = None, steps: int = 500, eta: float = 1e-6,
                    seed: int = 0, device: torch.device | str | None = None,
                    noise: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (x float32 CPU, labels int64 CPU), same start and targets as fastfp's."""
+    """Returns (x float32 CPU, labels int64 CPU), same start and targets as fastfp's.
+
+    As fastfp, the examples are valid images: the loss (early stop) and the result are those of
+    x clamped to [0, 1] (the high-pass after the clamp may leave the range)."""
     s = settings_for(method, tuple(input_shape), k=k, delta=delta, q=q, alpha=alpha, steps=steps,
                      eta=eta, seed=seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -54,10 +57,13 @@ def eager_generate(model: nn.Module, num: int, input_shape: Sequence[int], num_c
     model.eval()
     active = torch.ones(num, dtype=torch.bool, device=device)
     for t in range(s.steps):
+        if s.eta > 0:  # per-example early stop, by masking
+            with torch.no_grad():
+                loss = F.cross_entropy(model(x.clamp(0.0, 1.0)), y, reduction="none")
+                active &= loss >= s.eta
+            if not bool(active.any()):
+                break
         if s.method != "vanilla" and s.delta > 0:
-            if s.eta > 0:
-                with torch.no_grad():
-                    active &= F.cross_entropy(model(x), y, reduction="none") >= s.eta
             grad = torch.zeros_like(x)
             for c in range(s.q):
                 noisy = _perturbed_copy(model, s.delta, s.seed, t * s.q + c, noise, g)
@@ -67,17 +73,12 @@ def eager_generate(model: nn.Module, num: int, input_shape: Sequence[int], num_c
             grad /= s.q
         else:
             xg = x.clone().requires_grad_(True)
-            loss = F.cross_entropy(model(xg), y, reduction="none")
-            grad = torch.autograd.grad(loss.sum(), xg)[0]
-            if s.eta > 0:
-                active &= loss.detach() >= s.eta
-        if not bool(active.any()):
-            break
+            grad = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)[0]
         new = torch.clamp(x - s.alpha * grad.sign(), 0.0, 1.0)
         if s.k > 0:
             new = highpass_fft(new, s.k)
         x = torch.where(active.view(-1, 1, 1, 1), new, x)
-    return x.detach().to("cpu", torch.float32), labels
+    return x.detach().clamp(0.0, 1.0).to("cpu", torch.float32), labels
 
 
 def bare_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, q: int) -> torch.Tensor:
