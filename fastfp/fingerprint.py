@@ -2,10 +2,10 @@
 
 Layout of the file: two tensors, ``inputs`` (float32, (num, C, H, W)) and ``labels`` (int64,
 (num,)), and the safetensors header metadata ``{"format": "fastfp.fingerprint", "version": "2",
-"meta": <JSON of meta>, "sha256": <checksum>}``; the checksum covers the format, version and meta
-strings and the tensors (names, shapes, bytes), so a flipped bit anywhere is seen. Version 1 files
-(checksum of the tensor data only, or none) still load. Same fingerprint, same bytes: the header
-keys are sorted (:func:`fastfp.store.safetensors_bytes`). Saving goes through :mod:`fastfp.store`
+"meta": <JSON of meta>, "sha256": <checksum>}``; the checksum seals the whole file, header and
+tensors (:func:`fastfp.store.sealed_safetensors`), so a flipped bit anywhere is seen. Version 1
+files (checksum of the tensor data only, or none) still load. Same fingerprint, same bytes: the
+header keys are sorted. Saving goes through :mod:`fastfp.store`
 (temporary file, fsync, rename; never over a non-regular file); loading reads regular files only
 and checks everything before returning, so a corrupt, truncated or foreign file raises
 ``ValueError`` and nothing is half-loaded.
@@ -26,22 +26,10 @@ FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")
 
 
-def _data(inputs: torch.Tensor, labels: torch.Tensor) -> bytes:
-    """The tensor data: inputs then labels, contiguous little-endian bytes."""
-    return b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in (inputs, labels))
-
-
 def _digest_v1(inputs: torch.Tensor, labels: torch.Tensor) -> str:
     """Version 1: SHA-256 of the tensor data (inputs then labels, little-endian bytes)."""
-    return hashlib.sha256(_data(inputs, labels)).hexdigest()
-
-
-def _digest(meta_json: str, inputs: torch.Tensor, labels: torch.Tensor) -> str:
-    """Version 2: SHA-256 of the header strings, then the tensors' shapes and data."""
-    head = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta_json,
-            "shapes": [list(inputs.shape), list(labels.shape)]}
-    head_bytes = json.dumps(head, sort_keys=True).encode("utf-8")
-    return hashlib.sha256(head_bytes + _data(inputs, labels)).hexdigest()
+    data = (t.detach().cpu().contiguous().numpy().tobytes() for t in (inputs, labels))
+    return hashlib.sha256(b"".join(data)).hexdigest()
 
 
 class Fingerprint:
@@ -88,12 +76,11 @@ class Fingerprint:
 
     def to_bytes(self) -> bytes:
         """The file's bytes (the same for the same fingerprint)."""
-        from .store import safetensors_bytes
+        from .store import sealed_safetensors
 
-        meta = json.dumps(self.meta, sort_keys=True)
-        header = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta,
-                  "sha256": _digest(meta, self.inputs, self.labels)}
-        return safetensors_bytes({"inputs": self.inputs, "labels": self.labels}, header)
+        header = {"format": FORMAT, "version": FORMAT_VERSION,
+                  "meta": json.dumps(self.meta, sort_keys=True)}
+        return sealed_safetensors({"inputs": self.inputs, "labels": self.labels}, header)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fingerprint to ``path`` (atomically); returns the path."""
@@ -107,6 +94,8 @@ class Fingerprint:
     def from_bytes(cls, data: bytes, *, source: str = "data") -> Fingerprint:
         """Parse and check a fingerprint file's bytes; ``source`` names it in errors."""
         from safetensors.torch import load
+
+        from .store import seal_matches
 
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected the bytes of a fingerprint file, got "
@@ -161,9 +150,10 @@ class Fingerprint:
         # tensor data only, or (the oldest) nothing.
         digest = metadata.get("sha256")
         if version == FORMAT_VERSION:
-            if digest != _digest(meta_json, inputs, labels):
-                raise bad("checksum mismatch: the file is corrupt" if digest is not None
-                          else "no checksum in a version 2 file")
+            if digest is None:
+                raise bad("no checksum in a version 2 file")
+            if not seal_matches(tensors, metadata):
+                raise bad("checksum mismatch: the file is corrupt")
         elif digest is not None and digest != _digest_v1(inputs, labels):
             raise bad("checksum mismatch: the tensor data is corrupt")
         if labels.numel() and int(labels.min()) < 0:

@@ -225,13 +225,22 @@ def safetensors_bytes(tensors: Mapping[str, torch.Tensor | np.ndarray],
     return len(blob).to_bytes(8, "little") + blob + b"".join(chunks)
 
 
+def _seal(tensors: Mapping[str, torch.Tensor | np.ndarray], metadata: Mapping[str, str]) -> str:
+    meta = {k: v for k, v in metadata.items() if k != "sha256"}
+    return hashlib.sha256(safetensors_bytes(tensors, meta)).hexdigest()
+
+
 def sealed_safetensors(tensors: Mapping[str, torch.Tensor | np.ndarray],
                        metadata: Mapping[str, str]) -> bytes:
     """:func:`safetensors_bytes` whose metadata holds ``sha256``: the digest of the same file
-    written without it, so :func:`read_safetensors` sees a changed byte in the header or data."""
-    meta = {k: v for k, v in metadata.items() if k != "sha256"}
-    meta["sha256"] = hashlib.sha256(safetensors_bytes(tensors, meta)).hexdigest()
-    return safetensors_bytes(tensors, meta)
+    written without it, so :func:`seal_matches` sees a changed byte in the header or data."""
+    return safetensors_bytes(tensors, {**metadata, "sha256": _seal(tensors, metadata)})
+
+
+def seal_matches(tensors: Mapping[str, torch.Tensor | np.ndarray],
+                 metadata: Mapping[str, str]) -> bool:
+    """Whether ``metadata["sha256"]`` is the seal of these tensors and the rest of the metadata."""
+    return metadata.get("sha256") == _seal(tensors, metadata)
 
 
 def read_safetensors(data: bytes, *, name: str = "path"
@@ -246,8 +255,7 @@ def read_safetensors(data: bytes, *, name: str = "path"
         meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
     except Exception as exc:  # safetensors raises its own error type
         raise ValueError(f"{name}: unreadable safetensors file ({exc})") from None
-    digest = meta.pop("sha256", None)
-    unsealed = safetensors_bytes(tensors, meta) if digest is not None else b""
-    if digest is not None and digest != hashlib.sha256(unsealed).hexdigest():
+    if "sha256" in meta and not seal_matches(tensors, meta):
         raise ValueError(f"{name}: checksum mismatch (corrupt file)")
+    meta.pop("sha256", None)
     return tensors, meta
