@@ -78,19 +78,35 @@ def test_trial_vs_literal(benchmark, request, role):
     group = f"fbi open world trial vs literal {M} models {nF} families L={ow.L}"
     models = 20 if _disabled(request) else 100
     if role == "baseline":
+
         def sample():
             return base.trial_literal(ow, np.random.default_rng(1), families=1, models=models)
 
         t = min(_timed(sample) for _ in range(2))
         scale = (nF + 1) / 2 * M / models  # one of nF detection draws + the identification draw
-        got = measure(benchmark, sample, group=group, role=role, device=CPU, rounds=1, warmup=0,
-                      baseline_extrapolated_s=t * scale,
-                      extrapolation=f"1 of {nF} families, {models} of {M} models, x {scale:.0f}")
+        got = measure(
+            benchmark,
+            sample,
+            group=group,
+            role=role,
+            device=CPU,
+            rounds=1,
+            warmup=0,
+            baseline_extrapolated_s=t * scale,
+            extrapolation=f"1 of {nF} families, {models} of {M} models, x {scale:.0f}",
+        )
         _same_trial(ow.trial(np.random.default_rng(1)), got, families=1, models=models)
     else:
-        got = measure(benchmark, lambda: ow.trial(np.random.default_rng(1)), group=group,
-                      role=role, device=CPU, rounds=5, shape=[M, ow.sym_.shape[1], ow.L],
-                      target_max_s={"cpu": 0.1})
+        got = measure(
+            benchmark,
+            lambda: ow.trial(np.random.default_rng(1)),
+            group=group,
+            role=role,
+            device=CPU,
+            rounds=5,
+            shape=[M, ow.sym_.shape[1], ow.L],
+            target_max_s={"cpu": 0.1},
+        )
         want = base.trial_literal(ow, np.random.default_rng(1), families=1, models=10)
         _same_trial(got, want, families=1, models=10)
 
@@ -100,13 +116,22 @@ def test_trial_vs_numpy(benchmark, request, role):
     ow = _ow(request)
     M, nF = ow.sym_.shape[0], len(ow.families_)
     group = f"fbi open world trial vs numpy {M} models {nF} families L={ow.L}"
+
     def numpy_trial(rng):
         return base.trial_numpy(ow, rng)
 
     fn, other = (numpy_trial, ow.trial) if role == "baseline" else (ow.trial, numpy_trial)
     extra = {} if role == "baseline" else {"target_max_s": {"cpu": 0.1}}
-    got = measure(benchmark, lambda: fn(np.random.default_rng(2)), group=group, role=role,
-                  device=CPU, rounds=1 if role == "baseline" else 5, warmup=0, **extra)
+    got = measure(
+        benchmark,
+        lambda: fn(np.random.default_rng(2)),
+        group=group,
+        role=role,
+        device=CPU,
+        rounds=1 if role == "baseline" else 5,
+        warmup=0,
+        **extra,
+    )
     _same_trial(got, other(np.random.default_rng(2)))
 
 
@@ -123,17 +148,33 @@ def test_identify_many(benchmark, request, role):
     group = f"fbi open world identify_many {n} black boxes L={ow.L}"
     sample = min(n, 20)
     if role == "baseline":
+
         def run():
             return base.identify_numpy(ow, boxes[:sample], seeds[:sample])
 
         t = min(_timed(run) for _ in range(2))
-        got = measure(benchmark, run, group=group, role=role, device=CPU, rounds=1, warmup=0,
-                      baseline_extrapolated_s=t * n / sample,
-                      extrapolation=f"sample of {sample} boxes x {n / sample:.0f}")
+        got = measure(
+            benchmark,
+            run,
+            group=group,
+            role=role,
+            device=CPU,
+            rounds=1,
+            warmup=0,
+            baseline_extrapolated_s=t * n / sample,
+            extrapolation=f"sample of {sample} boxes x {n / sample:.0f}",
+        )
         fast = ow.identify_many(boxes[:sample], seeds=seeds[:sample])
     else:
-        fast = measure(benchmark, lambda: ow.identify_many(boxes, seeds=seeds), group=group,
-                       role=role, device=CPU, rounds=3, target_max_s={"cpu": 1.0})[:sample]
+        fast = measure(
+            benchmark,
+            lambda: ow.identify_many(boxes, seeds=seeds),
+            group=group,
+            role=role,
+            device=CPU,
+            rounds=3,
+            target_max_s={"cpu": 1.0},
+        )[:sample]
         got = base.identify_numpy(ow, boxes[:sample], seeds[:sample])
     assert [r.family for r in fast] == got
 
@@ -146,11 +187,24 @@ def test_detect_one(benchmark, request, role):
     box = ow.db.topk[1]
     group = f"fbi open world detect one black box L={ow.L}"
     if role == "baseline":
-        positive, d = measure(benchmark, lambda: base.detect_numpy(ow, box, family, 4),
-                              group=group, role=role, device=CPU, rounds=5)
+        positive, d = measure(
+            benchmark,
+            lambda: base.detect_numpy(ow, box, family, 4),
+            group=group,
+            role=role,
+            device=CPU,
+            rounds=5,
+        )
     else:
-        r = measure(benchmark, lambda: ow.detect(box, family, seed=4), group=group, role=role,
-                    device=CPU, rounds=20, target_max_s={"cpu": 1e-3})
+        r = measure(
+            benchmark,
+            lambda: ow.detect(box, family, seed=4),
+            group=group,
+            role=role,
+            device=CPU,
+            rounds=20,
+            target_max_s={"cpu": 1e-3},
+        )
         positive, d = base.detect_numpy(ow, box, family, 4)
         assert abs(r.distance - d) < 1e-6 and r.positive == positive
     assert name.endswith(family)

@@ -17,7 +17,7 @@ def _ref_pairwise(A, B=None):
     return np.array(_ref_cached(A.tobytes(), A.shape, B.tobytes(), B.shape))
 
 
-@functools.lru_cache(maxsize=None)  # both all-pairs paths compare against the same (slow) oracle
+@functools.cache  # both all-pairs paths compare against the same (slow) oracle
 def _ref_cached(a, a_shape, b, b_shape):
     A = np.frombuffer(a, dtype=np.int64).reshape(a_shape)
     B = np.frombuffer(b, dtype=np.int64).reshape(b_shape)

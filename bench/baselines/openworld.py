@@ -24,8 +24,9 @@ from .fbi import pairwise_rajski_bincount
 def _draw(ow, family, rng) -> np.ndarray:
     strategy = ow.identify_selection if family is None else ow.selection
     anchor = None if family is None else ow.correct_[ow.anchors_[family]]
-    S = ref.select_inputs(ow.L, strategy, rng, ow.correct_, anchor, ow.entropy_,
-                          ow.pool_fraction, ow.guard)
+    S = ref.select_inputs(
+        ow.L, strategy, rng, ow.correct_, anchor, ow.entropy_, ow.pool_fraction, ow.guard
+    )
     return np.asarray(S, dtype=np.int64)
 
 
@@ -35,12 +36,22 @@ def _trial(ow, rng, distances: Callable, families=None):
     fams = ow.families_ if families is None else families
     sym = ow.sym_
     draws = np.stack([_draw(ow, f, rng) for f in fams])
-    D = np.stack([distances(sym[:, S], sym[ow.delegates_[f]][:, S]).min(1)
-                  for f, S in zip(fams, draws, strict=True)], 1)
+    D = np.stack(
+        [
+            distances(sym[:, S], sym[ow.delegates_[f]][:, S]).min(1)
+            for f, S in zip(fams, draws, strict=True)
+        ],
+        1,
+    )
     S = _draw(ow, None, rng)
     d = distances(sym[:, S], sym[ow.delegate_rows_][:, S])
-    D_id = np.stack([d[:, ow.delegate_starts_[j]:ow.delegate_starts_[j] + len(ow.delegates_[f])]
-                     .min(1) for j, f in enumerate(ow.families_)], 1)
+    D_id = np.stack(
+        [
+            d[:, ow.delegate_starts_[j] : ow.delegate_starts_[j] + len(ow.delegates_[f])].min(1)
+            for j, f in enumerate(ow.families_)
+        ],
+        1,
+    )
     return draws, D, S, D_id
 
 
@@ -70,8 +81,12 @@ def identify_numpy(ow, boxes, seeds):
         S = _draw(ow, None, np.random.default_rng(seed))
         z = ref.surjection(np.asarray(box)[S].tolist(), ow.reference_[S].tolist(), ow.k_)
         d = pairwise_rajski_bincount(np.asarray([z]), ow.sym_[ow.delegate_rows_][:, S], K)[0]
-        dist = {f: float(d[ow.delegate_starts_[j]:ow.delegate_starts_[j]
-                           + len(ow.delegates_[f])].min()) for j, f in enumerate(ow.families_)}
+        dist = {
+            f: float(
+                d[ow.delegate_starts_[j] : ow.delegate_starts_[j] + len(ow.delegates_[f])].min()
+            )
+            for j, f in enumerate(ow.families_)
+        }
         out.append(ref.identify_decision(dist, ow.tau_identify_))
     return out
 
@@ -80,6 +95,7 @@ def detect_numpy(ow, box, family, seed):
     """detect's work: literal draw, numpy distance to the family's delegates, decision."""
     S = _draw(ow, family, np.random.default_rng(seed))
     z = ref.surjection(np.asarray(box)[S].tolist(), ow.reference_[S].tolist(), ow.k_)
-    d = pairwise_rajski_bincount(np.asarray([z]), ow.sym_[ow.delegates_[family]][:, S],
-                                 ow.k_ + 1)[0].min()
+    d = pairwise_rajski_bincount(np.asarray([z]), ow.sym_[ow.delegates_[family]][:, S], ow.k_ + 1)[
+        0
+    ].min()
     return float(d) < ow.tau_, float(d)

@@ -29,7 +29,7 @@ def kind_of(x: object) -> str:
     return "numpy"
 
 
-def as_tensor(name: str, x: object, *, integer: bool = True) -> torch.Tensor:
+def as_tensor(name: str, x: Any, *, integer: bool = True) -> torch.Tensor:
     """A torch view of ``x`` (numpy, torch, cupy or a nested list), copied only when needed."""
     kind = kind_of(x)
     if kind == "torch":

@@ -514,7 +514,8 @@ def query_one(
     """Top-k labels of one model (as :func:`query_topk`), in eval mode and on ``device`` for the
     query only: the caller's model comes back as it was given (train/eval mode, device)."""
     training = getattr(model, "training", None)
-    params = model.parameters() if callable(getattr(model, "parameters", None)) else iter(())
+    parameters = getattr(model, "parameters", None)
+    params = parameters() if callable(parameters) else iter(())
     home = next((p.device for p in params), torch.device("cpu"))
     if device is not None and hasattr(model, "to"):
         model = model.to(device)

@@ -322,7 +322,7 @@ class OpenWorld:
         self.entropy_models = _validate.choice("entropy_models", entropy_models, ("anchors", "all"))
         self.k = None if k is None else _validate.integer("k", k, lo=1, hi=254)
         self.seed = _validate.integer("seed", seed, lo=0)
-        self.db = None
+        self.db: Database | None = None
 
     # --- fitting ---------------------------------------------------------------------------
     def fit(
@@ -342,7 +342,7 @@ class OpenWorld:
             self.__dict__.update(saved)
             raise
 
-    def _fit(self, db, anchors, progress) -> "OpenWorld":
+    def _fit(self, db, anchors, progress) -> OpenWorld:
         from .database import Database
 
         if not isinstance(db, Database):
@@ -408,7 +408,7 @@ class OpenWorld:
         fam_of = np.array([self.families_.index(f) for f in db.families])
         other = fam_of[:, None] != np.arange(len(self.families_))[None, :]  # (M, nF)
         neg, pos, neg_id = [], [], []
-        self.samples_ = {"detect": [], "identify": []}
+        self.samples_: dict[str, list] = {"detect": [], "identify": []}
         self.detect_distances_ = []  # per draw: (M, nF) distance of every model to every family
         from tqdm.auto import tqdm
 
@@ -449,7 +449,7 @@ class OpenWorld:
         tau is set from). A delegate is at distance 0 from its own family, so by default its
         positive pair is left out (``detect_tpr_`` keeps it)."""
         self._check_fitted()
-        fam_of = np.array([self.families_.index(f) for f in self.db.families])
+        fam_of = np.array([self.families_.index(f) for f in self._check_fitted().families])
         member = fam_of[:, None] == np.arange(len(self.families_))[None, :]  # (M, nF)
         keep = np.ones_like(member)
         if not include_delegates:
@@ -460,7 +460,7 @@ class OpenWorld:
     def _delegates(self) -> dict:
         """Close / median / far members by their distance to the family's anchor on all inputs
         (eq. 23), from one exact call: every model against every anchor."""
-        db = self.db
+        db = self._check_fitted()
         anchors = [self.anchors_[f] for f in self.families_]
         D = np.asarray(pairwise_rajski(self.sym_, self.sym_[anchors], k=self.k_, exact=True))
         out = {}
@@ -471,9 +471,10 @@ class OpenWorld:
             out[f] = list(dict.fromkeys(pick[kind] for kind in self.delegate_kinds))
         return out
 
-    def _check_fitted(self):
+    def _check_fitted(self) -> Database:
         if self.db is None:
             raise RuntimeError("OpenWorld: call fit(db) first")
+        return self.db
 
     def sample(self, family: str | None, rng: np.random.Generator) -> np.ndarray:
         """L input indices for a detection of ``family`` (None: for identification)."""
@@ -529,22 +530,23 @@ class OpenWorld:
 
     def _labels(self, blackbox, S: np.ndarray) -> np.ndarray:
         """The black box's top-k labels (L, k) int64 on inputs S, checked."""
+        db = self._check_fitted()
         if type(blackbox).__module__.startswith("torch.nn") or hasattr(blackbox, "parameters"):
             raise TypeError(
                 "blackbox: got a model; pass its outputs on the database's inputs "
                 "(fastfp.fbi.query_topk) or a callable input indices -> top-k labels"
             )
         if isinstance(blackbox, str):
-            labels = self.db.topk[self.db.index(blackbox)][S]
+            labels = db.topk[db.index(blackbox)][S]
         elif callable(blackbox):
             labels = np.asarray(blackbox(S))
         else:
             full = np.asarray(blackbox)
             if full.ndim == 1:
                 full = full[:, None]
-            if full.ndim != 2 or full.shape[0] != self.db.num_inputs:
+            if full.ndim != 2 or full.shape[0] != db.num_inputs:
                 raise ValueError(
-                    f"blackbox: expected its outputs on all N = {self.db.num_inputs} inputs, "
+                    f"blackbox: expected its outputs on all N = {db.num_inputs} inputs, "
                     f"(N,) or (N, k), got shape {full.shape}"
                 )
             labels = full[S]
@@ -628,7 +630,8 @@ class OpenWorld:
         return OpenIdentification(winners[0], "identified", dist, self.tau_identify_, S)
 
     def report(self) -> dict:
-        self._check_fitted()
+        """The fitted settings, thresholds and delegates, JSON-ready."""
+        db = self._check_fitted()
         return {
             "L": self.L,
             "k": self.k_,
@@ -640,7 +643,7 @@ class OpenWorld:
             "tau_identify": self.tau_identify_,
             "detect_tpr_on_database": self.detect_tpr_,
             "delegate_models": {
-                f: [self.db.names[i] for i in r] for f, r in self.delegates_.items()
+                f: [db.names[i] for i in r] for f, r in self.delegates_.items()
             },
         }
 

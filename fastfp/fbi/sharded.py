@@ -63,7 +63,7 @@ def build_sharded(
 
     chunk = batch_size * chunk_batches
     n_chunks = (inputs.shape[0] + chunk - 1) // chunk
-    settings = {
+    settings: dict[str, Any] = {
         "job": "fbi.database",
         "names": [n for n, _ in pairs],
         "families": [str(families[n]) for n, _ in pairs],
@@ -77,7 +77,8 @@ def build_sharded(
 
     # rank 0 reads the class count now, while model 0 (its first item) is loaded anyway
     num_classes = probe_classes(pairs[0][1], inputs, None) if ctx.is_main else None
-    current = [None]  # index of the model this rank holds; blocked items keep it for its chunks
+    # index of the model this rank holds; blocked items keep it for its chunks
+    current: list[int | None] = [None]
 
     def work(item: int):
         m, c = divmod(item, n_chunks)
@@ -93,6 +94,7 @@ def build_sharded(
     if not ctx.is_main:
         return None
     tensors, _ = dd.merge(shards)
+    assert num_classes is not None  # rank 0 read it from model 0
     topk = np.stack(
         [
             np.concatenate([tensors[m * n_chunks + c]["topk"].numpy() for c in range(n_chunks)])
