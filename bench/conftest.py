@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import common, report
+from . import report
 
 HERE = Path(__file__).resolve().parent
+_ITEMS = pytest.StashKey[int]()  # how many collected items are benchmarks of this folder
+_REPORT = pytest.StashKey[dict]()  # the session's ratio report, built once
 
 
 def _is_bench_item(item: pytest.Item) -> bool:
@@ -48,22 +50,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and _is_bench_item(item):
             item.add_marker(skip)
-
-
-_ITEMS = pytest.StashKey[int]()
-_REPORT = pytest.StashKey[dict]()
-
-
-@pytest.fixture(scope="session")
-def bench_device() -> torch.device:
-    """The device under test (FASTFP_BENCH_DEVICE, else cuda when present)."""
-    return common.bench_device()
-
-
-@pytest.fixture(scope="session")
-def bench_quick() -> bool:
-    """True under FASTFP_BENCH_QUICK=1: use small shapes."""
-    return common.QUICK
 
 
 def _report(config: pytest.Config, benchmarks: list[dict]) -> dict:
