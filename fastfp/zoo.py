@@ -374,20 +374,36 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 # ----------------------------------------------------------------- timm / torchvision by name
 def load_arch(name: str, weights: str | os.PathLike[str] | None = None, *,
-              num_classes: int | None = None, source: str = "auto") -> nn.Module:
+              num_classes: int | None = None, seed: int = 0, source: str = "auto") -> nn.Module:
     """A torchvision or timm architecture by name (``"resnet18"``, ``"vgg16"``, ...), in eval mode.
 
+    ``num_classes``: the classes of the head it builds (default: the architecture's own).
     ``weights``: path of a state dict (``.safetensors``, or a torch ``.pt``/``.pth`` file holding a
-    state dict); random initialisation when None (throughput work). A file that does not match the
-    architecture raises ValueError listing the mismatching keys. ``source``: ``"auto"`` (torchvision
-    first, then timm), ``"torchvision"`` or ``"timm"``.
+    state dict, read with ``torch.load(weights_only=True)``: no code runs); random initialisation
+    when None, seeded by ``seed`` so that the same call builds the same network (the global RNG is
+    left as it was). A file that does not match the architecture (strict) raises ValueError naming
+    the file and the mismatching keys. ``source``: ``"auto"`` (torchvision first, then timm),
+    ``"torchvision"`` or ``"timm"``.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name: expected an architecture name such as 'resnet18', got {name!r}")
     V.choice("source", source, ("auto", "torchvision", "timm"))
+    seed = V.integer("seed", seed, lo=0)
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = V.integer("num_classes", num_classes, lo=1)
+    path = None if weights is None else Path(weights)
+    state = None if path is None else _read_state(path)  # a bad file fails before the build
+    with torch.random.fork_rng(devices=[]):  # seeded init on CPU, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = _build_arch(name, source, kwargs)
+    if path is not None and state is not None:
+        _check_state(model, state, path)
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _build_arch(name: str, source: str, kwargs: dict[str, Any]) -> nn.Module:
     model = None
     errors = []
     if source in ("auto", "torchvision"):
@@ -413,12 +429,10 @@ def load_arch(name: str, weights: str | os.PathLike[str] | None = None, *,
                 errors.append(f"timm has no model {name!r}")
     if model is None:
         raise ValueError(f"name: unknown architecture {name!r}: " + "; ".join(errors))
-    if weights is not None:
-        _load_weights(model, weights)
-    return model.eval()
+    return model
 
 
-def _load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
+def _read_state(weights: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     from .store import read_bytes
 
     path = Path(weights)
@@ -437,6 +451,10 @@ def _load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
         raise ValueError(f"weights: cannot read {str(path)!r} as a state dict: {exc}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights: {str(path)!r} does not hold a state dict of tensors")
+    return state
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -452,4 +470,3 @@ def _load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
         raise ValueError(f"weights: {str(path)!r} does not match the architecture: "
                          + ", ".join(parts))
-    model.load_state_dict(state, strict=True)

@@ -165,6 +165,29 @@ def test_load_arch_torchvision_and_weights(tmp_path):
         zoo.load_arch("no_such_net")
 
 
+def test_load_arch_random_init_is_seeded():
+    pytest.importorskip("timm")
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = zoo.load_arch("mobilenetv3_small_050", num_classes=10, seed=7, source="timm")
+    assert torch.equal(torch.rand(3), before)  # the caller's RNG is left as it was
+    b = zoo.load_arch("mobilenetv3_small_050", num_classes=10, seed=7, source="timm")
+    c = zoo.load_arch("mobilenetv3_small_050", num_classes=10, seed=8, source="timm")
+    assert a.get_classifier().out_features == 10
+    assert _same_weights(a, b) and not _same_weights(a, c)
+    with pytest.raises(ValueError, match="seed: "):
+        zoo.load_arch("mobilenetv3_small_050", seed=-1)
+
+
+def test_load_arch_refuses_torchscript_weights(tmp_path):
+    pytest.importorskip("torchvision")
+    path = tmp_path / "w.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))  # a TorchScript archive runs code
+    with pytest.raises(ValueError, match="cannot read .* as a state dict"):
+        zoo.load_arch("resnet18", path)
+
+
 def test_load_arch_timm_message_when_missing():
     try:
         import timm  # noqa: F401
