@@ -40,8 +40,9 @@ def setup(tmp_path_factory):
     x = torch.randn(120, 3, 2, 2, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp / "inputs.pt")
     db = tmp / "db.safetensors"
+    # the model files are pickles / TorchScript: code runs at load, so only with --trust-code
     assert main(["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"), "--k",
-                 "2",
+                 "2", "--trust-code",
                  "--out", str(db), "--json", str(tmp / "build.json")]) == 0
     return tmp, db
 
@@ -55,7 +56,7 @@ def test_build_writes_a_loadable_database(setup):
     before = d.topk.copy()
     assert main(["fbi", "build", "--spec", str(tmp / "models.json"), "--inputs",
                  str(tmp / "inputs.pt"),
-                 "--k", "2", "--out", str(db)]) == 0
+                 "--k", "2", "--out", str(db), "--trust-code"]) == 0
     assert np.array_equal(fbi.Database.load(db).topk, before)
 
 
@@ -63,7 +64,7 @@ def test_detect_and_identify_from_model_and_outputs(setup, capsys):
     tmp, db = setup
     out = tmp / "det.json"
     detect = ["fbi", "detect", "--db", str(db), "--inputs", str(tmp / "inputs.pt"), "--L", "60",
-              "--trials", "3", "--json", str(out)]
+              "--trials", "3", "--json", str(out), "--trust-code"]
     # open world: a member of fam1 is detected as fam1, and it is not in fam2
     assert main([*detect, "--family", "fam1", "--blackbox", str(tmp / "fam1_2.pt")]) == 0
     rep = json.loads(out.read_text())
@@ -148,7 +149,7 @@ def test_spec_inputs_and_labels_lie_beside_the_spec(setup, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # elsewhere: the spec's relative files must not be looked up here
     out = tmp_path / "db.safetensors"
     assert main(["fbi", "build", "--spec", str(folder / "models.json"), "--k", "2", "--out",
-                 str(out)]) == 0
+                 str(out), "--trust-code", "--allow-absolute-paths"]) == 0
     assert np.array_equal(fbi.Database.load(out).reference, np.arange(120) % 10)
 
 
@@ -157,8 +158,12 @@ def test_model_files_that_are_not_modules_are_user_errors(setup, tmp_path, capsy
     torch.save(nn.Linear(12, 10).state_dict(), tmp_path / "weights.pt")
     spec = tmp_path / "models.json"
     spec.write_text(json.dumps({"models": [{"name": "w", "family": "F", "path": "weights.pt"}]}))
-    assert main(["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"),
-                 "--out", str(tmp_path / "db.safetensors")]) == 2
+    build = ["fbi", "build", "--spec", str(spec), "--inputs", str(tmp / "inputs.pt"),
+             "--out", str(tmp_path / "db.safetensors")]
+    assert main(build) == 2  # a torch.save'd file: refused before anything is unpickled
+    err = capsys.readouterr().err
+    assert "model 'w': " in err and "runs code from it: refused" in err and "Traceback" not in err
+    assert main([*build, "--trust-code"]) == 2
     err = capsys.readouterr().err
     assert "model 'w': " in err and "not a torch.nn.Module" in err and "Traceback" not in err
     db = tmp / "db.safetensors"

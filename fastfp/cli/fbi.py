@@ -8,13 +8,18 @@
 
 A model list (JSON or TOML) names each model and its family:
 ``{"models": [{"name": "a", "family": "F", "zoo": "cnn-s0"}, {"name": "b", "family": "G",
-"path": "b.pt"}, {"name": "c", "family": "H", "arch": "resnet18", "weights": "c.safetensors"}],
-"inputs": "zoo:2000"}``; ``path`` is a torch.save'd full module or a TorchScript file. Relative
-files named in the spec (models, weights, ``inputs``, ``labels``) lie beside the spec.
+"path": "b.onnx"}, {"name": "c", "family": "H", "arch": "resnet18", "weights": "c.safetensors",
+"num_classes": 10}], "inputs": "zoo:2000"}``. The models come from others, so they load only in
+formats that cannot run code: ``path`` is an ONNX file, ``arch`` a torchvision/timm architecture
+with a safetensors state dict (``weights``; a seeded random init without it, ``seed``); pickles,
+TorchScript and .pt2 files need ``--trust-code``. Files named in the spec (models, weights,
+``inputs``, ``labels``) lie in the spec's folder and may not leave it (``..``, absolute paths,
+symlinks out) unless ``--allow-absolute-paths``.
 Inputs: ``zoo:N`` (N benign digits of the default zoo, with ground truth) or a ``.pt`` / ``.npy``
 tensor file (then ``--labels`` optionally gives the ground truth; else majority vote).
-A black box is a model file, ``zoo:NAME``, ``arch:NAME[:WEIGHTS]``, ``db:NAME`` (a database model,
-for simulations), or a precomputed ``.npy`` / ``.pt`` file of its top-k labels on the inputs.
+A black box is an ONNX file, ``zoo:NAME``, ``arch:NAME[:WEIGHTS]`` (safetensors; its head has the
+database's class count), ``db:NAME`` (a database model, for simulations), or a precomputed ``.npy``
+/ ``.pt`` file of its top-k labels on the inputs (read without unpickling code).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastfp.cli.loader import load_entry
+from fastfp.cli.loader import check_entry, load_entry, spec_file
 from fastfp.cli.main import SubParsers
 
 
@@ -54,6 +59,9 @@ def add_parser(sub: SubParsers) -> None:
                    help="build in per-(model, input chunk) shards in this folder (resumable; "
                         "implied under torchrun, default OUT.shards); rank 0 merges into --out")
     b.add_argument("--json", metavar="PATH", help="also write a JSON report")
+    b.add_argument("--allow-absolute-paths", action="store_true",
+                   help="let the spec name files outside its folder (absolute paths, '..')")
+    _add_trust_code(b)
     b.set_defaults(func=run_build)
 
     for name, helptext in (("detect", "is the black box in FAMILY?"),
@@ -63,8 +71,8 @@ def add_parser(sub: SubParsers) -> None:
         if name == "detect":
             d.add_argument("--family", required=True, help="hypothesis family")
         d.add_argument("--blackbox", required=True,
-                       help="model file, zoo:NAME, arch:NAME[:WEIGHTS], db:NAME, "
-                                                         "or a .npy/.pt file of top-k labels")
+                       help="an ONNX file, zoo:NAME, arch:NAME[:WEIGHTS.safetensors], db:NAME, "
+                            "or a .npy/.pt file of top-k labels")
         d.add_argument("--inputs", help="the database's inputs (needed to query a model black box)")
         d.add_argument("--mode", choices=("open", "walled"), default="open",
                        help="open world (statistical, default) or walled garden (greedy, A = B)")
@@ -80,6 +88,7 @@ def add_parser(sub: SubParsers) -> None:
         d.add_argument("--seed", type=int, default=0)
         d.add_argument("--batch-size", type=int, default=256)
         d.add_argument("--json", metavar="PATH", help="also write a JSON report")
+        _add_trust_code(d)
         d.set_defaults(func=run_detect if name == "detect" else run_identify)
 
     m = cmds.add_parser("distances",
@@ -106,6 +115,12 @@ def add_parser(sub: SubParsers) -> None:
     law.add_argument("--json", metavar="PATH")
     law.set_defaults(func=run_law)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _add_trust_code(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow model files that run code when loaded (pickle, TorchScript, .pt2): "
+                        "only for files you trust; prints a warning")
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -175,34 +190,34 @@ def _read_spec(path: str) -> dict:
     return spec
 
 
-def _spec_path(value, base: Path):
-    """A file named in the spec lies beside it, like the spec's model files (not in the cwd)."""
-    if value is None or str(value).startswith("zoo:") or Path(str(value)).is_absolute():
+def _spec_path(value, base: Path, allow_absolute: bool, what: str):
+    """A file named in the spec lies in its folder, like the spec's model files (not in the cwd)."""
+    if value is None or str(value).startswith("zoo:"):
         return value
-    return str(base / str(value))
+    return str(spec_file(str(value), base, allow_absolute=allow_absolute, what=what))
 
 
 class _LazyModels:
     """name -> model, loaded only when the database needs it (resumed builds skip finished ones)."""
 
-    def __init__(self, entries, base):
-        self.entries, self.base = entries, base
+    def __init__(self, entries, base, **load):
+        self.entries, self.base, self.load = entries, base, load
 
     def __iter__(self):
         for e in self.entries:
-            yield str(e["name"]), _Deferred(e, self.base)
+            yield str(e["name"]), _Deferred(e, self.base, self.load)
 
 
 class _Deferred:
-    def __init__(self, entry, base):
-        self.entry, self.base, self.model = entry, base, None
+    def __init__(self, entry, base, load):
+        self.entry, self.base, self.load, self.model = entry, base, load, None
 
     def _get(self):
         if self.model is None:
             import torch
 
             with torch.enable_grad():  # a zoo model may be trained now, even if asked under no_grad
-                self.model = load_entry(self.entry, self.base).eval()
+                self.model = load_entry(self.entry, self.base, **self.load).eval()
         return self.model
 
     def __call__(self, x):
@@ -234,11 +249,15 @@ def run_build(args: argparse.Namespace) -> int:
 
     spec = _read_spec(args.spec)
     base = Path(args.spec).resolve().parent
-    x, labels = _inputs(args.inputs or _spec_path(spec.get("inputs"), base),
-                        args.labels or _spec_path(spec.get("labels"), base))
+    absolute = args.allow_absolute_paths
+    x, labels = _inputs(args.inputs or _spec_path(spec.get("inputs"), base, absolute, "inputs"),
+                        args.labels or _spec_path(spec.get("labels"), base, absolute, "labels"))
     entries = spec["models"]
+    for e in entries:  # every spec file is checked before any model is loaded
+        check_entry(e, base, trust_code=args.trust_code, allow_absolute=absolute)
     families = {str(e["name"]): str(e["family"]) for e in entries}
-    models = list(_LazyModels(entries, base))
+    models = list(_LazyModels(entries, base, trust_code=args.trust_code,
+                              allow_absolute=absolute))
     from fastfp import distributed as dd
 
     ctx = dd.init()
@@ -286,7 +305,8 @@ def _blackbox_outputs(args, db) -> np.ndarray:
         entry = {"arch": name, **({"weights": weights} if weights else {})}
     else:
         entry = {"path": bb}
-    model = load_entry(entry, Path.cwd(), what="--blackbox").eval()
+    model = load_entry(entry, Path.cwd(), what="--blackbox", trust_code=args.trust_code,
+                       allow_absolute=True, num_classes=db.num_classes).eval()
     x, _ = _inputs(args.inputs, None)
     if db.digest is not None and fbi.database.inputs_digest(x) != db.digest:
         raise _user_error("inputs: differ from the inputs the database was built on")
