@@ -27,11 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fastfp.cli.loader import check_entry, load_entry, spec_file
 from fastfp.cli.main import SubParsers
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -132,6 +134,7 @@ def _user_error(msg):
 
 
 def _load_tensor(path: str):
+    import numpy as np
     import torch
 
     p = Path(path)
@@ -336,6 +339,8 @@ def _open_world(args, db):
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
@@ -388,6 +393,8 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def run_distances(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
@@ -440,6 +447,7 @@ def _save_figure(fig, path):
 
 def _heatmap(d, db, path):
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
