@@ -83,7 +83,7 @@ def test_methods_fingerprint_a_real_model(method):
     assert fp.inputs.shape == (24, 1, 32, 32) and fp.inputs.dtype == torch.float32
     assert fp.labels.unique().numel() > 3, "targets are drawn uniformly"
     # Parameters untouched, no gradient accumulated, eval/train mode restored.
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
     m = fp.meta
     assert m["method"] == method and m["model"] == "digits-cnn" and m["input_shape"] == [1, 32, 32]
@@ -139,7 +139,7 @@ def test_half_precision_models_take_weight_noise(dtype, method):
     assert fp.meta["steps_used"] == [4, 4, 4]
     x0, _ = ref.start(3, (1, 8, 8), 5, 0)
     assert (fp.inputs - x0).abs().max() > 0
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -213,6 +213,12 @@ def test_paper_defaults():
     assert 0.001 < d < 0.03
     assert defaults.delta_for((3, 16, 64)) == defaults.delta_for((3, 32, 32))  # same pixel count
     assert defaults.alpha_for(500) == pytest.approx(0.005)
+    # the paper's bands keep the plain rule; a band 4x wider than the paper's takes 4x the step
+    assert defaults.alpha_for(500, k=20, input_shape=(3, 224, 224)) == pytest.approx(0.005)
+    assert defaults.alpha_for(200, k=2, input_shape=(1, 32, 32)) == pytest.approx(0.0125)
+    assert defaults.alpha_for(200, k=8, input_shape=(1, 32, 32)) == pytest.approx(0.05)
+    assert settings_for("ltrc", (1, 32, 32), k=8, steps=200).alpha == pytest.approx(0.05)
+    assert settings_for("rcgm", (1, 32, 32), steps=200).alpha == pytest.approx(0.0125)
     s = settings_for("ltrc", (3, 224, 224))
     assert (s.k, s.delta, s.q, s.alpha, s.steps, s.eta) == (20, 0.001, 10, 0.005, 500, 1e-6)
     assert settings_for("rc", (3, 32, 32)).q == 1 and settings_for("vanilla", (3, 32, 32)).k == 0
@@ -303,7 +309,8 @@ def test_verify_gives_the_mode_back_and_keeps_running_statistics():
     stats = [b.clone() for b in model.buffers()]
     fp = fastfp.Fingerprint(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
     cexamples.verify(model, fp, batch_size=3)
-    assert model.training and all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    assert model.training
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers(), strict=True))
 
 
 def test_verify_bad_input():
@@ -495,4 +502,14 @@ def test_normalised_torchscript_model():
     plain = cexamples.generate(tiny_cnn(in_ch=3), 2, (3, 8, 8), 5, method="rcgm", steps=3, q=2,
                                normalize="imagenet", progress=False)
     torch.testing.assert_close(fp.inputs, plain.inputs, atol=1e-6, rtol=0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.slow
+def test_ltrc_with_a_wide_band_fits_every_example():
+    """A band 4x the paper's (k = 8 at 32x32) with the default step: the model classifies every
+    stored example as its target (the plain PGD step left 12 % unfitted: defaults.alpha_for)."""
+    model, _ = digits_cnn()
+    fp = cexamples.generate(model, 16, (1, 32, 32), 10, method="ltrc", k=8, q=3, steps=200,
+                            progress=False)
+    assert cexamples.verify(model, fp) == 1.0

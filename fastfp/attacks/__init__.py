@@ -22,11 +22,13 @@ one :func:`fastfp.cexamples.generate` with the given start images (``x0``) and t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .. import _validate
 from ..cexamples import checks, settings_for
+from ..fingerprint import Fingerprint
 
 try:  # the real library when present: its base class, modes and normalisation
     from torchattacks.attack import Attack as AttackBase
@@ -37,7 +39,7 @@ except ImportError:  # standalone
     HAVE_TORCHATTACKS = False
 
 
-class CharacteristicAttack(AttackBase):  # type: ignore[misc, valid-type]
+class CharacteristicAttack(AttackBase):
     """Base adapter; subclasses fix :attr:`method`."""
 
     method = "ltrc"
@@ -56,8 +58,8 @@ class CharacteristicAttack(AttackBase):  # type: ignore[misc, valid-type]
             self.model, self.targeted = model, True
         self.input_shape = (None if input_shape is None
                             else checks.check_input_shape(input_shape))
-        self._kw = dict(k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta, seed=seed,
-                        precision=precision)
+        self._kw: dict[str, Any] = dict(k=k, delta=delta, q=q, alpha=alpha, steps=steps,
+                                        eta=eta, seed=seed, precision=precision)
         # validate now what can be (k's range depends on the shape)
         settings_for(self.method, self.input_shape or (1, 224, 224),
                      **(self._kw if self.input_shape else {**self._kw, "k": None}))
@@ -67,7 +69,7 @@ class CharacteristicAttack(AttackBase):  # type: ignore[misc, valid-type]
         checks.check_flag("graphs", graphs, optional=True)
         self.batch_size, self.progress, self.graphs = batch_size, progress, graphs
         self.device = checks.model_device(self.model)
-        self.fingerprint = None
+        self.fingerprint: Fingerprint | None = None
 
     def __repr__(self) -> str:
         kw = ", ".join(f"{k}={v}" for k, v in self._kw.items() if v is not None)
@@ -109,14 +111,14 @@ class CharacteristicAttack(AttackBase):  # type: ignore[misc, valid-type]
             x0 = checks.check_images("images", images, None, self.input_shape)
             if x0.shape[0] != num:
                 raise ValueError(f"labels: {num} labels for {x0.shape[0]} images")
-            shape, out_dtype = tuple(x0.shape[1:]), images.dtype
+            shape, out_dtype = checks.check_input_shape(tuple(x0.shape[1:])), images.dtype
         start = x0[:1] if x0 is not None else torch.zeros((1, *shape))
         _, num_classes = checks.probe(self.model, start, None, self.device)
-        self.fingerprint = generate(self.model, num, shape, num_classes, method=self.method,
-                                    **self._kw, batch_size=self.batch_size,
-                                    progress=self.progress, graphs=self.graphs, labels=labels,
-                                    x0=x0, normalize=self._normalize())
-        return self.fingerprint.inputs.to(self.device, out_dtype)
+        fp = generate(self.model, num, shape, num_classes, method=self.method, **self._kw,
+                      batch_size=self.batch_size, progress=self.progress, graphs=self.graphs,
+                      labels=labels, x0=x0, normalize=self._normalize())
+        self.fingerprint = fp
+        return fp.inputs.to(self.device, out_dtype)
 
 
 class Vanilla(CharacteristicAttack):

@@ -30,7 +30,8 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
     never modified and no ``.grad`` accumulates. ``input_shape``: (C, H, W), any H and W.
     ``method``: ``vanilla`` | ``rc`` | ``rcgm`` | ``ltrc``. ``None`` settings take the paper's
     defaults (:mod:`fastfp.cexamples.defaults`): ``k`` 2 at 32x32 / 20 at 224x224, ``delta`` 0.03
-    / 0.001, ``alpha = 2.5 / steps``. ``q``: noisy copies per step (rcgm, ltrc). ``eta``:
+    / 0.001, ``alpha = 2.5 / steps`` (larger for bands wider than the paper's: see
+    :func:`.defaults.alpha_for`). ``q``: noisy copies per step (rcgm, ltrc). ``eta``:
     per-example early stop once the clean-model loss is below it. ``x0``: start images
     (num, C, H, W) in [0, 1] (default: uniform noise from ``seed``); ``labels``: target labels
     (default: uniform from ``seed``). ``precision``: ``fp32`` or ``bf16`` (autocast).

@@ -18,6 +18,9 @@ class Normalized(torch.nn.Module):
     fingerprint records a normalisation. Its parameters are the model's own (nothing is copied).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.model = model
@@ -73,9 +76,7 @@ def check_flag(name: str, value: object, *, optional: bool = False) -> None:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
+    for t in (*model.parameters(), *model.buffers()):
         return t.device
     return torch.device("cpu")
 
@@ -96,12 +97,12 @@ def check_device(device: object, model: torch.nn.Module) -> torch.device:
     if device is None:
         return mdev
     try:
-        device = torch.device(device)  # type: ignore[arg-type]
+        want = torch.device(device)  # type: ignore[call-overload]
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"device: not a torch device: {device!r}") from None
-    if device.type != mdev.type or (device.index is not None and mdev.index is not None
-                                    and device.index != mdev.index):
-        raise ValueError(f"device: {device} given, but the model's parameters are on {mdev}; "
+    if want.type != mdev.type or (want.index is not None and mdev.index is not None
+                                  and want.index != mdev.index):
+        raise ValueError(f"device: {want} given, but the model's parameters are on {mdev}; "
                          "move the model (model.to(device)) first")
     return mdev
 

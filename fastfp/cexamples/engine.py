@@ -174,7 +174,7 @@ class Replay:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             step(model, b, s)
-        for t, value in zip(b.tensors(), saved):  # the warm-up steps did not happen
+        for t, value in zip(b.tensors(), saved, strict=True):  # the warm-up steps did not happen
             t.copy_(value)
 
     def __call__(self) -> None:

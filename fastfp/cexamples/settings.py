@@ -62,7 +62,7 @@ def check_normalize(normalize: object, channels: int) -> tuple[tuple[float, ...]
         raise TypeError("normalize: expected None, 'imagenet' or a (mean, std) pair, got "
                         f"{normalize!r}")
     out = []
-    for name, values in zip(("mean", "std"), normalize):
+    for name, values in zip(("mean", "std"), normalize, strict=True):
         values = [values] if isinstance(values, (int, float)) else list(values)
         if len(values) == 1:
             values = values * channels
@@ -108,7 +108,7 @@ def settings_for(method: str, input_shape: Sequence[int], *, k: int | None = Non
     delta = 0.0 if method == "vanilla" else (defaults.delta_for(input_shape) if delta is None
                                              else delta)
     q = q if method in ("rcgm", "ltrc") else 1
-    alpha = defaults.alpha_for(steps) if alpha is None else alpha
+    alpha = defaults.alpha_for(steps, k=k, input_shape=input_shape) if alpha is None else alpha
     return Settings(method=method, k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta,
                     seed=seed, precision=precision, quantize=quantize)
 

@@ -1,4 +1,4 @@
-"""Characteristic examples, literally from the paper (Wang et al., IJCAI'21, eq. 1-4), one at a time.
+"""Characteristic examples, literally from the paper (Wang et al., IJCAI'21, eq. 1-4), one by one.
 
 For each example (x_0, l):
 
@@ -49,7 +49,7 @@ def noisy_model(model, delta: float, seed: int, offset: int):
     copy_ = copy.deepcopy(model).eval()
     with torch.no_grad():
         new = noise.perturb([p.detach() for p in model.parameters()], delta, seed, offset)
-        for p, value in zip(copy_.parameters(), new):
+        for p, value in zip(copy_.parameters(), new, strict=True):
             p.copy_(value)
     return copy_
 
@@ -96,7 +96,7 @@ def generate_one(model, x0, label, settings):
 
 
 def optimize(model, x0, labels, settings):
-    """All examples, one after the other; returns (x float32, steps_used int64, final_loss float64)."""
+    """All examples, one after the other: (x float32, steps_used int64, final_loss float64)."""
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
