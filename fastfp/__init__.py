@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from . import backend  # noqa: E402  (light: no optional imports at module level)
 
-_SUBMODULES = ("cexamples", "noise", "fbi", "metrics", "variants", "zoo", "attacks", "store",
+_SUBMODULES = ("cexamples", "ops", "noise", "fbi", "metrics", "variants", "zoo", "attacks", "store",
                "reference", "fingerprint", "distributed")
 
 
