@@ -1,4 +1,8 @@
-"""Entry point of the ``fastfp`` command: argument parsing, and user errors without tracebacks."""
+"""Entry point of the ``fastfp`` command: argument parsing, and user errors without tracebacks.
+
+Start-up stays light: nothing here imports torch, and only the sub-command being run is imported
+(``fastfp --help`` lists the others from :data:`HELP`), so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,24 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import fastfp
+from typing import Any, NoReturn
 
 # Each sub-command module defines add_parser(subparsers) and run(args) -> int.
-SUBCOMMANDS = ("demo", "generate", "verify", "fbi", "bench", "info")
+SUBCOMMANDS = ("demo", "generate", "verify", "evaluate", "fbi", "bench", "info")
 
+# One line per sub-command for ``fastfp --help``, without importing the sub-command modules.
+HELP = {
+    "demo": "reproduce both papers' experiments on the embedded digits zoo (tables, PNG, JSON)",
+    "generate": "generate characteristic-example fingerprints (C, RC, RC+GM, LTRC)",
+    "verify": "decide whether a suspect model is a copy of a fingerprinted one (exit 0 copy, "
+              "1 not, 2 error)",
+    "evaluate": "robustness / transferability / uniqueness of a fingerprint over given models",
+    "fbi": "FBI: fingerprinting with benign inputs (database, detect, identify, distances)",
+    "bench": "benchmark fastfp against the baselines a user would write (ratio table)",
+    "info": "print the available backends (CUDA, Triton, CuPy, extension)",
+}
+
+EXIT_ERROR = 2
 
 # What ``ArgumentParser.add_subparsers()`` returns (argparse keeps its class private).
 SubParsers = Any
@@ -22,40 +37,70 @@ class UserError(Exception):
     """A mistake of the user's (bad argument, unreadable file): printed without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (the ``--help`` hint included)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(commands: Sequence[str] = SUBCOMMANDS) -> argparse.ArgumentParser:
+    """The ``fastfp`` parser with ``commands`` built in full; the others are listed by name and
+    help only, so that their modules are not imported."""
+    from fastfp import __version__
+
+    parser = Parser(
         prog="fastfp",
         description="Fast DNN fingerprinting: characteristic examples (C/RC/RC+GM/LTRC) and FBI.",
+        epilog="`fastfp info` lists the backends this machine offers; `fastfp COMMAND --help` "
+               "describes a command.",
     )
-    parser.add_argument("--version", action="store_true",
-                        help="print the version and the available backends, then exit")
+    parser.add_argument("--version", action="version", version=__version__,
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"fastfp.cli.{name}").add_parser(sub)
+        if name in commands:
+            importlib.import_module(f"fastfp.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=HELP[name], add_help=False)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is not an option), if any."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in SUBCOMMANDS else None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a user reads: ``OSError``s by their file and reason."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, UserError):
+        text = exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+        text = str(exc) if len(exc.args) == 1 else text
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fastfp`` command; returns its exit code (0 yes/ok, 1 no, 2 error)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = command_of(argv)
+    parser = build_parser([command] if command else [])
     args = parser.parse_args(argv)
-    if args.version:
-        print(f"fastfp {fastfp.__version__}")
-        print(fastfp.backend.format_report())
-        return 0
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
+        return EXIT_ERROR
     try:
         code = int(args.func(args) or 0)
         from fastfp import distributed
 
         distributed.shutdown()  # under torchrun: leave the process group together (else a no-op)
         return code
-    except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError,
-            IsADirectoryError, NotADirectoryError) as exc:
-        print(f"fastfp {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError, TypeError, OSError) as exc:
+        # OSError: a missing or unreadable file, a full disk, a read-only folder
+        print(f"fastfp {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"fastfp {args.command}: interrupted", file=sys.stderr)
         return 130
