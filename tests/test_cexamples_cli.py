@@ -1,16 +1,26 @@
-"""``fastfp generate`` / ``fastfp verify`` end to end, and their user errors (exit 2, no
-traceback)."""
+"""``fastfp generate`` / ``verify`` / ``evaluate`` end to end, and their user errors (exit 2, one
+line, no traceback)."""
 
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_cnn
 
-from fastfp import Fingerprint, cexamples
+from fastfp import Fingerprint, cexamples, metrics
 from fastfp.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notes
+
+REPO = Path(__file__).resolve().parents[1]
+GEN = ["--input-shape", "1,8,8", "--q", "2", "--k", "1", "--no-progress", "--device", "cpu"]
 
 
 @pytest.fixture
@@ -23,29 +33,38 @@ def model_files(tmp_path):
     return model, scripted, pickled
 
 
+def scripted_file(tmp_path, name, **kw):
+    path = tmp_path / name
+    torch.jit.script(tiny_cnn(**kw)).save(str(path))
+    return path
+
+
 @pytest.mark.parametrize("which", ["scripted", "pickled"])
 def test_generate_then_verify(which, model_files, tmp_path, capsys):
     model, scripted, pickled = model_files
     path = scripted if which == "scripted" else pickled
     out, report = tmp_path / "fp.safetensors", tmp_path / "gen.json"
-    rc = main(["generate", str(path), "--input-shape", "1,8,8", "--num", "4", "--steps", "20",
-               "--method", "ltrc", "--q", "2", "--k", "1", "--seed", "7", "--out", str(out),
-               "--json", str(report), "--no-progress", "--device", "cpu"])
+    rc = main(["generate", str(path), *GEN, "--num", "4", "--steps", "20", "--method", "ltrc",
+               "--seed", "7", "--out", str(out), "--json", str(report)])
     assert rc == 0
     fp = Fingerprint.load(out)
     assert fp.inputs.shape == (4, 1, 8, 8) and fp.meta["seed"] == 7 and fp.meta["k"] == 1
     rep = json.loads(report.read_text())
     assert rep["num"] == 4 and 0.0 <= rep["accuracy"] <= 1.0 and rep["method"] == "ltrc"
     assert rep["accuracy"] == cexamples.verify(model, fp)
+    assert not (tmp_path / "fp.safetensors.parts").exists()  # checkpoints removed after merge
     # Same seed from Python gives the same fingerprint.
     same = cexamples.generate(model, 4, (1, 8, 8), 5, method="ltrc", steps=20, q=2, k=1, seed=7,
                               progress=False)
     torch.testing.assert_close(same.inputs, fp.inputs, atol=1e-6, rtol=0)
 
     vreport = tmp_path / "ver.json"
-    assert main(["verify", str(path), str(out), "--json", str(vreport)]) == 0
-    assert json.loads(vreport.read_text())["accuracy"] == rep["accuracy"]
-    assert "classified as their targets" in capsys.readouterr().out
+    rc = main(["verify", str(path), str(out), "--trust-code", "--json", str(vreport)])
+    v = json.loads(vreport.read_text())
+    assert v["match_rate"] == rep["accuracy"] and rc == (0 if v["is_copy"] else 1)
+    assert set(v) >= {"match_rate", "null_rate", "threshold", "p_value", "is_copy"}
+    out_text = capsys.readouterr().out
+    assert "match rate" in out_text and "p-value" in out_text
 
 
 def test_zoo_names_are_accepted(monkeypatch, tmp_path):
@@ -59,6 +78,158 @@ def test_zoo_names_are_accepted(monkeypatch, tmp_path):
     assert Fingerprint.load(out).meta["model"] == "cnn-s0"
 
 
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A 12-example fingerprint that a trained digits CNN fits (vanilla, 50 steps), with the CNN
+    as a TorchScript and a torch.save'd file: (scripted, pickled, fingerprint)."""
+    from helpers import digits_cnn
+
+    model, _ = digits_cnn()
+    folder = tmp_path_factory.mktemp("fitted")
+    fp = cexamples.generate(model, 12, (1, 32, 32), 10, method="vanilla", steps=50,
+                            progress=False)
+    assert cexamples.verify(model, fp) == 1.0
+    scripted, pickled, out = folder / "owner.pt", folder / "owner.pth", folder / "fp.safetensors"
+    torch.jit.script(model).save(str(scripted))
+    torch.save(model, str(pickled))
+    fp.save(out)
+    return scripted, pickled, out
+
+
+def test_verify_exits_0_for_a_copy_and_1_for_another_model(fitted, tmp_path, capsys):
+    scripted, _, out = fitted
+    report = tmp_path / "v.json"
+    assert main(["verify", str(scripted), str(out), "--trust-code", "--json", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert text.strip().endswith("\nCOPY") and "chance level 1/10" in text
+    v = json.loads(report.read_text())
+    assert v["match_rate"] == 1.0 and v["null_rate"] == 0.1 and v["is_copy"] is True
+    assert v["p_value"] == pytest.approx(0.1 ** 12)
+
+    other = scripted_file(tmp_path, "other.pt", num_classes=10, seed=3)
+    negative = scripted_file(tmp_path, "neg.pt", num_classes=10, seed=4)
+    rc = main(["verify", str(other), str(out), "--trust-code", "--negative", str(negative),
+               "--json", str(report)])
+    text = capsys.readouterr().out
+    v = json.loads(report.read_text())
+    assert rc == 1 and text.strip().endswith("NOT A COPY") and v["is_copy"] is False
+    assert "1 negative model" in text and v["negatives"] == [str(negative)]
+    expected = cexamples.verdict(torch.jit.load(str(other)), Fingerprint.load(out),
+                                 negatives=[torch.jit.load(str(negative))])
+    assert v["null_rate"] == expected.null_rate and v["p_value"] == expected.p_value
+
+
+def test_verify_threshold_and_unreachable_threshold(fitted, tmp_path, capsys):
+    scripted, _, out = fitted
+    report = tmp_path / "v.json"
+    assert main(["verify", str(scripted), str(out), "--trust-code", "--threshold", "0.9",
+                 "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["threshold"] == 0.9
+    # One example against a null of 1/10: no count reaches p < 0.01, so no threshold exists.
+    fp = Fingerprint.load(out)
+    one = tmp_path / "one.safetensors"
+    Fingerprint(fp.inputs[:1], fp.labels[:1], fp.meta).save(one)
+    rc = main(["verify", str(scripted), str(one), "--trust-code", "--json", str(report)])
+    v = json.loads(report.read_text())
+    assert rc == 1 and v["threshold"] is None and v["is_copy"] is False
+    assert "unreachable" in capsys.readouterr().out
+
+
+def test_generate_normalize_is_recorded_and_applied(model_files, tmp_path):
+    model, scripted, _ = model_files
+    out = tmp_path / "n.safetensors"
+    assert main(["generate", str(scripted), *GEN, "--num", "3", "--steps", "10",
+                 "--normalize", "0.5/0.25", "--out", str(out)]) == 0
+    fp = Fingerprint.load(out)
+    assert fp.meta["normalize"] == [[0.5], [0.25]]
+    same = cexamples.generate(model, 3, (1, 8, 8), 5, steps=10, q=2, k=1, progress=False,
+                              normalize=([0.5], [0.25]))
+    torch.testing.assert_close(same.inputs, fp.inputs, atol=1e-6, rtol=0)
+
+
+def test_generate_png_is_exactly_the_8bit_example(model_files, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    _, scripted, _ = model_files
+    out, png = tmp_path / "p.safetensors", tmp_path / "png"
+    assert main(["generate", str(scripted), *GEN, "--num", "3", "--steps", "10", "--png",
+                 str(png), "--out", str(out)]) == 0
+    fp = Fingerprint.load(out)
+    assert fp.meta["quantize"] == 8
+    files = sorted(png.glob("*.png"))
+    assert [f.name for f in files] == [f"{i:05d}-label{y}.png"
+                                       for i, y in enumerate(fp.labels.tolist())]
+    for f, x in zip(files, fp.inputs, strict=True):
+        pixels = torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32) / 255)
+        assert torch.equal(pixels, x[0])
+    assert "3 PNG" in capsys.readouterr().out
+
+
+def test_generate_prints_an_estimate_first(model_files, tmp_path, capsys):
+    _, scripted, _ = model_files
+    assert main(["generate", str(scripted), *GEN, "--num", "3", "--steps", "10", "--out",
+                 str(tmp_path / "e.safetensors"), "--no-checkpoint"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("fastfp generate: ~") and "min for 3 examples" in err
+
+
+@pytest.mark.slow
+def test_killed_generate_resumes_to_the_same_file(model_files, tmp_path):
+    _, scripted, _ = model_files
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def command(out):
+        return [sys.executable, "-m", "fastfp", "generate", str(scripted), *GEN, "--num", "6",
+                "--batch-size", "2", "--steps", "60", "--eta", "0", "--out", str(out)]
+
+    whole = tmp_path / "whole.safetensors"
+    subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=600)
+    out = tmp_path / "killed.safetensors"
+    parts = tmp_path / "killed.safetensors.parts"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(parts.glob("shard-*.safetensors")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    done = len(list(parts.glob("shard-*.safetensors")))
+    assert 1 <= done < 3
+    subprocess.run(command(out), env=env, check=True, capture_output=True, timeout=600)
+    assert out.read_bytes() == whole.read_bytes() and not parts.exists()
+
+
+def test_evaluate_scores_match_the_metrics(fitted, tmp_path, capsys):
+    _, pickled, out = fitted  # pruning needs the module's layers: not a TorchScript file
+    other = scripted_file(tmp_path, "other.pt", num_classes=10, seed=3)
+    report = tmp_path / "e.json"
+    assert main(["evaluate", str(pickled), str(out), "--pruned-rates", "0.3", "0.9",
+                 "--others", str(other), "--trust-code", "--json", str(report)]) == 0
+    e = json.loads(report.read_text())
+    fp = Fingerprint.load(out)
+    assert e["accuracy"] == 1.0 and list(e["robustness_per_rate"]) == ["0.3", "0.9"]
+    copies = metrics.pruned_copies(torch.load(str(pickled), weights_only=False), [0.3, 0.9])
+    assert e["robustness"] == pytest.approx(metrics.robustness(fp, copies=copies))
+    t = metrics.transferability(fp, [torch.jit.load(str(other))])
+    assert e["transferability"] == pytest.approx(t)
+    assert e["uniqueness"] == pytest.approx(e["robustness"] - t)
+    assert "uniqueness" in capsys.readouterr().out
+
+
+def one_error_line(err):
+    """One error line, and every line of stderr is one of fastfp's own (no traceback)."""
+    lines = err.strip().splitlines()
+    return sum(": error: " in line for line in lines) == 1 and \
+        all(line.startswith("fastfp ") or line.startswith("fastfp:") for line in lines)
+
+
+def malformed_header(path):
+    path.write_bytes((10 ** 9).to_bytes(8, "little") + b'{"not": "json')
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{scripted}", "--num", "2", "--out", "{out}"], "--input-shape"),
     (["generate", "{scripted}", "--input-shape", "1,8", "--out", "{out}"], "--input-shape"),
@@ -68,34 +239,96 @@ def test_zoo_names_are_accepted(monkeypatch, tmp_path):
      "num_classes"),
     (["generate", "no-such-model", "--out", "{out}"], "MODEL"),
     (["generate", "{junk}", "--input-shape", "1,8,8", "--out", "{out}"], "MODEL"),
-    (["verify", "{scripted}", "{junk}"], "not a fastfp fingerprint"),
-    (["verify", "{scripted}", "{missing}"], "does not exist"),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--out", ""], "--out: "),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--out", "/dev/full"], "--out: "),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--out", "{out}", "--json",
+      "/dev/full"], "--json: "),
+    (["generate", "{scripted}", "--inputs", "{text}", "--out", "{out}"], "--inputs: "),
+    (["generate", "{scripted}", "--inputs", "{junk}", "--out", "{out}"], "--inputs: "),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--normalize", "0.5", "--out",
+      "{out}"], "--normalize: expected imagenet"),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--normalize", "0.1,0.2/0.3,0.4",
+      "--out", "{out}"], "normalize: mean has 2 values"),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--png", "{pngdir}", "--quantize",
+      "16", "--out", "{out}"], "--png: "),
+    (["generate", "{scripted}", "--input-shape", "1,8,8", "--method", "fgsm", "--out", "{out}"],
+     "method"),
+    (["verify", "{scripted}", "{junk}", "--trust-code"], "not a fastfp fingerprint"),
+    (["verify", "{scripted}", "{header}", "--trust-code"], "{header}"),
+    (["verify", "{scripted}", "{missing}", "--trust-code"], "does not exist"),
+    (["verify", "{scripted}", "{fp}", "--trust-code", "--alpha", "1.5"], "--alpha: "),
+    (["verify", "{scripted}", "{fp}", "--trust-code", "--threshold", "2"], "--threshold: "),
+    (["verify", "{scripted}", "{fp}", "--trust-code", "--negative", "{three}"], "--negative "),
+    (["evaluate", "{scripted}", "{fp}", "--pruned-rates", "1.5"], "rates"),
+    (["evaluate", "{scripted}", "{header}"], "{header}"),
     (["generate", "{scripted}", "--input-shape", "1,8,8", "--out", "{nodir}"],
      "--out: folder"),
     (["generate", "{scripted}", "--input-shape", "1,8,8", "--device", "cuda:x", "--out", "{out}"],
-     "--device: not a torch device"),
+     "--device: "),
     (["generate", "{folder}", "--input-shape", "1,8,8", "--out", "{out}"], "is a folder"),
-    (["verify", "{scripted}", "{folder}"], "is a folder"),
+    (["verify", "{scripted}", "{folder}", "--trust-code"], "is a folder"),
 ])
-def test_user_errors_exit_2_without_traceback(argv, message, model_files, tmp_path, capsys):
-    _, scripted, _ = model_files
+def test_user_errors_exit_2_in_one_line(argv, message, model_files, tmp_path, capsys):
+    model, scripted, _ = model_files
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a model at all")
+    text = tmp_path / "inputs.txt"
+    text.write_text("0.1 0.2 0.3\n")
+    header = tmp_path / "header.safetensors"
+    malformed_header(header)
+    fp = tmp_path / "fp.safetensors"
+    cexamples.generate(model, 2, (1, 8, 8), 5, steps=2, method="vanilla",
+                       progress=False).save(fp)
     (tmp_path / "folder").mkdir()
-    names = dict(scripted=scripted, out=tmp_path / "o.safetensors", junk=junk,
+    names = dict(scripted=scripted, out=tmp_path / "o.safetensors", junk=junk, text=text,
+                 header=header, fp=fp, three=scripted_file(tmp_path, "three.pt", num_classes=3),
                  missing=tmp_path / "missing.safetensors", folder=tmp_path / "folder",
-                 nodir=tmp_path / "nodir" / "o.safetensors")
-    rc = main([a.format(**names) for a in argv] + (["--no-progress"] if argv[0] == "generate"
-                                                   else []))
+                 nodir=tmp_path / "nodir" / "o.safetensors", pngdir=tmp_path / "png")
+    argv = [a.format(**names) for a in argv]
+    rc = main(argv + (["--no-progress"] if argv[0] == "generate" else []))
     err = capsys.readouterr().err
-    assert rc == 2 and message in err and "Traceback" not in err
-    assert not (tmp_path / "o.safetensors").exists()
+    assert rc == 2 and message.format(**names) in err and "Traceback" not in err
+    assert one_error_line(err), err
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "png").exists()
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(model_files, tmp_path, capsys):
+    _, scripted, _ = model_files
+    rc = main(["generate", str(scripted), "--input-shape", "1,8,8", "--device", "cuda",
+               "--out", str(tmp_path / "o.safetensors"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--device" in err and one_error_line(err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_refused_before_any_work(model_files, tmp_path, capsys):
+    _, scripted, _ = model_files
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    rc = main(["generate", str(scripted), "--input-shape", "1,8,8", "--out",
+               str(folder / "o.safetensors"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--out: folder" in err and "not writable" in err
+
+
+def test_full_disk_while_saving_is_one_line(model_files, tmp_path, capsys, monkeypatch):
+    _, scripted, _ = model_files
+    out = tmp_path / "o.safetensors"
+
+    def full(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(Fingerprint, "save", full)
+    rc = main(["generate", str(scripted), *GEN, "--num", "2", "--steps", "3", "--out",
+               str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and str(out) in err
+    assert one_error_line(err)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifo_model_and_output_are_refused_before_any_work(model_files, tmp_path, capsys):
-    import os
-
     _, scripted, _ = model_files
     fifo = tmp_path / "pipe.pt"
     os.mkfifo(fifo)  # torch.jit.load on it would block forever
