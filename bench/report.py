@@ -336,7 +336,12 @@ def to_csv(report: dict) -> str:
     return buf.getvalue()
 
 
-def plot(report: dict, path) -> bool:
+def _speedup_text(value: float) -> str:
+    """``1160x`` rather than ``1.16e+03x`` on the chart."""
+    return f"{value:.0f}x" if value >= 100 else f"{value:.3g}x"
+
+
+def plot(report: dict, path: str | os.PathLike[str]) -> bool:
     """A horizontal bar chart of the speed-ups (log scale) with the targets marked.
 
     Returns ``False`` (and writes nothing) when no row has a speed-up.
@@ -348,34 +353,55 @@ def plot(report: dict, path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     from fastfp.store import atomic_path
 
     labels = [r["group"] + (f" [{_short(r['name'], 30)}]" if _several(report, r["group"]) else "")
               + (" (baseline ~)" if r["baseline_extrapolated"] else "") for r in rows]
     colors = {"PASS": "tab:green", "FAIL": "tab:red", "-": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 2.2))
     y = range(len(rows))
     # Bars grow from 1x, so a slowdown points left.
     ax.barh(list(y), [r["speedup"] - 1 for r in rows], left=1,
             color=[colors[r["result"]] for r in rows])
+    ends = []
     for i, r in enumerate(rows):
         want = r.get("target_speedup")
         if want:
             ax.plot([want, want], [i - 0.4, i + 0.4], color="black", lw=2)
-        ax.annotate(f"{r['speedup']:.3g}x", (r["speedup"], i), xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=7)
+        # The value sits beyond the bar's end and the target tick, on the bar's side of 1x.
+        if r["speedup"] >= 1:
+            end, offset, ha = max(r["speedup"], want or 0), 4, "left"
+        else:
+            end, offset, ha = min(r["speedup"], want or 1), -4, "right"
+        ends.append(end)
+        ax.annotate(_speedup_text(r["speedup"]), (end, i), xytext=(offset, 0),
+                    textcoords="offset points", va="center", ha=ha, fontsize=7)
     ax.axvline(1.0, color="gray", ls=":", lw=1)
     ax.set_xscale("log")
+    # Room for the value labels on both sides (a factor of ~3 is enough for "1160x" at 7 pt).
+    ax.set_xlim(min(min(ends), 1.0) / 3, max(max(ends), 1.0) * 3)
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("speed-up over the baseline (x, log scale); black tick = target")
+    ax.set_xlabel("speed-up over the baseline (x, log scale; left of 1x = slower)"
+                  + ("\n(baseline ~): baseline time extrapolated from a partial run"
+                     if any(r["baseline_extrapolated"] for r in rows) else ""))
+    meaning = {"PASS": "PASS: meets its targets", "FAIL": "FAIL: misses a target",
+               "-": "no target on this device"}
+    shown = {r["result"] for r in rows}
+    legend: list = [Patch(color=colors[k], label=v) for k, v in meaning.items() if k in shown]
+    if any(r.get("target_speedup") for r in rows):
+        legend.append(Line2D([], [], color="black", lw=2, label="target speed-up"))
+    # Above the bars, under the title: never covers a bar whatever the values.
+    ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4,
+              frameon=False)
     meta = report.get("meta") or {}
     ax.set_title(f"fastfp vs baseline on {meta.get('device') or rows[0]['device_type']}"
-                 f" ({(meta.get('timestamp') or '')[:10]})", fontsize=10)
-    fig.tight_layout()
+                 f" ({(meta.get('timestamp') or '')[:10]})", fontsize=10, pad=24)
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
     plt.close(fig)
     return True
 
