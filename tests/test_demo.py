@@ -132,3 +132,51 @@ def test_fbi_experiment_on_a_synthetic_database():
     with pytest.raises(ValueError, match="delegates: "):
         FE.identification(db, known_fams=["a-s0"], selection="all", delegates="median", L=10,
                           trials=1, seed=0)
+
+
+# --- the figures' choices, on small synthetic inputs -------------------------------------------
+
+def test_example_grid_columns_are_targets_not_positions():
+    import numpy as np
+
+    from fastfp import plots
+
+    # ltrc lost its examples of targets 0 and 2 (not fitted): its i-th example is another target
+    labels = {"vanilla": np.array([0, 1, 2, 3]), "ltrc": np.array([1, 3, 1])}
+    targets, picks = plots.grid_columns(labels)
+    assert targets == [0, 1, 2, 3]
+    assert picks["vanilla"] == [0, 1, 2, 3]
+    assert picks["ltrc"] == [None, 0, None, 1]
+    assert plots.grid_columns(labels, classes=2)[0] == [0, 1]
+
+
+def test_family_styles_are_distinct_and_not_paired_shades():
+    from fastfp import plots
+
+    fams = [f"f{i}" for i in range(23)]
+    styles = plots.family_styles(fams + fams[:3])  # repeated names keep their style
+    assert list(styles) == fams
+    assert len(set(styles.values())) == len(fams)
+    assert styles["f0"][0] != styles["f1"][0]  # neighbours differ in colour, not only in shade
+    with pytest.raises(ValueError, match="distinct style"):
+        plots.family_styles([f"f{i}" for i in range(500)])
+
+
+def test_figures_write_pngs_and_check_their_shapes(tmp_path):
+    import numpy as np
+
+    from fastfp import plots
+
+    pts = {"vanilla": [(0.0, 1.0, 1.0)], "rcgm": [(0.03, 1.0, 1.0)],
+           "ltrc (k=8)": [(0.03, 0.86, 0.07), (0.07, 0.8, 0.05)]}
+    fams = ["a", "a", "b", "b", "c"]
+    rng = np.random.default_rng(0)
+    for path in (plots.tradeoff(pts, tmp_path / "t.png"),
+                 plots.embedding(rng.normal(size=(5, 2)), fams, tmp_path / "e.png"),
+                 plots.heatmap(rng.uniform(size=(5, 5)), fams, tmp_path / "h.png",
+                               names=list("vwxyz"))):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="xy: expected shape"):
+        plots.embedding(np.zeros((4, 2)), fams, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="dist: expected a 5 x 5"):
+        plots.heatmap(np.zeros((4, 4)), fams, tmp_path / "bad.png")

@@ -219,10 +219,15 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
     if figures:
         from .. import metrics as M
         from .. import plots
+        from ..cexamples import METHODS
 
         imgs = {m: fp.inputs[:64].numpy() for m, fp in fps.items()}
         labels = {m: fp.labels[:64].numpy() for m, fp in fps.items()}
-        paths.append(plots.cexample_grid(imgs, labels, out / "cexamples.png"))
+        paths.append(plots.cexample_grid(
+            imgs, labels, out / "cexamples.png",
+            title=f"Characteristic examples of {cfg['protected'][0]}, one per target class\n"
+                  f"(only those {cfg['protected'][0]} classifies as their target; "
+                  "'no example': none of that target fitted)"))
         paths.append(plots.dct_spectra(imgs, out / "cexamples_dct.png"))
         roc = {}
         for sel, (s, y, auc) in fbi_figs["roc"].items():
@@ -231,16 +236,24 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
         paths.append(plots.roc_curves(roc, out / "fbi_roc.png",
                                       title=f"FBI detection ROC (L={cfg['L']}, top-1, close "
                                             "delegate)"))
-        pts: dict[str, list[tuple[float, float, float]]] = {}
+        # The methods without a delta curve are single reference points (vanilla: delta 0).
+        pts: dict[str, list[tuple[float, float, float]]] = {
+            r["method"]: [(r["delta"] or 0.0, r["robustness"], r["transferability"])]
+            for r in rows if r["model"] == cfg["protected"][0] and r["method"] in ("vanilla", "rc")}
         for p in sweep:
             if p["method"] == "rcgm" or p["k"] == cfg["k"]:
                 pts.setdefault(f"{p['method']} (k={p['k']})" if p["k"] else p["method"], []).append(
                     (p["delta"], p["robustness"], p["transferability"]))
-        paths.append(plots.tradeoff(pts, out / "tradeoff.png"))
+        pts = dict(sorted(pts.items(), key=lambda kv: METHODS.index(kv[0].split()[0])))
+        paths.append(plots.tradeoff(
+            pts, out / "tradeoff.png",
+            title=f"Uniqueness trade-off over delta ({cfg['protected'][0]})"))
         order = np.argsort(np.asarray(db.families), kind="stable")
         paths.append(plots.heatmap(fbi_figs["distances"][np.ix_(order, order)],
                                    [db.families[i] for i in order],
-                                   out / "fbi_distances.png"))
+                                   out / "fbi_distances.png",
+                                   title="Rajski distance between the FBI database's models "
+                                         "(family: a zoo model and its variants)"))
     timing["figures_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
     report["timing"] = timing
