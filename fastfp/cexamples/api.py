@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -15,10 +15,36 @@ from . import batching, checks, engine
 from .settings import PRECISIONS, Settings, check_normalize, describe, settings_for
 
 
+class StepBar:
+    """A progress bar over example-steps with the finished examples beside it.
+
+    An example that stops early counts all its steps, so the bar ends at num x steps, and it moves
+    (its rate and ETA mean something) from the first step of the first batch. Called as
+    ``bar(steps, finished)`` with the increments :func:`engine.run_batch` reports.
+    """
+
+    def __init__(self, num: int, steps: int, desc: str, *, enabled: bool = True,
+                 done: int = 0):
+        from tqdm.auto import tqdm
+
+        self.num, self.finished = num, done
+        self.bar = tqdm(total=num * steps, initial=done * steps, unit="step", desc=desc,
+                        disable=not enabled, dynamic_ncols=True)
+
+    def __call__(self, steps: int, finished: int) -> None:
+        self.finished += finished
+        self.bar.set_postfix_str(f"{self.finished}/{self.num} examples", refresh=False)
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int,
              method: str = "ltrc", k: int | None = None, delta: float | None = None, q: int = 10,
              alpha: float | None = None, steps: int = 500, eta: float = 1e-6, seed: int = 0,
-             batch_size: int | None = None, progress: bool = True, device: object = None,
+             batch_size: int | None = None,
+             progress: bool | Callable[[int, int], None] = True, device: object = None,
              precision: str = "fp32", labels: torch.Tensor | None = None,
              graphs: bool | None = None, model_name: str | None = None,
              x0: torch.Tensor | None = None, normalize: object = None,
@@ -37,10 +63,12 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
     (default: uniform from ``seed``). ``precision``: ``fp32`` or ``bf16`` (autocast).
     ``graphs=True``: capture the step in a CUDA graph and replay it (CUDA only, opt-in;
     ``None``/``False``: eager). ``device``: the model's device (checked, never changed).
-    ``normalize``: ``None``, ``"imagenet"`` or ``(mean, std)`` per channel: the model sees
-    ``(x - mean) / std`` while the fingerprint stays in pixel space (``meta["normalize"]``,
-    applied again by :func:`verify`). ``quantize``: ``8`` or ``16`` stores (and tests against
-    ``eta``) each example rounded to that many bits per pixel, so it is exactly a PNG-able image.
+    ``progress``: a bar over example-steps, or a callable ``(steps, finished)`` receiving the
+    increments (:class:`StepBar` is the bar). ``normalize``: ``None``, ``"imagenet"`` or
+    ``(mean, std)`` per channel: the model sees ``(x - mean) / std`` while the fingerprint stays
+    in pixel space (``meta["normalize"]``, applied again by :func:`verify`). ``quantize``: ``8``
+    or ``16`` stores (and tests against ``eta``) each example rounded to that many bits per
+    pixel, so it is exactly a PNG-able image.
     """
     from ..fingerprint import Fingerprint
 
@@ -62,7 +90,7 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
 def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int, *,
             method: str = "ltrc", k: int | None = None, delta: float | None = None, q: int = 10,
             alpha: float | None = None, steps: int = 500, eta: float = 1e-6, seed: int = 0,
-            batch_size: int | None = None, progress: bool = True, device: object = None,
+            batch_size: int | None = None, progress: object = True, device: object = None,
             precision: str = "fp32", labels: torch.Tensor | None = None,
             graphs: bool | None = None, x0: torch.Tensor | None = None, normalize: object = None,
             quantize: int | None = None,
@@ -78,7 +106,8 @@ def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_cl
     norm = check_normalize(normalize, shape[0])
     if batch_size is not None:
         _validate.integer("batch_size", batch_size, lo=1)
-    checks.check_flag("progress", progress)
+    if not callable(progress):
+        checks.check_flag("progress", progress)
     checks.check_flag("graphs", graphs, optional=True)
     dev = checks.check_device(device, model)
     if graphs and dev.type != "cuda":
@@ -112,7 +141,8 @@ def finish_meta(s: Settings, model: torch.nn.Module, input_shape: Sequence[int],
 @torch.inference_mode(False)
 @torch.enable_grad()
 def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: Settings,
-             device: torch.device, *, batch_size: int | None = None, progress: bool = False,
+             device: torch.device, *, batch_size: int | None = None,
+             progress: bool | Callable[[int, int], None] = False,
              graphs: bool = False, per_example: int | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Run the engine over all examples; returns (x CPU float32, steps_used, final_loss, impl).
@@ -121,8 +151,6 @@ def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: 
     literal twin instead (one example at a time).
     """
     import dataclasses
-
-    from tqdm.auto import tqdm
 
     # Tensors made under inference mode can never enter autograd: work on ordinary copies.
     x0 = x0.clone() if x0.is_inference() else x0
@@ -148,29 +176,19 @@ def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: 
     impl = "cuda-graph" if graphs else "torch"
     was_training = model.training
     model.eval()
-    # The bar counts example-steps (an example that stops early counts all its steps), so it
-    # moves, and its ETA means something, from the first step of the first batch.
-    bar = tqdm(total=num * s.steps, unit="step", desc=f"{s.method} ({impl})",
-               disable=not progress, dynamic_ncols=True)
-    finished = 0
-
-    def on_progress(steps: int, done: int) -> None:
-        nonlocal finished
-        finished += done
-        bar.set_postfix_str(f"{finished}/{num} examples", refresh=False)
-        bar.update(steps)
-
+    bar = progress if callable(progress) else StepBar(num, s.steps, f"{s.method} ({impl})",
+                                                         enabled=bool(progress))
     try:
         for b in range(0, num, bs):
             xb = x0[b:b + bs].to(device, wdtype)
             yb = labels[b:b + bs].to(device)
-            xo, used, loss = engine.run_batch(model, xb, yb, s, on_progress=on_progress,
-                                              graphs=graphs)
+            xo, used, loss = engine.run_batch(model, xb, yb, s, on_progress=bar, graphs=graphs)
             out[b:b + bs] = xo.to("cpu", torch.float32)
             steps_used[b:b + bs] = used
             final_loss[b:b + bs] = loss
     finally:
-        bar.close()
+        if isinstance(bar, StepBar):
+            bar.close()
         model.train(was_training)
     if not bool(torch.isfinite(final_loss).all()):
         bad = torch.nonzero(~torch.isfinite(final_loss)).flatten()[:5].tolist()

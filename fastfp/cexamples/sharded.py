@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dd
-from .api import finish_meta, generate, prepare
+from .api import StepBar, finish_meta, generate, prepare
 from .checks import check_model_name
 
 DEFAULT_BATCH = 64  # fixed, not memory-sized: the shard layout must not depend on the machine
@@ -43,18 +43,27 @@ def generate_sharded(model: torch.nn.Module, num: int, input_shape: Sequence[int
                batch_size=batch_size, model=model_name or type(model).__name__,
                targets=targets.tolist())
     shards = dd.ShardStore(shard_dir, {"job": "cexamples", **key}, n_items, ctx).open()
+    # One bar over this rank's example-steps (finished shards count as done), as generate's.
+    mine = dd.my_items(n_items, ctx)
+    size = [min(batch_size, x0.shape[0] - i * batch_size) for i in range(n_items)]
+    bar = StepBar(sum(size[i] for i in mine), s.steps, f"{s.method} (checkpointed)",
+                  enabled=progress and ctx.is_main,
+                  done=sum(size[i] for i in mine if shards.done(i)))
 
     def work(item: int):
         sl = slice(item * batch_size, (item + 1) * batch_size)
         fp = generate(model, int(targets[sl].shape[0]), tuple(x0.shape[1:]), num_classes,
                       **per_batch, x0=x0[sl], labels=targets[sl], batch_size=batch_size,
-                      progress=False, graphs=graphs)
+                      progress=bar, graphs=graphs)
         used = torch.tensor(fp.meta["steps_used"], dtype=torch.int64)
         loss = torch.tensor(fp.meta["final_loss"], dtype=torch.float64)
         return ({"x": fp.inputs, "steps_used": used, "final_loss": loss},
                 {"engine": fp.meta["engine"]})
 
-    dd.run_sharded(shards, work, progress=progress, desc=f"{s.method} batches")
+    try:
+        dd.run_sharded(shards, work, progress=False)
+    finally:
+        bar.close()
     if not ctx.is_main:
         return None
     tensors, metas = dd.merge(shards)
