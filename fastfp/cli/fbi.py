@@ -438,63 +438,30 @@ def run_distances(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_figure(fig, path):
-    from fastfp.store import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-
-
 def _heatmap(d, db, path):
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fastfp import plots
 
     order = np.argsort(np.asarray(db.families), kind="stable")  # families as diagonal blocks
-    n = len(order)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.25 * n, 20), min(3.5 + 0.25 * n, 19)))
-    im = ax.imshow(d[np.ix_(order, order)], vmin=0, vmax=1, cmap="viridis")
-    if n <= 60:
-        labels = [db.names[i] for i in order]
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), labels, fontsize=7)
-    ax.set_title("Rajski distance between models (grouped by family)")
-    fig.colorbar(im, ax=ax, label="D")
-    _save_figure(fig, path)
-    plt.close(fig)
+    plots.heatmap(d[np.ix_(order, order)], [db.families[i] for i in order], path,
+                  names=[db.names[i] for i in order])
 
 
 def _embedding(d, db, path, seed):
-    import matplotlib
+    from sklearn.manifold import TSNE
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fastfp import plots
 
     n = d.shape[0]
     if n < 3:
         raise ValueError("embedding-png: a 2-D embedding needs at least 3 models, the database "
                          f"has {n}")
-    from sklearn.manifold import TSNE
-
     # exact t-SNE for the usual few hundred models (Barnes-Hut only pays off beyond that)
     xy = TSNE(n_components=2, metric="precomputed", init="random", random_state=seed,
               perplexity=min(30.0, (n - 1) / 3), method="exact" if n <= 500 else "barnes_hut",
               ).fit_transform(d.copy())  # TSNE squares precomputed distances in place
-    fig, ax = plt.subplots(figsize=(6, 5))
-    fams = db.family_names
-    cmap = plt.get_cmap("tab20")
-    for i, f in enumerate(fams):
-        rows = db.members(f)
-        ax.scatter(xy[rows, 0], xy[rows, 1], s=30, color=cmap(i % 20), label=f)
-    if len(fams) <= 20:
-        ax.legend(fontsize=7, loc="best")
-    ax.set_title("t-SNE of the models from their Rajski distances")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    _save_figure(fig, path)
-    plt.close(fig)
+    plots.embedding(xy, db.families, path)
 
 
 def run_law(args: argparse.Namespace) -> int:
