@@ -63,7 +63,10 @@ def test_report_names_no_layer_rerouting():
     assert "layer" not in backend.format_report(info).lower()
 
 
-def test_cli_version():
+def test_cli_version_and_info():
     out = subprocess.run([sys.executable, "-m", "fastfp", "--version"], capture_output=True,
                          text=True, check=True)
-    assert fastfp.__version__ in out.stdout and "extension" in out.stdout
+    assert out.stdout.strip() == fastfp.__version__  # the version only
+    info = subprocess.run([sys.executable, "-m", "fastfp", "info"], capture_output=True,
+                          text=True, check=True)
+    assert "extension" in info.stdout  # the backend table lives in `fastfp info`
