@@ -60,8 +60,8 @@ def test_usage_errors_are_one_line_exit_2(argv, capsys):
 @pytest.mark.parametrize("argv", [["--help"], ["verify", "--help"], ["generate", "--help"],
                                   ["evaluate", "--help"]])
 def test_help_does_not_import_torch(argv):
-    code = ("import sys\nfrom fastfp.cli.main import main\ntry:\n    main(%r)\n"
-            "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)" % argv)
+    code = (f"import sys\nfrom fastfp.cli.main import main\ntry:\n    main({argv!r})\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert run.returncode == 0 and run.stderr.strip() == "False", run.stderr
