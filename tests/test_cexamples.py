@@ -513,3 +513,9 @@ def test_ltrc_with_a_wide_band_fits_every_example():
     fp = cexamples.generate(model, 16, (1, 32, 32), 10, method="ltrc", k=8, q=3, steps=200,
                             progress=False)
     assert cexamples.verify(model, fp) == 1.0
+
+
+def test_verify_names_a_class_count_mismatch():
+    fp = cexamples.generate(tiny_cnn(), 2, (1, 8, 8), 5, steps=1, progress=False)
+    with pytest.raises(ValueError, match="model: outputs 7 classes, but the fingerprint was made"):
+        cexamples.verify(tiny_cnn(num_classes=7), fp)

@@ -235,6 +235,10 @@ def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = N
                                          f"inputs of shape {tuple(x.shape[1:])} "
                                          f"({type(exc).__name__}: {exc})") from exc
                 checks.check_logits(out, x.shape[0])
+                expected = fp.meta.get("num_classes")
+                if expected is not None and out.shape[1] != expected:
+                    raise ValueError(f"model: outputs {out.shape[1]} classes, but the fingerprint "
+                                     f"was made for {expected}")
                 if int(fp.labels.max()) >= out.shape[1]:
                     raise ValueError(f"fp: labels go up to {int(fp.labels.max())}, but the model "
                                      f"outputs {out.shape[1]} classes")
