@@ -519,3 +519,14 @@ def test_verify_names_a_class_count_mismatch():
     fp = cexamples.generate(tiny_cnn(), 2, (1, 8, 8), 5, steps=1, progress=False)
     with pytest.raises(ValueError, match="model: outputs 7 classes, but the fingerprint was made"):
         cexamples.verify(tiny_cnn(num_classes=7), fp)
+
+
+def test_null_rate_recorded_at_generation_is_the_verdicts_null():
+    model, others = tiny_cnn(), [tiny_cnn(seed=s) for s in (1, 2)]
+    fp = cexamples.generate(model, 6, (1, 8, 8), 5, method="vanilla", steps=20,
+                            negatives=others, progress=False)
+    matches = sum(round(cexamples.verify(m, fp) * 6) for m in others)
+    assert fp.meta["null_rate"] == pytest.approx((matches + 1) / (2 * 6 + 2))
+    assert fp.meta["null_models"] == 2
+    v = cexamples.verdict(model, fp)  # no warning: the recorded null is used
+    assert v.null_rate == fp.meta["null_rate"]

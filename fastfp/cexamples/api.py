@@ -48,7 +48,8 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
              precision: str = "fp32", labels: torch.Tensor | None = None,
              graphs: bool | None = None, model_name: str | None = None,
              x0: torch.Tensor | None = None, normalize: object = None,
-             quantize: int | None = None):
+             quantize: int | None = None,
+             negatives: Sequence[torch.nn.Module] | None = None):
     """Generate ``num`` characteristic examples of ``model``; returns a :class:`fastfp.Fingerprint`.
 
     ``model``: any classifier ``nn.Module`` returning (batch, num_classes) logits for inputs of
@@ -68,7 +69,9 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
     ``(mean, std)`` per channel: the model sees ``(x - mean) / std`` while the fingerprint stays
     in pixel space (``meta["normalize"]``, applied again by :func:`verify`). ``quantize``: ``8``
     or ``16`` stores (and tests against ``eta``) each example rounded to that many bits per
-    pixel, so it is exactly a PNG-able image.
+    pixel, so it is exactly a PNG-able image. ``negatives``: unrelated reference models; their
+    match rate on the result is recorded as ``meta["null_rate"]`` (the null of
+    :func:`fastfp.cexamples.verdict` when it is given no negatives).
     """
     from ..fingerprint import Fingerprint
 
@@ -84,7 +87,12 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
                                                graphs=bool(graphs), per_example=per_example)
     meta = finish_meta(s, model, start_x.shape[1:], num_classes, model_name, steps_used,
                        final_loss, impl, normalize=norm, given_start=x0 is not None)
-    return Fingerprint(x, targets, meta)
+    fp = Fingerprint(x, targets, meta)
+    if negatives:
+        from .verdict import null_rate_of
+
+        fp.meta.update(null_rate=null_rate_of(fp, negatives), null_models=len(negatives))
+    return fp
 
 
 def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int, *,

@@ -2,7 +2,8 @@
 
 The match rate of the suspect on the fingerprint is compared with a *null rate*, the rate at
 which models that are not copies match it: estimated from ``negatives`` (unrelated models the
-user supplies), else from the transferability recorded at generation (``meta["null_rate"]``),
+user supplies), else from the transferability recorded at generation (``meta["null_rate"]``,
+from ``generate(..., negatives=...)``),
 else chance level ``1 / num_classes`` (with a warning: the weakest null, since characteristic
 examples transfer above chance to related architectures). Under the null hypothesis each of the
 ``n`` examples matches independently with that probability, so the match count is

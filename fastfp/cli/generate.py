@@ -103,6 +103,10 @@ def add_parser(sub: SubParsers) -> None:
                    help="checkpoint folder (default: OUT.parts, removed after the merge; a "
                         "folder given here is kept). Under torchrun every rank writes its batches "
                         "there and rank 0 merges into --out")
+    p.add_argument("--negative", action="append", default=[], metavar="MODEL",
+                   help="an unrelated reference model (safe formats, as a suspect); its match "
+                        "rate is recorded as the fingerprint's null rate for `fastfp verify`; "
+                        "repeat for more")
     p.add_argument("--json", metavar="PATH", help="also write a JSON report")
     p.set_defaults(func=run)
 
@@ -238,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         print(estimate(model, shape, num_classes, batch, num, settings, done), file=sys.stderr,
               flush=True)
     start = time.perf_counter()
+    negatives = [load_model(argparse.Namespace(**{**vars(args), "model": spec, "arch": None}),
+                            suspect=True).model for spec in args.negative]
     common = dict(settings, batch_size=args.batch_size, progress=not args.no_progress,
                   model_name=name)
     if checkpoint:
@@ -249,6 +255,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         fp = cexamples.generate(model, num, shape, num_classes, **common)
     seconds = time.perf_counter() - start
+    if negatives:
+        from fastfp.cexamples.verdict import null_rate_of
+
+        fp.meta.update(null_rate=null_rate_of(fp, negatives), null_models=len(negatives))
     fp.save(args.out)
     if checkpoint and args.shard_dir is None:
         import shutil
