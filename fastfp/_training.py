@@ -11,6 +11,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def check_data(data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training data: a pair (x, y) of float inputs and class labels of one non-zero length."""
+    from . import _validate as V
+
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError("data: expected a pair (x, y) of tensors")
+    x, y = data
+    V.tensor("data[0]", x, floating=True)
+    V.labels("data[1]", y)
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and "
+                         f"{len(y)}")
+    return x, y
+
+
 def prunable(model: nn.Module) -> list[nn.Module]:
     """The conv and linear layers of ``model``, in module order (what pruning acts on)."""
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

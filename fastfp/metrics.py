@@ -30,7 +30,7 @@ import torch.nn as nn
 from numpy.typing import ArrayLike
 
 from . import _validate as V
-from ._training import deterministic, fit, prunable
+from ._training import check_data, deterministic, fit, prunable
 from .fingerprint import Fingerprint
 
 PRUNE_RATES = (0.4, 0.5, 0.6, 0.7, 0.8)
@@ -82,18 +82,6 @@ def fp_accuracy(fp: Fingerprint | FingerprintLike, model: nn.Module,
     return verify(model, _as_fingerprint(fp), batch_size=batch_size)
 
 
-def _check_data(data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError("data: expected a pair (x, y) of tensors")
-    x, y = data
-    V.tensor("data[0]", x, floating=True)
-    V.labels("data[1]", y)
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and "
-                         f"{len(y)}")
-    return x, y
-
-
 def pruned_copies(model: nn.Module, rates: Iterable[float] = PRUNE_RATES, repeats: int = 5,
                   data: Data | None = None, *, epochs: int = 1, lr: float = 0.01, seed: int = 0,
                   progress: bool = False) -> dict[float, list[nn.Module]]:
@@ -113,7 +101,7 @@ def pruned_copies(model: nn.Module, rates: Iterable[float] = PRUNE_RATES, repeat
     if data is None:
         repeats = 1  # deterministic: every repeat would be the same model
     else:
-        x, y = _check_data(data)
+        x, y = check_data(data)
     if not prunable(model):  # checked here: torch's global pruning fails obscurely on no layers
         raise ValueError("model: has no Conv2d or Linear layer to prune")
     out: dict[float, list[nn.Module]] = {}

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _validate as V
-from ._training import deterministic, fit, prunable
+from ._training import check_data, deterministic, fit, prunable
 
 Data = tuple[torch.Tensor, torch.Tensor]  # (x, y): images and their classes
 
@@ -264,14 +264,7 @@ def finetune(model: nn.Module, data: Data, *, layers: str = "all", epochs: int =
     lr = V.real("lr", lr, lo=0.0)
     batch_size = V.integer("batch_size", batch_size, lo=1)
     seed = V.integer("seed", seed, lo=0)
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError("data: expected a pair (x, y) of tensors")
-    x, y = data
-    V.tensor("data[0]", x, floating=True)
-    V.labels("data[1]", y)
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and "
-                         f"{len(y)}")
+    x, y = check_data(data)
     m = copy.deepcopy(model).float()
     if layers == "all":
         params = list(m.parameters())
