@@ -55,3 +55,15 @@ def digits_cnn():
         acc = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     model.zero_grad(set_to_none=True)
     return model, acc
+
+
+class TupleModel(nn.Module):
+    """A model returning (logits, features) for 1x4x4 inputs: not a classifier fastfp can score."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out, out

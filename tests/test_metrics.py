@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import TupleModel
 from sklearn import metrics as skm
 
 from fastfp import metrics as M
@@ -240,18 +241,6 @@ def test_paper_pruning_schedule_is_global_magnitude():
     assert all(len(v) == 5 for v in M.pruned_copies(m, rates=(0.4,), data=data).values())
 
 
-class _Pair(nn.Module):
-    """A model returning (logits, features): not a classifier the metrics can score."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
-
-    def forward(self, x):
-        out = self.fc(x)
-        return out, out
-
-
 def test_fp_accuracy_takes_fingerprints_and_objects_and_rejects_odd_models():
     from types import SimpleNamespace
 
@@ -265,7 +254,7 @@ def test_fp_accuracy_takes_fingerprints_and_objects_and_rejects_odd_models():
     assert M.fp_accuracy(Fingerprint(x, y), m) == 1.0
     assert M.fp_accuracy(SimpleNamespace(inputs=x, labels=wrong), m) == 0.0
     with pytest.raises(TypeError, match="model: expected a classifier returning a logits"):
-        M.fp_accuracy((x, y), _Pair())
+        M.fp_accuracy((x, y), TupleModel())
     with pytest.raises(ValueError, match="meta device"):
         M.fp_accuracy((x, y), _mlp().to("meta"))
     with pytest.raises(TypeError, match="fp.inputs: expected float"):
@@ -290,6 +279,6 @@ def test_pruned_copies_validate_seed_data_and_models():
     with pytest.raises(ValueError, match="meta device"):
         M.pruned_copies(_mlp().to("meta"), rates=(0.5,))
     with pytest.raises(TypeError, match="model: expected a classifier"):
-        M.pruned_copies(_Pair(), rates=(0.5,), data=data)
+        M.pruned_copies(TupleModel(), rates=(0.5,), data=data)
     with pytest.raises(ValueError, match="y: labels go up to 12"):
         M.pruned_copies(m, rates=(0.5,), data=(data[0], torch.full((8,), 12)))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import TupleModel
 
 from fastfp import variants as V
 from fastfp import zoo
@@ -223,16 +224,6 @@ def test_accuracy_filter_on_a_zoo_model():
         V.accuracy_filter(m, vs, d.x_test, d.y_test, max_drop=2)
 
 
-class _Pair(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
-
-    def forward(self, x):
-        out = self.fc(x)
-        return out, out
-
-
 def test_errors_from_inside_torch_name_the_argument():
     data = (torch.rand(8, 1, 4, 4), torch.randint(0, 10, (8,)))
     with pytest.raises(ValueError, match="model: has tensors on the meta device"):
@@ -240,9 +231,9 @@ def test_errors_from_inside_torch_name_the_argument():
     with pytest.raises(ValueError, match="model: has tensors on the meta device"):
         V.prune_global(_net().to("meta"), 0.5)
     with pytest.raises(TypeError, match="model: expected a classifier returning 2-D"):
-        V.finetune(_Pair(), data)
+        V.finetune(TupleModel(), data)
     with pytest.raises(TypeError, match="model: expected a classifier returning 2-D"):
-        V.RandomizedSmoothing(_Pair(), 0.1, n=2)(data[0])
+        V.RandomizedSmoothing(TupleModel(), 0.1, n=2)(data[0])
     with pytest.raises(TypeError, match="x: expected float"):
         V.RandomizedSmoothing(_net(), 0.1, n=2)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(TypeError, match="data\\[1\\]: expected integer"):

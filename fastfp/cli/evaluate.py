@@ -41,7 +41,7 @@ def add_parser(sub: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastfp import Fingerprint, metrics
     from fastfp.cexamples import checks, verify
-    from fastfp.cli.loader import load_model
+    from fastfp.cli.loader import load_classifier, load_model
     from fastfp.store import check_target
 
     if args.json:
@@ -53,15 +53,8 @@ def run(args: argparse.Namespace) -> int:
     classes = fp.meta.get("num_classes")
     owner = load_model(args, suspect=False)
     checks.probe(owner.model, x1, classes, checks.model_device(owner.model))
-    others = {}
-    for spec in args.others:
-        other = load_model(argparse.Namespace(**{**vars(args), "model": spec}), suspect=True)
-        try:
-            checks.probe(other.model, x1, classes, checks.model_device(other.model))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"--others {spec}: not a classifier of the fingerprint's inputs and "
-                             f"classes ({exc})") from None
-        others[spec] = other.model
+    others = {spec: load_classifier(args, spec, "--others", tuple(x1.shape[1:]), classes)
+              for spec in args.others}
     rates = metrics.PRUNE_RATES if args.pruned_rates is None else args.pruned_rates
     copies = metrics.pruned_copies(owner.model, rates)
     per_rate = metrics.robustness_per_rate(fp, copies=copies)

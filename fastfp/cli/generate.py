@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from fastfp import cexamples
     from fastfp import distributed as dd
     from fastfp.cexamples.sharded import DEFAULT_BATCH
-    from fastfp.cli.loader import load_model
+    from fastfp.cli.loader import load_classifier, load_model
 
     ctx = dd.init()
     if ctx.distributed and args.device is None:
@@ -233,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
                     normalize=normalize, quantize=args.quantize)
     if x0 is not None:
         settings["x0"] = x0
+    negatives = [load_classifier(args, spec, "--negative", shape, num_classes, same_arch=False)
+                 for spec in args.negative]  # checked before any work
     checkpoint = ctx.distributed or args.shard_dir is not None or not args.no_checkpoint
     parts = Path(args.shard_dir or f"{args.out}.parts")
     batch = args.batch_size or (DEFAULT_BATCH if checkpoint else min(num, DEFAULT_BATCH))
@@ -242,8 +244,6 @@ def run(args: argparse.Namespace) -> int:
         print(estimate(model, shape, num_classes, batch, num, settings, done), file=sys.stderr,
               flush=True)
     start = time.perf_counter()
-    negatives = [load_model(argparse.Namespace(**{**vars(args), "model": spec, "arch": None}),
-                            suspect=True).model for spec in args.negative]
     common = dict(settings, batch_size=args.batch_size, progress=not args.no_progress,
                   model_name=name)
     if checkpoint:

@@ -184,3 +184,23 @@ def load_entry(entry: dict[str, Any], base: Path, what: str | None = None, *,
         path = spec_file(entry["path"], base, allow_absolute=allow_absolute, what=f"{what}: path")
         return load_file(path, what, trust_code=trust_code)
     raise UserError(f"{what}: give one of 'zoo', 'arch' or 'path'")
+
+
+def load_classifier(args: argparse.Namespace, spec: str, flag: str,
+                    input_shape: tuple[int, ...], num_classes: int | None, *,
+                    same_arch: bool = True) -> Any:
+    """Another model given by ``flag`` (``--negative``, ``--others``), loaded as a suspect with
+    MODEL's arguments (its ``--arch`` too when ``same_arch``) and checked to classify inputs of
+    ``input_shape`` into ``num_classes`` classes, before any work."""
+    import torch
+
+    from fastfp.cexamples import checks
+
+    extra = {"model": spec} if same_arch else {"model": spec, "arch": None}
+    model = load_model(argparse.Namespace(**{**vars(args), **extra}), suspect=True).model
+    try:
+        checks.probe(model, torch.zeros(1, *input_shape), num_classes, checks.model_device(model))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{flag} {spec}: not a classifier of the fingerprint's inputs and "
+                         f"classes ({exc})") from None
+    return model

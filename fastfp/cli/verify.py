@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fastfp import Fingerprint, cexamples
     from fastfp.cexamples import checks
-    from fastfp.cli.loader import load_model
+    from fastfp.cli.loader import load_classifier, load_model
     from fastfp.store import check_target
 
     if args.json:
@@ -76,15 +76,8 @@ def run(args: argparse.Namespace) -> int:
     x1 = torch.zeros(1, *fp.inputs.shape[1:])
     classes = fp.meta.get("num_classes")
     checks.probe(suspect.model, x1, classes, checks.model_device(suspect.model))
-    negatives = []
-    for spec in args.negative:
-        neg = load_model(argparse.Namespace(**{**vars(args), "model": spec}), suspect=True)
-        try:
-            checks.probe(neg.model, x1, classes, checks.model_device(neg.model))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"--negative {spec}: not a classifier of the fingerprint's inputs "
-                             f"and classes ({exc})") from None
-        negatives.append(neg.model)
+    negatives = [load_classifier(args, spec, "--negative", tuple(x1.shape[1:]), classes)
+                 for spec in args.negative]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the chance-level warning: said in the output instead
         v = cexamples.verdict(suspect.model, fp, negatives=negatives or None,
