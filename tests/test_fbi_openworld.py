@@ -514,3 +514,61 @@ def test_open_world_arrays_cupy_in_cupy_out():
     ent = fbi.entropy(cupy.asarray(labels))
     assert isinstance(ent, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(ent), fbi.entropy(labels), atol=1e-12)
+
+
+def test_deployment_queries_are_fixed_and_match_the_literal_draw(db, ow):
+    # drawn once from the fit's seed: the same L inputs every time, per family and for identify
+    S = ow.queries()
+    assert S.shape == (ow.L,) and np.array_equal(S, ow.queries())
+    assert np.array_equal(S, ow.sample(None, np.random.default_rng([ow.seed, 1, 0])))
+    want = ref.select_inputs(
+        ow.L,
+        ow.identify_selection,
+        np.random.default_rng([ow.seed, 1, 0]),
+        ow.correct_,
+        None,
+        ow.entropy_,
+        ow.pool_fraction,
+        ow.guard,
+    )
+    assert S.tolist() == list(want)
+    f = ow.families_[2]
+    Sf = ow.queries(f)
+    assert np.array_equal(Sf, ow.sample(f, np.random.default_rng([ow.seed, 1, 3])))
+    assert not np.array_equal(Sf, ow.queries(ow.families_[1]))
+    S[:] = 0  # a copy: the held queries cannot be changed from outside
+    assert np.array_equal(ow.queries(), ow.sample(None, np.random.default_rng([ow.seed, 1, 0])))
+    with pytest.raises(ValueError, match="unknown family"):
+        ow.queries("nope")
+
+
+def test_detect_and_identify_without_seed_ask_the_deployment_queries(db, ow):
+    for i, name in enumerate(db.names[:6]):
+        f = db.families[i]
+        r = ow.detect(name, f)
+        assert np.array_equal(r.queries, ow.queries(f))
+        z = ow._symbols(name, r.queries)
+        d = min(
+            ref.rajski_distance(z.tolist(), ow.sym_[j, r.queries].tolist())
+            for j in ow.delegates_[f]
+        )
+        assert abs(r.distance - d) < 1e-9 and r.positive == (d < ow.tau_)
+        # a seed still draws fresh queries
+        assert not np.array_equal(ow.detect(name, f, seed=i).queries, r.queries)
+    boxes = [db.topk[i] for i in range(db.num_models)]
+    many = ow.identify_many(boxes)
+    for i, r in enumerate(many):
+        assert np.array_equal(r.queries, ow.queries())
+        S = ow.queries()
+        z = ow._symbols(boxes[i], S)
+        want = {
+            f: min(ref.rajski_distance(z.tolist(), ow.sym_[j, S].tolist()) for j in d)
+            for f, d in ow.delegates_.items()
+        }
+        assert r.distances.keys() == want.keys()
+        assert all(abs(r.distances[f] - want[f]) < 1e-9 for f in want)
+    # mixed: fixed and seeded black boxes in one call, each as when asked alone
+    mixed = ow.identify_many(boxes[:4], seeds=[None, 3, None, 5])
+    for b, s, r in zip(boxes[:4], [None, 3, None, 5], mixed, strict=True):
+        one = ow.identify(b, seed=s)
+        assert np.array_equal(one.queries, r.queries) and one.distances == r.distances

@@ -423,7 +423,32 @@ class OpenWorld:
         self.tau_ = _threshold(np.concatenate(neg), self.fpr)
         self.detect_tpr_ = float(np.mean(np.concatenate(pos) < self.tau_))
         self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
+        self._deployed: dict = {}  # family (None: identification) -> (queries, delegate symbols)
         return self
+
+    def queries(self, family: str | None = None) -> np.ndarray:
+        """The L deployment queries (input indices) of ``family``'s detection, or of
+        identification (None): in the paper Alice picks her L queries once, so a fitted open world
+        asks every black box the same inputs (``detect`` / ``identify`` without ``seed``), which
+        a black box's answer cache and an export of the query images rely on. Drawn on first use
+        from the fit's seed (a stream of its own: the fit's trials and tau are unchanged)."""
+        return self._deployment(family)[0].copy()
+
+    def _deployment(self, family: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(queries (L,), the delegates' symbols on them): identification against every
+        delegate stacked (``delegate_rows_``), detection against ``family``'s own."""
+        self._check_fitted()
+        if family is not None and family not in self.families_:
+            raise ValueError(
+                f"family: unknown family {family!r} (known: {', '.join(self.families_)})"
+            )
+        if family not in self._deployed:
+            # one stream per query set, fixed by (seed, family): independent of the draw order
+            key = 0 if family is None else 1 + self.families_.index(family)
+            S = self.sample(family, np.random.default_rng([self.seed, 1, key]))
+            rows = self.delegate_rows_ if family is None else self.delegates_[family]
+            self._deployed[family] = (S, np.ascontiguousarray(self.sym_[rows][:, S]))
+        return self._deployed[family]
 
     def trial(
         self, rng: np.random.Generator
@@ -567,10 +592,6 @@ class OpenWorld:
             )
         return labels[:, : self.k_].astype(np.int64)
 
-    def _distance(self, z: np.ndarray, S: np.ndarray, family: str) -> float:
-        dele = self.sym_[self.delegates_[family]][:, S]
-        return float(np.asarray(pairwise_rajski(z[None], dele, k=self.k_, exact=True)).min())
-
     def detect(self, blackbox: Blackbox, family: str, *, seed: int | None = None) -> OpenDetection:
         """Is the black box a variant of ``family``? blackbox: a database model name (simulation),
         its outputs (N,) / (N, c) on every input, or a callable ``indices -> (L, c)`` top-k
@@ -580,23 +601,30 @@ class OpenWorld:
             raise ValueError(
                 f"family: unknown family {family!r} (known: {', '.join(self.families_)})"
             )
-        S = self.sample(family, np.random.default_rng(arrays.check_seed(seed)))
+        seed = arrays.check_seed(seed)
+        if seed is None:  # the deployment queries, their delegates' symbols held since fit
+            S, dele = self._deployment(family)
+        else:
+            S = self.sample(family, np.random.default_rng(seed))
+            dele = self.sym_[self.delegates_[family]][:, S]
         z = self._symbols(blackbox, S)
-        d = self._distance(z, S, family)
-        return OpenDetection(family, d < self.tau_, d, self.tau_, S)
+        d = float(np.asarray(pairwise_rajski(z[None], dele, k=self.k_, exact=True)).min())
+        return OpenDetection(family, d < self.tau_, d, self.tau_, S.copy())
 
     def identify(self, blackbox: Blackbox, *, seed: int | None = None) -> OpenIdentification:
-        """Which family, or abstain (H0 when every distance >= tau; ties abstain too)."""
+        """Which family, or abstain (H0 when every distance >= tau; ties abstain too). Asks the
+        deployment queries (``queries()``) unless ``seed`` asks for a fresh draw."""
         return self.identify_many([blackbox], seeds=[seed])[0]
 
     def identify_many(
         self, blackboxes: Iterable[Blackbox], *, seeds: Sequence[int | None] | None = None
     ) -> list[OpenIdentification]:
         """``[identify(b, seed=s) for b, s in zip(blackboxes, seeds)]``, with the same results,
-        computed in batches: the query draws' greedy covers in lockstep, then one surjection and
-        one exact batched pairwise_rajski call for all black boxes (each distance depends only
-        on its pair: the same bits as one call per family). seeds: one per black box, or None
-        (fresh draws)."""
+        computed in batches. seeds: one per black box, or None. A None seed (the default) asks
+        the deployment queries ``queries()``: all of those black boxes in one exact
+        pairwise_rajski call against the delegates held since fit. A seed draws a fresh query
+        set: the draws' greedy covers in lockstep, then one exact batched call (each distance
+        depends only on its pair: the same bits as one call per black box)."""
         self._check_fitted()
         blackboxes = list(blackboxes)
         seeds = [None] * len(blackboxes) if seeds is None else list(seeds)
@@ -605,20 +633,31 @@ class OpenWorld:
                 f"seeds: expected one per black box ({len(blackboxes)}), got {len(seeds)}"
             )
         seeds = [arrays.check_seed(s, "seeds") for s in seeds]
-        draws = self._sample_many(seeds)
+        drawn = [s for s in seeds if s is not None]
+        fresh = iter(self._sample_many(drawn) if drawn else [])
+        fixed = self._deployment(None) if len(drawn) < len(seeds) else None
+        draws = [fixed[0] if s is None else next(fresh) for s in seeds]
         labels = [self._labels(b, S) for b, S in zip(blackboxes, draws, strict=True)]
-        out: list[OpenIdentification] = []
         if not draws:
-            return out
-        # every check done: one surjection and one exact batched distance call for all of them
+            return []
+        # every check done: one surjection and one exact distance call per kind of query set
         S_all = np.stack(draws)  # (n, L)
         Z = surjection(np.stack(labels), self.reference_[S_all], self.k_)  # (n, L)
-        dele = self.sym_[self.delegate_rows_[None, :, None], S_all[:, None, :]]  # (n, d, L)
-        D = np.asarray(pairwise_rajski(Z[:, None, :], dele, k=self.k_, exact=True))[:, 0]
+        D = np.empty((len(draws), self.delegate_rows_.size), dtype=np.float64)
+        on_fixed = np.array([s is None for s in seeds])
+        if fixed is not None:
+            D[on_fixed] = pairwise_rajski(Z[on_fixed], fixed[1], k=self.k_, exact=True)
+        if drawn:
+            S_new = S_all[~on_fixed]
+            dele = self.sym_[self.delegate_rows_[None, :, None], S_new[:, None, :]]  # (n, d, L)
+            D[~on_fixed] = np.asarray(
+                pairwise_rajski(Z[~on_fixed][:, None, :], dele, k=self.k_, exact=True)
+            )[:, 0]
         D = np.minimum.reduceat(D, self.delegate_starts_, axis=1)  # (n, nF)
-        for d, S in zip(D, draws, strict=True):
-            out.append(self._decide(dict(zip(self.families_, d.tolist(), strict=True)), S))
-        return out
+        return [
+            self._decide(dict(zip(self.families_, d.tolist(), strict=True)), S.copy())
+            for d, S in zip(D, draws, strict=True)
+        ]
 
     def _decide(self, dist: dict, S: np.ndarray) -> OpenIdentification:
         best = min(dist.values())
@@ -642,9 +681,7 @@ class OpenWorld:
             "tau": self.tau_,
             "tau_identify": self.tau_identify_,
             "detect_tpr_on_database": self.detect_tpr_,
-            "delegate_models": {
-                f: [db.names[i] for i in r] for f, r in self.delegates_.items()
-            },
+            "delegate_models": {f: [db.names[i] for i in r] for f, r in self.delegates_.items()},
         }
 
 
