@@ -173,3 +173,37 @@ def test_sealed_safetensors_see_any_changed_byte():
         store.read_safetensors(blob[:20], name="cache.st")
     unsealed = store.safetensors_bytes(tensors, {"a": "1"})  # files without a checksum pass
     assert store.read_safetensors(unsealed)[1] == {"a": "1"}
+
+
+def _hold_lock(path, ready, release):
+    with store.lock(path):
+        ready.set()
+        release.wait(30)
+
+
+def test_lock_names_the_holder_and_is_freed_on_exit(tmp_path):
+    import multiprocessing as mp
+
+    target = tmp_path / "db.safetensors"
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(target, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(store.LockTimeout, match=f"locked by pid {holder.pid}"):
+            with store.lock(target, wait=0.2):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with store.lock(target, wait=5):  # free again once the holder is gone
+        with store.lock(target):  # re-entrant within one process
+            pass
+    assert (tmp_path / "db.safetensors.lock").exists()  # never removed: removal could race
+
+
+def test_lock_rejects_a_bad_wait(tmp_path):
+    with pytest.raises(ValueError, match="wait"):
+        with store.lock(tmp_path / "x", wait=-1):
+            pass
