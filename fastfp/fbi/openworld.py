@@ -81,6 +81,17 @@ class _Guard:
             )
         return self._pools[key]
 
+    def _buffers(self, b: int, W: int, P: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step buffers (b, W, P) uint64 and uint8, kept between covers: fresh pages would be
+        faulted in at every call, which costs more than the step's arithmetic."""
+        held = getattr(self, "_held", None)
+        if held is None or held[0].shape[0] < b or held[0].shape[1:] != (W, P):
+            held = self._held = (
+                np.empty((b, W, P), dtype=np.uint64),
+                np.empty((b, W, P), dtype=np.uint8),
+            )
+        return held
+
     def covers(self, pool: np.ndarray, perms: np.ndarray) -> list[list[int]]:
         """The literal greedy cover (reference ``select_inputs``) of each permutation (B, P) of
         ``pool``, vectorised and in lockstep: at each step, the column that meets the most unmet
@@ -102,6 +113,8 @@ class _Guard:
             need_wrong = np.tile(wrong0, (rows.size, 1))
             # first pick: every column meets exactly one requirement of every model: a tie
             best = where[perms[rows, 0]]
+            # the per-step work in preallocated buffers: no (b, W, P) temporaries per step
+            buf, bits = self._buffers(rows.size, W, P)
             while rows.size:
                 for r, x in zip(rows.tolist(), pool[best].tolist(), strict=True):
                     chosen[r].append(x)
@@ -119,10 +132,17 @@ class _Guard:
                 if not rows.size:
                     break
                 # a column meets model m's last requirement iff its bit differs from need_wrong
-                ws = np.flatnonzero(unmet.any(0))  # only the words with unmet models
-                t = (cols[ws] if ws.size < W else cols)[None] ^ need_wrong[:, ws, None]
+                b = rows.size
+                ws = np.flatnonzero(unmet.any(0))  # only the words with unmet models, when few
+                if 2 * ws.size > W:  # a copy of most words costs more than the masked full pass
+                    ws = slice(None)
+                part = cols if isinstance(ws, slice) else cols[ws]
+                w = part.shape[0]
+                t = np.bitwise_xor(part[None], need_wrong[:, ws, None], out=buf[:b, :w])
                 t &= unmet[:, ws, None]
-                count = np.bitwise_count(t).sum(1, dtype=np.int32)  # (b, P)
+                count = np.add.reduce(
+                    np.bitwise_count(t, out=bits[:b, :w]), axis=1, dtype=np.int32
+                )  # (b, P)
                 top = count == count.max(1, keepdims=True)
                 best = np.where(top, rank[rows], pool.size).argmin(1)
         return chosen
