@@ -30,6 +30,7 @@ from fastfp import _validate, store
 from .surjection import surjection
 
 FORMAT = "fastfp.fbi.database/1"
+STORE_INPUTS_MAX_BYTES = 256 * 2**20  # store_inputs=None keeps the benign inputs up to this size
 
 
 def _label_dtype(num_classes: int):
@@ -102,6 +103,7 @@ class Database:
         num_classes: int,
         ground_truth: Any = None,
         digest: str | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> None:
         k = _validate.integer("k", k, lo=1, hi=254)
         num_classes = _validate.integer("num_classes", num_classes, lo=1)
@@ -143,6 +145,30 @@ class Database:
         self.k, self.num_classes = k, num_classes
         self.ground_truth = ground_truth
         self.digest = digest
+        self._inputs: torch.Tensor | None = None
+        if inputs is not None:
+            self.with_inputs(inputs)
+
+    # --- benign inputs -------------------------------------------------------------------------
+    @property
+    def inputs(self) -> torch.Tensor | None:
+        """The benign inputs (float32) when the database keeps them, else None."""
+        return self._inputs
+
+    def with_inputs(self, inputs: torch.Tensor) -> Database:
+        """Keep ``inputs`` (as float32) with the database, so it can be extended or verified
+        without them at hand; they must be the inputs it was built on (same digest)."""
+        _validate.tensor("inputs", inputs, min_dim=1)
+        if inputs.shape[0] != self.num_inputs:
+            raise ValueError(
+                f"inputs: has {inputs.shape[0]} entries, the database has {self.num_inputs}"
+            )
+        digest = inputs_digest(inputs)
+        if self.digest is not None and digest != self.digest:
+            raise ValueError("inputs: differ from the inputs this database was built on")
+        self.digest = digest
+        self._inputs = inputs.detach().to("cpu", torch.float32).contiguous()
+        return self
 
     # --- shape and lookup ----------------------------------------------------------------------
     @property
@@ -248,6 +274,7 @@ class Database:
         num_classes: int,
         ground_truth: Any = None,
         digest: str | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> Database:
         num_inputs = _validate.integer("num_inputs", num_inputs, lo=1)
         return cls(
@@ -258,6 +285,7 @@ class Database:
             num_classes=num_classes,
             ground_truth=ground_truth,
             digest=digest,
+            inputs=inputs,
         )
 
     @classmethod
@@ -275,6 +303,8 @@ class Database:
         path: PathLike | None = None,
         progress: bool = True,
         checkpoint_s: float = 30.0,
+        store_inputs: bool | None = None,
+        lock_wait: float | None = None,
     ) -> Database:
         """Query ``models`` (mapping name -> module, or (name, module) pairs) on ``inputs``.
 
@@ -284,42 +314,35 @@ class Database:
         finished model once ``checkpoint_s`` seconds have passed since the last write (0: after
         every model), when the build ends and when it is interrupted, so a crash loses at most
         that much work and a long zoo is not rewritten once per model.
+
+        store_inputs: keep the inputs in the database (None: when they take at most
+        ``STORE_INPUTS_MAX_BYTES``). The whole build holds :func:`fastfp.store.lock` on ``path``:
+        a concurrent build of the same file waits up to ``lock_wait`` seconds (None: until the
+        other ends, then extends its file) and then fails naming the holder.
         """
         _validate.tensor("inputs", inputs, min_dim=1)
         k = _validate.integer("k", k, lo=1, hi=254)
         checkpoint_s = _validate.real("checkpoint_s", checkpoint_s, lo=0.0)
+        batch_size = _validate.integer("batch_size", batch_size, lo=1)
+        keep = wants_inputs(store_inputs, inputs)
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
         if not pairs:
             raise ValueError("models: no model given")
         check_new_models(pairs, families, [])
+        if path is None:
+            return cls._build(pairs, inputs, k, families, labels, num_classes, batch_size,
+                              device, None, progress, checkpoint_s, keep)
+        path = store.check_target(path)  # before any model is queried
+        with store.lock(path, wait=lock_wait):
+            return cls._build(pairs, inputs, k, families, labels, num_classes, batch_size,
+                              device, path, progress, checkpoint_s, keep)
+
+    @classmethod
+    def _build(cls, pairs, inputs, k, families, labels, num_classes, batch_size, device, path,
+               progress, checkpoint_s, keep) -> Database:
         digest = inputs_digest(inputs)
         if path is not None and Path(path).exists():
-            db = cls.load(path)
-            if db.k != k:
-                raise ValueError(
-                    f"k: the database at {path} was built with k = {db.k}, got k = {k}"
-                )
-            if db.digest != digest:
-                raise ValueError(
-                    f"inputs: differ from the inputs the database at {path} was built on"
-                )
-            # a resumed build keeps the stored reference classes: other labels must not be ignored
-            if labels is not None and (
-                db.ground_truth is None
-                or not np.array_equal(
-                    np.asarray(labels).astype(np.int64).reshape(-1), db.ground_truth
-                )
-            ):
-                raise ValueError(f"labels: differ from the ground truth of the database at {path}")
-            moved = [
-                n
-                for n, _ in pairs
-                if str(n) in db.names and str(families[n]) != db.families[db.index(str(n))]
-            ]
-            if moved:  # a resumed build must not keep a family the model list now contradicts
-                raise ValueError(
-                    f"families: models {moved} are stored at {path} with another family"
-                )
+            db = load_resumable(path, pairs, families, k=k, digest=digest, labels=labels)
         else:
             if num_classes is None:
                 num_classes = probe_classes(pairs[0][1], inputs, device)
@@ -335,6 +358,8 @@ class Database:
             db = cls.empty(
                 inputs.shape[0], k=k, num_classes=num_classes, ground_truth=gt, digest=digest
             )
+        if keep and db.inputs is None:
+            db.with_inputs(inputs)
         from tqdm.auto import tqdm
 
         todo = [(str(n), m) for n, m in pairs if str(n) not in db.names]
@@ -386,6 +411,8 @@ class Database:
         tensors = {"topk": np.ascontiguousarray(self.topk)}
         if self.ground_truth is not None:
             tensors["ground_truth"] = np.ascontiguousarray(self.ground_truth)
+        if self._inputs is not None:
+            tensors["inputs"] = self._inputs.numpy()
         meta = {
             "format": FORMAT,
             "names": self.names,
@@ -396,7 +423,9 @@ class Database:
             "digest": self.digest,
         }
         meta["sha256"] = _checksum(tensors, meta)
-        store.write_bytes(path, save(tensors, metadata={"fastfp": json.dumps(meta)}))
+        blob = save(tensors, metadata={"fastfp": json.dumps(meta)})
+        with store.lock(path):  # re-entrant: a locked build saves under its own lock
+            store.write_bytes(path, blob)
 
     @classmethod
     def load(cls, path: PathLike) -> Database:
@@ -435,6 +464,10 @@ class Database:
                 f"path: {str(path)!r} is a corrupt FBI database (outputs of shape {topk.shape}, "
                 f"expected {meta['num_inputs']} inputs)"
             )
+        inputs = tensors.get("inputs")
+        if inputs is not None and meta.get("digest") is not None \
+                and inputs_digest(torch.from_numpy(inputs)) != meta["digest"]:
+            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (inputs digest)")
         return cls(
             topk,
             meta["names"],
@@ -443,6 +476,7 @@ class Database:
             num_classes=meta["num_classes"],
             ground_truth=tensors.get("ground_truth"),
             digest=meta.get("digest"),
+            inputs=None if inputs is None else torch.from_numpy(inputs),
         )
 
     def __repr__(self) -> str:
@@ -462,6 +496,48 @@ def _checksum(tensors: dict, meta: dict) -> str:
         h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def load_resumable(
+    path: PathLike,
+    pairs: Sequence[tuple[Any, Any]],
+    families: Mapping[Any, Any],
+    *,
+    k: int,
+    digest: str,
+    labels: Any,
+) -> Database:
+    """The database at ``path``, if a build of ``pairs`` with these settings may extend it; an
+    error naming the setting that differs otherwise (k, inputs, labels, a model's family)."""
+    db = Database.load(path)
+    if db.k != k:
+        raise ValueError(f"k: the database at {path} was built with k = {db.k}, got k = {k}")
+    if db.digest != digest:
+        raise ValueError(f"inputs: differ from the inputs the database at {path} was built on")
+    # a resumed build keeps the stored reference classes: other labels must not be ignored
+    if labels is not None and (
+        db.ground_truth is None
+        or not np.array_equal(np.asarray(labels).astype(np.int64).reshape(-1), db.ground_truth)
+    ):
+        raise ValueError(f"labels: differ from the ground truth of the database at {path}")
+    moved = [
+        n
+        for n, _ in pairs
+        if str(n) in db.names and str(families[n]) != db.families[db.index(str(n))]
+    ]
+    if moved:  # a resumed build must not keep a family the model list now contradicts
+        raise ValueError(f"families: models {moved} are stored at {path} with another family")
+    return db
+
+
+def wants_inputs(store_inputs: bool | None, inputs: torch.Tensor) -> bool:
+    """Whether a build keeps ``inputs``: forced by True/False, else when their float32 copy
+    takes at most ``STORE_INPUTS_MAX_BYTES``."""
+    if store_inputs is not None and not isinstance(store_inputs, bool):
+        raise TypeError(f"store_inputs: expected True, False or None, got {store_inputs!r}")
+    if store_inputs is None:
+        return inputs.numel() * 4 <= STORE_INPUTS_MAX_BYTES
+    return store_inputs
 
 
 def check_new_models(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastfp import _validate
+from fastfp import _validate, store
 from fastfp import distributed as dd
 
 from .database import (
@@ -25,9 +25,11 @@ from .database import (
     PathLike,
     check_new_models,
     inputs_digest,
+    load_resumable,
     probe_classes,
     query_one,
     release,
+    wants_inputs,
 )
 
 
@@ -45,14 +47,21 @@ def build_sharded(
     path: PathLike | None = None,
     ctx: dd.Context | None = None,
     progress: bool = True,
+    store_inputs: bool | None = None,
 ) -> Database | None:
     """Like :meth:`Database.build`, sharded over the ranks of ``ctx``; returns the database on
-    rank 0 (also saved to ``path`` when given) and ``None`` on the other ranks."""
+    rank 0 (also saved to ``path`` when given) and ``None`` on the other ranks.
+
+    An existing database at ``path`` is extended with the models it lacks, as
+    :meth:`Database.build` does, or refused when its k, inputs, labels or classes differ (every
+    rank checks the file before any query). Rank 0 holds :func:`fastfp.store.lock` on ``path``
+    from its check to the save."""
     ctx = ctx or dd.Context()
     _validate.tensor("inputs", inputs, min_dim=1)
     k = _validate.integer("k", k, lo=1, hi=254)
     batch_size = _validate.integer("batch_size", batch_size, lo=1)
     chunk_batches = _validate.integer("chunk_batches", chunk_batches, lo=1)
+    keep = wants_inputs(store_inputs, inputs)
     pairs = [(str(n), m) for n, m in (models.items() if hasattr(models, "items") else models)]
     if not pairs:
         raise ValueError("models: no model given")
@@ -60,6 +69,31 @@ def build_sharded(
     gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
     if gt is not None and gt.shape[0] != inputs.shape[0]:
         raise ValueError(f"labels: has {gt.shape[0]} entries, expected N = {inputs.shape[0]}")
+    if path is None:
+        return _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
+                      device, None, ctx, progress, keep)
+    path = store.check_target(path)  # before any model is queried
+    if not ctx.is_main:
+        return _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
+                      device, path, ctx, progress, keep)
+    with store.lock(path, wait=None):
+        return _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
+                      device, path, ctx, progress, keep)
+
+
+def _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches, device, path,
+           ctx, progress, keep) -> Database | None:
+    digest = inputs_digest(inputs)
+    old = None
+    if path is not None and path.exists():
+        old = load_resumable(path, pairs, families, k=k, digest=digest, labels=gt)
+        pairs = [(n, m) for n, m in pairs if n not in old.names]
+        gt = old.ground_truth  # the reference classes stay those of the stored file
+        if not pairs:  # nothing to query: every model is stored already
+            if ctx.is_main and keep and old.inputs is None:
+                old.with_inputs(inputs)
+                old.save(path)
+            return old if ctx.is_main else None
 
     chunk = batch_size * chunk_batches
     n_chunks = (inputs.shape[0] + chunk - 1) // chunk
@@ -68,7 +102,7 @@ def build_sharded(
         "names": [n for n, _ in pairs],
         "families": [str(families[n]) for n, _ in pairs],
         "k": k,
-        "inputs": inputs_digest(inputs),
+        "inputs": digest,
         "batch_size": batch_size,
         "chunk": chunk,
         "labels": None if gt is None else inputs_digest(torch.from_numpy(gt)),
@@ -77,6 +111,9 @@ def build_sharded(
 
     # rank 0 reads the class count now, while model 0 (its first item) is loaded anyway
     num_classes = probe_classes(pairs[0][1], inputs, None) if ctx.is_main else None
+    if old is not None and num_classes is not None and num_classes != old.num_classes:
+        raise ValueError(f"models: output {num_classes} classes, the database at {path} "
+                         f"holds {old.num_classes}")
     # index of the model this rank holds; blocked items keep it for its chunks
     current: list[int | None] = [None]
 
@@ -101,15 +138,13 @@ def build_sharded(
             for m in range(len(pairs))
         ]
     )
-    db = Database(
-        topk,
-        settings["names"],
-        settings["families"],
-        k=k,
-        num_classes=num_classes,
-        ground_truth=gt,
-        digest=settings["inputs"],
+    db = old or Database.empty(
+        inputs.shape[0], k=k, num_classes=num_classes, ground_truth=gt, digest=digest
     )
+    for name, family, rows in zip(settings["names"], settings["families"], topk, strict=True):
+        db.add(name, family, rows)
+    if keep and db.inputs is None:
+        db.with_inputs(inputs)
     if path is not None:
         db.save(path)
     return db
