@@ -615,7 +615,8 @@ class OpenWorld:
     def detect(self, blackbox: Blackbox, family: str, *, seed: int | None = None) -> OpenDetection:
         """Is the black box a variant of ``family``? blackbox: a database model name (simulation),
         its outputs (N,) / (N, c) on every input, or a callable ``indices -> (L, c)`` top-k
-        labels."""
+        labels. Asks the family's deployment queries (``queries(family)``), the same L inputs at
+        every call; ``seed`` draws a fresh query set instead (the fit's trials do the same)."""
         self._check_fitted()
         if family not in self.families_:
             raise ValueError(
