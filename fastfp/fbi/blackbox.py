@@ -1,0 +1,382 @@
+"""Black boxes as services: a suspect model that answers top-k labels, queried by input index.
+
+A black box holds the database's benign inputs ``x`` and answers ``bb(i) -> (k,)`` for one input
+index (the walled-garden greedy asks one at a time) or ``bb(S) -> (L, k)`` for an index array (the
+open world sends only its L selected inputs). Every image sent is counted (``images``), requests
+too (``queries``); ``max_queries`` caps the images sent and is checked before sending. An optional
+answer cache (``cache=PATH``, JSON written atomically after each batch) is keyed by the black box's
+identity and the SHA-256 of each image, so a repeated or resumed run never pays twice for an image.
+
+Subclasses: :class:`OpenInference` (a model served over the Open Inference Protocol, the KServe v2
+REST protocol of Triton, KServe, MLServer), :class:`Onnx` (a local ONNX file run by onnxruntime),
+:class:`Callable` (any python function on image batches). :func:`resolve` maps a CLI spec to one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable as CallableT
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastfp import _validate, store
+
+
+class BudgetExceeded(RuntimeError):
+    """Sending the next batch would exceed the black box's query budget (``max_queries``)."""
+
+
+class ServiceUnavailable(ConnectionError):
+    """The black box's server could not be reached or answered an error after the retries."""
+
+
+def image_digest(img: torch.Tensor) -> str:
+    """SHA-256 of an image's float32 bytes and shape (the answer cache's key)."""
+    arr = np.ascontiguousarray(img.detach().to("cpu", torch.float32).numpy())
+    h = hashlib.sha256(repr(tuple(arr.shape)).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+    # stable: of tied scores the lower class index ranks first, the same on every run
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
+
+
+class BlackBox:
+    """A suspect answering top-k labels on the benign inputs ``x``, by input index.
+
+    Subclasses implement ``_predict(x_batch) -> np.ndarray``: (B, C) float scores (the top-k is
+    taken here) or (B, k') integer labels with k' >= k.
+    """
+
+    def __init__(self, x: torch.Tensor, k: int, *, batch_size: int = 64,
+                 max_queries: int | None = None, cache: str | Path | None = None) -> None:
+        _validate.tensor("x", x, min_dim=2)
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected float images in 0..1, got {x.dtype}")
+        self.x = x
+        self.k = _validate.integer("k", k, lo=1)
+        self.batch_size = _validate.integer("batch_size", batch_size, lo=1)
+        self.max_queries = (None if max_queries is None
+                            else _validate.integer("max_queries", max_queries, lo=0))
+        if cache is not None and not isinstance(cache, str | Path):
+            raise TypeError(f"cache: expected a path, got {type(cache).__name__}")
+        self.cache = None if cache is None else Path(cache)
+        self.queries = 0
+        self.images = 0
+        self.cached = 0
+        self._answers: dict[str, list[int]] = {}
+        self._digests: dict[int, str] = {}
+        if self.cache is not None and self.cache.exists():
+            self._answers = self._load_cache()
+
+    # ------------------------------------------------------------------ identity and cache
+    def identity(self) -> str:
+        """A string naming what is queried (the answer cache's namespace)."""
+        return type(self).__name__
+
+    def _load_cache(self) -> dict[str, list[int]]:
+        try:
+            data = json.loads(store.read_bytes(self.cache, name="cache"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"cache: {str(self.cache)!r} is not a JSON answer cache "
+                             f"({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
+            raise ValueError(f"cache: {str(self.cache)!r} is not a fastfp answer cache")
+        return dict(data["answers"].get(self.identity(), {}))
+
+    def _save_cache(self) -> None:
+        data: dict[str, Any] = {"format": "fastfp.blackbox-cache/1", "answers": {}}
+        if self.cache.exists():  # keep the answers of other black boxes sharing the file
+            data["answers"] = json.loads(store.read_bytes(self.cache, name="cache"))["answers"]
+        data["answers"][self.identity()] = self._answers
+        store.write_json(self.cache, data, name="cache")
+
+    def _digest(self, i: int) -> str:
+        if i not in self._digests:
+            self._digests[i] = image_digest(self.x[i])
+        return self._digests[i]
+
+    # ----------------------------------------------------------------------------- queries
+    def __call__(self, indices: Any) -> np.ndarray:
+        """Top-k labels int64: (k,) for one index, (L, k) for a 1-D index array."""
+        single = isinstance(indices, int | np.integer) and not isinstance(indices, bool)
+        idx = np.atleast_1d(np.asarray(indices))
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError(f"indices: expected an int or a 1-D integer array, got "
+                            f"{getattr(indices, 'dtype', type(indices).__name__)} "
+                            f"shape {idx.shape}")
+        N = self.x.shape[0]
+        if idx.size and (idx.min() < 0 or idx.max() >= N):
+            raise ValueError(f"indices: must lie in 0..{N - 1}")
+        keys = [self._digest(int(i)) for i in idx]
+        new = [h not in self._answers for h in keys]
+        todo = list(dict.fromkeys(int(i) for i, n in zip(idx, new, strict=True) if n))
+        self.cached += len(idx) - sum(new)
+        for s in range(0, len(todo), self.batch_size):
+            batch = todo[s:s + self.batch_size]
+            if self.max_queries is not None and self.images + len(batch) > self.max_queries:
+                raise BudgetExceeded(
+                    f"max_queries: sending {len(batch)} more images would exceed the budget of "
+                    f"{self.max_queries} images ({self.images} sent so far)")
+            labels = self._labels(self.x[batch])
+            self.queries += 1
+            self.images += len(batch)
+            for i, row in zip(batch, labels, strict=True):
+                self._answers[self._digest(i)] = [int(v) for v in row]
+            if self.cache is not None:
+                self._save_cache()  # answers already paid for survive a later failure
+        out = np.array([self._answers[h] for h in keys], dtype=np.int64).reshape(len(idx), -1)
+        return out[0] if single else out
+
+    def _labels(self, xb: torch.Tensor) -> np.ndarray:
+        out = np.asarray(self._predict(xb))
+        where = self._where()
+        if out.ndim != 2 or out.shape[0] != len(xb):
+            raise ValueError(f"{where}: expected (batch, classes) scores or (batch, k) labels "
+                             f"for {len(xb)} images, got shape {out.shape}")
+        if out.dtype.kind == "f":
+            if out.shape[1] < self.k:
+                raise ValueError(f"{where}: returned {out.shape[1]} scores, fewer than "
+                                 f"k = {self.k}")
+            return _topk(out, self.k)
+        if out.dtype.kind in "iu":
+            if out.shape[1] < self.k:
+                raise ValueError(f"{where}: returned {out.shape[1]} labels per image, fewer "
+                                 f"than k = {self.k}")
+            return out[:, : self.k].astype(np.int64)
+        raise ValueError(f"{where}: expected float scores or integer labels, got {out.dtype}")
+
+    def _where(self) -> str:
+        return self.identity()
+
+    def _predict(self, xb: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """What was queried and what it cost: identity, requests, images sent, cache hits."""
+        return {"blackbox": self.identity(), "queries": self.queries, "images": self.images,
+                "cached": self.cached, "max_queries": self.max_queries}
+
+
+class Callable(BlackBox):
+    """Any python function on image batches: torch (B, C, H, W) -> (B, C) scores or (B, k)
+    labels."""
+
+    def __init__(self, fn: CallableT[[torch.Tensor], Any], x: torch.Tensor, k: int,
+                 *, name: str | None = None, **kw: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name: expected a string, got {type(name).__name__}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
+        super().__init__(x, k, **kw)
+
+    def identity(self) -> str:
+        return f"callable:{self.name}"
+
+    def _predict(self, xb: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            out = self.fn(xb)
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu().numpy()
+        return np.asarray(out)
+
+
+class Onnx(BlackBox):
+    """A local ONNX classifier run by onnxruntime on the CPU (a format that cannot run code)."""
+
+    def __init__(self, path: str | Path, x: torch.Tensor, k: int, **kw: Any) -> None:
+        from fastfp import suspects
+
+        if not isinstance(path, str | Path):
+            raise TypeError(f"path: expected a path, got {type(path).__name__}")
+        kind = suspects.sniff(path, store.read_bytes(path, name="path")[:64])
+        if kind != "onnx":
+            raise ValueError(f"path: {str(path)!r} is not an ONNX model (looks like {kind})")
+        self.path = str(path)
+        self.model = suspects.OnnxClassifier(path, providers=["CPUExecutionProvider"])
+        super().__init__(x, k, **kw)
+
+    def identity(self) -> str:
+        return f"onnx:{Path(self.path).resolve()}"
+
+    def _predict(self, xb: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return self.model(xb).numpy()
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "path": self.path}
+
+
+def _check_url(url: Any) -> tuple[str, str]:
+    """(server base, model path) of ``http(s)://HOST:PORT/v2/models/NAME[/versions/V]``."""
+    if not isinstance(url, str):
+        raise TypeError(f"url: expected a string, got {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    segs = parts.path.rstrip("/").split("/")
+    ok = (parts.scheme in ("http", "https") and parts.hostname and not parts.query
+          and (len(segs) == 4 or (len(segs) == 6 and segs[4] == "versions" and segs[5]))
+          and segs[:3] == ["", "v2", "models"] and segs[3])
+    if not ok:
+        raise ValueError(f"url: expected http(s)://HOST:PORT/v2/models/NAME[/versions/V], got "
+                         f"{url!r}")
+    return f"{parts.scheme}://{parts.netloc}", "/".join(segs)
+
+
+class OpenInference(BlackBox):
+    """A model served over the Open Inference Protocol (KServe v2 REST), standard library only.
+
+    Checks server health, model readiness and metadata first; sends FP32 inputs in the model's
+    declared layout (NCHW or NHWC, a batch dimension of -1 allowed), normalised by
+    ``normalize=(mean, std)`` when given; reads FP32 scores (B, C) or INT64 labels (B, k).
+    Timeouts, connection errors and HTTP 5xx are retried ``retries`` times with exponential
+    backoff (``backoff``, 2x each time), then :class:`ServiceUnavailable`.
+    """
+
+    def __init__(self, url: str, x: torch.Tensor, k: int, *,
+                 normalize: tuple[Any, Any] | None = None, timeout: float = 10,
+                 retries: int = 3, backoff: float = 0.5, **kw: Any) -> None:
+        self.base, self.model_path = _check_url(url)
+        self.url = url.rstrip("/")
+        self.timeout = _positive("timeout", timeout)
+        self.retries = _validate.integer("retries", retries, lo=0)
+        self.backoff = _positive("backoff", backoff, zero=True)
+        self.normalize = None
+        if normalize is not None:
+            if not isinstance(normalize, tuple | list) or len(normalize) != 2:
+                raise TypeError("normalize: expected (mean, std)")
+            mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1)
+                         for v in normalize)
+            if (std <= 0).any():
+                raise ValueError("normalize: std must be > 0")
+            self.normalize = (mean, std)
+        super().__init__(x, k, **kw)
+        self._check_service()
+
+    def identity(self) -> str:
+        return f"oip:{self.url}"
+
+    def _where(self) -> str:
+        return f"url {self.url!r}"
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "url": self.url}
+
+    # ---------------------------------------------------------------------------- transport
+    def _request(self, path: str, body: Any = None) -> Any:
+        """JSON of GET (or POST ``body``) ``path``, retried on timeouts, 5xx and lost
+        connections."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            req = urllib.request.Request(self.base + path, data=data, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read() or b"null")
+            except urllib.error.HTTPError as exc:
+                detail = exc.read()[:200].decode("utf-8", "replace")
+                if exc.code < 500:
+                    raise _HTTPStatus(exc.code, detail) from None
+                last = f"HTTP {exc.code} {detail}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                last = str(getattr(exc, "reason", exc))
+        raise ServiceUnavailable(f"url: {self.url!r} did not answer {path} after "
+                                 f"{self.retries + 1} attempts ({last})")
+
+    def _check_service(self) -> None:
+        try:
+            self._request("/v2/health/ready")
+        except _HTTPStatus as exc:
+            raise ServiceUnavailable(f"url: the server of {self.url!r} is not ready "
+                                     f"(HTTP {exc.code})") from None
+        try:
+            self._request(self.model_path + "/ready")
+            meta = self._request(self.model_path)
+        except _HTTPStatus as exc:
+            raise ValueError(f"url: {self.url!r}: unknown or unready model (HTTP {exc.code}: "
+                             f"{exc.detail})") from None
+        inputs = meta.get("inputs") if isinstance(meta, dict) else None
+        if not inputs or not isinstance(inputs[0], dict) or "name" not in inputs[0]:
+            raise ValueError(f"url: {self.url!r}: metadata declare no input ({meta!r:.200})")
+        self.input_name = str(inputs[0]["name"])
+        shape = [int(d) for d in inputs[0].get("shape", [])]
+        C, H, W = (int(d) for d in self.x.shape[1:4]) if self.x.dim() == 4 else (0, 0, 0)
+        self.nhwc = len(shape) == 4 and shape[-1] == C and shape[1] != C
+        if len(shape) == 4:
+            want = [H, W, C] if self.nhwc else [C, H, W]
+            if any(d not in (-1, w) for d, w in zip(shape[1:], want, strict=True)):
+                raise ValueError(f"url: {self.url!r} declares input shape {shape}, the inputs "
+                                 f"are {tuple(self.x.shape[1:])} (C, H, W)")
+
+    def _predict(self, xb: torch.Tensor) -> np.ndarray:
+        xb = xb.detach().to("cpu", torch.float32)
+        if self.normalize is not None:
+            xb = (xb - self.normalize[0]) / self.normalize[1]
+        if self.nhwc:
+            xb = xb.permute(0, 2, 3, 1)
+        arr = xb.contiguous().numpy()
+        body = {"inputs": [{"name": self.input_name, "shape": list(arr.shape),
+                            "datatype": "FP32", "data": arr.reshape(-1).tolist()}]}
+        try:
+            resp = self._request(self.model_path + "/infer", body)
+        except _HTTPStatus as exc:
+            raise ValueError(f"url: {self.url!r} refused the request (HTTP {exc.code}: "
+                             f"{exc.detail})") from None
+        outs = resp.get("outputs") if isinstance(resp, dict) else None
+        if not outs or not isinstance(outs[0], dict):
+            raise ValueError(f"url: {self.url!r} returned no outputs ({resp!r:.200})")
+        out = outs[0]
+        dtype = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64,
+                 "INT32": np.int32}.get(out.get("datatype"))
+        if dtype is None:
+            raise ValueError(f"url: {self.url!r} returned datatype {out.get('datatype')!r}; "
+                             "expected FP32 scores or INT64 labels")
+        shape = [int(d) for d in out.get("shape", [])]
+        data = np.asarray(out.get("data", []), dtype=dtype)
+        if len(shape) != 2 or shape[0] != len(arr) or data.size != shape[0] * shape[1]:
+            raise ValueError(f"url: {self.url!r} returned shape {shape} with {data.size} values "
+                             f"for {len(arr)} images; expected (batch, classes) or (batch, k)")
+        return data.reshape(shape)
+
+
+class _HTTPStatus(Exception):
+    """A 4xx answer (not retried)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code, self.detail = code, detail
+
+
+def _positive(name: str, value: Any, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not (value >= 0 if zero else value > 0) or value != value:
+        raise ValueError(f"{name}: must be {'>= 0' if zero else '> 0'}, got {value}")
+    return float(value)
+
+
+def resolve(spec: str, x: torch.Tensor, k: int, **kw: Any) -> BlackBox:
+    """The black box a CLI spec names: ``http(s)://...`` (Open Inference) or ``onnx:PATH``."""
+    if not isinstance(spec, str):
+        raise TypeError(f"blackbox: expected a string, got {type(spec).__name__}")
+    if spec.startswith(("http://", "https://")):
+        return OpenInference(spec, x, k, **kw)
+    if spec.startswith("onnx:"):
+        kw = {n: v for n, v in kw.items() if n in ("batch_size", "max_queries", "cache")}
+        return Onnx(spec[len("onnx:"):], x, k, **kw)
+    raise ValueError(f"blackbox: expected http(s)://HOST:PORT/v2/models/NAME or onnx:PATH, "
+                     f"got {spec!r}")

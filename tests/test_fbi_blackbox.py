@@ -1,0 +1,269 @@
+"""Black boxes as services: a real Open Inference Protocol server (KServe) serving a zoo model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from fastfp import zoo
+from fastfp.fbi import blackbox as B
+from fastfp.fbi.database import query_topk
+
+MODEL = "mlp-s0"
+K = 3
+
+# The served models: "digits" answers FP32 scores (B, 10) in NHWC; "digits-labels" INT64 top-3
+# labels in NCHW. The server reads NHWC for "digits" to test the layout taken from metadata.
+SERVER = r"""
+import sys, numpy as np, torch
+from kserve import Model, ModelServer, InferResponse, InferOutput
+from fastfp import zoo
+net = zoo.load(sys.argv[2]).eval()
+
+class Digits(Model):
+    def __init__(self, name, labels):
+        super().__init__(name)
+        self.labels = labels
+        self.ready = True
+    def get_input_types(self):
+        shape = [-1, 1, 32, 32] if self.labels else [-1, 32, 32, 1]
+        return [{"name": "image", "datatype": "FP32", "shape": shape}]
+    def get_output_types(self):
+        return [{"name": "out", "datatype": "INT64" if self.labels else "FP32", "shape": [-1, -1]}]
+    async def predict(self, payload, headers=None, response_headers=None):
+        x = torch.from_numpy(np.asarray(payload.inputs[0].as_numpy(), np.float32))
+        if not self.labels:
+            x = x.permute(0, 3, 1, 2)
+        with torch.no_grad():
+            s = net(x.contiguous())
+        res = s.topk(3, dim=1).indices.numpy().astype(np.int64) if self.labels else s.numpy()
+        out = InferOutput(name="out", shape=list(res.shape),
+                          datatype="INT64" if self.labels else "FP32")
+        out.set_data_from_numpy(res)
+        return InferResponse(model_name=self.name, infer_outputs=[out],
+                             response_id=payload.id or "0")
+
+ModelServer(http_port=int(sys.argv[1]), enable_grpc=False, workers=1,
+            enable_latency_logging=False).start([Digits("digits", False),
+                                                 Digits("digits-labels", True)])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), MODEL],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 60 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    pytest.importorskip("kserve")
+    zoo.load(MODEL)  # trained (or read from the cache) once, before the server reads it
+    port = _free_port()
+    proc = _start(port)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, _ = zoo.benign_inputs(40, seed=1)
+    net = zoo.load(MODEL).eval()
+    with torch.no_grad():
+        want = query_topk(net, x, K)
+    return x, net, want
+
+
+def test_answers_equal_the_models_topk_with_batching(server, data):
+    x, _, want = data
+    bb = B.OpenInference(server + "/v2/models/digits", x, K, batch_size=16, backoff=0.01)
+    got = bb(np.arange(40))
+    assert got.dtype == np.int64 and got.shape == (40, K)
+    np.testing.assert_array_equal(got, want)
+    assert (bb.queries, bb.images) == (3, 40)  # 16 + 16 + 8
+    np.testing.assert_array_equal(bb(5), want[5])  # one index -> (k,), from the memory
+    assert bb.images == 40 and bb.report()["url"].endswith("/v2/models/digits")
+
+
+def test_int64_label_outputs_and_versioned_url_shape(server, data):
+    x, _, want = data
+    bb = B.OpenInference(server + "/v2/models/digits-labels", x, 2)
+    np.testing.assert_array_equal(bb(np.array([3, 7, 9])), want[[3, 7, 9], :2])
+
+
+def test_cache_second_run_sends_nothing(server, data, tmp_path):
+    x, _, want = data
+    url, cache = server + "/v2/models/digits", tmp_path / "answers.json"
+    first = B.OpenInference(url, x, K, cache=cache, batch_size=8)
+    first(np.arange(20))
+    assert first.images == 20
+    again = B.OpenInference(url, x, K, cache=cache)
+    np.testing.assert_array_equal(again(np.arange(20)), want[:20])
+    assert again.images == 0 and again.queries == 0 and again.report()["cached"] == 20
+
+
+def test_budget_keeps_answers_already_received(server, data, tmp_path):
+    x, _, want = data
+    url, cache = server + "/v2/models/digits", tmp_path / "answers.json"
+    bb = B.OpenInference(url, x, K, cache=cache, batch_size=10, max_queries=25)
+    with pytest.raises(B.BudgetExceeded, match="budget of 25 images"):
+        bb(np.arange(40))
+    assert bb.images == 20  # the third batch was refused before sending
+    resumed = B.OpenInference(url, x, K, cache=cache, max_queries=20)
+    np.testing.assert_array_equal(resumed(np.arange(40)), want)
+    assert resumed.images == 20  # only the 20 not yet answered
+
+
+def test_server_lost_midway_keeps_cached_answers(data, tmp_path):
+    pytest.importorskip("kserve")
+    x, _, want = data
+    port = _free_port()
+    proc = _start(port)
+    url, cache = f"http://127.0.0.1:{port}/v2/models/digits", tmp_path / "answers.json"
+    try:
+        bb = B.OpenInference(url, x, K, cache=cache, retries=1, backoff=0.01)
+        bb(np.arange(10))
+    finally:
+        _stop(proc)
+    with pytest.raises(B.ServiceUnavailable, match="after 2 attempts"):
+        bb(np.arange(20))
+    stored = json.loads(cache.read_text())["answers"][f"oip:{url}"]
+    assert len(stored) == 10
+    np.testing.assert_array_equal(bb(np.arange(10)), want[:10])  # still answered offline
+
+
+def test_server_down_is_a_clear_error_after_retries(data):
+    x, _, _ = data
+    url = f"http://127.0.0.1:{_free_port()}/v2/models/digits"
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="did not answer /v2/health/ready after 3"):
+        B.OpenInference(url, x, K, retries=2, backoff=0.01, timeout=1)
+    assert time.monotonic() - t0 < 5
+
+
+def test_unknown_model_names_the_url(server, data):
+    x, _, _ = data
+    with pytest.raises(ValueError, match="unknown or unready model"):
+        B.OpenInference(server + "/v2/models/nope", x, K)
+
+
+@pytest.mark.parametrize("url", ["ftp://h:1/v2/models/a", "http://h:1/v1/models/a",
+                                 "http://h:1/v2/models/", "http://h:1/v2/models/a/versions/"])
+def test_bad_url_rejected_before_any_network_call(url, data):
+    with pytest.raises(ValueError, match="url: expected"):
+        B.OpenInference(url, data[0], K)
+
+
+def test_bad_arguments(data):
+    x = data[0]
+    url = "http://127.0.0.1:1/v2/models/a"
+    with pytest.raises(ValueError, match="timeout: must be"):
+        B.OpenInference(url, x, K, timeout=0)
+    with pytest.raises(TypeError, match="normalize: expected"):
+        B.OpenInference(url, x, K, normalize=0.5)
+    with pytest.raises(ValueError, match="blackbox: expected http"):
+        B.resolve("model.pt", x, K)
+
+
+def test_normalize_is_applied_before_sending(data):
+    x, net, _ = data
+    seen = []
+    bb = B.Callable(lambda b: seen.append(b) or net(b), x, K)
+    bb(np.arange(4))
+    np.testing.assert_allclose(seen[0].numpy(), x[:4].numpy())
+    # the OpenInference transform itself (checked without a server: a 0.5/0.25 affine)
+    oi = object.__new__(B.OpenInference)
+    oi.normalize = (torch.tensor(0.5).reshape(1, 1, 1), torch.tensor(0.25).reshape(1, 1, 1))
+    sent = {}
+    oi.nhwc, oi.input_name, oi.url, oi.model_path = False, "image", "u", "/v2/models/a"
+    oi._request = lambda path, body: sent.update(body) or {
+        "outputs": [{"datatype": "FP32", "shape": [1, 10], "data": [0.0] * 10}]}
+    oi._predict(x[:1])
+    np.testing.assert_allclose(sent["inputs"][0]["data"],
+                               ((x[:1] - 0.5) / 0.25).reshape(-1).numpy(), rtol=1e-6)
+
+
+def test_onnx_black_box_equals_the_models_topk(data, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    x, net, want = data
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 1, 32, 32),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                      dynamo=False)
+    bb = B.resolve(f"onnx:{path}", x, K, batch_size=16)
+    np.testing.assert_array_equal(bb(np.arange(40)), want)
+    assert bb.report()["images"] == 40
+    pickle = tmp_path / "m2.onnx"
+    torch.save(net.state_dict(), pickle)
+    with pytest.raises(ValueError, match="is not an ONNX model"):
+        B.Onnx(pickle, x, K)
+
+
+def test_callable_ties_are_stable(data):
+    x = data[0]
+    bb = B.Callable(lambda b: torch.zeros(len(b), 10), x, K)
+    np.testing.assert_array_equal(bb(np.arange(3)), np.tile(np.arange(K), (3, 1)))
+
+
+def _db_black_box(db, m: int, **kw) -> B.Callable:
+    """Database model m as an image black box: image i holds the value i / N in one pixel."""
+    N = db.num_inputs
+    x = (torch.arange(N, dtype=torch.float32) / N).reshape(N, 1, 1, 1)
+    answers = torch.from_numpy(db.topk[m])
+    return B.Callable(lambda b: answers[(b[:, 0, 0, 0] * N).round().long()], x, db.k, **kw)
+
+
+def test_open_world_sends_only_its_selected_inputs():
+    from fastfp import fbi
+
+    db = fbi.synthetic_database(4, 3, 200, num_classes=10, k=3, accuracy=0.7, noise=0.15, seed=3)
+    ow = fbi.OpenWorld(L=30, trials=2, seed=1).fit(db)
+    name = db.names[5]
+    bb = _db_black_box(db, 5, batch_size=7)
+    got = ow.detect(bb, db.families[5])
+    want = ow.detect(name, db.families[5])
+    assert (got.positive, got.distance) == (want.positive, want.distance)
+    assert bb.images == len(got.queries) == 30 and bb.queries == 5  # ceil(30 / 7)
+
+
+def test_greedy_identify_asks_one_input_at_a_time():
+    from fastfp import fbi
+
+    db = fbi.synthetic_database(4, 3, 200, num_classes=10, k=3, accuracy=0.7, noise=0.15, seed=3)
+    bb = _db_black_box(db, 7)
+    got = fbi.greedy_identify(db.topk, db.families, bb, seed=0)
+    want = fbi.greedy_identify(db.topk, db.families, 7, seed=0)
+    assert got.queries == want.queries and got.family == want.family
+    assert bb.images == bb.queries == len(set(got.queries))
