@@ -1,0 +1,208 @@
+"""The FBI paper's evaluation protocol (Maho, Furon, Le Merrer, TIFS'23, Sect. IV-D) on a
+database: the accuracy filter on variants, then Tables III-VI, mean +- std over trials.
+
+- filter: a variant is kept when its top-1 accuracy is at least (1 - 0.15) x its vanilla
+  model's (the 15 % relative accuracy drop, eq. (1)); needs the database's ground truth.
+- Table III: detection TPR at 5 % FPR, L = 100, close delegate, per selection.
+- Table IV: the same with the 30/70 selection, per delegate (close / median / far).
+- Table V: the same (30/70, close) per number of queries L.
+- Table VI: open-world identification, Entropy selection, per L, with the vanilla (close)
+  delegate or the compound distance (close, median, far; eq. 22): in each trial 1/7 of the
+  families (5 of 35) are unknown to Alice, whose database holds the known families' vanilla
+  model and half of their variants; the other half must be identified, the unknown families'
+  members rejected (abstention).
+
+All the work is :class:`fastfp.fbi.OpenWorld` (its fitted tau and ``detection_scores``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _validate
+from .database import Database
+from .openworld import DELEGATES, SELECTIONS, OpenWorld
+
+COMPOUND = {"vanilla": ("close",), "compound": DELEGATES}
+PAPER_L = (20, 50, 100, 500)
+
+
+def subset(db: Database, rows: Iterable[int]) -> Database:
+    """The database restricted to the models ``rows`` (same inputs and reference classes)."""
+    rows = [int(r) for r in rows]
+    return Database(db.topk[rows], [db.names[r] for r in rows], [db.families[r] for r in rows],
+                    k=db.k, num_classes=db.num_classes, ground_truth=db.ground_truth,
+                    digest=db.digest)
+
+
+def accuracy_filter(db: Database, max_drop: float = 0.15) -> tuple[Database, list[str]]:
+    """(the database without the variants whose top-1 accuracy drops more than ``max_drop``
+    relative to their vanilla model, the dropped names). The vanilla model of a family is the
+    member named like it; a family without one is kept whole."""
+    max_drop = _validate.real("max_drop", max_drop, lo=0.0, hi=1.0)
+    if db.ground_truth is None:
+        raise ValueError("db: the accuracy filter needs the database's ground truth")
+    acc = (db.topk[:, :, 0] == db.ground_truth[None]).mean(1)
+    keep, dropped = [], []
+    for i, (name, fam) in enumerate(zip(db.names, db.families, strict=True)):
+        if name != fam and fam in db.names and acc[i] < (1 - max_drop) * acc[db.index(fam)]:
+            dropped.append(name)
+        else:
+            keep.append(i)
+    return (db if not dropped else subset(db, keep)), dropped
+
+
+def detection(db: Database, *, selection: str, delegate: str, L: int, trials: int,
+              seed: int) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """TPR at the fitted tau (5 % FPR) and ROC AUC, mean / std over the fit's ``trials`` draws;
+    also returns the pooled (scores = -distance, labels) for a ROC figure."""
+    from .. import metrics as M
+
+    ow = OpenWorld(L, selection=selection, delegates=delegate, fpr=0.05, trials=trials,
+                   seed=seed).fit(db)
+    tprs, fprs, aucs, pooled = [], [], [], []
+    for d, y in ow.detection_scores():  # delegates excluded: trivially at distance 0
+        tprs.append(float(np.mean(d[y == 1] < ow.tau_)))
+        fprs.append(float(np.mean(d[y == 0] < ow.tau_)))
+        aucs.append(M.roc_auc(-d, y))
+        pooled.append((-d, y))
+    s, y = (np.concatenate(a) for a in zip(*pooled, strict=True))
+    return {"tpr_at_5fpr": float(np.mean(tprs)), "tpr_at_5fpr_std": float(np.std(tprs)),
+            "roc_auc": float(np.mean(aucs)), "roc_auc_std": float(np.std(aucs)),
+            "fpr": float(np.mean(fprs)), "tau": ow.tau_,
+            "positives": int(pooled[-1][1].sum()),
+            "negatives": int((1 - pooled[-1][1]).sum())}, (s, y)
+
+
+def identification(db: Database, *, delegates: str, L: int, trials: int, seed: int,
+                   selection: str = "entropy", known_fams: Sequence[str] | None = None,
+                   unknown_fraction: float = 1 / 7, fpr: float = 0.05) -> dict[str, Any]:
+    """Open-world identification (Table VI protocol, module docstring), per trial: success /
+    abstain / error rates of the known families' held-out variants and the rejection rate of the
+    unknown families' members, mean and std over trials. known_fams: fixed known families
+    (default: a random ``unknown_fraction`` of the families, at least one, excluded per trial)."""
+    from .. import metrics as M
+
+    if selection not in ("all", "entropy"):
+        raise ValueError(f"selection: identification uses 'all' or 'entropy', got {selection!r}")
+    if delegates not in COMPOUND:
+        raise ValueError(f"delegates: expected 'vanilla' or 'compound', got {delegates!r}")
+    fams = db.family_names
+    if len(fams) < 2 and known_fams is None:
+        raise ValueError("db: identification needs at least two families")
+    fam_arr = np.asarray(db.families)
+    per_trial: dict[str, list[float]] = {"success": [], "abstain": [], "error": [],
+                                         "unknown_rejected": []}
+    for t in range(trials):
+        rng = np.random.default_rng([seed, t])
+        if known_fams is None:
+            n_out = max(1, round(unknown_fraction * len(fams)))
+            known = sorted(rng.permutation(fams)[n_out:].tolist(), key=fams.index)
+        else:
+            known = list(known_fams)
+        alice: list[int] = []
+        tests: list[tuple[int, str | None]] = []
+        for fam in known:
+            var = rng.permutation([i for i in db.members(fam) if db.names[i] != fam])
+            half = len(var) // 2
+            alice += [db.index(fam) if fam in db.names else db.members(fam)[0]]
+            alice += [int(i) for i in var[:half]]
+            tests += [(int(i), fam) for i in var[half:]]
+        tests += [(int(i), None) for i in np.nonzero(~np.isin(fam_arr, known))[0]]
+        ow = OpenWorld(L, identify_selection=selection, delegates=COMPOUND[delegates], fpr=fpr,
+                       trials=trials, seed=int(rng.integers(2**31))).fit(subset(db, alice))
+        seeds = [int(rng.integers(2**31)) for _ in tests]
+        results = ow.identify_many([db.topk[i] for i, _ in tests], seeds=seeds)
+        pred = [r.family for (_, f), r in zip(tests, results, strict=True) if f is not None]
+        truth = [f for _, f in tests if f is not None]
+        pred_unknown = [r.family for (_, f), r in zip(tests, results, strict=True) if f is None]
+        if truth:
+            c = M.identification_counts(pred, truth)
+            per_trial["success"].append(c["success"])
+            per_trial["abstain"].append(c["abstain_rate"])
+            per_trial["error"].append(c["error"])
+        if pred_unknown:
+            c = M.identification_counts(pred_unknown, [None] * len(pred_unknown))
+            per_trial["unknown_rejected"].append(c["abstain_rate"])
+    out: dict[str, Any] = {}
+    for key, vals in per_trial.items():
+        out[key] = float(np.mean(vals)) if vals else float("nan")
+        out[f"{key}_std"] = float(np.std(vals)) if vals else float("nan")
+    return out
+
+
+def paper_tables(db: Database, *, trials: int = 20, Ls: Sequence[int] = PAPER_L, seed: int = 0,
+                 max_drop: float = 0.15, progress: bool = False) -> dict[str, Any]:
+    """Tables III-VI of the paper on ``db`` (after the accuracy filter); see the module
+    docstring. Rates are fractions in [0, 1], each with its ``_std`` over trials."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(db, Database):
+        raise TypeError(f"db: expected a fastfp.fbi.Database, got {type(db).__name__}")
+    trials = _validate.integer("trials", trials, lo=1)
+    seed = _validate.integer("seed", seed, lo=0)
+    Ls = [_validate.integer("Ls", L, lo=1) for L in Ls]
+    if not Ls:
+        raise ValueError("Ls: give at least one number of queries")
+    db, dropped = accuracy_filter(db, max_drop)
+    L0 = 100 if 100 in Ls else Ls[0]
+    steps = len(SELECTIONS) + len(DELEGATES) + len(Ls) + 2 * len(Ls)
+    bar = tqdm(total=steps, desc="paper tables", disable=not progress)
+
+    def det(sel: str, dk: str, L: int) -> dict[str, Any]:
+        r = detection(db, selection=sel, delegate=dk, L=L, trials=trials, seed=seed)[0]
+        bar.update(1)
+        return r
+
+    t3 = {sel: det(sel, "close", L0) for sel in SELECTIONS}
+    t4 = {dk: (t3["30/70"] if dk == "close" else det("30/70", dk, L0)) for dk in DELEGATES}
+    t5 = {str(L): (t3["30/70"] if L == L0 else det("30/70", "close", L)) for L in Ls}
+    bar.update(2)  # the fits shared with Table III
+    t6: dict[str, dict[str, Any]] = {}
+    for dk in COMPOUND:
+        t6[dk] = {}
+        for L in Ls:
+            t6[dk][str(L)] = identification(db, delegates=dk, L=L, trials=trials, seed=seed)
+            bar.update(1)
+    bar.close()
+    return {
+        "database": {"models": db.num_models, "families": len(db.family_names),
+                     "inputs": db.num_inputs, "k": db.k, "dropped": dropped,
+                     "trials": trials, "L": L0, "Ls": Ls, "seed": seed, "max_drop": max_drop},
+        "table3_selection": t3, "table4_delegate": t4, "table5_queries": t5,
+        "table6_identification": t6,
+    }
+
+
+def _cell(r: dict[str, Any], key: str) -> str:
+    return f"{100 * r[key]:5.1f} +- {100 * r[key + '_std']:4.1f}"
+
+
+def format_tables(tables: dict[str, Any]) -> str:
+    """The result of :func:`paper_tables` as plain-text tables (percent, mean +- std)."""
+    d = tables["database"]
+    lines = [f"database: {d['models']} models in {d['families']} families, {d['inputs']} inputs, "
+             f"top-{d['k']}; {len(d['dropped'])} variants dropped by the "
+             f"{100 * d['max_drop']:.0f} % accuracy filter; {d['trials']} trials", ""]
+
+    def table(title: str, rows: dict[str, dict[str, Any]], key: str = "tpr_at_5fpr") -> None:
+        lines.append(title)
+        for name, r in rows.items():
+            lines.append(f"  {name:>10}  {_cell(r, key)}")
+        lines.append("")
+
+    table(f"Table III: detection TPR at 5 % FPR by selection (L = {d['L']}, close delegate)",
+          tables["table3_selection"])
+    table(f"Table IV: detection TPR at 5 % FPR by delegate (L = {d['L']}, 30/70)",
+          tables["table4_delegate"])
+    table("Table V: detection TPR at 5 % FPR by L (30/70, close delegate)",
+          {f"L = {L}": r for L, r in tables["table5_queries"].items()})
+    lines.append("Table VI: identification (Entropy): success / abstain / error, unknown rejected")
+    for dk, by_L in tables["table6_identification"].items():
+        for L, r in by_L.items():
+            lines.append(f"  {dk:>8} L = {L:>4}  {_cell(r, 'success')}  {_cell(r, 'abstain')}  "
+                         f"{_cell(r, 'error')}  {_cell(r, 'unknown_rejected')}")
+    return "\n".join(lines) + "\n"

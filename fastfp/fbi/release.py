@@ -1,0 +1,133 @@
+"""Import released predictions: a folder with one ``<name>.npy`` per model (the FBI authors'
+release layout) into a :class:`~fastfp.fbi.Database`.
+
+Layout: ``<name>.npy`` holds (N,) or (N, k) integer labels of one model on the N benign inputs;
+``ground_truth.npy`` the N true classes. A name ``FAMILY`` is the family's vanilla model and
+``VARIANT-FAMILY-PARAMS`` a variant (family = the second ``-`` field); other layouts pass a
+mapping name -> family. Every file is read with ``allow_pickle=False``: an object array is
+skipped with a note, never unpickled. Everything is checked before the database is built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .database import Database
+
+GROUND_TRUTH = "ground_truth.npy"
+
+
+def family_of(name: str) -> str:
+    """The family of a released model name: ``FAMILY`` or ``VARIANT-FAMILY-PARAMS``."""
+    parts = name.split("-")
+    return name if len(parts) == 1 else parts[1]
+
+
+def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) for an integer label array of rank 1 or 2, else (None, why skipped)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle: refused
+        return None, f"not a plain array ({exc})"
+    if not isinstance(arr, np.ndarray):
+        return None, "not a single array"
+    if arr.dtype.kind not in "iu":
+        return None, f"not integer labels (dtype {arr.dtype})"
+    if arr.ndim not in (1, 2):
+        return None, f"not (N,) or (N, k) labels (shape {arr.shape})"
+    return (arr[:, None] if arr.ndim == 1 else arr), None
+
+
+def import_predictions(
+    folder: str | os.PathLike,
+    *,
+    families: Mapping[str, str] | None = None,
+    ground_truth: str | os.PathLike | None = None,
+    k: int | None = None,
+    num_classes: int | None = None,
+) -> tuple[Database, list[str]]:
+    """Read a released prediction folder; returns ``(database, notes)``.
+
+    families: name -> family for names outside the ``VARIANT-FAMILY-PARAMS`` layout;
+    ground_truth: the true classes (default ``folder/ground_truth.npy`` when present);
+    k: top-k kept (default: the fewest columns of any model); num_classes: default the largest
+    label + 1. Raises ValueError naming the file for different lengths, labels out of range,
+    duplicate names or a family without its vanilla model (named like the family).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder: {folder} is not a folder")
+    if families is not None and not isinstance(families, Mapping):
+        raise TypeError(
+            f"families: expected a mapping name -> family, got {type(families).__name__}"
+        )
+    notes: list[str] = []
+    gt_path = Path(ground_truth) if ground_truth is not None else folder / GROUND_TRUTH
+    truth = None
+    if ground_truth is not None or gt_path.exists():
+        arr, why = _read(gt_path)
+        if arr is None or arr.shape[1] != 1:
+            raise ValueError(f"ground_truth: {gt_path} is {why or 'not an (N,) label array'}")
+        truth = arr[:, 0].astype(np.int64)
+    models: dict[str, tuple[Path, np.ndarray]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix != ".npy" or not path.is_file() or path.resolve() == gt_path.resolve():
+            if path.is_file() and path.suffix != ".npy":
+                notes.append(f"{path.name}: skipped (not a .npy file)")
+            continue
+        arr, why = _read(path)
+        if arr is None:
+            notes.append(f"{path.name}: skipped ({why})")
+            continue
+        name = path.stem
+        # names differing only in case are one file on case-insensitive file systems
+        same = [m for m in models if m.lower() == name.lower()]
+        if same:
+            raise ValueError(f"{path.name}: duplicate model name {name!r} (also {same[0]!r})")
+        models[name] = (path, arr)
+    if not models:
+        raise ValueError(f"folder: {folder} holds no integer label .npy file")
+    n = len(truth) if truth is not None else next(iter(models.values()))[1].shape[0]
+    for path, arr in models.values():
+        if arr.shape[0] != n:
+            raise ValueError(f"{path.name}: has {arr.shape[0]} predictions, expected N = {n}")
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"{path.name}: has negative labels")
+    top = max([int(a.max()) for _, a in models.values()] + [int(truth.max()) if truth is not None
+                                                             else 0])
+    if num_classes is None:
+        num_classes = top + 1
+    for path, arr in models.values():
+        if arr.max() >= num_classes:
+            raise ValueError(f"{path.name}: label {int(arr.max())} >= num_classes = {num_classes}")
+    if truth is not None and (truth.min() < 0 or truth.max() >= num_classes):
+        raise ValueError(f"ground_truth: {gt_path.name} has labels outside 0..{num_classes - 1}")
+    fam = {name: str((families or {}).get(name, family_of(name))) for name in models}
+    for name, f in fam.items():
+        if f not in models or fam[f] != f:
+            raise ValueError(
+                f"{models[name][0].name}: family {f!r} has no vanilla model ({f}.npy)"
+            )
+    cols = min(a.shape[1] for _, a in models.values())
+    k = cols if k is None else int(k)
+    if not 1 <= k <= cols:
+        raise ValueError(f"k: expected 1..{cols} (the fewest columns of any model), got {k}")
+    db = Database.empty(n, k=k, num_classes=num_classes, ground_truth=truth)
+    for name, (_, arr) in models.items():
+        db.add(name, fam[name], arr[:, :k])
+    return db, notes
+
+
+def export_predictions(db: Database, folder: str | os.PathLike) -> None:
+    """Write ``db`` in the released layout (one ``<name>.npy`` per model, ``ground_truth.npy``):
+    the inverse of :func:`import_predictions` for databases whose names follow the layout."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, labels in zip(db.names, db.topk, strict=True):
+        np.save(folder / f"{name}.npy", labels.astype(np.int64))
+    if db.ground_truth is not None:
+        np.save(folder / GROUND_TRUTH, db.ground_truth.astype(np.int64))
