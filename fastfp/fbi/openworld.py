@@ -383,6 +383,8 @@ class OpenWorld:
         self.reference_ = db.reference
         self.sym_ = db.symbols(k)  # (M, N) uint8
         self.correct_ = self.sym_ == 1
+        # input-major copy: gathering L inputs of every model is L row copies, not M * L bytes
+        self._sym_t = np.ascontiguousarray(self.sym_.T)  # (N, M)
         if anchors is not None and not hasattr(anchors, "items"):
             raise TypeError(
                 f"anchors: expected a mapping family -> model name, got {type(anchors).__name__}"
@@ -482,11 +484,11 @@ class OpenWorld:
         if getattr(self, "delegate_table_", None) is None:
             raise RuntimeError("OpenWorld: call fit(db) first")
         draws = np.stack([self.sample(f, rng) for f in self.families_])  # (nF, L)
-        Z = np.ascontiguousarray(self.sym_[:, draws].transpose(1, 0, 2))  # (nF, M, L)
+        Z = np.ascontiguousarray(self._sym_t[draws].transpose(0, 2, 1))  # (nF, M, L)
         dele = self.sym_[self.delegate_table_[:, :, None], draws[:, None, :]]  # (nF, d, L)
         D = np.asarray(pairwise_rajski(Z, dele, k=self.k_, exact=True)).min(-1).T  # (M, nF)
         S = self.sample(None, rng)
-        return draws, D, S, self._compound(self.sym_[:, S], S)
+        return draws, D, S, self._compound(np.ascontiguousarray(self._sym_t[S].T), S)
 
     def detection_scores(self, *, include_delegates: bool = False) -> list:
         """The detection pairs of ``fit``, one ``(distances, labels)`` per draw: every (model,
@@ -554,7 +556,7 @@ class OpenWorld:
 
     def _family_distance_all(self, S: np.ndarray, family: str) -> np.ndarray:
         """Compound distance of every database model to ``family`` on inputs S: (M,)."""
-        symS = self.sym_[:, S]
+        symS = np.ascontiguousarray(self._sym_t[S].T)
         return np.asarray(
             pairwise_rajski(symS, symS[self.delegates_[family]], k=self.k_, exact=True)
         ).min(1)
