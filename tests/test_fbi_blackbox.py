@@ -131,6 +131,11 @@ def test_cache_second_run_sends_nothing(server, data, tmp_path):
     again = B.OpenInference(url, x, K, cache=cache)
     np.testing.assert_array_equal(again(np.arange(20)), want[:20])
     assert again.images == 0 and again.queries == 0 and again.report()["cached"] == 20
+    smaller = B.OpenInference(url, x, 2, cache=cache)  # k = 2 is answered by the k = 3 rows
+    np.testing.assert_array_equal(smaller(np.arange(20)), want[:20, :2])
+    assert smaller.images == 0
+    larger = B.OpenInference(url, x, 4, cache=cache)  # k = 4 needs new answers
+    assert larger(np.arange(20)).shape == (20, 4) and larger.images == 20
 
 
 def test_budget_keeps_answers_already_received(server, data, tmp_path):

@@ -77,29 +77,29 @@ class BlackBox:
         self._answers: dict[str, list[int]] = {}
         self._digests: dict[int, str] = {}
         if self.cache is not None and self.cache.exists():
-            self._answers = self._load_cache()
+            self._answers = self._load_cache(self.cache)
 
     # ------------------------------------------------------------------ identity and cache
     def identity(self) -> str:
         """A string naming what is queried (the answer cache's namespace)."""
         return type(self).__name__
 
-    def _load_cache(self) -> dict[str, list[int]]:
+    def _load_cache(self, path: Path) -> dict[str, list[int]]:
         try:
-            data = json.loads(store.read_bytes(self.cache, name="cache"))
+            data = json.loads(store.read_bytes(path, name="cache"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"cache: {str(self.cache)!r} is not a JSON answer cache "
+            raise ValueError(f"cache: {str(path)!r} is not a JSON answer cache "
                              f"({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
-            raise ValueError(f"cache: {str(self.cache)!r} is not a fastfp answer cache")
+            raise ValueError(f"cache: {str(path)!r} is not a fastfp answer cache")
         return dict(data["answers"].get(self.identity(), {}))
 
-    def _save_cache(self) -> None:
+    def _save_cache(self, path: Path) -> None:
         data: dict[str, Any] = {"format": "fastfp.blackbox-cache/1", "answers": {}}
-        if self.cache.exists():  # keep the answers of other black boxes sharing the file
-            data["answers"] = json.loads(store.read_bytes(self.cache, name="cache"))["answers"]
+        if path.exists():  # keep the answers of other black boxes sharing the file
+            data["answers"] = json.loads(store.read_bytes(path, name="cache"))["answers"]
         data["answers"][self.identity()] = self._answers
-        store.write_json(self.cache, data, name="cache")
+        store.write_json(path, data, name="cache")
 
     def _digest(self, i: int) -> str:
         if i not in self._digests:
@@ -119,7 +119,8 @@ class BlackBox:
         if idx.size and (idx.min() < 0 or idx.max() >= N):
             raise ValueError(f"indices: must lie in 0..{N - 1}")
         keys = [self._digest(int(i)) for i in idx]
-        new = [h not in self._answers for h in keys]
+        # an answer cached with a smaller k is asked again
+        new = [len(self._answers.get(h, ())) < self.k for h in keys]
         todo = list(dict.fromkeys(int(i) for i, n in zip(idx, new, strict=True) if n))
         self.cached += len(idx) - sum(new)
         for s in range(0, len(todo), self.batch_size):
@@ -134,8 +135,9 @@ class BlackBox:
             for i, row in zip(batch, labels, strict=True):
                 self._answers[self._digest(i)] = [int(v) for v in row]
             if self.cache is not None:
-                self._save_cache()  # answers already paid for survive a later failure
-        out = np.array([self._answers[h] for h in keys], dtype=np.int64).reshape(len(idx), -1)
+                self._save_cache(self.cache)  # answers already paid for survive a later failure
+        rows = [self._answers[h][: self.k] for h in keys]
+        out = np.array(rows, dtype=np.int64).reshape(len(idx), self.k)
         return out[0] if single else out
 
     def _labels(self, xb: torch.Tensor) -> np.ndarray:
@@ -341,7 +343,7 @@ class OpenInference(BlackBox):
             raise ValueError(f"url: {self.url!r} returned no outputs ({resp!r:.200})")
         out = outs[0]
         dtype = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64,
-                 "INT32": np.int32}.get(out.get("datatype"))
+                 "INT32": np.int32}.get(str(out.get("datatype")))
         if dtype is None:
             raise ValueError(f"url: {self.url!r} returned datatype {out.get('datatype')!r}; "
                              "expected FP32 scores or INT64 labels")
