@@ -284,11 +284,18 @@ def test_floats_in_range_pass_unchanged_without_notes():
     assert z.shape == (2, 5)
 
 
+def test_negative_floats_are_kept_with_a_note():
+    x = torch.linspace(-2.0, 2.5, 12).reshape(2, 6)  # normalised inputs or plain features
+    y, notes = as_float_images(x, name="feats")
+    torch.testing.assert_close(y, x)
+    assert len(notes) == 1 and "feats" in notes[0] and "not 0..1" in notes[0]
+
+
 def test_float_range_and_dtype_refusals():
     with pytest.raises(ValueError, match="looks like 0..255"):
         as_float_images(torch.full((2, 1, 3, 3), 200.0))
-    with pytest.raises(ValueError, match="give --normalize"):
-        as_float_images(torch.full((2, 1, 3, 3), -1.5))
+    with pytest.raises(ValueError, match="looks like 0..255"):
+        as_float_images(np.full((2, 3), 1.5))
     with pytest.raises(ValueError, match="NaN or infinite"):
         as_float_images(torch.tensor([[0.5, float("nan")]]))
     with pytest.raises(TypeError, match="got torch.int64"):

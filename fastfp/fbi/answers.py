@@ -253,8 +253,9 @@ def as_float_images(x: Any, name: str = "inputs") -> tuple[torch.Tensor, list[st
     """float32 NCHW images in 0..1, and the notes to print.
 
     uint8 images (N, C, H, W), (N, H, W, C) or (N, H, W) are divided by 255 (with a note, never
-    used as 0..255); float inputs are kept as they are, in 0..1 (give ``--normalize`` for a
-    model's own normalisation)."""
+    used as 0..255); float inputs are kept as they are: in 0..1, or with negative values
+    (normalised images, features) with a note; non-negative floats above 1 (pixels never divided by
+    255) are refused."""
     if isinstance(x, np.ndarray):
         if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
             raise TypeError(f"{name}: expected uint8 images or floats in 0..1, got {x.dtype}")
@@ -287,10 +288,12 @@ def as_float_images(x: Any, name: str = "inputs") -> tuple[torch.Tensor, list[st
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
-    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
-        hint = (" (it looks like 0..255: divide by 255, or store uint8)" if hi > 1.5 and lo >= 0
-                else " (normalised inputs? store them in 0..1 and give --normalize)")
-        raise ValueError(f"{name}: float values in [{lo:.3g}, {hi:.3g}], expected 0..1{hint}")
+    if lo >= -RANGE_SLACK and hi > 1 + RANGE_SLACK:  # pixels never divided by 255
+        raise ValueError(f"{name}: float values in [{lo:.3g}, {hi:.3g}], expected 0..1 (it "
+                         "looks like 0..255: divide by 255, or store uint8)")
+    if lo < -RANGE_SLACK:  # normalised images or features that are not images: kept as given
+        notes.append(f"{name}: float values in [{lo:.3g}, {hi:.3g}], not 0..1: used as given "
+                     "(images belong in 0..1, with the model's normalisation in --normalize)")
     return x.contiguous(), notes
 
 
