@@ -44,6 +44,7 @@ def test_two_concurrent_builds_of_one_file_keep_all_models(tmp_path):
     assert sorted(db.names) == sorted(f"m{i}" for i in range(12))
 
 
+@pytest.mark.slow
 def test_a_held_lock_fails_the_build_naming_the_holder_before_any_query(tmp_path):
     path = tmp_path / "db.safetensors"
     ctx = mp.get_context("spawn")
@@ -153,3 +154,15 @@ def test_inputs_are_optional_and_attached_only_when_they_match(tmp_path):
     big = torch.zeros(1, fbi.database.STORE_INPUTS_MAX_BYTES // 4 + 1)
     assert not fbi.database.wants_inputs(None, big)
     assert fbi.database.wants_inputs(None, x)
+
+
+def test_a_finished_sharded_build_still_refuses_a_resume_under_other_settings(tmp_path):
+    models, families = _zoo(0, 2)
+    shard_dir, path = tmp_path / "sh", tmp_path / "db.safetensors"
+    _sharded(models, families, shard_dir, path)
+    before = path.read_bytes()
+    assert _sharded(models, families, shard_dir, path).names == ["m0", "m1"]  # nothing to do
+    with pytest.raises(ValueError, match="come from a different configuration"):
+        fbi.build_sharded(models, _inputs(), k=2, families=families, shard_dir=shard_dir,
+                          path=path, batch_size=4, chunk_batches=1, progress=False)
+    assert path.read_bytes() == before

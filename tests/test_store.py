@@ -181,6 +181,7 @@ def _hold_lock(path, ready, release):
         release.wait(30)
 
 
+@pytest.mark.slow
 def test_lock_names_the_holder_and_is_freed_on_exit(tmp_path):
     import multiprocessing as mp
 

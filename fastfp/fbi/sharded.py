@@ -10,6 +10,7 @@ a rerun skips finished shards.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,29 +85,23 @@ def build_sharded(
 def _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches, device, path,
            ctx, progress, keep) -> Database | None:
     digest = inputs_digest(inputs)
+    chunk = batch_size * chunk_batches
+    n_chunks = (inputs.shape[0] + chunk - 1) // chunk
     old = None
     if path is not None and path.exists():
         old = load_resumable(path, pairs, families, k=k, digest=digest, labels=gt)
-        pairs = [(n, m) for n, m in pairs if n not in old.names]
-        gt = old.ground_truth  # the reference classes stay those of the stored file
-        if not pairs:  # nothing to query: every model is stored already
+        new = [(n, m) for n, m in pairs if n not in old.names]
+        if not new:  # nothing to query: every model is stored already
+            if (Path(shard_dir) / dd.MANIFEST).exists():  # still refuse a mismatched resume
+                dd.ShardStore(shard_dir, _settings(pairs, families, k, digest, chunk, gt,
+                                                   batch_size), len(pairs) * n_chunks, ctx).open()
             if ctx.is_main and keep and old.inputs is None:
                 old.with_inputs(inputs)
                 old.save(path)
             return old if ctx.is_main else None
+        pairs, gt = new, old.ground_truth  # the reference classes stay those of the stored file
 
-    chunk = batch_size * chunk_batches
-    n_chunks = (inputs.shape[0] + chunk - 1) // chunk
-    settings: dict[str, Any] = {
-        "job": "fbi.database",
-        "names": [n for n, _ in pairs],
-        "families": [str(families[n]) for n, _ in pairs],
-        "k": k,
-        "inputs": digest,
-        "batch_size": batch_size,
-        "chunk": chunk,
-        "labels": None if gt is None else inputs_digest(torch.from_numpy(gt)),
-    }
+    settings = _settings(pairs, families, k, digest, chunk, gt, batch_size)
     shards = dd.ShardStore(shard_dir, settings, len(pairs) * n_chunks, ctx).open()
 
     # rank 0 reads the class count now, while model 0 (its first item) is loaded anyway
@@ -148,3 +143,17 @@ def _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
     if path is not None:
         db.save(path)
     return db
+
+
+def _settings(pairs, families, k, digest, chunk, gt, batch_size) -> dict[str, Any]:
+    """What a shard folder is computed with: a resume under other settings is refused."""
+    return {
+        "job": "fbi.database",
+        "names": [n for n, _ in pairs],
+        "families": [str(families[n]) for n, _ in pairs],
+        "k": k,
+        "inputs": digest,
+        "batch_size": batch_size,
+        "chunk": chunk,
+        "labels": None if gt is None else inputs_digest(torch.from_numpy(gt)),
+    }
