@@ -129,8 +129,8 @@ def test_inputs_round_trip_and_corruption_is_detected(tmp_path):
     loaded = fbi.Database.load(path)
     assert loaded.inputs is not None and loaded.inputs.dtype == torch.float32
     assert torch.equal(loaded.inputs, x) and loaded.digest == db.digest
-    extended = loaded.extend(_zoo(2, 3)[0], loaded.inputs, families=_zoo(0, 3)[1], progress=False)
-    assert extended.inputs is not None
+    extended = loaded.extend(_zoo(2, 3)[0], families=_zoo(0, 3)[1], progress=False)  # own inputs
+    assert extended.inputs is not None and extended.names == ["m0", "m1", "m2"]
     data = bytearray(path.read_bytes())
     data[-200] ^= 0x01  # inside the float inputs (the largest elements are laid out first)
     path.write_bytes(bytes(data))
@@ -147,6 +147,8 @@ def test_inputs_are_optional_and_attached_only_when_they_match(tmp_path):
     assert db.inputs is None and fbi.Database.load(path).inputs is None
     with pytest.raises(ValueError, match="differ from the inputs"):
         db.with_inputs(x + 1)
+    with pytest.raises(ValueError, match="does not keep its inputs"):
+        db.extend(_zoo(2, 3)[0], families=_zoo(0, 3)[1], progress=False)
     db.with_inputs(x).save(path)
     assert torch.equal(fbi.Database.load(path).inputs, x)
     with pytest.raises(TypeError, match="store_inputs"):

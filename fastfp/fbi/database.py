@@ -383,14 +383,20 @@ class Database:
     def extend(
         self,
         models: Models,
-        inputs: torch.Tensor,
+        inputs: torch.Tensor | None = None,
         *,
         families: Mapping[Any, Any],
         batch_size: int = 256,
         device: Device = None,
         progress: bool = True,
     ) -> Database:
-        """Query more models on the same inputs and append them (nothing else is recomputed)."""
+        """Query more models on the same inputs and append them (nothing else is recomputed);
+        ``inputs`` may be left out when the database keeps its own."""
+        if inputs is None:
+            if self._inputs is None:
+                raise ValueError("inputs: required, this database does not keep its inputs")
+            inputs = self._inputs
+        _validate.tensor("inputs", inputs, min_dim=1)
         if self.digest is not None and inputs_digest(inputs) != self.digest:
             raise ValueError("inputs: differ from the inputs this database was built on")
         pairs = list(models.items()) if hasattr(models, "items") else list(models)
@@ -424,6 +430,7 @@ class Database:
         }
         meta["sha256"] = _checksum(tensors, meta)
         blob = save(tensors, metadata={"fastfp": json.dumps(meta)})
+        path = store.check_target(path)  # a missing folder is named before the lock is made
         with store.lock(path):  # re-entrant: a locked build saves under its own lock
             store.write_bytes(path, blob)
 
@@ -465,8 +472,9 @@ class Database:
                 f"expected {meta['num_inputs']} inputs)"
             )
         inputs = tensors.get("inputs")
+        inputs = None if inputs is None else torch.from_numpy(np.array(inputs))  # writable copy
         if inputs is not None and meta.get("digest") is not None \
-                and inputs_digest(torch.from_numpy(inputs)) != meta["digest"]:
+                and inputs_digest(inputs) != meta["digest"]:
             raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (inputs digest)")
         return cls(
             topk,
@@ -476,7 +484,7 @@ class Database:
             num_classes=meta["num_classes"],
             ground_truth=tensors.get("ground_truth"),
             digest=meta.get("digest"),
-            inputs=None if inputs is None else torch.from_numpy(inputs),
+            inputs=inputs,
         )
 
     def __repr__(self) -> str:
