@@ -22,7 +22,8 @@ MODEL = "mlp-s0"
 K = 3
 
 # The served models: "digits" answers FP32 scores (B, 10) in NHWC; "digits-labels" INT64 top-3
-# labels in NCHW. The server reads NHWC for "digits" to test the layout taken from metadata.
+# labels in NCHW; "digits-flat" a malformed 1-D output. "digits" declares NHWC so that the client
+# must take the layout from the metadata.
 SERVER = r"""
 import sys, numpy as np, torch
 from kserve import Model, ModelServer, InferResponse, InferOutput
@@ -30,9 +31,9 @@ from fastfp import zoo
 net = zoo.load(sys.argv[2]).eval()
 
 class Digits(Model):
-    def __init__(self, name, labels):
+    def __init__(self, name, labels, flat=False):
         super().__init__(name)
-        self.labels = labels
+        self.labels, self.flat = labels, flat
         self.ready = True
     def get_input_types(self):
         shape = [-1, 1, 32, 32] if self.labels else [-1, 32, 32, 1]
@@ -46,6 +47,7 @@ class Digits(Model):
         with torch.no_grad():
             s = net(x.contiguous())
         res = s.topk(3, dim=1).indices.numpy().astype(np.int64) if self.labels else s.numpy()
+        res = res.reshape(-1) if self.flat else res
         out = InferOutput(name="out", shape=list(res.shape),
                           datatype="INT64" if self.labels else "FP32")
         out.set_data_from_numpy(res)
@@ -54,7 +56,8 @@ class Digits(Model):
 
 ModelServer(http_port=int(sys.argv[1]), enable_grpc=False, workers=1,
             enable_latency_logging=False).start([Digits("digits", False),
-                                                 Digits("digits-labels", True)])
+                                                 Digits("digits-labels", True),
+                                                 Digits("digits-flat", False, flat=True)])
 """
 
 
@@ -201,22 +204,20 @@ def test_bad_arguments(data):
         B.resolve("model.pt", x, K)
 
 
-def test_normalize_is_applied_before_sending(data):
+def test_normalize_is_applied_before_sending(server, data):
     x, net, _ = data
-    seen = []
-    bb = B.Callable(lambda b: seen.append(b) or net(b), x, K)
-    bb(np.arange(4))
-    np.testing.assert_allclose(seen[0].numpy(), x[:4].numpy())
-    # the OpenInference transform itself (checked without a server: a 0.5/0.25 affine)
-    oi = object.__new__(B.OpenInference)
-    oi.normalize = (torch.tensor(0.5).reshape(1, 1, 1), torch.tensor(0.25).reshape(1, 1, 1))
-    sent = {}
-    oi.nhwc, oi.input_name, oi.url, oi.model_path = False, "image", "u", "/v2/models/a"
-    oi._request = lambda path, body: sent.update(body) or {
-        "outputs": [{"datatype": "FP32", "shape": [1, 10], "data": [0.0] * 10}]}
-    oi._predict(x[:1])
-    np.testing.assert_allclose(sent["inputs"][0]["data"],
-                               ((x[:1] - 0.5) / 0.25).reshape(-1).numpy(), rtol=1e-6)
+    with torch.no_grad():
+        want = query_topk(net, (x - 0.5) / 0.25, K)
+    bb = B.OpenInference(server + "/v2/models/digits", x, K, normalize=(0.5, 0.25))
+    got = bb(np.arange(40))
+    np.testing.assert_array_equal(got, want)
+    assert (got != data[2]).any()  # the normalisation changed the answers
+
+
+def test_wrong_output_shape_names_the_url(server, data):
+    bb = B.OpenInference(server + "/v2/models/digits-flat", data[0], K)
+    with pytest.raises(ValueError, match="returned shape \\[40\\]"):
+        bb(np.arange(4))
 
 
 def test_onnx_black_box_equals_the_models_topk(data, tmp_path):
