@@ -286,7 +286,8 @@ def lock(path: str | os.PathLike[str], *, wait: float | None = 0.0,
     Two writers of one file (e.g. two database builds) then never overwrite each other's work: the
     second waits up to ``wait`` seconds (None: forever) and then raises :class:`LockTimeout`
     naming the holder's pid and host. The lock file stays (removing it could race with a new
-    holder); the kernel drops the lock when its holder exits, even when killed.
+    holder); the kernel drops the lock when its holder exits, even when killed. It is re-entrant
+    within a process (a locked build saves under it): it keeps processes apart, not threads.
     """
     import fcntl
 
