@@ -108,6 +108,7 @@ def data():
     return x, net, want
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_answers_equal_the_models_topk_with_batching(server, data):
     x, _, want = data
     bb = B.OpenInference(server + "/v2/models/digits", x, K, batch_size=16, backoff=0.01)
@@ -119,12 +120,14 @@ def test_answers_equal_the_models_topk_with_batching(server, data):
     assert bb.images == 40 and bb.report()["url"].endswith("/v2/models/digits")
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_int64_label_outputs_and_versioned_url_shape(server, data):
     x, _, want = data
     bb = B.OpenInference(server + "/v2/models/digits-labels", x, 2)
     np.testing.assert_array_equal(bb(np.array([3, 7, 9])), want[[3, 7, 9], :2])
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_cache_second_run_sends_nothing(server, data, tmp_path):
     x, _, want = data
     url, cache = server + "/v2/models/digits", tmp_path / "answers.json"
@@ -141,6 +144,7 @@ def test_cache_second_run_sends_nothing(server, data, tmp_path):
     assert larger(np.arange(20)).shape == (20, 4) and larger.images == 20
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_budget_keeps_answers_already_received(server, data, tmp_path):
     x, _, want = data
     url, cache = server + "/v2/models/digits", tmp_path / "answers.json"
@@ -153,6 +157,7 @@ def test_budget_keeps_answers_already_received(server, data, tmp_path):
     assert resumed.images == 20  # only the 20 not yet answered
 
 
+@pytest.mark.slow  # starts its own server, to stop it midway
 def test_server_lost_midway_keeps_cached_answers(data, tmp_path):
     pytest.importorskip("kserve")
     x, _, want = data
@@ -180,6 +185,7 @@ def test_server_down_is_a_clear_error_after_retries(data):
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_unknown_model_names_the_url(server, data):
     x, _, _ = data
     with pytest.raises(ValueError, match="unknown or unready model"):
@@ -204,6 +210,7 @@ def test_bad_arguments(data):
         B.resolve("model.pt", x, K)
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_normalize_is_applied_before_sending(server, data):
     x, net, _ = data
     with torch.no_grad():
@@ -214,6 +221,7 @@ def test_normalize_is_applied_before_sending(server, data):
     assert (got != data[2]).any()  # the normalisation changed the answers
 
 
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_wrong_output_shape_names_the_url(server, data):
     bb = B.OpenInference(server + "/v2/models/digits-flat", data[0], K)
     with pytest.raises(ValueError, match="returned shape \\[40\\]"):

@@ -288,7 +288,12 @@ class OpenInference(BlackBox):
             req = urllib.request.Request(self.base + path, data=data, headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read() or b"null")
+                    raw = resp.read()
+                try:
+                    return json.loads(raw or b"null")
+                except json.JSONDecodeError:
+                    raise ValueError(f"url: {self.url!r} answered {path} with non-JSON "
+                                     f"{raw[:80]!r}") from None
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:200].decode("utf-8", "replace")
                 if exc.code < 500:
