@@ -133,9 +133,9 @@ class _Guard:
                     break
                 # a column meets model m's last requirement iff its bit differs from need_wrong
                 b = rows.size
-                ws = np.flatnonzero(unmet.any(0))  # only the words with unmet models, when few
-                if 2 * ws.size > W:  # a copy of most words costs more than the masked full pass
-                    ws = slice(None)
+                live_words = np.flatnonzero(unmet.any(0))  # the words with unmet models
+                # a copy of most words costs more than the masked full pass
+                ws: slice | np.ndarray = slice(None) if 2 * live_words.size > W else live_words
                 part = cols if isinstance(ws, slice) else cols[ws]
                 w = part.shape[0]
                 t = np.bitwise_xor(part[None], need_wrong[:, ws, None], out=buf[:b, :w])
@@ -659,7 +659,7 @@ class OpenWorld:
         drawn = [s for s in seeds if s is not None]
         fresh = iter(self._sample_many(drawn) if drawn else [])
         fixed = self._deployment(None) if len(drawn) < len(seeds) else None
-        draws = [fixed[0] if s is None else next(fresh) for s in seeds]
+        draws = [fixed[0] if fixed is not None and s is None else next(fresh) for s in seeds]
         labels = [self._labels(b, S) for b, S in zip(blackboxes, draws, strict=True)]
         if not draws:
             return []
