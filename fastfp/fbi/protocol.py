@@ -203,7 +203,9 @@ def format_tables(tables: dict[str, Any]) -> str:
           tables["table4_delegate"])
     table("Table V: detection TPR at 5 % FPR by L (30/70, close delegate)",
           {f"L = {L}": r for L, r in tables["table5_queries"].items()})
-    lines.append("Table VI: identification (Entropy): success / abstain / error, unknown rejected")
+    lines.append("Table VI: identification with abstention (Entropy selection)")
+    lines.append(f"  {'distance':>8} {'':>8}  {'success':^13}  {'abstain':^13}  {'error':^13}  "
+                 f"{'unknown rejected':^13}")
     for dk, by_L in tables["table6_identification"].items():
         for L, r in by_L.items():
             lines.append(f"  {dk:>8} L = {L:>4}  {_cell(r, 'success')}  {_cell(r, 'abstain')}  "
