@@ -202,12 +202,13 @@ def format_tables(tables: dict[str, Any]) -> str:
     table(f"Table IV: detection TPR at 5 % FPR by delegate (L = {d['L']}, 30/70)",
           tables["table4_delegate"])
     table("Table V: detection TPR at 5 % FPR by L (30/70, close delegate)",
-          {f"L = {L}": r for L, r in tables["table5_queries"].items()})
+          {f"L = {L}": r for L, r in sorted(tables["table5_queries"].items(),
+                                             key=lambda kv: int(kv[0]))})
     lines.append("Table VI: identification with abstention (Entropy selection)")
     lines.append(f"  {'distance':>8} {'':>8}  {'success':^13}  {'abstain':^13}  {'error':^13}  "
                  f"{'unknown rejected':^13}")
     for dk, by_L in tables["table6_identification"].items():
-        for L, r in by_L.items():
+        for L, r in sorted(by_L.items(), key=lambda kv: int(kv[0])):  # JSON sorts keys as text
             lines.append(f"  {dk:>8} L = {L:>4}  {_cell(r, 'success')}  {_cell(r, 'abstain')}  "
                          f"{_cell(r, 'error')}  {_cell(r, 'unknown_rejected')}")
     return "\n".join(lines) + "\n"
