@@ -281,3 +281,41 @@ def test_greedy_identify_asks_one_input_at_a_time():
     want = fbi.greedy_identify(db.topk, db.families, 7, seed=0)
     assert got.queries == want.queries and got.family == want.family
     assert bb.images == bb.queries == len(set(got.queries))
+
+
+@pytest.mark.slow
+def test_cli_decides_on_a_served_model_within_its_budget(server, tmp_path, capsys):
+    from fastfp.cli.main import main
+
+    names = ["mlp-s0", "mlp-s1", "cnn-s0", "cnn-s1"]
+    spec = tmp_path / "models.json"
+    spec.write_text(json.dumps({"models": [{"name": n, "family": n.split("-")[0], "zoo": n}
+                                           for n in names]}))
+    db = tmp_path / "db.safetensors"
+    # the database keeps its inputs: the queries below need no --inputs
+    assert main(["fbi", "build", "--spec", str(spec), "--inputs", "zoo:150", "--k", "3",
+                 "--out", str(db)]) == 0
+    url = server + "/v2/models/digits"
+    rep, cache = tmp_path / "rep.json", tmp_path / "answers.json"
+    walled = ["fbi", "identify", "--db", str(db), "--blackbox", url, "--mode", "walled",
+              "--max-queries", "20", "--cache", str(cache), "--json", str(rep)]
+    assert main(walled) == 0  # adaptive: one image per greedy query
+    r = json.loads(rep.read_text())
+    assert r["family"] == "mlp" and r["status"] == "identified"
+    assert r["sent"]["images"] == r["sent"]["requests"] == r["L"] <= 20
+    assert main(walled) == 0  # a repeated identification pays nothing
+    assert json.loads(rep.read_text())["sent"]["images"] == 0
+    # open world: only the L deployment queries are sent, and the decision (an exit code) is
+    # the one of the same model simulated from the database
+    detect = ["fbi", "detect", "--db", str(db), "--family", "mlp", "--L", "30", "--trials", "3",
+              "--json", str(rep)]
+    served = main([*detect, "--blackbox", url, "--cache", str(tmp_path / "open.json")])
+    r = json.loads(rep.read_text())
+    assert r["sent"]["images"] == 30 and r["L"] == 30
+    assert served == main([*detect, "--blackbox", "db:mlp-s0"])
+    assert served == (0 if json.loads(rep.read_text())["positive"] else 1)
+    capsys.readouterr()
+    assert main([*detect, "--blackbox", url, "--no-cache", "--max-queries", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "budget of 10 images" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1

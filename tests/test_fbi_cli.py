@@ -71,7 +71,8 @@ def test_detect_and_identify_from_model_and_outputs(setup, capsys):
     assert rep["mode"] == "open" and rep["L"] == 60 and rep["family"] == "fam1"
     assert rep["positive"] is True and 0 <= rep["distance"] <= rep["tau"]
     assert "open-world detection of 'fam1': positive" in capsys.readouterr().out
-    assert main([*detect, "--family", "fam2", "--blackbox", str(tmp / "fam1_2.pt")]) == 0
+    # a decision is an exit code: 1 when the black box is not a member
+    assert main([*detect, "--family", "fam2", "--blackbox", str(tmp / "fam1_2.pt")]) == 1
     rep = json.loads(out.read_text())
     assert rep["positive"] is False and rep["distance"] > rep["tau"]
     assert "open-world detection of 'fam2': negative" in capsys.readouterr().out
@@ -135,6 +136,46 @@ def test_cli_errors(setup, capsys):
     assert main(["fbi", "build", "--spec", str(bad), "--inputs", str(tmp / "inputs.pt"), "--out",
                  str(tmp / "x.safetensors")]) == 2
     assert "family" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_before_any_work(setup, tmp_path, capsys):
+    tmp, db = setup
+    spec = tmp / "models.json"
+    listed = tmp_path / "list.json"  # a JSON list instead of {"models": [...]}
+    listed.write_text(json.dumps([{"name": "a", "family": "F", "zoo": "cnn-s0"}]))
+    text = tmp_path / "inputs.txt"
+    text.write_text("not a tensor\n")
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps({"models": [{"name": "a", "family": "F", "zoo": "cnn-s0"},
+                                          {"name": "a", "family": "G", "zoo": "mlp-s0"}]}))
+    out = tmp_path / "db.safetensors"
+    cases = [
+        (["--spec", str(listed), "--inputs", "zoo:20"], "expected an object"),
+        (["--spec", str(dup), "--inputs", "zoo:20"], "duplicate name"),
+        (["--spec", str(spec), "--inputs", str(text), "--trust-code"], "inputs.txt"),
+        (["--spec", str(spec), "--inputs", "zoo:20", "--device", "cuda"], "--device"),
+        (["--spec", str(spec), "--inputs", "zoo:20", "--device", "tpu:x"], "--device"),
+    ]
+    for extra, phrase in cases:
+        if "cuda" in extra and torch.cuda.is_available():
+            continue
+        assert main(["fbi", "build", *extra, "--out", str(out)]) == 2, extra
+        err = capsys.readouterr().err
+        assert phrase in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()  # nothing was queried or written
+    # a missing output folder is found before the first model is queried
+    assert main(["fbi", "build", "--spec", str(spec), "--inputs", "zoo:20", "--trust-code",
+                 "--out", str(tmp_path / "no" / "db.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_subcommand_help_documents_formats(capsys):
+    for cmd, phrase in (("build", '"models"'), ("detect", "/v2/models/"),
+                        ("identify", "exit 0"), ("export-queries", "answer them")):
+        with pytest.raises(SystemExit) as stop:
+            main(["fbi", cmd, "--help"])
+        assert stop.value.code == 0
+        assert phrase in capsys.readouterr().out, cmd
 
 
 def test_spec_inputs_and_labels_lie_beside_the_spec(setup, tmp_path, monkeypatch):

@@ -1,57 +1,89 @@
 """``fastfp fbi``: FBI databases, detection / identification of a black box, distance maps.
 
     fastfp fbi build --spec models.json --inputs zoo:2000 --k 3 --out db.safetensors
-    fastfp fbi detect --db db.safetensors --family cnn --blackbox suspect.pt [--mode open]
-    fastfp fbi identify --db db.safetensors --blackbox outputs.npy [--mode walled]
+    fastfp fbi detect --db db.safetensors --family cnn --blackbox suspect.onnx
+    fastfp fbi identify --db db.safetensors --blackbox http://127.0.0.1:8080/v2/models/suspect
+    fastfp fbi export-queries --db db.safetensors --out queries/
     fastfp fbi distances --db db.safetensors --png dist.png --embedding-png tsne.png
     fastfp fbi law --db db.safetensors --k 1 3
 
-A model list (JSON or TOML) names each model and its family:
-``{"models": [{"name": "a", "family": "F", "zoo": "cnn-s0"}, {"name": "b", "family": "G",
-"path": "b.onnx"}, {"name": "c", "family": "H", "arch": "resnet18", "weights": "c.safetensors",
-"num_classes": 10}], "inputs": "zoo:2000"}``. The models come from others, so they load only in
-formats that cannot run code: ``path`` is an ONNX file, ``arch`` a torchvision/timm architecture
-with a safetensors state dict (``weights``; a seeded random init without it, ``seed``); pickles,
-TorchScript and .pt2 files need ``--trust-code``. Files named in the spec (models, weights,
-``inputs``, ``labels``) lie in the spec's folder and may not leave it (``..``, absolute paths,
-symlinks out) unless ``--allow-absolute-paths``.
-Inputs: ``zoo:N`` (N benign digits of the default zoo, with ground truth) or a ``.pt`` / ``.npy``
-tensor file (then ``--labels`` optionally gives the ground truth; else majority vote).
-A black box is an ONNX file, ``zoo:NAME``, ``arch:NAME[:WEIGHTS]`` (safetensors; its head has the
-database's class count), ``db:NAME`` (a database model, for simulations), or a precomputed ``.npy``
-/ ``.pt`` file of its top-k labels on the inputs (read without unpickling code).
+Decisions are exit codes: ``detect`` 0 member of the family, 1 not; ``identify`` 0 a family
+named, 1 abstained or rejected; 2 an error (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastfp.cli.loader import check_entry, load_entry, spec_file
+from fastfp.cli.loader import check_device, check_entry, load_entry, spec_file
 from fastfp.cli.main import SubParsers
 
 if TYPE_CHECKING:
     import numpy as np
 
+SPEC_FORMAT = """model list (--spec, JSON or TOML):
+  {"models": [{"name": "a", "family": "F", "zoo": "cnn-s0"},
+              {"name": "b", "family": "G", "path": "b.onnx"},
+              {"name": "c", "family": "H", "arch": "resnet18", "weights": "c.safetensors",
+               "num_classes": 10}],
+   "inputs": "zoo:2000", "labels": "labels.npy"}
+  Every entry has a unique "name", a "family" and one source: "zoo" (a default-zoo model),
+  "path" (an ONNX file) or "arch" (a torchvision/timm architecture with a safetensors state dict
+  in "weights"; a random init seeded by "seed" without it). The models come from others, so they
+  load only in formats that cannot run code; pickles, TorchScript and .pt2 need --trust-code.
+  Files named in the spec lie in its folder and may not leave it (.., absolute paths, symlinks
+  out) unless --allow-absolute-paths. The whole list, every file it names and the output folder
+  are checked before the first model is queried.
+inputs: zoo:N (N benign digits of the default zoo, with ground truth), a .npy / .npz / .pt tensor
+  file or a folder of PNG images (uint8 images are converted to 0..1 with a note); --labels gives
+  the ground truth (else the majority vote of the models)."""
+
+BLACKBOX_FORMAT = """black box (--blackbox):
+  http(s)://HOST:PORT/v2/models/NAME[/versions/V]  a model served over the Open Inference
+      Protocol (KServe v2 REST: Triton, KServe, MLServer, ...); only the selected inputs are sent,
+      answers are cached (--cache) and counted against --max-queries
+  onnx:PATH or PATH.onnx       an ONNX model run locally by onnxruntime
+  zoo:NAME, arch:NAME[:WEIGHTS.safetensors]   a default-zoo model / an architecture
+  db:NAME                      a model of the database (simulation)
+  ANSWERS.npy/.npz/.pt/.csv/.json   its answers on every database input: top-k labels (one row
+      per input), or logits / probabilities (top-k taken, with a note)
+  The database's inputs come from the database itself (built with --store-inputs) or --inputs."""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the format blocks of the epilogs as written."""
+
 
 def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser("fbi", help="FBI: fingerprinting with benign inputs (database, detect, "
                                    "identify, distances)",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__, formatter_class=_Help)
     cmds = p.add_subparsers(dest="fbi_command", metavar="SUBCOMMAND")
 
-    b = cmds.add_parser("build",
-                        help="query a model list on benign inputs and store their top-k outputs")
+    def command(name: str, helptext: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return cmds.add_parser(name, help=helptext, description=helptext, epilog=epilog,
+                               formatter_class=_Help)
+
+    b = command("build", "query a model list on benign inputs and store their top-k outputs in a "
+                "database (an existing one is extended; a second build on the same file waits "
+                "for the first)", SPEC_FORMAT)
     b.add_argument("--spec", required=True,
                    help="JSON or TOML model list (names, families, model sources)")
     b.add_argument("--inputs",
-                   help="zoo:N, or a .pt / .npy tensor file (default: the spec's 'inputs')")
+                   help="zoo:N, a .npy / .npz / .pt tensor file or a PNG folder (default: the "
+                        "spec's 'inputs')")
     b.add_argument("--labels", help="ground-truth classes (.pt / .npy); default: majority vote")
     b.add_argument("--k", type=int, default=3, help="top-k kept per output (default 3)")
     b.add_argument("--out", required=True,
                    help="database file (.safetensors); an existing one is resumed")
+    b.add_argument("--store-inputs", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the inputs in the database, so detect / identify need no --inputs "
+                        "(default: when they take at most 256 MiB)")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default=None, help="device for the models (default: cpu)")
     b.add_argument("--checkpoint-s", type=float, default=30.0,
@@ -66,35 +98,48 @@ def add_parser(sub: SubParsers) -> None:
     _add_trust_code(b)
     b.set_defaults(func=run_build)
 
-    for name, helptext in (("detect", "is the black box in FAMILY?"),
-                           ("identify", "which family is the black box?")):
-        d = cmds.add_parser(name, help=helptext)
+    for name, helptext in (
+        ("detect", "is the black box a member of FAMILY? (exit 0 yes, 1 no, 2 error)"),
+        ("identify", "which family is the black box? (exit 0 a family named, 1 abstained or "
+                     "rejected, 2 error)"),
+    ):
+        d = command(name, helptext, BLACKBOX_FORMAT)
         d.add_argument("--db", required=True, help="database file")
         if name == "detect":
             d.add_argument("--family", required=True, help="hypothesis family")
-        d.add_argument("--blackbox", required=True,
-                       help="an ONNX file, zoo:NAME, arch:NAME[:WEIGHTS.safetensors], db:NAME, "
-                            "or a .npy/.pt file of top-k labels")
-        d.add_argument("--inputs", help="the database's inputs (needed to query a model black box)")
+        d.add_argument("--blackbox", required=True, help="what to check (see below)")
+        _add_query_args(d, name)
         d.add_argument("--mode", choices=("open", "walled"), default="open",
-                       help="open world (statistical, default) or walled garden (greedy, A = B)")
-        d.add_argument("--L", type=int, default=100, help="queries (open world; default 100)")
-        d.add_argument("--selection", default="30/70" if name == "detect" else "entropy",
-                       help="input selection: all, 50/50, 30/70, entropy")
-        d.add_argument("--delegates", default="close",
-                       help="close, median, far, or a comma list (compound)")
-        d.add_argument("--fpr", type=float, default=0.05,
-                       help="target false-positive rate (default 0.05)")
-        d.add_argument("--trials", type=int, default=20, help="random draws used to set tau")
-        d.add_argument("--max-queries", type=int, default=None, help="walled garden: query budget")
-        d.add_argument("--seed", type=int, default=0)
-        d.add_argument("--batch-size", type=int, default=256)
+                       help="open world (statistical, default) or walled garden (greedy: assumes "
+                            "the black box is one of the database's models)")
+        d.add_argument("--max-queries", type=int, default=None,
+                       help="budget of images sent to the black box (an error when exceeded)")
+        d.add_argument("--cache", metavar="PATH",
+                       help="answer cache of a served black box (default: in ~/.cache/fastfp); "
+                            "a repeated or resumed run never sends an image twice")
+        d.add_argument("--no-cache", action="store_true", help="keep no answer cache")
+        d.add_argument("--normalize", metavar="imagenet|none|M1,M2,M3/S1,S2,S3", default=None,
+                       help="what a served / ONNX black box expects: (x - mean) / std of the "
+                            "0..1 images (default: none)")
+        d.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds per request to a served black box (default 30)")
+        d.add_argument("--batch-size", type=int, default=64)
         d.add_argument("--json", metavar="PATH", help="also write a JSON report")
         _add_trust_code(d)
         d.set_defaults(func=run_detect if name == "detect" else run_identify)
 
-    m = cmds.add_parser("distances",
-                        help="pairwise Rajski distances of the database's models (+ PNG figures)")
+    e = command("export-queries", "write the inputs the open world would send a black box (PNG "
+                "or .npy), to query a remote API by hand; answer them in that order (CSV / JSON "
+                "/ .npy rows) and pass the answers file to detect / identify")
+    e.add_argument("--db", required=True, help="database file")
+    e.add_argument("--family", default=None,
+                   help="the detection queries of this family (default: the identification ones)")
+    _add_query_args(e, "identify")
+    e.add_argument("--out", required=True, help="folder for the images (created)")
+    e.add_argument("--format", choices=("png", "npy"), default="png")
+    e.set_defaults(func=run_export_queries)
+
+    m = command("distances", "pairwise Rajski distances of the database's models (+ PNG figures)")
     m.add_argument("--db", required=True)
     m.add_argument("--L", type=int, default=None, help="use L random inputs (default: all)")
     m.add_argument("--k", type=int, default=None, help="S_k with this k (default: the database's)")
@@ -107,8 +152,7 @@ def add_parser(sub: SubParsers) -> None:
     m.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
     m.set_defaults(func=run_distances)
 
-    law = cmds.add_parser("law",
-                          help="fit E(L) ~ a E|F| nF / k + beta(k) with greedy identification")
+    law = command("law", "fit E(L) ~ a E|F| nF / k + beta(k) with greedy identification")
     law.add_argument("--db", required=True)
     law.add_argument("--k", type=int, nargs="+", default=None,
                      help="k values (default: 1 .. database k)")
@@ -116,7 +160,21 @@ def add_parser(sub: SubParsers) -> None:
     law.add_argument("--seed", type=int, default=0)
     law.add_argument("--json", metavar="PATH")
     law.set_defaults(func=run_law)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _add_query_args(d: argparse.ArgumentParser, name: str) -> None:
+    """The open world's settings (the queries it picks and its threshold) and --inputs."""
+    d.add_argument("--inputs", help="the database's inputs, if it does not store them")
+    d.add_argument("--L", type=int, default=100, help="queries (open world; default 100)")
+    d.add_argument("--selection", default="30/70" if name == "detect" else "entropy",
+                   help="input selection: all, 50/50, 30/70, entropy")
+    d.add_argument("--delegates", default="close",
+                   help="close, median, far, or a comma list (compound)")
+    d.add_argument("--fpr", type=float, default=0.05,
+                   help="target false-positive rate (default 0.05)")
+    d.add_argument("--trials", type=int, default=20, help="random draws used to set tau")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the query selection and of the trials (default 0)")
 
 
 def _add_trust_code(p: argparse.ArgumentParser) -> None:
@@ -133,63 +191,74 @@ def _user_error(msg):
     return UserError(msg)
 
 
-def _load_tensor(path: str):
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such file: {path!r}")
-    if p.suffix == ".npy":
-        return torch.from_numpy(np.load(p))
-    if p.suffix == ".npz":
-        with np.load(p) as z:
-            return torch.from_numpy(z[z.files[0]])
-    obj = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(obj, torch.Tensor):
-        raise _user_error(f"{path}: expected a tensor file, found {type(obj).__name__}")
-    return obj
+def _note(text: str) -> None:
+    print(f"fastfp fbi: note: {text}", file=sys.stderr)
 
 
 def _inputs(spec_value, labels_path):
-    """(inputs, labels or None) from zoo:N or a tensor file."""
+    """(inputs, labels or None) from zoo:N, a tensor file or a PNG folder."""
+    from fastfp.fbi import answers
+
     if spec_value is None:
-        raise _user_error("inputs: give --inputs (zoo:N or a tensor file) or 'inputs' in the spec")
+        raise _user_error("inputs: give --inputs (zoo:N, a tensor file or a PNG folder) or "
+                          "'inputs' in the spec")
+    labels = None if labels_path is None else _labels(labels_path)
     if str(spec_value).startswith("zoo:"):
         from fastfp import zoo
 
         count = str(spec_value)[4:]
-        if not count.isdigit():
-            raise _user_error(f"inputs: expected zoo:N with N a number, got {spec_value!r}")
+        if not count.isdigit() or int(count) < 1:
+            raise _user_error(f"inputs: expected zoo:N with N a positive number, got "
+                              f"{spec_value!r}")
         x, y = zoo.benign_inputs(int(count))
-        return x, (y.numpy() if labels_path is None else _load_tensor(labels_path).numpy())
-    x = _load_tensor(spec_value).float()
-    return x, None if labels_path is None else _load_tensor(labels_path).numpy()
+        return x, (y.numpy() if labels is None else labels)
+    x, notes = answers.read_inputs(spec_value)
+    for n in notes:
+        _note(n)
+    return x, labels
+
+
+def _labels(path: str) -> np.ndarray:
+    """Ground-truth classes: one integer per input, in any format answers are read in."""
+    from fastfp.fbi import answers
+
+    y, notes = answers.read_answers(path, num_inputs=None, k=1)
+    for n in notes:
+        _note(n)
+    return y[:, 0]
 
 
 def _read_spec(path: str) -> dict:
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise FileNotFoundError(f"no such spec file: {path!r}")
     text = p.read_text()
     if p.suffix == ".toml":
+        import tomllib
+
         try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            raise _user_error(f"{path}: TOML specs need Python 3.11+; write the model list as "
-                              "JSON") from None
-        spec = tomllib.loads(text)
+            spec = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise _user_error(f"{path}: not valid TOML ({exc})") from exc
     else:
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
             raise _user_error(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(spec, dict):
+        raise _user_error(f"{path}: expected an object {{\"models\": [...]}}, got a JSON "
+                          f"{type(spec).__name__} (see fastfp fbi build --help)")
     models = spec.get("models")
     if not isinstance(models, list) or not models:
         raise _user_error(f"{path}: expected a non-empty 'models' list")
-    for e in models:
+    seen: set[str] = set()
+    for i, e in enumerate(models):
         if not isinstance(e, dict) or "name" not in e or "family" not in e:
-            raise _user_error(f"{path}: every model needs a 'name' and a 'family', got {e!r}")
+            raise _user_error(f"{path}: model {i + 1}: every model needs a 'name' and a "
+                              f"'family', got {e!r}")
+        if str(e["name"]) in seen:
+            raise _user_error(f"{path}: model {i + 1}: duplicate name {e['name']!r}")
+        seen.add(str(e["name"]))
     return spec
 
 
@@ -248,59 +317,113 @@ def _report(args, data: dict) -> None:
 # --- sub-commands ------------------------------------------------------------------------------
 
 def run_build(args: argparse.Namespace) -> int:
-    from fastfp import fbi
+    from fastfp import fbi, store
 
+    # everything is checked before the first model is queried: device, output, spec, files
+    device = check_device(args.device, "--device")
+    store.check_target(args.out, "--out")
     spec = _read_spec(args.spec)
     base = Path(args.spec).resolve().parent
     absolute = args.allow_absolute_paths
+    entries = spec["models"]
+    for e in entries:
+        check_entry(e, base, trust_code=args.trust_code, allow_absolute=absolute)
     x, labels = _inputs(args.inputs or _spec_path(spec.get("inputs"), base, absolute, "inputs"),
                         args.labels or _spec_path(spec.get("labels"), base, absolute, "labels"))
-    entries = spec["models"]
-    for e in entries:  # every spec file is checked before any model is loaded
-        check_entry(e, base, trust_code=args.trust_code, allow_absolute=absolute)
     families = {str(e["name"]): str(e["family"]) for e in entries}
     models = list(_LazyModels(entries, base, trust_code=args.trust_code,
                               allow_absolute=absolute))
     from fastfp import distributed as dd
 
     ctx = dd.init()
+    common = dict(k=args.k, families=families, labels=labels, batch_size=args.batch_size,
+                  path=args.out, progress=True, store_inputs=args.store_inputs)
     if ctx.distributed or args.shard_dir:
-        device = args.device or (str(dd.device_for(ctx)) if ctx.distributed else None)
-        db = fbi.build_sharded(models, x, k=args.k, families=families, labels=labels,
-                               batch_size=args.batch_size, device=device, path=args.out, ctx=ctx,
-                               shard_dir=args.shard_dir or f"{args.out}.shards", progress=True)
+        if ctx.distributed and device is None:
+            device = dd.device_for(ctx)
+        db = fbi.build_sharded(models, x, device=device, ctx=ctx,
+                               shard_dir=args.shard_dir or f"{args.out}.shards", **common)
         if db is None:  # not rank 0: rank 0 merges and reports
             return 0
     else:
-        db = fbi.Database.build(models, x, k=args.k, families=families, labels=labels,
-                                batch_size=args.batch_size, device=args.device, path=args.out,
-                                progress=True, checkpoint_s=args.checkpoint_s)
+        db = fbi.Database.build(models, x, device=device, checkpoint_s=args.checkpoint_s,
+                                **common)
     print(f"{db!r} -> {args.out}")
     _report(args, {"database": args.out, "models": db.names, "families": db.families, "k": db.k,
-                   "num_inputs": db.num_inputs, "num_classes": db.num_classes})
+                   "num_inputs": db.num_inputs, "num_classes": db.num_classes,
+                   "inputs_stored": db.inputs is not None})
     return 0
 
 
-def _blackbox_outputs(args, db) -> np.ndarray:
-    """Top-k labels (N, k) of the black box on the database's inputs."""
-    import torch
+_ANSWER_FILES = (".npy", ".npz", ".pt", ".csv", ".json")
 
+
+def _database_inputs(args, db):
+    """The database's inputs: stored in it, or --inputs (checked against its digest)."""
     from fastfp import fbi
 
+    if args.inputs is None:
+        if db.inputs is None:
+            raise _user_error("inputs: the database does not store its inputs; give --inputs "
+                              "(or rebuild it with --store-inputs)")
+        return db.inputs
+    x, _ = _inputs(args.inputs, None)
+    if db.digest is not None and fbi.database.inputs_digest(x) != db.digest:
+        raise _user_error("inputs: differ from the inputs the database was built on")
+    return x
+
+
+def _cache_path(args, what: str) -> Path | None:
+    import hashlib
+
+    from fastfp import zoo
+
+    if args.no_cache:
+        return None
+    if args.cache:
+        return Path(args.cache)
+    folder = zoo.cache_dir() / "answers"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.json"
+
+
+def _blackbox(args, db) -> tuple[Any, Any]:
+    """(the black box as the fbi functions take it, the object that counts its queries or None).
+
+    Answers given as a file or a database model are the outputs on every input; a model or a
+    service is asked only the inputs the decision needs."""
     bb = args.blackbox
+    if args.max_queries is not None and args.max_queries < 1:
+        raise _user_error(f"--max-queries: expected a positive number, got {args.max_queries}")
     if bb.startswith("db:"):
-        return db.outputs(bb[3:])
+        return db.outputs(bb[3:]), None
     p = Path(bb)
-    if p.suffix in (".npy", ".npz") or (p.suffix == ".pt" and _is_tensor_file(p)):
-        out = _load_tensor(bb).numpy()
-        out = out[:, None] if out.ndim == 1 else out
-        if out.shape[0] != db.num_inputs:
-            raise _user_error(f"blackbox: {bb} holds {out.shape[0]} outputs, the database has "
-                              f"{db.num_inputs} inputs")
-        if out.shape[1] < db.k:
-            raise _user_error(f"blackbox: {bb} holds top-{out.shape[1]} outputs, the database was "
-                              f"built with k = {db.k}")
-        return out
+    if p.suffix.lower() in _ANSWER_FILES and not (p.suffix == ".pt" and _is_model_file(p)):
+        from fastfp.fbi import answers
+
+        out, notes = answers.read_answers(bb, num_inputs=db.num_inputs, k=db.k,
+                                          num_classes=db.num_classes)
+        for n in notes:
+            _note(n)
+        return out, None
+    from fastfp.cli.generate import parse_normalize
+    from fastfp.fbi import blackbox
+
+    x = _database_inputs(args, db)
+    normalize: Any = None if args.normalize is None else parse_normalize(args.normalize)
+    if normalize == "imagenet":
+        from fastfp.cexamples.settings import IMAGENET
+
+        normalize = IMAGENET
+    budget = {"max_queries": args.max_queries, "batch_size": args.batch_size}
+    if bb.startswith(("http://", "https://")):
+        box = blackbox.resolve(bb, x, db.k, normalize=normalize, timeout=args.timeout,
+                               cache=_cache_path(args, bb), **budget)
+        return box, box
+    if bb.startswith("onnx:") or p.suffix.lower() == ".onnx":
+        box = blackbox.resolve(bb if bb.startswith("onnx:") else f"onnx:{bb}", x, db.k,
+                               normalize=normalize, **budget)
+        return box, box
     if bb.startswith("zoo:"):
         entry = {"zoo": bb[4:]}
     elif bb.startswith("arch:"):
@@ -310,21 +433,28 @@ def _blackbox_outputs(args, db) -> np.ndarray:
         entry = {"path": bb}
     model = load_entry(entry, Path.cwd(), what="--blackbox", trust_code=args.trust_code,
                        allow_absolute=True, num_classes=db.num_classes).eval()
-    x, _ = _inputs(args.inputs, None)
-    if db.digest is not None and fbi.database.inputs_digest(x) != db.digest:
-        raise _user_error("inputs: differ from the inputs the database was built on")
-    with torch.no_grad():
-        return fbi.query_topk(model, x, db.k, batch_size=args.batch_size, progress=True,
-                              desc="black box")
+    box = blackbox.Callable(_no_grad(model), x, db.k, **budget)
+    return box, box
 
 
-def _is_tensor_file(p: Path) -> bool:
+def _no_grad(model):
+    import torch
+
+    def predict(x):
+        with torch.no_grad():
+            return model(x)
+
+    return predict
+
+
+def _is_model_file(p: Path) -> bool:
+    """A .pt file that is not one tensor (a pickled model): loaded as a model, if trusted."""
     import torch
 
     try:
-        return isinstance(torch.load(p, map_location="cpu", weights_only=True), torch.Tensor)
+        return not isinstance(torch.load(p, map_location="cpu", weights_only=True), torch.Tensor)
     except Exception:
-        return False
+        return True
 
 
 def _open_world(args, db):
@@ -334,61 +464,139 @@ def _open_world(args, db):
     sel = args.selection
     kwargs = {"selection": sel} if args.fbi_command == "detect" else {"identify_selection": sel}
     return fbi.OpenWorld(L=args.L, delegates=delegates, fpr=args.fpr, trials=args.trials,
-                         seed=args.seed,
-                         **kwargs).fit(db, progress=True)
+                         seed=args.seed, **kwargs).fit(db, progress=True)
+
+
+def _sent(counter) -> dict:
+    """What the black box was sent: requests and images (0 for answers given as a file)."""
+    if counter is None:
+        return {"requests": 0, "images": 0}
+    rep = counter.report()
+    print(f"black box: {rep.get('queries', 0)} requests, {rep.get('images', 0)} images sent"
+          + (f", {rep['cached']} answers from the cache" if rep.get("cached") else ""))
+    return {"requests": rep.get("queries", 0), "images": rep.get("images", 0), **rep}
+
+
+def _walled_warning(consistent: bool) -> None:
+    if not consistent:
+        print("fastfp fbi: warning: the black box's answers match no model of the database; the "
+              "walled garden assumes it is one of them, so this decision means little (use "
+              "--mode open)", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _within_budget():
+    """--max-queries reached: a user error (the answers received so far stay cached)."""
+    from fastfp.fbi import blackbox
+
+    try:
+        yield
+    except blackbox.BudgetExceeded as exc:
+        raise _user_error(str(exc)) from None
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    with _within_budget():
+        return _detect(args)
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    with _within_budget():
+        return _identify(args)
+
+
+def _detect(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
     db.members(args.family)  # unknown family -> clear error before any work
-    out = _blackbox_outputs(args, db)
+    box, counter = _blackbox(args, db)
     if args.mode == "walled":
-        r = fbi.greedy_detect(db.topk, np.asarray(db.families) == args.family, out,
-                              max_queries=args.max_queries,
-                              seed=args.seed)
+        r = fbi.greedy_detect(db.topk, np.asarray(db.families) == args.family, box,
+                              max_queries=args.max_queries, seed=args.seed)
         print(f"walled garden detection of {args.family!r}: {r.decision} after L = {r.L} queries "
               f"{r.queries}")
+        _walled_warning(bool(r.family_left or r.others_left))
         _report(args, {"mode": "walled", "family": args.family, "decision": r.decision, "L": r.L,
-                       "queries": r.queries})
-        return 0
+                       "queries": r.queries, "sent": _sent(counter)})
+        return 0 if r.decision == "positive" else 1
     ow = _open_world(args, db)
-    r = ow.detect(out, args.family, seed=args.seed)
+    r = ow.detect(box, args.family)
     verdict = "positive" if r.positive else "negative"
     print(f"open-world detection of {args.family!r}: {verdict} (D = {r.distance:.4f}, "
           f"tau = {r.tau:.4f}, L = {len(r.queries)}, FPR target {args.fpr})")
     _report(args, {"mode": "open", "family": args.family, "positive": bool(r.positive),
                    "distance": r.distance, "tau": r.tau, "L": len(r.queries),
-                   "queries": r.queries.tolist(), "fit": ow.report()})
-    return 0
+                   "queries": r.queries.tolist(), "sent": _sent(counter), "fit": ow.report()})
+    return 0 if r.positive else 1
 
 
-def run_identify(args: argparse.Namespace) -> int:
+def _identify(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
-    out = _blackbox_outputs(args, db)
+    box, counter = _blackbox(args, db)
     if args.mode == "walled":
-        r = fbi.greedy_identify(db.topk, db.families, out, max_queries=args.max_queries,
+        r = fbi.greedy_identify(db.topk, db.families, box, max_queries=args.max_queries,
                                 seed=args.seed)
         print(f"walled garden identification: {r.family if r.family is not None else '-'} "
-              f"({r.status}) "
-              f"after L = {r.L} queries {r.queries}")
+              f"({r.status}) after L = {r.L} queries {r.queries}")
+        _walled_warning(r.status != "unknown")
         _report(args, {"mode": "walled", "family": r.family, "status": r.status, "L": r.L,
-                       "queries": r.queries})
-        return 0
+                       "queries": r.queries, "sent": _sent(counter)})
+        return 0 if r.status == "identified" else 1
     ow = _open_world(args, db)
-    r = ow.identify(out, seed=args.seed)
+    r = ow.identify(box)
     print(f"open-world identification: {r.family if r.family is not None else '-'} ({r.status}; "
           f"tau = {r.tau:.4f}, L = {len(r.queries)})")
     for f, d in sorted(r.distances.items(), key=lambda kv: kv[1]):
         print(f"  {f:<24} D = {d:.4f}")
     _report(args, {"mode": "open", "family": r.family, "status": r.status,
                    "distances": r.distances, "tau": r.tau, "L": len(r.queries),
-                   "queries": r.queries.tolist(), "fit": ow.report()})
+                   "queries": r.queries.tolist(), "sent": _sent(counter), "fit": ow.report()})
+    return 0 if r.status == "identified" else 1
+
+
+def run_export_queries(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fastfp import fbi, store
+
+    db = fbi.Database.load(args.db)
+    if args.family is not None:
+        db.members(args.family)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _user_error(f"--out: {args.out!r} exists and is not a folder")
+    x = _database_inputs(args, db)
+    ow = _open_world(args, db)
+    queries = ow.queries(args.family)
+    images = x[np.asarray(queries)]
+    if args.format == "png":
+        from fastfp.cli.generate import PNG_MODES, png_bytes
+
+        if images.shape[1] not in PNG_MODES:
+            raise _user_error(f"--format: PNG holds 1 or 3 channels, the inputs have "
+                              f"{images.shape[1]}; use --format npy")
+        if not bool(((images * 255).round() == images * 255).all()):
+            _note("the inputs are not 8-bit images: the PNG files round them to 1/255 steps "
+                  "(--format npy keeps them exactly)")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.format == "npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, images.numpy())
+        store.write_bytes(out / "queries.npy", buf.getvalue(), name="--out")
+    else:
+        for i, data in enumerate(png_bytes(images)):
+            store.write_bytes(out / f"{i:05d}.png", data, name="--out")
+    store.write_json(out / "queries.json", {"database": str(args.db), "family": args.family,
+                                            "indices": np.asarray(queries).tolist(),
+                                            "format": args.format})
+    print(f"{len(queries)} query images -> {out} (answer them in this order)")
     return 0
 
 

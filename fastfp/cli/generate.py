@@ -162,19 +162,27 @@ def read_inputs(path: str) -> Any:
 
 def write_pngs(fp: Any, folder: Path) -> int:
     """Each example as ``NNNNN-labelL.png``: 8 bits per pixel, exactly the (8-bit) example."""
+    from fastfp.store import write_bytes
+
+    for i, (data, label) in enumerate(zip(png_bytes(fp.inputs), fp.labels.tolist(), strict=True)):
+        write_bytes(folder / f"{i:05d}-label{label}.png", data, name="--png")
+    return len(fp.inputs)
+
+
+def png_bytes(images: Any) -> list[bytes]:
+    """(B, C, H, W) images in 0..1 (C = 1 or 3) as 8-bit PNG files, rounded to 1/255 steps."""
     import io
 
     from PIL import Image
 
-    from fastfp.store import write_bytes
-
-    pixels = (fp.inputs * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    mode = PNG_MODES[fp.inputs.shape[1]]
-    for i, (img, label) in enumerate(zip(pixels, fp.labels.tolist(), strict=True)):
+    pixels = (images * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    mode = PNG_MODES[images.shape[1]]
+    out = []
+    for img in pixels:
         buf = io.BytesIO()
         Image.fromarray(img[..., 0] if mode == "L" else img, mode=mode).save(buf, format="PNG")
-        write_bytes(folder / f"{i:05d}-label{label}.png", buf.getvalue(), name="--png")
-    return len(pixels)
+        out.append(buf.getvalue())
+    return out
 
 
 def estimate(model: Any, shape: tuple[int, ...], num_classes: int, batch: int, num: int,

@@ -65,18 +65,33 @@ def add_model_args(p: argparse.ArgumentParser, *, suspect: bool) -> None:
                     "models this command loads as suspects; MODEL itself, yours, needs no flag"))
 
 
+def check_device(value: str | None, flag: str = "--device") -> torch.device | None:
+    """``--device`` as a torch device (None stays None), refused up front when absent here."""
+    if value is None:
+        return None
+    import torch
+
+    from fastfp import _validate
+
+    device = _validate.device(flag, value)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{flag}: cuda asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise UserError(f"{flag}: {value!r} asked for, but torch sees "
+                        f"{torch.cuda.device_count()} CUDA devices")
+    return device
+
+
 def load_model(args: argparse.Namespace, *, suspect: bool) -> Loaded:
     """The model named by the arguments of :func:`add_model_args`, on ``--device`` in eval mode.
     ``suspect``: refuse code-running files unless ``--trust-code``."""
     import torch
 
-    from fastfp import _validate, suspects, zoo
+    from fastfp import suspects, zoo
 
     spec = args.model
-    device = _validate.device("--device", args.device or
-                              ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device: cuda asked for, but torch sees no CUDA device")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = getattr(args, "num_classes", None)
     if num_classes is not None and num_classes < 1:
         raise UserError(f"--num-classes: expected a positive number, got {num_classes}")

@@ -10,10 +10,13 @@ Decide whether a black-box classifier belongs to a model family (detection) and 
 - :mod:`.greedy`      walled garden (A = B): greedy detection / identification
 - :mod:`.openworld`   open world (A != B): thresholds, input selection, delegates, abstention
 - :mod:`.law`         the fitted E(L) ~ a E|F| nF / k + beta(k) report
+- :mod:`.blackbox`    suspects to query: Open Inference Protocol services, ONNX files, callables
+- :mod:`.answers`     a suspect's answers and benign inputs read from files (forgiving formats)
 
 Array functions take numpy, torch or cupy arrays and return the same kind.
 """
 
+from . import answers, blackbox
 from .database import Database, query_topk
 from .greedy import (
     DetectionResult,
@@ -33,6 +36,8 @@ from .surjection import surjection
 from .synthetic import paper_database, synthetic_database
 
 __all__ = [
+    "answers",
+    "blackbox",
     "Database",
     "query_topk",
     "build_sharded",

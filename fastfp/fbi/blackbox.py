@@ -29,6 +29,8 @@ import torch
 
 from fastfp import _validate, store
 
+from .answers import top_k_labels
+
 
 class BudgetExceeded(RuntimeError):
     """Sending the next batch would exceed the black box's query budget (``max_queries``)."""
@@ -46,11 +48,6 @@ def image_digest(img: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _topk(scores: np.ndarray, k: int) -> np.ndarray:
-    # stable: of tied scores the lower class index ranks first, the same on every run
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-
-
 class BlackBox:
     """A suspect answering top-k labels on the benign inputs ``x``, by input index.
 
@@ -59,10 +56,20 @@ class BlackBox:
     """
 
     def __init__(self, x: torch.Tensor, k: int, *, batch_size: int = 64,
-                 max_queries: int | None = None, cache: str | Path | None = None) -> None:
+                 max_queries: int | None = None, cache: str | Path | None = None,
+                 normalize: tuple[Any, Any] | None = None) -> None:
         _validate.tensor("x", x, min_dim=2)
         if not x.is_floating_point():
             raise TypeError(f"x: expected float images in 0..1, got {x.dtype}")
+        self.normalize = None  # what the model expects: it is sent (x - mean) / std
+        if normalize is not None:
+            if not isinstance(normalize, tuple | list) or len(normalize) != 2:
+                raise TypeError("normalize: expected (mean, std)")
+            mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1)
+                         for v in normalize)
+            if (std <= 0).any():
+                raise ValueError("normalize: std must be > 0")
+            self.normalize = (mean, std)
         self.x = x
         self.k = _validate.integer("k", k, lo=1)
         self.batch_size = _validate.integer("batch_size", batch_size, lo=1)
@@ -141,6 +148,9 @@ class BlackBox:
         return out[0] if single else out
 
     def _labels(self, xb: torch.Tensor) -> np.ndarray:
+        xb = xb.detach().to("cpu", torch.float32)
+        if self.normalize is not None:
+            xb = (xb - self.normalize[0]) / self.normalize[1]
         out = np.asarray(self._predict(xb))
         where = self._where()
         if out.ndim != 2 or out.shape[0] != len(xb):
@@ -150,7 +160,7 @@ class BlackBox:
             if out.shape[1] < self.k:
                 raise ValueError(f"{where}: returned {out.shape[1]} scores, fewer than "
                                  f"k = {self.k}")
-            return _topk(out, self.k)
+            return top_k_labels(out, self.k)
         if out.dtype.kind in "iu":
             if out.shape[1] < self.k:
                 raise ValueError(f"{where}: returned {out.shape[1]} labels per image, fewer "
@@ -247,22 +257,13 @@ class OpenInference(BlackBox):
     """
 
     def __init__(self, url: str, x: torch.Tensor, k: int, *,
-                 normalize: tuple[Any, Any] | None = None, timeout: float = 10,
-                 retries: int = 3, backoff: float = 0.5, **kw: Any) -> None:
+                 timeout: float = 10, retries: int = 3, backoff: float = 0.5,
+                 **kw: Any) -> None:
         self.base, self.model_path = _check_url(url)
         self.url = url.rstrip("/")
         self.timeout = _positive("timeout", timeout)
         self.retries = _validate.integer("retries", retries, lo=0)
         self.backoff = _positive("backoff", backoff, zero=True)
-        self.normalize = None
-        if normalize is not None:
-            if not isinstance(normalize, tuple | list) or len(normalize) != 2:
-                raise TypeError("normalize: expected (mean, std)")
-            mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1)
-                         for v in normalize)
-            if (std <= 0).any():
-                raise ValueError("normalize: std must be > 0")
-            self.normalize = (mean, std)
         super().__init__(x, k, **kw)
         self._check_service()
 
@@ -330,9 +331,6 @@ class OpenInference(BlackBox):
                                  f"are {tuple(self.x.shape[1:])} (C, H, W)")
 
     def _predict(self, xb: torch.Tensor) -> np.ndarray:
-        xb = xb.detach().to("cpu", torch.float32)
-        if self.normalize is not None:
-            xb = (xb - self.normalize[0]) / self.normalize[1]
         if self.nhwc:
             xb = xb.permute(0, 2, 3, 1)
         arr = xb.contiguous().numpy()
@@ -383,7 +381,8 @@ def resolve(spec: str, x: torch.Tensor, k: int, **kw: Any) -> BlackBox:
     if spec.startswith(("http://", "https://")):
         return OpenInference(spec, x, k, **kw)
     if spec.startswith("onnx:"):
-        kw = {n: v for n, v in kw.items() if n in ("batch_size", "max_queries", "cache")}
+        kw = {n: v for n, v in kw.items()
+              if n in ("batch_size", "max_queries", "cache", "normalize")}
         return Onnx(spec[len("onnx:"):], x, k, **kw)
     raise ValueError(f"blackbox: expected http(s)://HOST:PORT/v2/models/NAME or onnx:PATH, "
                      f"got {spec!r}")
