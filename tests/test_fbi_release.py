@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from fastfp import fbi
-from fastfp.cli import fbi_release
 from fastfp.fbi.protocol import accuracy_filter, format_tables, paper_tables
 from fastfp.fbi.release import export_predictions, import_predictions
 
@@ -34,20 +32,9 @@ def folder(tmp_path):
 
 
 def _cli(argv: list[str]) -> int:
-    """fastfp.cli.main.main when ``fbi`` registers these commands, else the same parsers alone."""
-    from fastfp.cli.main import UserError, main
+    from fastfp.cli.main import main
 
-    try:
-        return main(argv)
-    except SystemExit:  # not registered yet in cli/fbi.py
-        pass
-    p = argparse.ArgumentParser()
-    fbi_release.add_parsers(p.add_subparsers())
-    args = p.parse_args(argv[1:])
-    try:
-        return args.func(args)
-    except (UserError, ValueError, TypeError, OSError):
-        return 2
+    return main(argv)
 
 
 def test_import_round_trip(folder):

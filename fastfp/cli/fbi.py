@@ -6,6 +6,8 @@
     fastfp fbi export-queries --db db.safetensors --out queries/
     fastfp fbi distances --db db.safetensors --png dist.png --embedding-png tsne.png
     fastfp fbi law --db db.safetensors --k 1 3
+    fastfp fbi import-predictions released/ --out paper.safetensors
+    fastfp fbi paper-tables --db paper.safetensors --json tables.json
 
 Decisions are exit codes: ``detect`` 0 member of the family, 1 not; ``identify`` 0 a family
 named, 1 abstained or rejected; 2 an error (one line on stderr).
@@ -160,6 +162,10 @@ def add_parser(sub: SubParsers) -> None:
     law.add_argument("--seed", type=int, default=0)
     law.add_argument("--json", metavar="PATH")
     law.set_defaults(func=run_law)
+
+    from fastfp.cli.fbi_release import add_parsers as add_release_parsers
+
+    add_release_parsers(cmds)
 
 
 def _add_query_args(d: argparse.ArgumentParser, name: str) -> None:

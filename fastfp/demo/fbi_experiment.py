@@ -33,11 +33,11 @@ import torch.nn as nn
 
 from .. import fbi
 from .. import metrics as M
+from ..fbi.protocol import COMPOUND, detection, subset
 from ..variants import Data, Spec
 
 SELECTIONS = fbi.openworld.SELECTIONS
 DELEGATES = fbi.openworld.DELEGATES
-COMPOUND = {"vanilla": ("close",), "compound": DELEGATES}
 
 
 # ------------------------------------------------------------------------------------- database
@@ -78,14 +78,6 @@ def build_database(zoo_models: dict[str, nn.Module], inputs: torch.Tensor, label
     return db, {"kinds": kinds, "accuracy": accs, "dropped": dropped}
 
 
-def subset(db: fbi.Database, rows: Iterable[int]) -> fbi.Database:
-    """The database restricted to the models ``rows`` (same inputs and reference classes)."""
-    rows = [int(r) for r in rows]
-    return fbi.Database(db.topk[rows], [db.names[r] for r in rows], [db.families[r] for r in rows],
-                        k=db.k, num_classes=db.num_classes, ground_truth=db.ground_truth,
-                        digest=db.digest)
-
-
 def distance_matrix(db: fbi.Database) -> np.ndarray:
     """Rajski distances between every pair of models on all inputs (the heatmap)."""
     S = db.symbols()
@@ -102,27 +94,6 @@ def walled_garden(db: fbi.Database) -> dict:
     return {"success": counts["success"], "fail": counts["abstain_rate"], "error": counts["error"],
             "queries_mean": float(L.mean()), "queries_median": float(np.median(L)),
             "queries_max": int(L.max()), "black_boxes": db.num_models}
-
-
-# ------------------------------------------------------------------------------------ detection
-def detection(db: fbi.Database, *, selection: str, delegate: str, L: int, trials: int,
-              seed: int) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """TPR at the fitted tau (5 % FPR) and ROC AUC, mean / std over the fit's ``trials`` draws;
-    also returns the pooled (scores = -distance, labels) for the ROC figure."""
-    ow = fbi.OpenWorld(L, selection=selection, delegates=delegate, fpr=0.05, trials=trials,
-                       seed=seed).fit(db)
-    tprs, fprs, aucs, pooled = [], [], [], []
-    for d, y in ow.detection_scores():  # delegates excluded: trivially at distance 0
-        tprs.append(float(np.mean(d[y == 1] < ow.tau_)))
-        fprs.append(float(np.mean(d[y == 0] < ow.tau_)))
-        aucs.append(M.roc_auc(-d, y))
-        pooled.append((-d, y))
-    s, y = (np.concatenate(a) for a in zip(*pooled, strict=True))
-    return {"tpr_at_5fpr": float(np.mean(tprs)), "tpr_at_5fpr_std": float(np.std(tprs)),
-            "roc_auc": float(np.mean(aucs)), "roc_auc_std": float(np.std(aucs)),
-            "fpr": float(np.mean(fprs)), "tau": ow.tau_,
-            "positives": int(pooled[-1][1].sum()),
-            "negatives": int((1 - pooled[-1][1]).sum())}, (s, y)
 
 
 # ------------------------------------------------------------------------------- identification

@@ -11,6 +11,8 @@ Decide whether a black-box classifier belongs to a model family (detection) and 
 - :mod:`.openworld`   open world (A != B): thresholds, input selection, delegates, abstention
 - :mod:`.law`         the fitted E(L) ~ a E|F| nF / k + beta(k) report
 - :mod:`.blackbox`    suspects to query: Open Inference Protocol services, ONNX files, callables
+- :mod:`.release`     import the FBI authors' released predictions (one .npy per model)
+- :mod:`.protocol`    the paper's protocol: accuracy filter, Tables III-VI
 - :mod:`.answers`     a suspect's answers and benign inputs read from files (forgiving formats)
 
 Array functions take numpy, torch or cupy arrays and return the same kind.
