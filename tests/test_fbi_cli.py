@@ -211,3 +211,26 @@ def test_model_files_that_are_not_modules_are_user_errors(setup, tmp_path, capsy
     assert main(["fbi", "detect", "--db", str(db), "--family", "fam0", "--blackbox",
                  str(tmp_path / "missing.pt"), "--inputs", str(tmp / "inputs.pt")]) == 2
     assert "--blackbox: " in capsys.readouterr().err
+
+
+def test_exported_queries_answered_by_hand(setup, tmp_path):
+    tmp, db = setup
+    common = ["--db", str(db), "--L", "40", "--trials", "3", "--seed", "4"]
+    q = tmp_path / "q"
+    assert main(["fbi", "export-queries", *common, "--out", str(q), "--format", "npy"]) == 0
+    indices = json.loads((q / "queries.json").read_text())["indices"]
+    d = fbi.Database.load(db)
+    np.testing.assert_array_equal(np.load(q / "queries.npy"), d.inputs[indices].numpy())
+    # the suspect's answers, one JSON row per exported image, decide as the simulation does
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps(d.outputs("fam1_1")[indices].tolist()))
+    rep = tmp_path / "rep.json"
+    by_hand = main(["fbi", "identify", *common, "--blackbox", str(answers), "--queries",
+                    str(q / "queries.json"), "--json", str(rep)])
+    got = json.loads(rep.read_text())
+    simulated = main(["fbi", "identify", *common, "--blackbox", "db:fam1_1", "--json", str(rep)])
+    assert by_hand == simulated and got["distances"] == json.loads(rep.read_text())["distances"]
+    assert got["queries"] == indices
+    # other settings ask inputs that were not exported: one-line error
+    assert main(["fbi", "identify", *common[:2], "--L", "50", "--blackbox", str(answers),
+                 "--queries", str(q / "queries.json")]) == 2

@@ -120,6 +120,9 @@ def add_parser(sub: SubParsers) -> None:
                        help="answer cache of a served black box (default: in ~/.cache/fastfp); "
                             "a repeated or resumed run never sends an image twice")
         d.add_argument("--no-cache", action="store_true", help="keep no answer cache")
+        d.add_argument("--queries", metavar="QUERIES.json",
+                       help="the answers file holds one row per exported query (the "
+                            "queries.json that export-queries wrote), not per database input")
         d.add_argument("--normalize", metavar="imagenet|none|M1,M2,M3/S1,S2,S3", default=None,
                        help="what a served / ONNX black box expects: (x - mean) / std of the "
                             "0..1 images (default: none)")
@@ -132,13 +135,16 @@ def add_parser(sub: SubParsers) -> None:
 
     e = command("export-queries", "write the inputs the open world would send a black box (PNG "
                 "or .npy), to query a remote API by hand; answer them in that order (CSV / JSON "
-                "/ .npy rows) and pass the answers file to detect / identify")
+                "/ .npy rows) and give detect / identify the answers file with --queries "
+                "OUT/queries.json")
     e.add_argument("--db", required=True, help="database file")
     e.add_argument("--family", default=None,
                    help="the detection queries of this family (default: the identification ones)")
     _add_query_args(e, "identify")
     e.add_argument("--out", required=True, help="folder for the images (created)")
     e.add_argument("--format", choices=("png", "npy"), default="png")
+    e.epilog = ("Then: fastfp fbi identify --db DB --blackbox answers.csv --queries "
+                "OUT/queries.json (with the same --L, --selection and --seed).")
     e.set_defaults(func=run_export_queries)
 
     m = command("distances", "pairwise Rajski distances of the database's models (+ PNG figures)")
@@ -407,11 +413,13 @@ def _blackbox(args, db) -> tuple[Any, Any]:
     if p.suffix.lower() in _ANSWER_FILES and not (p.suffix == ".pt" and _is_model_file(p)):
         from fastfp.fbi import answers
 
-        out, notes = answers.read_answers(bb, num_inputs=db.num_inputs, k=db.k,
-                                          num_classes=db.num_classes)
+        asked = None if args.queries is None else _exported_queries(args.queries, db)
+        out, notes = answers.read_answers(
+            bb, num_inputs=db.num_inputs if asked is None else len(asked), k=db.k,
+            num_classes=db.num_classes)
         for n in notes:
             _note(n)
-        return out, None
+        return (out if asked is None else _ExportedAnswers(asked, out)), None
     from fastfp.cli.generate import parse_normalize
     from fastfp.fbi import blackbox
 
@@ -441,6 +449,40 @@ def _blackbox(args, db) -> tuple[Any, Any]:
                        allow_absolute=True, num_classes=db.num_classes).eval()
     box = blackbox.Callable(_no_grad(model), x, db.k, **budget)
     return box, box
+
+
+def _exported_queries(path: str, db) -> np.ndarray:
+    import numpy as np
+
+    from fastfp import store
+
+    try:
+        indices = np.asarray(json.loads(store.read_bytes(path, name="--queries"))["indices"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise _user_error(f"--queries: {path} is not a queries.json of export-queries") from exc
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0 or \
+            indices.min() < 0 or indices.max() >= db.num_inputs:
+        raise _user_error(f"--queries: {path} does not hold input indices of this database")
+    return indices
+
+
+class _ExportedAnswers:
+    """Answers to the exported queries only: asking any other input is an error."""
+
+    def __init__(self, indices: np.ndarray, labels: np.ndarray):
+        self.row = {int(i): r for r, i in enumerate(indices)}
+        self.labels = labels
+
+    def __call__(self, S):
+        import numpy as np
+
+        missing = [int(i) for i in np.atleast_1d(S) if int(i) not in self.row]
+        if missing:
+            raise _user_error(f"--queries: input {missing[0]} was not exported; give detect / "
+                              "identify the same --family, --L, --selection and --seed as "
+                              "export-queries")
+        rows = [self.row[int(i)] for i in np.atleast_1d(S)]
+        return self.labels[rows[0]] if np.ndim(S) == 0 else self.labels[rows]
 
 
 def _no_grad(model):
