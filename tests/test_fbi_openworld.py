@@ -572,39 +572,3 @@ def test_detect_and_identify_without_seed_ask_the_deployment_queries(db, ow):
     for b, s, r in zip(boxes[:4], [None, 3, None, 5], mixed, strict=True):
         one = ow.identify(b, seed=s)
         assert np.array_equal(one.queries, r.queries) and one.distances == r.distances
-
-
-def test_trial_draws_each_equal_the_twin_on_their_own_generator(db, ow):
-    # each draw gets a child of rng.spawn(nF + 1): family j the j-th, identification the last
-    draws, _, S, _ = ow.trial(np.random.default_rng(7))
-    children = np.random.default_rng(7).spawn(len(ow.families_) + 1)
-    for j, f in enumerate(ow.families_):
-        want = ref.select_inputs(
-            ow.L,
-            ow.selection,
-            children[j],
-            ow.correct_,
-            ow.correct_[ow.anchors_[f]],
-            ow.entropy_,
-            ow.pool_fraction,
-            ow.guard,
-        )
-        assert draws[j].tolist() == list(want)
-    want = ref.select_inputs(
-        ow.L,
-        ow.identify_selection,
-        children[-1],
-        ow.correct_,
-        None,
-        ow.entropy_,
-        ow.pool_fraction,
-        ow.guard,
-    )
-    assert S.tolist() == list(want)
-    # the draws are not one shared stream: two families' permutations differ
-    assert len({tuple(d) for d in draws}) == len(draws)
-
-
-def test_trial_rejects_a_non_generator(ow):
-    with pytest.raises(TypeError, match="rng: expected a numpy.random.Generator"):
-        ow.trial(0)

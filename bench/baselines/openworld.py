@@ -2,8 +2,8 @@
 
 Both draw the queries with the literal selection (``fastfp.reference.fbi.select_inputs``: a
 Python greedy cover over the (2M, P) requirement matrix, then the 50/50 or 30/70 split), with
-the same random streams as :meth:`fastfp.fbi.OpenWorld.trial` (one child generator per draw,
-``rng.spawn(nF + 1)``), so their draws and distances can be compared with fastfp's exactly.
+the same random stream as :meth:`fastfp.fbi.OpenWorld.trial`, so their draws and distances can
+be compared with fastfp's exactly.
 
 - :func:`trial_literal`: distances by the literal twin (``Counter`` + sklearn), model by model.
 - :func:`trial_numpy`: distances by plain vectorised numpy (one ``np.bincount`` of combined
@@ -35,8 +35,7 @@ def _trial(ow, rng, distances: Callable, families=None):
     over ``families`` (default all; a prefix times a sample of the literal trial)."""
     fams = ow.families_ if families is None else families
     sym = ow.sym_
-    children = rng.spawn(len(ow.families_) + 1)  # family j: children[j]; identification: last
-    draws = np.stack([_draw(ow, f, child) for f, child in zip(fams, children, strict=False)])
+    draws = np.stack([_draw(ow, f, rng) for f in fams])
     D = np.stack(
         [
             distances(sym[:, S], sym[ow.delegates_[f]][:, S]).min(1)
@@ -44,7 +43,7 @@ def _trial(ow, rng, distances: Callable, families=None):
         ],
         1,
     )
-    S = _draw(ow, None, children[-1])
+    S = _draw(ow, None, rng)
     d = distances(sym[:, S], sym[ow.delegate_rows_][:, S])
     D_id = np.stack(
         [

@@ -175,8 +175,7 @@ def select_inputs(
 
 def _select(L, strategy, rngs, correct, anchor_correct, entropy, pool_fraction, guard, packed):
     """select_inputs for one draw per generator in ``rngs`` (each one's stream used as a single
-    select_inputs call would), the greedy covers computed together. anchor_correct: one for
-    every draw, or a list with one per draw (a trial's detection draws, one per family)."""
+    select_inputs call would), the greedy covers computed together."""
     strategy = _validate.choice("selection", strategy, SELECTIONS)
     for rng in rngs:
         if not isinstance(rng, np.random.Generator):
@@ -187,11 +186,8 @@ def _select(L, strategy, rngs, correct, anchor_correct, entropy, pool_fraction, 
             raise ValueError(f"correct: expected (M, N) booleans, got shape {correct.shape}")
     N = correct.shape[1]
     L = _validate.integer("L", L, lo=1)
-    anchors = anchor_correct if isinstance(anchor_correct, list) else [anchor_correct] * len(rngs)
-    if len(anchors) != len(rngs):
-        raise ValueError(f"anchor_correct: expected one per draw ({len(rngs)}), got {len(anchors)}")
     # per-input arrays of another length would index the wrong inputs (or past the end)
-    for name, v in [("anchor_correct", a) for a in anchors] + [("entropy", entropy)]:
+    for name, v in (("anchor_correct", anchor_correct), ("entropy", entropy)):
         if v is not None and np.shape(v) != (N,):
             raise ValueError(
                 f"{name}: expected one value per input, shape ({N},), got "
@@ -214,7 +210,7 @@ def _select(L, strategy, rngs, correct, anchor_correct, entropy, pool_fraction, 
         raise ValueError(
             f"L: {L} queries asked, but the selection {strategy!r} has only {pool.size} inputs"
         )
-    if strategy in _RATIO and any(a is None for a in anchors):
+    if strategy in _RATIO and anchor_correct is None:
         raise ValueError(
             f"anchor_correct: the {strategy} selection needs the vanilla model's correctness"
         )
@@ -225,8 +221,8 @@ def _select(L, strategy, rngs, correct, anchor_correct, entropy, pool_fraction, 
     )
     covers = (packed or _Guard(correct)).covers(pool, perms) if guard else [[] for _ in rngs]
     return [
-        _finish(L, strategy, rng, perm, chosen, anchor, N)
-        for rng, perm, chosen, anchor in zip(rngs, perms, covers, anchors, strict=True)
+        _finish(L, strategy, rng, perm, chosen, anchor_correct, N)
+        for rng, perm, chosen in zip(rngs, perms, covers, strict=True)
     ]
 
 
@@ -305,12 +301,6 @@ class OpenWorld:
     delegates: "close" / "median" / "far" or several of them (compound distance, min over them),
     ranked by the distance of each member to the family's anchor (vanilla) model on all inputs;
     fpr: target false-positive rate in (0, 1); trials: random draws used to set tau.
-
-    Random streams: ``fit`` takes ``numpy.random.default_rng(seed)`` and each trial spawns one
-    child generator per draw (``rng.spawn(nF + 1)``: one per family's detection draw, then the
-    identification draw), so a trial's greedy covers run together. Before, the draws of a trial
-    shared one stream in turn, so the same seed now gives other draws (and tau) than it did;
-    each draw still equals ``fastfp.reference.fbi.select_inputs`` called with its own child.
     """
 
     def __init__(
@@ -489,32 +479,11 @@ class OpenWorld:
         detection selection, every model's compound distance to every family on that family's
         queries, then one identification draw and every model's distance to every family on it.
 
-        Every draw has a generator of its own, ``rng.spawn(nF + 1)``: family j's detection
-        draw is ``sample(family_j, children[j])``, the identification draw
-        ``sample(None, children[-1])``. No draw waits on another's stream, so the nF greedy
-        covers run together in one lockstep call.
-
         Returns (draws (nF, L), detection distances (M, nF), identification queries (L,),
         identification distances (M, nF)); usable once delegates are known (after ``fit``)."""
         if getattr(self, "delegate_table_", None) is None:
             raise RuntimeError("OpenWorld: call fit(db) first")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-        children = rng.spawn(len(self.families_) + 1)
-        draws = np.stack(  # (nF, L)
-            _select(
-                self.L,
-                self.selection,
-                children[:-1],
-                self.correct_,
-                [self.correct_[self.anchors_[f]] for f in self.families_],
-                self.entropy_,
-                self.pool_fraction,
-                self.guard,
-                self.guard_,
-            )
-        )
-        rng = children[-1]
+        draws = np.stack([self.sample(f, rng) for f in self.families_])  # (nF, L)
         Z = np.ascontiguousarray(self._sym_t[draws].transpose(0, 2, 1))  # (nF, M, L)
         dele = self.sym_[self.delegate_table_[:, :, None], draws[:, None, :]]  # (nF, d, L)
         D = np.asarray(pairwise_rajski(Z, dele, k=self.k_, exact=True)).min(-1).T  # (M, nF)
