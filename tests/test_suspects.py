@@ -347,7 +347,10 @@ def test_fbi_onnx_blackbox_answers_like_its_outputs(fbi_setup, capsys):
         assert main(["fbi", "identify", "--db", str(db), "--inputs", str(tmp / "inputs.pt"),
                      "--blackbox", bb, "--mode", "walled", "--json", str(out)]) == 0
         reports.append(json.loads(out.read_text()))
+    sent = [r.pop("sent") for r in reports]
     assert reports[0] == reports[1] and reports[0]["family"] == "fam2"
+    # the ONNX model was asked only the walled garden's queries; the answers file nothing
+    assert sent[0]["images"] == reports[0]["L"] and sent[1]["images"] == 0
 
 
 def test_fbi_spec_path_entries_are_safe_and_confined(fbi_setup, hostile, capsys):
