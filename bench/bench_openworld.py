@@ -158,12 +158,7 @@ def _identify_numpy_fixed(ow, boxes):
     out = []
     for box in boxes:
         d = _distances_numpy(ow, box, S, ow.delegate_rows_)
-        dist = {
-            f: float(
-                d[ow.delegate_starts_[j] : ow.delegate_starts_[j] + len(ow.delegates_[f])].min()
-            )
-            for j, f in enumerate(ow.families_)
-        }
+        dist = base.family_distances(ow, d)
         out.append(ref.identify_decision(dist, ow.tau_identify_))
     return out
 

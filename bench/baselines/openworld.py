@@ -73,6 +73,14 @@ def trial_literal(ow, rng, families: int | None = None, models: int | None = Non
     return _trial(ow, rng, distances, fams)
 
 
+def family_distances(ow, d) -> dict:
+    """The compound distance per family: the min of ``d`` over that family's delegates."""
+    return {
+        f: float(d[ow.delegate_starts_[j] : ow.delegate_starts_[j] + len(ow.delegates_[f])].min())
+        for j, f in enumerate(ow.families_)
+    }
+
+
 def identify_numpy(ow, boxes, seeds):
     """identify_many's work one black box at a time: literal draw, numpy distances, decision."""
     out = []
@@ -81,12 +89,7 @@ def identify_numpy(ow, boxes, seeds):
         S = _draw(ow, None, np.random.default_rng(seed))
         z = ref.surjection(np.asarray(box)[S].tolist(), ow.reference_[S].tolist(), ow.k_)
         d = pairwise_rajski_bincount(np.asarray([z]), ow.sym_[ow.delegate_rows_][:, S], K)[0]
-        dist = {
-            f: float(
-                d[ow.delegate_starts_[j] : ow.delegate_starts_[j] + len(ow.delegates_[f])].min()
-            )
-            for j, f in enumerate(ow.families_)
-        }
+        dist = family_distances(ow, d)
         out.append(ref.identify_decision(dist, ow.tau_identify_))
     return out
 
