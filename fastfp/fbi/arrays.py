@@ -88,12 +88,13 @@ def symbols(name: str, x: object, k: int | None = None, *, min_dim: int = 1) -> 
     t = as_tensor(name, x)
     if t.dim() < min_dim:
         raise ValueError(f"{name}: expected at least {min_dim} dims, got shape {tuple(t.shape)}")
-    if t.numel():
+    if t.numel() and t.dtype != torch.uint8:  # uint8 (the usual symbols) cannot be negative
         lo = int(t.min())
-        hi = int(t.max())
         if lo < 0:
             raise ValueError(f"{name}: symbols must be >= 0, found {lo}")
-        if k is not None and hi > k:
+    if t.numel() and k is not None:
+        hi = int(t.max())
+        if hi > k:
             raise ValueError(f"{name}: symbols must lie in 0..k = 0..{k}, found {hi}")
     return t
 
