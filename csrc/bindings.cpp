@@ -180,6 +180,28 @@ static void noise_fill(const AnyArray &out, std::int64_t start, double delta, st
   run_noise(table, out.device_type(), out.device_id(), d, seed, Offset{offset}, stream);
 }
 
+// ---------------------------------------------------------------------------- FBI guard cover
+
+using U64Rows = nb::ndarray<const std::uint64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using U64Row = nb::ndarray<const std::uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using I64Row = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+static std::vector<std::int64_t> guard_cover(const U64Rows &cols, const U64Row &right,
+                                             const U64Row &wrong, const I64Row &order) {
+  const std::int64_t W = static_cast<std::int64_t>(cols.shape(0));
+  const std::int64_t P = static_cast<std::int64_t>(cols.shape(1));
+  if (right.shape(0) != cols.shape(0) || wrong.shape(0) != cols.shape(0))
+    throw std::invalid_argument("right, wrong: expected one word per row of cols (" +
+                                std::to_string(W) + ")");
+  if (order.shape(0) != cols.shape(1))
+    throw std::invalid_argument("order: expected one entry per column of cols (" +
+                                std::to_string(P) + ")");
+  if (P > (std::int64_t{1} << 32))
+    throw std::invalid_argument("cols: at most 2^32 columns");
+  nb::gil_scoped_release release;
+  return fastfp::guard_cover_cpu(cols.data(), W, P, right.data(), wrong.data(), order.data());
+}
+
 NB_MODULE(_ext, m) {
   m.doc() = "fastfp compiled extension (C++/OpenMP, optional CUDA)";
   m.def("build_info", []() {
@@ -222,4 +244,11 @@ NB_MODULE(_ext, m) {
   m.def("noise_fill", &noise_fill, nb::arg("out").noconvert(), nb::arg("start"), nb::arg("delta"),
         nb::arg("seed"), nb::arg("offset") = 0, nb::arg("stream") = 0,
         "out = the float32 noise of global indices start .. start + out.size - 1");
+  m.def("guard_cover", &guard_cover, nb::arg("cols").noconvert(), nb::arg("right").noconvert(),
+        nb::arg("wrong").noconvert(), nb::arg("order").noconvert(),
+        "The FBI open world's greedy guard cover of one draw: cols (W, P) uint64 packed\n"
+        "correctness of the pool's P columns (bit m of row w: model 64 w + m), right / wrong (W,)\n"
+        "uint64 the models that can get a correct / a wrong query, order (P,) int64 the columns\n"
+        "in the draw's order (the first is the first pick; ties go to the earliest). Returns the\n"
+        "picked columns in order.");
 }

@@ -1,6 +1,7 @@
 // Declarations shared by the binding file and the CPU / CUDA sources.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 // A function built for the baseline ISA and for AVX2 / AVX-512, picked at load time (GCC on
 // x86-64): for loops whose selects and int64 lanes only vectorise with the wider ISAs. Put it on
@@ -30,6 +31,14 @@ struct NoiseTensor {
 // One OpenMP parallel region over the whole list (bits independent of the thread count).
 void noise_perturb_cpu(const NoiseTensor *tensors, int count, float delta, std::uint64_t seed,
                        std::uint64_t offset);
+
+// The open world's greedy guard cover of one draw (fastfp.fbi.openworld._Guard.covers): cols
+// (W, P) word-major packed correctness of the pool's columns, right / wrong (W,) the coverable
+// requirements, order (P,) the columns in the draw's order (a permutation of 0 .. P - 1).
+// Returns the picked columns in order.
+std::vector<std::int64_t> guard_cover_cpu(const std::uint64_t *cols, std::int64_t W,
+                                          std::int64_t P, const std::uint64_t *right,
+                                          const std::uint64_t *wrong, const std::int64_t *order);
 
 #if defined(FASTFP_WITH_CUDA)
 // One kernel launch per kMaxNoiseTensors tensors on `stream` (a cudaStream_t, 0 = default).

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fastfp import fbi
+from fastfp import backend, fbi
 from fastfp.reference import fbi as ref
 
 
@@ -406,8 +406,17 @@ def test_seeds_and_rng_are_checked_before_any_work(db, ow):
         fbi.pairwise_rajski(np.array([["a", "b"]]))
 
 
+@pytest.fixture(params=["ext", "numpy"])
+def cover(request, monkeypatch):
+    """The guard cover's strategy: the compiled extension (auto) or numpy (FASTFP_BACKEND=torch)."""
+    if request.param == "ext" and not hasattr(backend.extension(), "guard_cover"):
+        pytest.skip("the compiled extension is not built")
+    monkeypatch.setenv("FASTFP_BACKEND", "auto" if request.param == "ext" else "torch")
+    return request.param
+
+
 @pytest.mark.parametrize("strategy", ["all", "50/50", "30/70", "entropy"])
-def test_select_inputs_equals_the_literal_twin(db, strategy):
+def test_select_inputs_equals_the_literal_twin(db, strategy, cover):
     correct = db.symbols() == 1
     ent = fbi.label_entropy(db.topk[:, :, 0])
     for seed in range(25):
@@ -424,17 +433,50 @@ def test_select_inputs_equals_the_literal_twin(db, strategy):
                 L, strategy, np.random.default_rng(seed), correct, correct[seed % 4], ent
             )
             assert got.tolist() == want  # every greedy decision and draw, exactly
+            assert backend.last_used("fbi.guard_cover") == cover
 
 
-def test_select_inputs_cover_with_constant_models_and_many_words():
-    rng = np.random.default_rng(4)
-    correct = rng.random((150, 90)) < 0.8  # three 64-model words
-    correct[3] = True  # always right: only its "right" requirement
-    correct[70] = False  # always wrong
+@pytest.mark.parametrize("M", [1, 5, 63, 64, 65, 150])
+def test_select_inputs_cover_with_constant_models_and_many_words(M, cover):
+    rng = np.random.default_rng(M)
+    correct = rng.random((M, 90)) < 0.8  # up to three 64-model words, the last one partial
+    correct[M // 2] = True  # always right: only its "right" requirement
+    if M > 2:
+        correct[M - 1] = False  # always wrong
     for seed in range(10):
-        got = fbi.select_inputs(30, "all", np.random.default_rng(seed), correct=correct)
-        want = ref.select_inputs(30, "all", np.random.default_rng(seed), correct)
-        assert got.tolist() == want
+        for L, strategy in ((30, "all"), (25, "entropy")):
+            ent = rng.random(90).round(1)  # ties in the ranking
+            got = fbi.select_inputs(
+                L, strategy, np.random.default_rng(seed), correct=correct, entropy=ent,
+                pool_fraction=0.5,
+            )
+            want = ref.select_inputs(
+                L, strategy, np.random.default_rng(seed), correct, None, ent, 0.5
+            )
+            assert got.tolist() == want
+            assert backend.last_used("fbi.guard_cover") == cover
+
+
+def test_compiled_cover_checks_its_arrays():
+    ext = backend.extension()
+    if not hasattr(ext, "guard_cover"):
+        pytest.skip("the compiled extension is not built")
+    cols = np.random.default_rng(0).integers(0, 2**63, size=(2, 7), dtype=np.uint64)
+    right = np.bitwise_or.reduce(cols, axis=1)  # the requirements some column meets
+    wrong = ~np.bitwise_and.reduce(cols, axis=1)
+    order = np.arange(7, dtype=np.int64)[::-1].copy()
+    assert ext.guard_cover(cols, right, wrong, order)[0] == 6  # the first pick: order[0]
+    always_right = cols | np.uint64(1)  # model 0 is right on every column
+    with pytest.raises(ValueError, match="a model needs a correct or a wrong column"):
+        ext.guard_cover(always_right, right, np.ones(2, dtype=np.uint64), order)  # its "wrong"
+    with pytest.raises(ValueError, match="order: expected a permutation of 0 .. 6"):
+        ext.guard_cover(cols, right, wrong, np.zeros(7, dtype=np.int64))
+    with pytest.raises(ValueError, match="order: expected one entry per column"):
+        ext.guard_cover(cols, right, wrong, order[:5].copy())
+    with pytest.raises(ValueError, match="right, wrong: expected one word per row"):
+        ext.guard_cover(cols, right[:1].copy(), wrong, order)
+    with pytest.raises(TypeError):  # no silent conversion of another dtype
+        ext.guard_cover(cols.astype(np.int64), right, wrong, order)
 
 
 def test_batched_pairwise_equals_per_batch_calls_and_the_twin():

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastfp import _validate
+from fastfp import _validate, backend
 
 from . import arrays
 from .information import entropy, pairwise_rajski
@@ -68,7 +68,7 @@ class _Guard:
         / a wrong input in it (the requirements a cover can meet)."""
         key = (pool.size, pool[:8].tobytes(), pool.tobytes())
         if key not in self._pools:
-            cols = self.words[:, pool]
+            cols = np.ascontiguousarray(self.words[:, pool])  # (W, P): indexing gives (P, W) order
             valid = np.zeros(self.words.shape[0] * 64, dtype=bool)
             valid[: self.M] = True
             valid = np.packbits(valid.reshape(-1, 64), axis=1, bitorder="little").view(np.uint64)
@@ -94,17 +94,30 @@ class _Guard:
 
     def covers(self, pool: np.ndarray, perms: np.ndarray) -> list[list[int]]:
         """The literal greedy cover (reference ``select_inputs``) of each permutation (B, P) of
-        ``pool``, vectorised and in lockstep: at each step, the column that meets the most unmet
-        requirements, ties to the first in that permutation's order."""
+        ``pool``: at each step, the column that meets the most unmet requirements, ties to the
+        first in that permutation's order. Compiled (``fastfp._ext.guard_cover``, one draw at a
+        time) when the extension is built, else in numpy, the draws in lockstep."""
         cols, right0, wrong0 = self.pool(pool)
         B = perms.shape[0]
-        chosen: list[list[int]] = [[] for _ in range(B)]
         if not (right0 | wrong0).any():
-            return chosen
+            return [[] for _ in range(B)]
         where = np.empty(self.N, dtype=np.int64)
         where[pool] = np.arange(pool.size)
+        order = where[perms]  # (B, P): pool positions in each draw's order
+        ext = backend.extension() if backend.forced() not in ("torch", "reference") else None
+        if ext is None or not hasattr(ext, "guard_cover"):
+            backend.record("fbi.guard_cover", "numpy")
+            return self._covers_numpy(pool, order)
+        backend.record("fbi.guard_cover", "ext")
+        return [pool[ext.guard_cover(cols, right0, wrong0, row)].tolist() for row in order]
+
+    def _covers_numpy(self, pool: np.ndarray, order: np.ndarray) -> list[list[int]]:
+        """``covers`` in numpy: the B draws in lockstep, the per-step work in held buffers."""
+        cols, right0, wrong0 = self.pool(pool)
+        B = order.shape[0]
+        chosen: list[list[int]] = [[] for _ in range(B)]
         rank = np.empty((B, pool.size), dtype=np.int64)  # rank[b, j]: position of pool[j]
-        rank[np.arange(B)[:, None], where[perms]] = np.arange(pool.size)
+        rank[np.arange(B)[:, None], order] = np.arange(pool.size)
         W, P = cols.shape
         chunk = max(1, (1 << 22) // (W * P))  # samples per lockstep block: <= 32 MiB of words
         for lo in range(0, B, chunk):
@@ -112,7 +125,7 @@ class _Guard:
             need_right = np.tile(right0, (rows.size, 1))
             need_wrong = np.tile(wrong0, (rows.size, 1))
             # first pick: every column meets exactly one requirement of every model: a tie
-            best = where[perms[rows, 0]]
+            best = order[rows, 0]
             # the per-step work in preallocated buffers: no (b, W, P) temporaries per step
             buf, bits = self._buffers(rows.size, W, P)
             while rows.size:
@@ -221,34 +234,42 @@ def _select(L, strategy, rngs, correct, anchor_correct, entropy, pool_fraction, 
     )
     covers = (packed or _Guard(correct)).covers(pool, perms) if guard else [[] for _ in rngs]
     return [
-        _finish(L, strategy, rng, perm, chosen, anchor_correct, N)
+        _finish(L, strategy, rng, perm, chosen, anchor_correct)
         for rng, perm, chosen in zip(rngs, perms, covers, strict=True)
     ]
 
 
-def _finish(L, strategy, rng, perm, chosen, anchor_correct, N) -> np.ndarray:
+def _finish(L, strategy, rng, perm, chosen, anchor_correct) -> np.ndarray:
     """The draw after its cover: the rest in permutation order, or the 50/50 / 30/70 split."""
     if len(chosen) > L:
         raise ValueError(
             f"L: {L} queries cannot give every model one correct and one wrong input "
             f"(the cover needs {len(chosen)}); raise L or pass guard=False"
         )
-    taken = np.zeros(N, dtype=bool)
-    taken[chosen] = True
-    rest = perm[~taken[perm]]
     need = L - len(chosen)
     if strategy not in _RATIO:
-        return np.concatenate([np.asarray(chosen, dtype=np.int64), rest[:need]])
+        return np.concatenate([np.asarray(chosen, dtype=np.int64), _rest(perm[:L], chosen)[:need]])
     ok = np.asarray(anchor_correct, dtype=bool)
     want_right = max(0, int(round(_RATIO[strategy] * L)) - int(ok[chosen].sum()))
+    # the first rights and wrongs of the permutation: found in a head of it unless it runs short
+    n_right = min(want_right, need)
+    rest = _rest(perm[: 8 * L], chosen)
     right, wrong = rest[ok[rest]], rest[~ok[rest]]
-    n_right = min(want_right, right.size, need)
+    if right.size < n_right or wrong.size < need - n_right:
+        rest = _rest(perm, chosen)
+        right, wrong = rest[ok[rest]], rest[~ok[rest]]
+        n_right = min(want_right, right.size, need)
     n_wrong = min(need - n_right, wrong.size)
     n_right = need - n_wrong  # short of one kind: fill with the other
     picked = np.concatenate([right[:n_right], wrong[:n_wrong]]).astype(np.int64)
     if picked.size:
         picked = rng.permutation(picked)
     return np.concatenate([np.asarray(chosen, dtype=np.int64), picked])
+
+
+def _rest(perm: np.ndarray, chosen: list[int]) -> np.ndarray:
+    """``perm`` without the cover's inputs, in order."""
+    return perm[~np.isin(perm, chosen)] if chosen else perm
 
 
 def _threshold(negatives: np.ndarray, fpr: float) -> float:
