@@ -239,11 +239,11 @@ def test_infinite_scores(tmp_path):
 def test_bad_arguments_and_paths(tmp_path):
     p = tmp_path / "a.npy"
     np.save(p, LABELS)
-    with pytest.raises(ValueError, match="k: expected a positive integer"):
+    with pytest.raises(ValueError, match=r"k: expected an int in \[1, inf\]"):
         read_answers(p, num_inputs=4, k=0)
-    with pytest.raises(ValueError, match="num_inputs: expected a positive integer"):
+    with pytest.raises(TypeError, match="num_inputs: expected an int, got bool"):
         read_answers(p, num_inputs=True, k=1)
-    with pytest.raises(ValueError, match="num_classes: expected a positive integer"):
+    with pytest.raises(ValueError, match=r"num_classes: expected an int in \[1, inf\]"):
         read_answers(p, num_inputs=4, k=1, num_classes=-2)
     with pytest.raises(TypeError, match="answers: expected a path"):
         read_answers(3, num_inputs=4, k=1)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastfp import _validate
+
 # a CSV header cell naming a leading index column (dropped)
 INDEX_COLUMNS = ("index", "idx", "id", "image", "image_id", "input", "i", "n", "#")
 # keys of an .npz / JSON object that hold the rows
@@ -27,19 +29,12 @@ ANSWER_KEYS = ("labels", "predictions")
 INPUT_KEYS = ("inputs", "images", "x")
 # floats may leave [0, 1] by this much (rounding of a resize, say) before they are refused
 RANGE_SLACK = 0.01
-TENSOR_FILES = (".npy", ".npz", ".pt")
+TENSOR_FILES = (".npy", ".npz", ".pt", ".safetensors")
 
 
 def top_k_labels(scores: np.ndarray, k: int) -> np.ndarray:
     """(N, C) scores -> (N, k) int64 classes, best first; of tied scores the lower class first."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-
-
-def _positive(value: object, name: str, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
 def _check_path(path: object, name: str) -> Path:
@@ -59,9 +54,9 @@ def read_answers(path: str | os.PathLike, *, num_inputs: int | None, k: int,
 
     ``num_inputs`` (None: any) is the number of rows expected; ``num_classes`` (None: unknown)
     bounds the labels and tells (N, C) scores from (N, k') labels."""
-    _positive(num_inputs, "num_inputs", optional=True)
-    _positive(k, "k", optional=False)
-    _positive(num_classes, "num_classes", optional=True)
+    for name, value in (("num_inputs", num_inputs), ("k", k), ("num_classes", num_classes)):
+        if value is not None or name == "k":
+            _validate.integer(name, value, lo=1)
     p = _check_path(path, "answers")
     if p.is_dir():
         raise ValueError(f"{p}: a folder, expected an answers file (.npy, .npz, .pt, .csv, "
@@ -212,10 +207,22 @@ def _read_json(p: Path) -> np.ndarray:
 
 
 def _read_tensor_file(p: Path, keys: tuple[str, ...]) -> np.ndarray:
-    """One array from .npy, .npz (one array, or one of ``keys``) or .pt (one tensor), no pickle."""
+    """One array from .npy, .npz / .safetensors (one array, or one of ``keys``) or .pt (one
+    tensor), no pickle."""
     suffix = p.suffix.lower()
     if p.stat().st_size == 0:
         raise ValueError(f"{p}: the file is empty")
+    if suffix == ".safetensors":
+        from fastfp.store import read_bytes, read_safetensors
+
+        tensors, _ = read_safetensors(read_bytes(p, name=str(p)), name=str(p))
+        names = sorted(tensors)
+        key = names[0] if len(names) == 1 else next((n for n in keys if n in names), None)
+        if key is None:
+            raise ValueError(f"{p}: {len(names)} tensors {names}: name one of them "
+                             f"{' or '.join(repr(n) for n in keys)}")
+        t = tensors[key]
+        return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
     if suffix == ".pt":
         try:
             t = torch.load(p, map_location="cpu", weights_only=True)
@@ -298,13 +305,15 @@ def as_float_images(x: Any, name: str = "inputs") -> tuple[torch.Tensor, list[st
 
 
 def read_inputs(path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
-    """Benign inputs from a .npy / .npz / .pt tensor file or a folder of PNG images (sorted by
-    name), as float32 NCHW in 0..1, and the notes to print."""
+    """Inputs (benign inputs, start images) from a .npy / .npz / .pt / .safetensors tensor file
+    or a folder of PNG images (sorted by name), as float32 NCHW in 0..1, and the notes to
+    print."""
     p = _check_path(path, "inputs")
     if p.is_dir():
         return _read_png_folder(p)
     if p.suffix.lower() not in TENSOR_FILES:
-        raise ValueError(f"{p}: not a tensor file (.npy, .npz, .pt) or a folder of PNG images")
+        raise ValueError(f"{p}: not a tensor file (.npy, .npz, .pt, .safetensors) or a folder of "
+                         "PNG images")
     a = _read_tensor_file(p, INPUT_KEYS)
     try:
         return as_float_images(a, name=str(p))

@@ -261,9 +261,9 @@ class OpenInference(BlackBox):
                  **kw: Any) -> None:
         self.base, self.model_path = _check_url(url)
         self.url = url.rstrip("/")
-        self.timeout = _positive("timeout", timeout)
+        self.timeout = _validate.real("timeout", timeout, lo=1e-3)  # seconds
         self.retries = _validate.integer("retries", retries, lo=0)
-        self.backoff = _positive("backoff", backoff, zero=True)
+        self.backoff = _validate.real("backoff", backoff, lo=0.0)
         super().__init__(x, k, **kw)
         self._check_service()
 
@@ -364,14 +364,6 @@ class _HTTPStatus(Exception):
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(code, detail)
         self.code, self.detail = code, detail
-
-
-def _positive(name: str, value: Any, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not (value >= 0 if zero else value > 0) or value != value:
-        raise ValueError(f"{name}: must be {'>= 0' if zero else '> 0'}, got {value}")
-    return float(value)
 
 
 def resolve(spec: str, x: torch.Tensor, k: int, **kw: Any) -> BlackBox:
