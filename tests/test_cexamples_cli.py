@@ -39,6 +39,31 @@ def scripted_file(tmp_path, name, **kw):
     return path
 
 
+@pytest.mark.parametrize("kind", ["safetensors", "png"])
+def test_generate_from_start_images(kind, model_files, tmp_path, capsys):
+    from safetensors.torch import save_file
+    from PIL import Image
+
+    model, scripted, _ = model_files
+    x0 = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    if kind == "safetensors":
+        src = tmp_path / "x0.safetensors"  # two tensors: the one named "x" is taken
+        save_file({"x": x0.float() / 255, "labels": torch.arange(3)}, str(src))
+    else:
+        src = tmp_path / "pngs"
+        src.mkdir()
+        for i, img in enumerate(x0):
+            Image.fromarray(img[0].numpy(), mode="L").save(src / f"{i}.png")
+    out = tmp_path / "fp.safetensors"
+    rc = main(["generate", str(scripted), *GEN, "--steps", "3", "--method", "ltrc",
+               "--inputs", str(src), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    fp = Fingerprint.load(out)
+    want = cexamples.generate(model, 3, (1, 8, 8), 5, method="ltrc", steps=3, q=2, k=1,
+                              x0=x0.float() / 255, labels=fp.labels, progress=False)
+    torch.testing.assert_close(fp.inputs, want.inputs, atol=1e-6, rtol=0)  # from those images
+
+
 @pytest.mark.parametrize("which", ["scripted", "pickled"])
 def test_generate_then_verify(which, model_files, tmp_path, capsys):
     model, scripted, pickled = model_files

@@ -44,8 +44,8 @@ def add_parsers(cmds: Any) -> None:
     t = cmds.add_parser(
         "paper-tables",
         help="the FBI paper's protocol on a database: Tables III-VI, mean +- std over trials",
-        description="The 15 %% relative accuracy-drop filter on variants, then detection TPR at "
-                    "5 %% FPR by selection (III), by delegate (IV), by number of queries L (V) "
+        description="The 15 % relative accuracy-drop filter on variants, then detection TPR at "
+                    "5 % FPR by selection (III), by delegate (IV), by number of queries L (V) "
                     "and open-world identification with abstention, vanilla and compound "
                     "distance (VI).")
     t.add_argument("--db", required=True, help="database file (.safetensors)")

@@ -75,9 +75,10 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="fingerprint file to write")
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="input shape (default: the zoo's 1,32,32 or 3,224,224 for --arch)")
-    p.add_argument("--inputs", metavar="FILE",
-                   help="start images (num, C, H, W) in [0, 1] as .npy or .safetensors "
-                        "(default: uniform noise from --seed)")
+    p.add_argument("--inputs", metavar="FILE|DIR",
+                   help="start images (num, C, H, W) in [0, 1] as .npy, .npz, .pt or "
+                        ".safetensors, uint8 images or a folder of PNG images (default: uniform "
+                        "noise from --seed)")
     p.add_argument("--normalize", metavar="imagenet|none|M1,M2,M3/S1,S2,S3",
                    help="the model sees (x - mean) / std, the fingerprint stays in pixels "
                         "(default: the --arch model's pretrained setting, else none)")
@@ -133,28 +134,16 @@ def check_outputs(args: argparse.Namespace) -> Path | None:
 
 
 def read_inputs(path: str) -> Any:
-    """Start images from a .npy or .safetensors file (never a pickle: no code runs)."""
-    import io
+    """Start images (num, C, H, W) in 0..1 from a tensor file or a folder of PNG images, read as
+    the FBI benign inputs are (never a pickle: no code runs)."""
+    from fastfp.fbi import answers
 
-    import numpy as np
-    import torch
-
-    from fastfp.store import read_bytes, read_safetensors
-
-    data = read_bytes(path, name="--inputs")
-    if Path(path).suffix == ".safetensors":
-        tensors, _ = read_safetensors(data, name="--inputs")
-        if len(tensors) != 1:
-            raise UserError(f"--inputs: expected one tensor in {path!r}, found {len(tensors)}")
-        return next(iter(tensors.values())).float()
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for a file that is not .npy
-        raise UserError(f"--inputs: cannot read {path!r} as a .npy array or .safetensors file "
-                        f"({type(exc).__name__})") from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
-        raise UserError(f"--inputs: {path!r} holds no numeric array")
-    x = torch.from_numpy(array.astype(np.float32))
+        x, notes = answers.read_inputs(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"--inputs: {exc}") from None
+    for note in notes:
+        print(f"fastfp generate: note: {note}", file=sys.stderr)
     if x.dim() != 4:
         raise UserError(f"--inputs: expected images (num, C, H, W), got shape {tuple(x.shape)}")
     return x
