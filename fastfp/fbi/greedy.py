@@ -267,7 +267,31 @@ class DetectionResult:
         return len(self.queries)
 
 
-class _DetectState:
+class _Counts:
+    """A greedy loop's counts over its remaining candidate models, updated as candidates go."""
+
+    cand: torch.Tensor
+
+    def rebuild(self) -> None:
+        raise NotImplementedError
+
+    def _subtract(self, gone: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def remove(self, gone: torch.Tensor) -> None:
+        """Drop the candidates in the bool mask ``gone`` and update the counts they touch (from
+        scratch when most of them go: cheaper than subtracting)."""
+        self.cand &= ~gone
+        n_gone, n_left = int(gone.sum()), int(self.cand.sum())
+        if n_gone == 0:
+            return
+        if n_gone > n_left:
+            self.rebuild()
+            return
+        self._subtract(gone)
+
+
+class _DetectState(_Counts):
     """Per-group counts of the candidates in F and in A\\F, and the score numerators."""
 
     def __init__(self, enc: Encoded, in_f: torch.Tensor):
@@ -288,15 +312,7 @@ class _DetectState:
         self.num = torch.zeros(enc.shape[1], dtype=torch.int64, device=enc.codes.device)
         self.num.scatter_add_(0, enc.group_input, self.count_f * self.count_o)
 
-    def remove(self, gone: torch.Tensor):
-        """Drop the candidates in the bool mask ``gone`` and update the counts they touch."""
-        self.cand &= ~gone
-        n_gone, n_left = int(gone.sum()), int(self.cand.sum())
-        if n_gone == 0:
-            return
-        if n_gone > n_left:
-            self.rebuild()
-            return
+    def _subtract(self, gone: torch.Tensor):
         enc = self.enc
         g_f = enc.codes[gone & self.in_f].reshape(-1)
         g_o = enc.codes[gone & ~self.in_f].reshape(-1)
@@ -397,7 +413,7 @@ class IdentificationResult:
         return len(self.queries)
 
 
-class _IdentifyState:
+class _IdentifyState(_Counts):
     """Per-(group, family) candidate counts; per input s = sum nfam * |M| and t = sum |M|^2."""
 
     def __init__(self, enc: Encoded, fam: torch.Tensor, n_fam: int):
@@ -423,14 +439,7 @@ class _IdentifyState:
         self.s.scatter_add_(0, enc.group_input, self.nf * self.a)
         self.t = torch.zeros_like(self.s).scatter_add_(0, enc.group_input, self.a * self.a)
 
-    def remove(self, gone: torch.Tensor):
-        self.cand &= ~gone
-        n_gone, n_left = int(gone.sum()), int(self.cand.sum())
-        if n_gone == 0:
-            return
-        if n_gone > n_left:
-            self.rebuild()
-            return
+    def _subtract(self, gone: torch.Tensor):
         up, cnt = torch.unique(self.pair[gone].reshape(-1), return_counts=True)
         groups = self.pair_group[up]
         ug, inv = torch.unique(groups, return_inverse=True)
