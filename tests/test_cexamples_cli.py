@@ -41,8 +41,8 @@ def scripted_file(tmp_path, name, **kw):
 
 @pytest.mark.parametrize("kind", ["safetensors", "png"])
 def test_generate_from_start_images(kind, model_files, tmp_path, capsys):
-    from safetensors.torch import save_file
     from PIL import Image
+    from safetensors.torch import save_file
 
     model, scripted, _ = model_files
     x0 = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
