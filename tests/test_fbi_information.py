@@ -194,3 +194,24 @@ def test_cupy_in_cupy_out():
     out = fbi.pairwise_rajski(A)
     assert isinstance(out, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(out), _ref_pairwise(cupy.asnumpy(A)), atol=1e-9)
+
+
+@pytest.mark.parametrize("shape,k", [((1, 1, 1, 1), 1), ((1, 1, 3, 100), 1), ((2, 5, 3, 37), 4),
+                                     ((3, 1, 2, 9), 10), ((1, 4, 4, 200), 254)])
+def test_exact_counts_by_bincount_equal_the_matmul_ones_to_the_bit(shape, k, monkeypatch):
+    # a few pairs (one detection) count by bincount, larger problems by matmul: the same exact
+    # counts, so every distance has the same bits whichever way its call is batched
+    from fastfp.fbi import information
+
+    nb, m, n, L = shape
+    rng = np.random.default_rng(L + k)
+    A = rng.integers(k + 1, size=(nb, m, L)).astype(np.uint8)
+    B = rng.integers(k + 1, size=(nb, n, L)).astype(np.uint8)
+    B[..., :1] = A[:, :1, :1]  # some agreement, and constant rows when L = 1
+    tiny = np.asarray(fbi.pairwise_rajski(A, B, k=k, exact=True))
+    monkeypatch.setattr(information, "_TINY", -1)
+    matmul = np.asarray(fbi.pairwise_rajski(A, B, k=k, exact=True))
+    np.testing.assert_array_equal(tiny, matmul)
+    want = [[[ref.rajski_distance(a.tolist(), b.tolist()) for b in Bi] for a in Ai]
+            for Ai, Bi in zip(A, B, strict=True)]
+    np.testing.assert_allclose(tiny, want, atol=1e-9, rtol=0)

@@ -195,10 +195,19 @@ def _cuda_block_entropy(c, L, rows, cols, K):
         return _block_entropy(c, L, rows, cols, K)
 
 
+def _clip(x, lo, hi, xp):
+    """clip for numpy (through maximum / minimum: np.clip's dispatch costs more than the work on
+    the small arrays of one detection) or torch."""
+    if xp is not np:
+        return xp.clip(x, lo, hi)
+    x = np.maximum(x, lo)
+    return x if hi is None else np.minimum(x, hi)
+
+
 def _sum_xlogx(c, xp):
     """sum over the last axis of c log c (0 log 0 = 0), added in a fixed order: each result
     depends only on its own counts, never on the shape of the batch around it."""
-    t = c * xp.log(xp.clip(c, 1, None))
+    t = c * xp.log(_clip(c, 1, None, xp))
     s = t[..., 0]
     for j in range(1, c.shape[-1]):
         s = s + t[..., j]
@@ -208,7 +217,7 @@ def _sum_xlogx(c, xp):
 def _entropy_exact(c, L: int, xp):
     """Entropy (nats, float64) from exact counts (..., C) summing to L; exactly 0 if constant."""
     c = xp.asarray(c, dtype=xp.float64)
-    h = xp.clip(math.log(L) - _sum_xlogx(c, xp) / L, 0.0, None)
+    h = _clip(math.log(L) - _sum_xlogx(c, xp) / L, 0.0, None, xp)
     return xp.where((c == L).any(-1), xp.zeros_like(h), h)
 
 
@@ -221,6 +230,8 @@ def _exact_terms(A, B, K: int, xp):
     read K - 1 times (once for top-1), B's one-hot is small."""
     nb, m, L = A.shape
     n = B.shape[1]
+    if xp is np and nb * m * n * L <= _TINY:
+        return _exact_terms_bincount(A, B, K)
     f32 = xp.float32
     OB = xp.stack([xp.asarray(B == v, dtype=f32) for v in range(K)], 2)  # (b, n, K, L)
     count_b = OB.sum(-1)
@@ -236,6 +247,28 @@ def _exact_terms(A, B, K: int, xp):
         _entropy_exact(count_a, L, xp),
         _entropy_exact(count_b, L, xp),
         _entropy_exact(c, L, xp),
+    )
+
+
+# pairs x L at most this: one bincount of the joint symbols beats building one-hot matrices
+_TINY = 1 << 14
+
+
+def _exact_terms_bincount(A, B, K: int):
+    """``_exact_terms`` for a few pairs in numpy: the (K, K) table of every pair from one
+    bincount of a * K + b (the same exact counts, so the same entropies to the bit)."""
+    nb, m, L = A.shape
+    n = B.shape[1]
+    pairs = nb * m * n
+    offset = (np.arange(pairs, dtype=np.intp) * (K * K)).reshape(nb, m, n, 1)
+    joint = A.astype(np.intp)[:, :, None, :] * K + B[:, None, :, :] + offset
+    c = np.bincount(joint.reshape(-1), minlength=pairs * K * K).reshape(nb, m, n, K, K)
+    count_a = c[:, :, 0].sum(-1)  # (nb, m, K): a's marginal, from its pair with b_0
+    count_b = c[:, 0].sum(-2)  # (nb, n, K)
+    return (
+        _entropy_exact(count_a, L, np),
+        _entropy_exact(count_b, L, np),
+        _entropy_exact(c.reshape(nb, m, n, K * K), L, np),
     )
 
 
@@ -280,9 +313,9 @@ def _distances(h_a, h_b, h_ab, xp):
     # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
     zero = (h_a == 0)[..., :, None] & (h_b == 0)[..., None, :]
     h_ab = xp.where(zero, xp.zeros_like(h_ab), h_ab)
-    mi = xp.clip(h_a[..., :, None] + h_b[..., None, :] - h_ab, 0.0, None)
+    mi = _clip(h_a[..., :, None] + h_b[..., None, :] - h_ab, 0.0, None, xp)
     safe = xp.where(h_ab > 0, h_ab, xp.ones_like(h_ab))
-    return xp.clip(xp.where(h_ab > 0, 1.0 - mi / safe, xp.zeros_like(h_ab)), 0.0, 1.0)
+    return _clip(xp.where(h_ab > 0, 1.0 - mi / safe, xp.zeros_like(h_ab)), 0.0, 1.0, xp)
 
 
 def _pairwise_torch(
