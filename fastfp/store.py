@@ -155,9 +155,35 @@ def write_text(path: str | os.PathLike[str], text: str, *, name: str = "path") -
     write_bytes(path, text.encode("utf-8"), name=name)
 
 
-def write_json(path: str | os.PathLike[str], obj: Any, *, name: str = "path") -> None:
-    """Write ``obj`` as indented JSON with sorted keys (same content, same bytes)."""
+def write_json(path: str | os.PathLike[str], obj: Any, *, name: str = "path",
+               sealed: bool = False) -> None:
+    """Write ``obj`` as indented JSON with sorted keys (same content, same bytes). ``sealed``:
+    the object (a dict) also gets ``"sha256"``, the digest of the rest, which :func:`read_json`
+    checks (for data read back, such as an answer cache)."""
+    if sealed:
+        if not isinstance(obj, dict):
+            raise TypeError(f"obj: a sealed JSON file holds a dict, got {type(obj).__name__}")
+        obj = {**obj, "sha256": _json_seal(obj)}
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", name=name)
+
+
+def _json_seal(obj: dict) -> str:
+    rest = {k: v for k, v in obj.items() if k != "sha256"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_json(path: str | os.PathLike[str], *, name: str = "path") -> Any:
+    """The JSON content of the regular file ``path``; a dict carrying ``"sha256"`` (written with
+    ``sealed=True``) must match it. ValueError naming ``name`` otherwise."""
+    data = read_bytes(path, name=name)
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name}: {str(path)!r} is not a JSON file ({exc})") from None
+    if isinstance(obj, dict) and "sha256" in obj and obj["sha256"] != _json_seal(obj):
+        raise ValueError(f"{name}: {str(path)!r}: checksum mismatch (corrupt or edited file)")
+    return obj
 
 
 def read_bytes(path: str | os.PathLike[str], *, name: str = "path") -> bytes:

@@ -251,6 +251,39 @@ def test_callable_ties_are_stable(data):
     np.testing.assert_array_equal(bb(np.arange(3)), np.tile(np.arange(K), (3, 1)))
 
 
+def test_cache_shared_by_two_black_boxes_keeps_both_answers(data, tmp_path):
+    # both open the cache before either has written: the second save merges, it does not
+    # replace the first one's answers (it did: a lost update)
+    x = data[0]
+    cache = tmp_path / "answers.json"
+    calls = []
+
+    def answer(b):
+        calls.append(len(b))
+        return torch.arange(10, dtype=torch.float32).repeat(len(b), 1)
+
+    first = B.Callable(answer, x, K, cache=cache, batch_size=4)
+    second = B.Callable(answer, x, K, cache=cache, batch_size=4)
+    first(np.arange(0, 6))
+    second(np.arange(6, 12))
+    again = B.Callable(answer, x, K, cache=cache)
+    before = sum(calls)
+    again(np.arange(12))
+    assert sum(calls) == before == 12  # all 12 answers survived: nothing asked twice
+    assert again.report()["cached"] == 12
+
+
+def test_corrupted_cache_is_refused(data, tmp_path):
+    x = data[0]
+    cache = tmp_path / "answers.json"
+    B.Callable(lambda b: torch.rand(len(b), 10), x, K, cache=cache)(np.arange(3))
+    text = cache.read_text()
+    digit = next(c for c in text.split('"answers"')[1] if c.isdigit())
+    cache.write_text(text.replace(digit, str((int(digit) + 1) % 10), 1))  # one label changed
+    with pytest.raises(ValueError, match="cache: .* checksum mismatch"):
+        B.Callable(lambda b: torch.rand(len(b), 10), x, K, cache=cache)
+
+
 def _db_black_box(db, m: int, **kw) -> B.Callable:
     """Database model m as an image black box: image i holds the value i / N in one pixel."""
     N = db.num_inputs

@@ -208,3 +208,19 @@ def test_lock_rejects_a_bad_wait(tmp_path):
     with pytest.raises(ValueError, match="wait"):
         with store.lock(tmp_path / "x", wait=-1):
             pass
+
+
+def test_sealed_json_round_trip_and_tamper(tmp_path):
+    p = tmp_path / "data.json"
+    store.write_json(p, {"b": [1, 2], "a": "x"}, sealed=True)
+    assert store.read_json(p) == {"a": "x", "b": [1, 2], "sha256": store.read_json(p)["sha256"]}
+    p.write_text(p.read_text().replace("1,", "3,"))  # a value edited, the seal left as it was
+    with pytest.raises(ValueError, match="data: .* checksum mismatch"):
+        store.read_json(p, name="data")
+    store.write_json(p, [1, 2])  # unsealed files still read (reports, hand-written JSON)
+    assert store.read_json(p) == [1, 2]
+    with pytest.raises(TypeError, match="obj: a sealed JSON file holds a dict"):
+        store.write_json(p, [1, 2], sealed=True)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="data: .* is not a JSON file"):
+        store.read_json(p, name="data")

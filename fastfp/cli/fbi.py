@@ -457,8 +457,8 @@ def _exported_queries(path: str, db) -> np.ndarray:
     from fastfp import store
 
     try:
-        indices = np.asarray(json.loads(store.read_bytes(path, name="--queries"))["indices"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        indices = np.asarray(store.read_json(path, name="--queries")["indices"])
+    except (KeyError, TypeError) as exc:
         raise _user_error(f"--queries: {path} is not a queries.json of export-queries") from exc
     if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0 or \
             indices.min() < 0 or indices.max() >= db.num_inputs:
@@ -643,7 +643,7 @@ def run_export_queries(args: argparse.Namespace) -> int:
             store.write_bytes(out / f"{i:05d}.png", data, name="--out")
     store.write_json(out / "queries.json", {"database": str(args.db), "family": args.family,
                                             "indices": np.asarray(queries).tolist(),
-                                            "format": args.format})
+                                            "format": args.format}, sealed=True)
     print(f"{len(queries)} query images -> {out} (answer them in this order)")
     return 0
 

@@ -4,7 +4,8 @@ A black box holds the database's benign inputs ``x`` and answers ``bb(i) -> (k,)
 index (the walled-garden greedy asks one at a time) or ``bb(S) -> (L, k)`` for an index array (the
 open world sends only its L selected inputs). Every image sent is counted (``images``), requests
 too (``queries``); ``max_queries`` caps the images sent and is checked before sending. An optional
-answer cache (``cache=PATH``, JSON written atomically after each batch) is keyed by the black box's
+answer cache (``cache=PATH``: checksummed JSON, merged under the file's lock and written
+atomically after each batch, so several processes may share it) is keyed by the black box's
 identity and the SHA-256 of each image, so a repeated or resumed run never pays twice for an image.
 
 Subclasses: :class:`OpenInference` (a model served over the Open Inference Protocol, the KServe v2
@@ -92,21 +93,24 @@ class BlackBox:
         return type(self).__name__
 
     def _load_cache(self, path: Path) -> dict[str, list[int]]:
-        try:
-            data = json.loads(store.read_bytes(path, name="cache"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"cache: {str(path)!r} is not a JSON answer cache "
-                             f"({exc})") from None
+        data = store.read_json(path, name="cache")
         if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
             raise ValueError(f"cache: {str(path)!r} is not a fastfp answer cache")
         return dict(data["answers"].get(self.identity(), {}))
 
     def _save_cache(self, path: Path) -> None:
-        data: dict[str, Any] = {"format": "fastfp.blackbox-cache/1", "answers": {}}
-        if path.exists():  # keep the answers of other black boxes sharing the file
-            data["answers"] = json.loads(store.read_bytes(path, name="cache"))["answers"]
-        data["answers"][self.identity()] = self._answers
-        store.write_json(path, data, name="cache")
+        """Merge this black box's answers into the file, under its lock: other black boxes'
+        answers, and those another process added meanwhile, are kept."""
+        with store.lock(path, wait=60.0, name="cache"):
+            data: dict[str, Any] = {"format": "fastfp.blackbox-cache/1", "answers": {}}
+            if path.exists():
+                data["answers"] = store.read_json(path, name="cache")["answers"]
+            mine = data["answers"].setdefault(self.identity(), {})
+            for key, labels in self._answers.items():
+                if len(labels) >= len(mine.get(key, ())):  # keep the longer top-k
+                    mine[key] = labels
+            self._answers = dict(mine)
+            store.write_json(path, data, name="cache", sealed=True)
 
     def _digest(self, i: int) -> str:
         if i not in self._digests:
