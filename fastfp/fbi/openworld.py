@@ -575,13 +575,6 @@ class OpenWorld:
             self.guard_,
         )
 
-    def _family_distance_all(self, S: np.ndarray, family: str) -> np.ndarray:
-        """Compound distance of every database model to ``family`` on inputs S: (M,)."""
-        symS = np.ascontiguousarray(self._sym_t[S].T)
-        return np.asarray(
-            pairwise_rajski(symS, symS[self.delegates_[family]], k=self.k_, exact=True)
-        ).min(1)
-
     def _compound(self, Z: np.ndarray, S: np.ndarray) -> np.ndarray:
         """Compound distance (min over delegates) of symbol rows Z (n, L) on inputs S to every
         family: (n, nF), from one exact pairwise_rajski call against all delegates stacked (each
