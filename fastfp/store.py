@@ -20,7 +20,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,16 @@ def read_json(path: str | os.PathLike[str], *, name: str = "path") -> Any:
 
 def read_bytes(path: str | os.PathLike[str], *, name: str = "path") -> bytes:
     """The content of the regular file ``path``; anything else raises an error naming ``name``."""
+    fd = _open_regular(path, name)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: str | os.PathLike[str], name: str) -> int:
+    """A read-only descriptor of the regular file ``path`` (errors name ``name``)."""
     path = V.path(name, path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -199,16 +209,89 @@ def read_bytes(path: str | os.PathLike[str], *, name: str = "path") -> bytes:
     except PermissionError:
         raise PermissionError(f"{name}: {str(path)!r} is not readable (permission denied)") \
             from None
-    try:
-        mode = os.fstat(fd).st_mode  # of what was opened, not of what the name says now
+    mode = os.fstat(fd).st_mode  # of what was opened, not of what the name says now
+    if not stat.S_ISREG(mode):
+        os.close(fd)
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(f"{name}: {str(path)!r} is a folder, expected a file")
-        if not stat.S_ISREG(mode):
-            raise ValueError(f"{name}: {str(path)!r} is a {_kind(mode)}, not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read()
+        raise ValueError(f"{name}: {str(path)!r} is a {_kind(mode)}, not a regular file")
+    return fd
+
+
+# ------------------------------------------------------------------------------ journals
+# A journal is JSON lines, each "<sha256 of the JSON> <JSON>\n": appending costs only the new
+# records, and checking a line is one hash of its bytes.
+def _record_line(record: dict) -> bytes:
+    payload = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(payload).hexdigest().encode() + b" " + payload + b"\n"
+
+
+def append_records(path: str | os.PathLike[str], records: Sequence[dict], *, header: dict,
+                   name: str = "path") -> None:
+    """Append ``records`` to the journal ``path`` under the file's lock, and fsync. A new file
+    starts with ``header``; a line torn by a killed writer is cut off first (an append is not
+    atomic; the cut restores the last whole record)."""
+    path = check_target(path, name)
+    with lock(path, wait=60.0, name=name):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: cut it off
+                tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+                size = size - len(tail) + tail.rfind(b"\n") + 1
+                os.ftruncate(fd, size)
+            data = b"".join(_record_line(r) for r in records)
+            os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, (_record_line(header) if size == 0 else b"") + data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# per journal already read: (inode, bytes read, its last line, the records): a journal that only
+# grew is read from where the last call stopped (many black boxes sharing one answer cache)
+_JOURNALS: dict[str, tuple[int, int, bytes, list[dict]]] = {}
+
+
+def read_records(path: str | os.PathLike[str], *, header: dict,
+                 name: str = "path") -> list[dict]:
+    """The records of the journal ``path`` (from :func:`append_records`), in order. Its first
+    line must be ``header``; a line whose checksum does not match is an error naming the line;
+    a last line without its newline (a killed writer) is left out."""
+    key = f"{Path(path).resolve()}\0{json.dumps(header, sort_keys=True)}"
+    fd = _open_regular(path, name)
+    try:
+        st = os.fstat(fd)
+        held = _JOURNALS.get(key)
+        start, records = 0, []
+        first: int | None = 1  # the header's line number (None: read by an earlier call)
+        if held and held[0] == st.st_ino and held[1] <= st.st_size and \
+                os.pread(fd, len(held[2]), held[1] - len(held[2])) == held[2]:  # grown only
+            start, records, first = held[1], list(held[3]), None
+        data = os.pread(fd, st.st_size - start, start) if st.st_size > start else b""
     finally:
         os.close(fd)
+    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]  # a torn last line is not read
+    for n, line in enumerate(lines, 1):
+        digest, _, payload = line.partition(b" ")
+        try:
+            rec = json.loads(payload) if hashlib.sha256(payload).hexdigest().encode() == digest \
+                else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            rec = None
+        if n == first:
+            if rec != header:
+                raise ValueError(f"{name}: {str(path)!r} is not a journal of {header} (JSON "
+                                 "lines written by fastfp)")
+            continue
+        if not isinstance(rec, dict):
+            where = f"line {n}" if first else f"a line after byte {start}"
+            raise ValueError(f"{name}: {str(path)!r} {where}: corrupt record (checksum)")
+        records.append(rec)
+    if lines:
+        end = start + sum(len(line) + 1 for line in lines)
+        _JOURNALS[key] = (st.st_ino, end, lines[-1] + b"\n", records)
+    return list(records)
 
 
 # ------------------------------------------------------------------------------ safetensors

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastfp import zoo
+from fastfp import store, zoo
 from fastfp.fbi import blackbox as B
 from fastfp.fbi.database import query_topk
 
@@ -130,7 +130,7 @@ def test_int64_label_outputs_and_versioned_url_shape(server, data):
 @pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_cache_second_run_sends_nothing(server, data, tmp_path):
     x, _, want = data
-    url, cache = server + "/v2/models/digits", tmp_path / "answers.json"
+    url, cache = server + "/v2/models/digits", tmp_path / "answers.jsonl"
     first = B.OpenInference(url, x, K, cache=cache, batch_size=8)
     first(np.arange(20))
     assert first.images == 20
@@ -147,7 +147,7 @@ def test_cache_second_run_sends_nothing(server, data, tmp_path):
 @pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
 def test_budget_keeps_answers_already_received(server, data, tmp_path):
     x, _, want = data
-    url, cache = server + "/v2/models/digits", tmp_path / "answers.json"
+    url, cache = server + "/v2/models/digits", tmp_path / "answers.jsonl"
     bb = B.OpenInference(url, x, K, cache=cache, batch_size=10, max_queries=25)
     with pytest.raises(B.BudgetExceeded, match="budget of 25 images"):
         bb(np.arange(40))
@@ -163,7 +163,7 @@ def test_server_lost_midway_keeps_cached_answers(data, tmp_path):
     x, _, want = data
     port = _free_port()
     proc = _start(port)
-    url, cache = f"http://127.0.0.1:{port}/v2/models/digits", tmp_path / "answers.json"
+    url, cache = f"http://127.0.0.1:{port}/v2/models/digits", tmp_path / "answers.jsonl"
     try:
         bb = B.OpenInference(url, x, K, cache=cache, retries=1, backoff=0.01)
         bb(np.arange(10))
@@ -171,8 +171,8 @@ def test_server_lost_midway_keeps_cached_answers(data, tmp_path):
         _stop(proc)
     with pytest.raises(B.ServiceUnavailable, match="after 2 attempts"):
         bb(np.arange(20))
-    stored = json.loads(cache.read_text())["answers"][f"oip:{url}"]
-    assert len(stored) == 10
+    stored = store.read_records(cache, header=B.CACHE_HEADER)
+    assert len(stored) == 10 and {r["box"] for r in stored} == {f"oip:{url}"}
     np.testing.assert_array_equal(bb(np.arange(10)), want[:10])  # still answered offline
 
 
@@ -255,7 +255,7 @@ def test_cache_shared_by_two_black_boxes_keeps_both_answers(data, tmp_path):
     # both open the cache before either has written: the second save merges, it does not
     # replace the first one's answers (it did: a lost update)
     x = data[0]
-    cache = tmp_path / "answers.json"
+    cache = tmp_path / "answers.jsonl"
     calls = []
 
     def answer(b):
@@ -275,12 +275,12 @@ def test_cache_shared_by_two_black_boxes_keeps_both_answers(data, tmp_path):
 
 def test_corrupted_cache_is_refused(data, tmp_path):
     x = data[0]
-    cache = tmp_path / "answers.json"
+    cache = tmp_path / "answers.jsonl"
     B.Callable(lambda b: torch.rand(len(b), 10), x, K, cache=cache)(np.arange(3))
     text = cache.read_text()
-    digit = next(c for c in text.split('"answers"')[1] if c.isdigit())
-    cache.write_text(text.replace(digit, str((int(digit) + 1) % 10), 1))  # one label changed
-    with pytest.raises(ValueError, match="cache: .* checksum mismatch"):
+    at = text.index('"labels":[') + len('"labels":[')  # the first answer's first label
+    cache.write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:])
+    with pytest.raises(ValueError, match="cache: .* line 2: corrupt record"):
         B.Callable(lambda b: torch.rand(len(b), 10), x, K, cache=cache)
 
 
@@ -329,7 +329,7 @@ def test_cli_decides_on_a_served_model_within_its_budget(server, tmp_path, capsy
     assert main(["fbi", "build", "--spec", str(spec), "--inputs", "zoo:150", "--k", "3",
                  "--out", str(db)]) == 0
     url = server + "/v2/models/digits"
-    rep, cache = tmp_path / "rep.json", tmp_path / "answers.json"
+    rep, cache = tmp_path / "rep.json", tmp_path / "answers.jsonl"
     walled = ["fbi", "identify", "--db", str(db), "--blackbox", url, "--mode", "walled",
               "--max-queries", "20", "--cache", str(cache), "--json", str(rep)]
     assert main(walled) == 0  # adaptive: one image per greedy query

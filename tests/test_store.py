@@ -224,3 +224,67 @@ def test_sealed_json_round_trip_and_tamper(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="data: .* is not a JSON file"):
         store.read_json(p, name="data")
+
+
+HEADER = {"format": "test-journal/1"}
+
+
+def test_journal_appends_and_reads_back(tmp_path):
+    p = tmp_path / "j.jsonl"
+    store.append_records(p, [{"a": 1}, {"a": 2}], header=HEADER)
+    store.append_records(p, [{"a": 3}], header=HEADER)
+    assert store.read_records(p, header=HEADER) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert p.read_text().count("\n") == 4  # the header, then one line per record
+    with pytest.raises(ValueError, match="is not a journal of"):
+        store.read_records(p, header={"format": "other/1"})
+
+
+def test_journal_torn_line_is_dropped_then_cut(tmp_path):
+    p = tmp_path / "j.jsonl"
+    store.append_records(p, [{"a": 1}], header=HEADER)
+    with open(p, "ab") as fh:
+        fh.write(b'{"a":2,"sha')  # a writer killed mid-append
+    assert store.read_records(p, header=HEADER) == [{"a": 1}]
+    store.append_records(p, [{"a": 3}], header=HEADER)  # cuts the torn line first
+    assert store.read_records(p, header=HEADER) == [{"a": 1}, {"a": 3}]
+
+
+def test_journal_corrupt_line_is_named(tmp_path):
+    p = tmp_path / "j.jsonl"
+    store.append_records(p, [{"a": 1}, {"a": 2}], header=HEADER)
+    lines = p.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace('"a":2', '"a":7')
+    p.write_text("".join(lines))
+    with pytest.raises(ValueError, match="line 3: corrupt record"):
+        store.read_records(p, header=HEADER)
+
+
+def test_journal_two_processes_append_without_loss(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "j.jsonl"
+    code = ("import sys\nfrom fastfp import store\n"
+            "for i in range(60):\n"
+            "    store.append_records(sys.argv[1], [{'w': sys.argv[2], 'i': i}],\n"
+            "                         header={'format': 'test-journal/1'})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(p), w]) for w in "ab"]
+    assert [q.wait(timeout=120) for q in procs] == [0, 0]
+    got = store.read_records(p, header=HEADER)
+    assert sorted((r["w"], r["i"]) for r in got) == [(w, i) for w in "ab" for i in range(60)]
+
+
+def test_journal_reads_grown_and_replaced_files(tmp_path):
+    p = tmp_path / "j.jsonl"
+    store.append_records(p, [{"a": 1}], header=HEADER)
+    assert store.read_records(p, header=HEADER) == [{"a": 1}]
+    store.append_records(p, [{"a": 2}], header=HEADER)  # grown: only the new line is read
+    assert store.read_records(p, header=HEADER) == [{"a": 1}, {"a": 2}]
+    other = tmp_path / "other.jsonl"
+    store.append_records(other, [{"b": 1}], header=HEADER)
+    os.replace(other, p)  # another file under the same name: read whole
+    assert store.read_records(p, header=HEADER) == [{"b": 1}]
+    with open(p, "ab") as fh:
+        fh.write(b"0" * 64 + b' {"b":2}\n')  # an appended line with a wrong checksum
+    with pytest.raises(ValueError, match="corrupt record"):
+        store.read_records(p, header=HEADER)

@@ -396,7 +396,7 @@ def _cache_path(args, what: str) -> Path | None:
         return Path(args.cache)
     folder = zoo.cache_dir() / "answers"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.json"
+    return folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.jsonl"
 
 
 def _blackbox(args, db) -> tuple[Any, Any]:

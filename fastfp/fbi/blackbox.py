@@ -4,8 +4,8 @@ A black box holds the database's benign inputs ``x`` and answers ``bb(i) -> (k,)
 index (the walled-garden greedy asks one at a time) or ``bb(S) -> (L, k)`` for an index array (the
 open world sends only its L selected inputs). Every image sent is counted (``images``), requests
 too (``queries``); ``max_queries`` caps the images sent and is checked before sending. An optional
-answer cache (``cache=PATH``: checksummed JSON, merged under the file's lock and written
-atomically after each batch, so several processes may share it) is keyed by the black box's
+answer cache (``cache=PATH``: a journal of sealed JSON lines, each batch's answers appended
+under the file's lock, so several processes may share it) is keyed by the black box's
 identity and the SHA-256 of each image, so a repeated or resumed run never pays twice for an image.
 
 Subclasses: :class:`OpenInference` (a model served over the Open Inference Protocol, the KServe v2
@@ -31,6 +31,9 @@ import torch
 from fastfp import _validate, store
 
 from .answers import top_k_labels
+
+# the answer cache's first line (a journal: one sealed JSON line per answer after it)
+CACHE_HEADER = {"format": "fastfp.blackbox-cache/2"}
 
 
 class BudgetExceeded(RuntimeError):
@@ -93,24 +96,16 @@ class BlackBox:
         return type(self).__name__
 
     def _load_cache(self, path: Path) -> dict[str, list[int]]:
-        data = store.read_json(path, name="cache")
-        if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
-            raise ValueError(f"cache: {str(path)!r} is not a fastfp answer cache")
-        return dict(data["answers"].get(self.identity(), {}))
-
-    def _save_cache(self, path: Path) -> None:
-        """Merge this black box's answers into the file, under its lock: other black boxes'
-        answers, and those another process added meanwhile, are kept."""
-        with store.lock(path, wait=60.0, name="cache"):
-            data: dict[str, Any] = {"format": "fastfp.blackbox-cache/1", "answers": {}}
-            if path.exists():
-                data["answers"] = store.read_json(path, name="cache")["answers"]
-            mine = data["answers"].setdefault(self.identity(), {})
-            for key, labels in self._answers.items():
-                if len(labels) >= len(mine.get(key, ())):  # keep the longer top-k
-                    mine[key] = labels
-            self._answers = dict(mine)
-            store.write_json(path, data, name="cache", sealed=True)
+        answers: dict[str, list[int]] = {}
+        for rec in store.read_records(path, header=CACHE_HEADER, name="cache"):
+            if rec.get("box") != self.identity():
+                continue
+            image, labels = rec.get("image"), rec.get("labels")
+            if not isinstance(image, str) or not isinstance(labels, list):
+                raise ValueError(f"cache: {str(path)!r} holds a record without image and labels")
+            if len(labels) >= len(answers.get(image, ())):  # the longest top-k asked
+                answers[image] = labels
+        return answers
 
     def _digest(self, i: int) -> str:
         if i not in self._digests:
@@ -143,10 +138,13 @@ class BlackBox:
             labels = self._labels(self.x[batch])
             self.queries += 1
             self.images += len(batch)
-            for i, row in zip(batch, labels, strict=True):
-                self._answers[self._digest(i)] = [int(v) for v in row]
-            if self.cache is not None:
-                self._save_cache(self.cache)  # answers already paid for survive a later failure
+            fresh = {self._digest(i): [int(v) for v in row]
+                     for i, row in zip(batch, labels, strict=True)}
+            self._answers.update(fresh)
+            if self.cache is not None:  # answers already paid for survive a later failure
+                store.append_records(self.cache, [
+                    {"box": self.identity(), "image": h, "labels": v} for h, v in fresh.items()
+                ], header=CACHE_HEADER, name="cache")
         rows = [self._answers[h][: self.k] for h in keys]
         out = np.array(rows, dtype=np.int64).reshape(len(idx), self.k)
         return out[0] if single else out
