@@ -218,7 +218,7 @@ def _entropy_exact(c, L: int, xp):
     """Entropy (nats, float64) from exact counts (..., C) summing to L; exactly 0 if constant."""
     c = xp.asarray(c, dtype=xp.float64)
     h = _clip(math.log(L) - _sum_xlogx(c, xp) / L, 0.0, None, xp)
-    return xp.where((c == L).any(-1), xp.zeros_like(h), h)
+    return xp.where((c == L).any(-1), 0.0, h)
 
 
 def _exact_terms(A, B, K: int, xp):
@@ -312,10 +312,10 @@ def _distances(h_a, h_b, h_ab, xp):
     """D = 1 - I / H(a, b) from (..., m), (..., n), (..., m, n) entropies."""
     # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
     zero = (h_a == 0)[..., :, None] & (h_b == 0)[..., None, :]
-    h_ab = xp.where(zero, xp.zeros_like(h_ab), h_ab)
+    h_ab = xp.where(zero, 0.0, h_ab)
     mi = _clip(h_a[..., :, None] + h_b[..., None, :] - h_ab, 0.0, None, xp)
-    safe = xp.where(h_ab > 0, h_ab, xp.ones_like(h_ab))
-    return _clip(xp.where(h_ab > 0, 1.0 - mi / safe, xp.zeros_like(h_ab)), 0.0, 1.0, xp)
+    safe = xp.where(h_ab > 0, h_ab, 1.0)
+    return _clip(xp.where(h_ab > 0, 1.0 - mi / safe, 0.0), 0.0, 1.0, xp)
 
 
 def _pairwise_torch(
