@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -46,11 +48,16 @@ def surjection(topk_labels: Array, reference: Array, k: int) -> Array:
             f"reference: shape {tuple(ref.shape)} does not broadcast to the outputs' "
             f"leading shape {tuple(labels.shape[:-1])}"
         )
-    ref = ref.to(labels.device)
-    out = torch.zeros(labels.shape[:-1], dtype=torch.uint8, device=labels.device)
-    # Walk from rank k down to rank 1 so that the first (best) match wins.
-    for j in range(k - 1, -1, -1):
-        out = torch.where(
-            labels[..., j] == ref, torch.tensor(j + 1, dtype=torch.uint8, device=labels.device), out
-        )
-    return arrays.restore(out, kind)
+    # numpy in: numpy all the way (a torch round trip costs more than a few hundred symbols)
+    lab: Any
+    r: Any
+    out: Any
+    if kind == "numpy":
+        lab, r = labels.numpy(), ref.numpy()
+        out = np.zeros(lab.shape[:-1], dtype=np.uint8)
+    else:
+        lab, r = labels, ref.to(labels.device)
+        out = torch.zeros(labels.shape[:-1], dtype=torch.uint8, device=labels.device)
+    for j in range(k - 1, -1, -1):  # from rank k down to rank 1: the first (best) match wins
+        out[lab[..., j] == r] = j + 1
+    return out if kind == "numpy" else arrays.restore(out, kind)
