@@ -248,7 +248,8 @@ NB_MODULE(_ext, m) {
         nb::arg("wrong").noconvert(), nb::arg("order").noconvert(),
         "The FBI open world's greedy guard cover of one draw: cols (W, P) uint64 packed\n"
         "correctness of the pool's P columns (bit m of row w: model 64 w + m), right / wrong (W,)\n"
-        "uint64 the models that can get a correct / a wrong query, order (P,) int64 the columns\n"
-        "in the draw's order (the first is the first pick; ties go to the earliest). Returns the\n"
-        "picked columns in order.");
+        "uint64 the models that can get a correct / a wrong query (the OR of the columns, and\n"
+        "NOT their AND over the real models: then every column meets one requirement of every\n"
+        "model, so order[0] is the first pick), order (P,) int64 the columns in the draw's order\n"
+        "(ties go to the earliest). Returns the picked columns in order.");
 }

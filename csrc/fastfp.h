@@ -34,7 +34,9 @@ void noise_perturb_cpu(const NoiseTensor *tensors, int count, float delta, std::
 
 // The open world's greedy guard cover of one draw (fastfp.fbi.openworld._Guard.covers): cols
 // (W, P) word-major packed correctness of the pool's columns, right / wrong (W,) the coverable
-// requirements, order (P,) the columns in the draw's order (a permutation of 0 .. P - 1).
+// requirements (OR of the columns / NOT their AND: every column then meets one requirement of
+// every model, so order[0] is the first pick), order (P,) the columns in the draw's order (a
+// permutation of 0 .. P - 1).
 // Returns the picked columns in order.
 std::vector<std::int64_t> guard_cover_cpu(const std::uint64_t *cols, std::int64_t W,
                                           std::int64_t P, const std::uint64_t *right,

@@ -617,3 +617,18 @@ def test_detect_and_identify_without_seed_ask_the_deployment_queries(db, ow):
     for b, s, r in zip(boxes[:4], [None, 3, None, 5], mixed, strict=True):
         one = ow.identify(b, seed=s)
         assert np.array_equal(one.queries, r.queries) and one.distances == r.distances
+
+
+@pytest.mark.parametrize("p_right", [0.5, 0.99, 0.01])
+def test_ratio_draws_from_a_long_pool_equal_the_literal_twin(p_right, cover):
+    # 8 L < N: the split is read from a head of the permutation, or (a skewed anchor: the head
+    # runs short of one kind) from all of it; both give the literal draws
+    rng = np.random.default_rng(int(p_right * 100))
+    correct = rng.random((7, 3000)) < 0.7
+    anchor = rng.random(3000) < p_right
+    for seed in range(6):
+        for strategy in ("50/50", "30/70"):
+            got = fbi.select_inputs(20, strategy, np.random.default_rng(seed), correct=correct,
+                                    anchor_correct=anchor)
+            want = ref.select_inputs(20, strategy, np.random.default_rng(seed), correct, anchor)
+            assert got.tolist() == want
