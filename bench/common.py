@@ -48,14 +48,17 @@ def small_cnn(channels: int = 1, classes: int = 10) -> nn.Module:
 
 
 def measure(benchmark: Any, fn: Callable[[], Any], *, group: str, role: str,
-            device: torch.device, rounds: int = 5, warmup: int = 1, **extra: Any) -> Any:
+            device: torch.device, rounds: int = 5, warmup: int = 1,
+            setup: Callable[[], None] | None = None, **extra: Any) -> Any:
     """Time ``fn()`` with warm-up rounds, synchronising the device inside the timed call.
 
     ``extra`` lands in ``extra_info``: shape, dtype, bytes (moved per call), flops (per call),
     target_speedup={"cpu": x, "cuda": y}, target_peak={"cuda": 0.75} ...; also understood by
     the reporter (bench/report.py): target_max_s={"cuda": 1e-3} (fastfp time bound),
     peak_precision="bf16" (which FLOP/s peak ``flops`` is compared with; default from dtype), and
-    baseline_extrapolated_s on a baseline entry timed on a sample (replaces its measured time).
+    baseline_extrapolated_s on a baseline entry timed on a sample (replaces its measured time),
+    paired_baseline_s on a fastfp entry that timed its baseline in alternate rounds (``setup``
+    runs, untimed here, before each round).
     After timing, the achieved figures of the best round are added: achieved_gbps,
     achieved_tflops, peak_fraction, peak_of.
     """
@@ -70,7 +73,8 @@ def measure(benchmark: Any, fn: Callable[[], Any], *, group: str, role: str,
         synchronize(device)
         return out
 
-    result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1,
+                                **({} if setup is None else {"setup": setup}))
     _record_achieved(benchmark)
     return result
 

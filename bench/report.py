@@ -14,8 +14,10 @@ Pairing rule (see bench/common.py): benchmarks sharing a ``group`` form one case
 one row with ``speed-up = baseline time / fastfp time``. Times are the *minimum* over rounds (on
 a shared machine noise only ever adds time). A baseline too slow to time in full records the
 extrapolated time of the full work as ``extra_info.baseline_extrapolated_s``, which then replaces
-its measured time (the row is marked ``~``). Targets are per device type (``"cpu"``, ``"cuda"``):
-``target_speedup`` (>=), ``target_peak`` (fraction of peak bandwidth or FLOP/s, >=) and
+its measured time (the row is marked ``~``). A fastfp entry that timed its baseline in alternate
+rounds of its own (``extra_info.paired_baseline_s``: load that drifts between two tests cannot
+move the ratio) takes that time as its baseline. Targets are per device type (``"cpu"``,
+``"cuda"``): ``target_speedup`` (>=), ``target_peak`` (fraction of peak bandwidth or FLOP/s, >=) and
 ``target_max_s`` (fastfp time, <=). A row with no target for this device type is ``-``.
 """
 
@@ -142,9 +144,12 @@ def _row(group: str, fast: dict | None, base: dict | None, base_info: dict, peak
     device_type = info.get("device_type", "cpu")
     fastfp_s = _time(fast) if fast else None
     extrapolated = base_info.get("baseline_extrapolated_s", info.get("baseline_extrapolated_s"))
+    paired = ((fast or {}).get("extra_info") or {}).get("paired_baseline_s")
     baseline_s: float | None = None
     if extrapolated is not None:
         baseline_s = float(extrapolated)
+    elif paired is not None:
+        baseline_s = float(paired)
     elif base:
         baseline_s = _time(base)
     speedup = baseline_s / fastfp_s if baseline_s and fastfp_s else None

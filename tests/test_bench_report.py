@@ -42,6 +42,18 @@ def test_pairs_by_group_and_uses_min_times():
     assert len(rows) == 2
 
 
+def test_paired_baseline_time_of_a_fastfp_entry_is_its_baseline():
+    # the floor case times its baseline in alternate rounds: no baseline entry, the paired time
+    rows = rows_of([entry("floor", "fastfp", 0.8, paired_baseline_s=0.7,
+                          target_speedup={"cpu": 0.87})])
+    row = rows[("floor", "floor[fastfp]")]
+    assert row["baseline_s"] == 0.7 and row["speedup"] == pytest.approx(0.875)
+    assert row["result"] == "PASS" and not row["baseline_extrapolated"]
+    slow = rows_of([entry("floor", "fastfp", 0.9, paired_baseline_s=0.7,
+                          target_speedup={"cpu": 0.87})])[("floor", "floor[fastfp]")]
+    assert slow["result"] == "FAIL"
+
+
 def test_several_fastfp_entries_and_unpaired_entries():
     rows = rows_of([entry("g", "baseline", 1.0), entry("g", "fastfp", 0.5, name="torch"),
                     entry("g", "fastfp", 0.25, name="triton"),
