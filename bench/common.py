@@ -74,7 +74,7 @@ def measure(benchmark: Any, fn: Callable[[], Any], *, group: str, role: str,
         return out
 
     result = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1,
-                                **({} if setup is None else {"setup": setup}))
+                                setup=setup)
     _record_achieved(benchmark)
     return result
 

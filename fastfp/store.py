@@ -167,10 +167,14 @@ def write_json(path: str | os.PathLike[str], obj: Any, *, name: str = "path",
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", name=name)
 
 
+def _canonical_json(obj: Any) -> bytes:
+    """The bytes a checksum covers: sorted keys, no whitespace."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+
+
 def _json_seal(obj: dict) -> str:
-    rest = {k: v for k, v in obj.items() if k != "sha256"}
-    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_json({k: v for k, v in obj.items() if k != "sha256"})
+                          ).hexdigest()
 
 
 def read_json(path: str | os.PathLike[str], *, name: str = "path") -> Any:
@@ -222,7 +226,7 @@ def _open_regular(path: str | os.PathLike[str], name: str) -> int:
 # A journal is JSON lines, each "<sha256 of the JSON> <JSON>\n": appending costs only the new
 # records, and checking a line is one hash of its bytes.
 def _record_line(record: dict) -> bytes:
-    payload = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+    payload = _canonical_json(record)
     return hashlib.sha256(payload).hexdigest().encode() + b" " + payload + b"\n"
 
 
@@ -271,7 +275,8 @@ def read_records(path: str | os.PathLike[str], *, header: dict,
         data = os.pread(fd, st.st_size - start, start) if st.st_size > start else b""
     finally:
         os.close(fd)
-    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]  # a torn last line is not read
+    whole = data.rfind(b"\n") + 1  # bytes up to the last newline: a torn last line is not read
+    lines = data[:whole].split(b"\n")[:-1]
     for n, line in enumerate(lines, 1):
         digest, _, payload = line.partition(b" ")
         try:
@@ -289,8 +294,7 @@ def read_records(path: str | os.PathLike[str], *, header: dict,
             raise ValueError(f"{name}: {str(path)!r} {where}: corrupt record (checksum)")
         records.append(rec)
     if lines:
-        end = start + sum(len(line) + 1 for line in lines)
-        _JOURNALS[key] = (st.st_ino, end, lines[-1] + b"\n", records)
+        _JOURNALS[key] = (st.st_ino, start + whole, lines[-1] + b"\n", records)
     return list(records)
 
 

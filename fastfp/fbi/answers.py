@@ -54,9 +54,11 @@ def read_answers(path: str | os.PathLike, *, num_inputs: int | None, k: int,
 
     ``num_inputs`` (None: any) is the number of rows expected; ``num_classes`` (None: unknown)
     bounds the labels and tells (N, C) scores from (N, k') labels."""
-    for name, value in (("num_inputs", num_inputs), ("k", k), ("num_classes", num_classes)):
-        if value is not None or name == "k":
-            _validate.integer(name, value, lo=1)
+    if num_inputs is not None:
+        _validate.integer("num_inputs", num_inputs, lo=1)
+    _validate.integer("k", k, lo=1)
+    if num_classes is not None:
+        _validate.integer("num_classes", num_classes, lo=1)
     p = _check_path(path, "answers")
     if p.is_dir():
         raise ValueError(f"{p}: a folder, expected an answers file (.npy, .npz, .pt, .csv, "
@@ -216,13 +218,7 @@ def _read_tensor_file(p: Path, keys: tuple[str, ...]) -> np.ndarray:
         from fastfp.store import read_bytes, read_safetensors
 
         tensors, _ = read_safetensors(read_bytes(p, name=str(p)), name=str(p))
-        names = sorted(tensors)
-        key = names[0] if len(names) == 1 else next((n for n in keys if n in names), None)
-        if key is None:
-            raise ValueError(f"{p}: {len(names)} tensors {names}: name one of them "
-                             f"{' or '.join(repr(n) for n in keys)}")
-        t = tensors[key]
-        return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+        return _numpy(tensors[_one_key(p, sorted(tensors), keys, "tensors")])
     if suffix == ".pt":
         try:
             t = torch.load(p, map_location="cpu", weights_only=True)
@@ -231,10 +227,7 @@ def _read_tensor_file(p: Path, keys: tuple[str, ...]) -> np.ndarray:
                              f"({type(exc).__name__})") from None
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{p}: expected one tensor, got a {type(t).__name__}")
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
-            t = t.float()
-        return t.numpy()
+        return _numpy(t.detach().cpu())
     try:
         loaded = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -242,16 +235,26 @@ def _read_tensor_file(p: Path, keys: tuple[str, ...]) -> np.ndarray:
     if isinstance(loaded, np.ndarray):
         return loaded
     with loaded:
-        names = list(loaded.files)
-        key = names[0] if len(names) == 1 else next((n for n in keys if n in names), None)
-        if key is None:
-            raise ValueError(f"{p}: {len(names)} arrays {names}: name one of them "
-                             f"{' or '.join(repr(n) for n in keys)}")
+        key = _one_key(p, list(loaded.files), keys, "arrays")
         try:
             return loaded[key]
         except ValueError as exc:  # an object array needs pickle
             raise ValueError(f"{p}: array {key!r} cannot be read without pickle "
                              f"({exc})") from None
+
+
+def _one_key(p: Path, names: list[str], keys: tuple[str, ...], what: str) -> str:
+    """The only array of a file holding several, or the one named as one of ``keys``."""
+    key = names[0] if len(names) == 1 else next((n for n in keys if n in names), None)
+    if key is None:
+        raise ValueError(f"{p}: {len(names)} {what} {names}: name one of them "
+                         f"{' or '.join(repr(n) for n in keys)}")
+    return key
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy (half floats, which numpy lacks or mishandles, as float32)."""
+    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
 
 
 # --- inputs ----------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class _Guard:
     def pool(self, pool: np.ndarray) -> tuple:
         """Per pool (a few cached): its columns, and the packed masks of the models with a right
         / a wrong input in it (the requirements a cover can meet)."""
-        key = (pool.size, pool[:8].tobytes(), pool.tobytes())
+        key = pool.tobytes()
         if key not in self._pools:
             cols = np.ascontiguousarray(self.words[:, pool])  # (W, P): indexing gives (P, W) order
             valid = np.zeros(self.words.shape[0] * 64, dtype=bool)
@@ -107,13 +107,12 @@ class _Guard:
         ext = backend.extension() if backend.forced() not in ("torch", "reference") else None
         if ext is None or not hasattr(ext, "guard_cover"):
             backend.record("fbi.guard_cover", "numpy")
-            return self._covers_numpy(pool, order)
+            return self._covers_numpy(pool, order, cols, right0, wrong0)
         backend.record("fbi.guard_cover", "ext")
         return [pool[ext.guard_cover(cols, right0, wrong0, row)].tolist() for row in order]
 
-    def _covers_numpy(self, pool: np.ndarray, order: np.ndarray) -> list[list[int]]:
+    def _covers_numpy(self, pool, order, cols, right0, wrong0) -> list[list[int]]:
         """``covers`` in numpy: the B draws in lockstep, the per-step work in held buffers."""
-        cols, right0, wrong0 = self.pool(pool)
         B = order.shape[0]
         chosen: list[list[int]] = [[] for _ in range(B)]
         rank = np.empty((B, pool.size), dtype=np.int64)  # rank[b, j]: position of pool[j]
