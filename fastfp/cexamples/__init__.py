@@ -16,9 +16,9 @@ loop, with optional CUDA-graph capture), :mod:`.sharded` (generation across torc
 from __future__ import annotations
 
 from . import defaults
-from .api import generate, verify
+from .api import generate
 from .settings import METHODS, PRECISIONS, Settings, settings_for
-from .verdict import Verdict, verdict
+from .verdict import Verdict, verdict, verify
 
 __all__ = ["generate", "verify", "verdict", "Verdict", "settings_for", "Settings", "METHODS",
            "PRECISIONS", "defaults"]

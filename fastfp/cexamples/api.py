@@ -1,4 +1,8 @@
-"""``generate`` fingerprints and ``verify`` a model: validation, batching, then the engine."""
+"""``generate`` fingerprints: validation, batching, then the engine.
+
+``verify`` lives in :mod:`.verdict` with the null rate and the verdict; ``generate`` calls it (to
+record a null rate), never the reverse.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from .. import _validate, backend
 # it is written once, in the literal twin.
 from ..reference.cexamples import start
 from . import batching, checks, engine
-from .settings import PRECISIONS, Settings, check_normalize, describe, settings_for
+from .settings import Settings, check_normalize, describe, settings_for
+from .verdict import null_rate_of, verify  # noqa: F401  (verify: re-exported, its old home)
 
 
 class StepBar:
@@ -89,8 +94,6 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
                        final_loss, impl, normalize=norm, given_start=x0 is not None)
     fp = Fingerprint(x, targets, meta)
     if negatives:
-        from .verdict import null_rate_of
-
         fp.meta.update(null_rate=null_rate_of(fp, negatives), null_models=len(negatives))
     return fp
 
@@ -204,54 +207,3 @@ def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: 
                          "check the model for overflow (e.g. half precision) or a smaller alpha")
     backend.record("cexamples.generate", impl)
     return out, steps_used, final_loss, impl
-
-
-def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = None,
-           precision: str = "fp32") -> float:
-    """Fraction of ``fp.inputs`` that ``model`` classifies as ``fp.labels`` (0..1)."""
-    from ..fingerprint import Fingerprint
-
-    model = checks.check_model(model)
-    if not isinstance(fp, Fingerprint):
-        raise TypeError(f"fp: expected a fastfp.Fingerprint, got {type(fp).__name__}")
-    batch_size = _validate.integer("batch_size", batch_size, lo=1)
-    precision = _validate.choice("precision", precision, PRECISIONS)
-    dev = checks.check_device(device, model)
-    if len(fp) == 0:
-        raise ValueError("fp: the fingerprint is empty")
-    norm = fp.meta.get("normalize")
-    if norm:
-        model = checks.normalized(model, check_normalize(norm, fp.inputs.shape[1]))
-    mdtype = checks.model_dtype(model) or torch.float32
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        with torch.no_grad():
-            for b in range(0, len(fp), batch_size):
-                x = fp.inputs[b:b + batch_size].to(dev, mdtype)
-                ctx = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-                       if precision == "bf16" else torch.autocast(dev.type, enabled=False))
-                with ctx:
-                    try:
-                        out = model(x)
-                    except torch.OutOfMemoryError:
-                        raise
-                    except Exception as exc:
-                        # Typically a fingerprint made for another input shape: say which.
-                        raise ValueError(f"fp: the model's forward pass failed on fingerprint "
-                                         f"inputs of shape {tuple(x.shape[1:])} "
-                                         f"({type(exc).__name__}: {exc})") from exc
-                checks.check_logits(out, x.shape[0])
-                expected = fp.meta.get("num_classes")
-                if expected is not None and out.shape[1] != expected:
-                    raise ValueError(f"model: outputs {out.shape[1]} classes, but the fingerprint "
-                                     f"was made for {expected}")
-                if int(fp.labels.max()) >= out.shape[1]:
-                    raise ValueError(f"fp: labels go up to {int(fp.labels.max())}, but the model "
-                                     f"outputs {out.shape[1]} classes")
-                pred = out.argmax(dim=1).cpu()
-                correct += int((pred == fp.labels[b:b + batch_size]).sum())
-    finally:
-        model.train(was_training)
-    return correct / len(fp)

@@ -21,7 +21,7 @@ import torch
 
 from .. import _validate
 from . import checks
-from .api import verify
+from .settings import PRECISIONS, check_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,57 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = None,
+           precision: str = "fp32") -> float:
+    """Fraction of ``fp.inputs`` that ``model`` classifies as ``fp.labels`` (0..1)."""
+    from ..fingerprint import Fingerprint
+
+    model = checks.check_model(model)
+    if not isinstance(fp, Fingerprint):
+        raise TypeError(f"fp: expected a fastfp.Fingerprint, got {type(fp).__name__}")
+    batch_size = _validate.integer("batch_size", batch_size, lo=1)
+    precision = _validate.choice("precision", precision, PRECISIONS)
+    dev = checks.check_device(device, model)
+    if len(fp) == 0:
+        raise ValueError("fp: the fingerprint is empty")
+    norm = fp.meta.get("normalize")
+    if norm:
+        model = checks.normalized(model, check_normalize(norm, fp.inputs.shape[1]))
+    mdtype = checks.model_dtype(model) or torch.float32
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for b in range(0, len(fp), batch_size):
+                x = fp.inputs[b:b + batch_size].to(dev, mdtype)
+                ctx = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+                       if precision == "bf16" else torch.autocast(dev.type, enabled=False))
+                with ctx:
+                    try:
+                        out = model(x)
+                    except torch.OutOfMemoryError:
+                        raise
+                    except Exception as exc:
+                        # Typically a fingerprint made for another input shape: say which.
+                        raise ValueError(f"fp: the model's forward pass failed on fingerprint "
+                                         f"inputs of shape {tuple(x.shape[1:])} "
+                                         f"({type(exc).__name__}: {exc})") from exc
+                checks.check_logits(out, x.shape[0])
+                expected = fp.meta.get("num_classes")
+                if expected is not None and out.shape[1] != expected:
+                    raise ValueError(f"model: outputs {out.shape[1]} classes, but the fingerprint "
+                                     f"was made for {expected}")
+                if int(fp.labels.max()) >= out.shape[1]:
+                    raise ValueError(f"fp: labels go up to {int(fp.labels.max())}, but the model "
+                                     f"outputs {out.shape[1]} classes")
+                pred = out.argmax(dim=1).cpu()
+                correct += int((pred == fp.labels[b:b + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(fp)
 
 
 def null_rate_of(fp, negatives: Sequence[torch.nn.Module] | None, batch_size: int = 256) -> float:
