@@ -12,7 +12,7 @@ Groups (baseline and fastfp measured in the same run):
 - ``noise grad_mean cifar vgg11 ...``: RC+GM gradient mean over q noisy copies, fastfp (one
   scratch copy, functional calls; loop and vmap rows) vs q deep-copied perturbed models;
   target >= 3x on CUDA.
-- ``noise rcgm overhead ...``: fastfp.noise.grad_mean vs q x (forward + input gradient) of the
+- ``noise rcgm overhead ...``: fastfp's gradmean.grad_mean vs q x (forward + input gradient) of the
   bare model (no noise): speed-up >= 0.91 on CUDA means at most 10 % overhead for the noise.
 
 Correctness (also under --benchmark-disable): fastfp's outputs are compared bit for bit (perturb)
@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 import fastfp
+from fastfp.cexamples import gradmean
 from fastfp.reference import noise as ref
 
 from .baselines import noise as base
@@ -162,7 +163,7 @@ def test_grad_mean_cifar(benchmark, role, small):
         batch = "vmap" if role == "fastfp-vmap" else "loop"
 
         def fn():
-            return fastfp.noise.grad_mean(model, x, labels, DELTA, q, seed=0, batch=batch)
+            return gradmean.grad_mean(model, x, labels, DELTA, q, seed=0, batch=batch)
     weights = sum(p.numel() for p in model.parameters())
     group = f"noise grad_mean cifar vgg11 x{width} q={q} batch={x.shape[0]}"
     g = measure(benchmark, fn, group=group,
@@ -184,11 +185,11 @@ def test_rcgm_overhead(benchmark, role, small):
             return base.grad_plain(model, x, labels, q)
     else:
         def fn():
-            return fastfp.noise.grad_mean(model, x, labels, DELTA, q, seed=0)
+            return gradmean.grad_mean(model, x, labels, DELTA, q, seed=0)
     g = measure(benchmark, fn, group=f"noise rcgm overhead vgg11 x{width} q={q} batch={x.shape[0]}",
                 role=role, device=device, rounds=3, warmup=1, shape=list(x.shape), q=q,
                 dtype="float32", **({"target_speedup": {"cuda": 0.91}} if role == "fastfp" else {}))
     assert g.shape == x.shape and torch.isfinite(g).all()
     if role == "fastfp":  # with delta = 0 the noisy mean is exactly the plain gradient
-        torch.testing.assert_close(fastfp.noise.grad_mean(model, x, labels, 0.0, 1, seed=0),
+        torch.testing.assert_close(gradmean.grad_mean(model, x, labels, 0.0, 1, seed=0),
                                    base.grad_plain(model, x, labels, 1))

@@ -138,7 +138,7 @@ def noise_curves(device: torch.device, quick: bool) -> list[Curve]:
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.rand(batch, 3, side, side, generator=g, device=device)
         y = torch.randint(0, 10, (batch,), generator=g, device=device)
-        return ((lambda: fastfp.noise.grad_mean(model, x, y, delta, q, seed=0)),
+        return ((lambda: fastfp.cexamples.gradmean.grad_mean(model, x, y, delta, q, seed=0)),
                 (lambda: base_noise.grad_mean_naive(model, x, y, delta, q, 0)))
 
     qs, batches = ([1, 2, 4, 8], [1, 8, 32]) if quick else ([1, 2, 5, 10, 20], [1, 8, 32, 128])

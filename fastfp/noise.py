@@ -15,8 +15,9 @@ The offset of a draw may be a one-element int64 tensor on the parameters' device
 int: on CUDA it is read on the device (by the kernel, or by the fallback's tensor ops), never by
 the host, so a captured CUDA graph draws the stream its replay finds in that tensor.
 
-The mean gradient over noisy copies lives in :mod:`fastfp.cexamples.gradmean`;
-:func:`grad_mean` here is its validated public entry.
+This module is the stream only. The mean gradient over noisy copies is method code and lives in
+:mod:`fastfp.cexamples.gradmean` (``fastfp.noise.grad_mean`` is a deprecated alias of its
+:func:`~fastfp.cexamples.gradmean.grad_mean`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _MAX_DELTA = float(torch.finfo(torch.float32).max)  # delta is used in float32
 
 # ----------------------------------------------------------------------------- validation
 
-def _check_params(name: str, params: Any) -> list[torch.Tensor]:
+def check_params(name: str, params: Any) -> list[torch.Tensor]:
     if isinstance(params, torch.Tensor) or not isinstance(params, Sequence):
         raise TypeError(f"{name}: expected a list of tensors, got {type(params).__name__}")
     params = list(params)
@@ -60,13 +61,13 @@ def _check_params(name: str, params: Any) -> list[torch.Tensor]:
     return params
 
 
-def _check_stream(delta: object, seed: object) -> tuple[float, int]:
+def check_stream(delta: object, seed: object) -> tuple[float, int]:
     delta = _validate.real("delta", delta, lo=0.0, hi=_MAX_DELTA)
     seed = _validate.integer("seed", seed, lo=0, hi=_MAX_U64)
     return delta, seed
 
 
-def _check_offset(offset: object, device: torch.device | None = None, copies: int = 1) -> Offset:
+def check_offset(offset: object, device: torch.device | None = None, copies: int = 1) -> Offset:
     """An int with ``offset + copies - 1 < 2^64``, or a one-element int64 tensor (on ``device``
     when given), returned with shape (1,). A CUDA tensor's value is not read (no host sync)."""
     if not isinstance(offset, torch.Tensor):
@@ -87,7 +88,7 @@ def _check_offset(offset: object, device: torch.device | None = None, copies: in
 
 
 def _check_out(out: Any, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    out = _check_params("out", out)
+    out = check_params("out", out)
     if len(out) != len(params):
         raise ValueError(f"out: expected {len(params)} tensors (one per param), got {len(out)}")
     for i, (o, p) in enumerate(zip(out, params, strict=True)):
@@ -187,7 +188,7 @@ class Perturber:
 
     def __init__(self, params: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None = None,
                  *, op: str = "noise.perturb") -> None:
-        self.params = _check_params("params", params)
+        self.params = check_params("params", params)
         self.op = op
         self._own_out = out is None
         self.out = self._new_out() if out is None else _check_out(out, self.params)
@@ -198,7 +199,7 @@ class Perturber:
 
     def _bind(self) -> None:
         """Validate the current tensors and build the extension plan over them."""
-        self.params = _check_params("params", self.params)
+        self.params = check_params("params", self.params)
         if self._own_out and any(o.shape != p.shape or o.dtype != p.dtype or o.device != p.device
                                  for o, p in zip(self.out, self.params, strict=True)):
             self.out = self._new_out()
@@ -221,10 +222,10 @@ class Perturber:
         ``offset``: an int, or a one-element int64 tensor on the params' device (on CUDA read
         by the device only: the draw may run inside ``torch.cuda.graph`` capture).
         """
-        delta, seed = _check_stream(delta, seed)
+        delta, seed = check_stream(delta, seed)
         if _layout(self.params + self.out) != self._layout:
             self._bind()
-        offset = _check_offset(offset, self.device)
+        offset = check_offset(offset, self.device)
         with torch.no_grad():
             if self._plan is None:
                 _fill_torch(self.params, self.out, delta, seed, offset)
@@ -252,8 +253,8 @@ def perturb(params: Sequence[torch.Tensor], delta: float, seed: int, offset: Off
     copy of the master weights to restore them exactly). ``offset``: an int or a one-element
     int64 tensor on the params' device. Returns the perturbed tensors (detached).
     """
-    _check_stream(delta, seed)  # fail on bad numbers before converting any tensor
-    _check_offset(offset)
+    check_stream(delta, seed)  # fail on bad numbers before converting any tensor
+    check_offset(offset)
     return Perturber(params, out).draw(delta, seed, offset)
 
 
@@ -269,9 +270,9 @@ def perturbed(params: torch.nn.Module | Sequence[torch.Tensor], delta: float, se
     """
     if isinstance(params, torch.nn.Module):
         params = list(params.parameters())
-    params = _check_params("params", params)
-    delta, seed = _check_stream(delta, seed)
-    offset = _check_offset(offset, params[0].device)
+    params = check_params("params", params)
+    delta, seed = check_stream(delta, seed)
+    offset = check_offset(offset, params[0].device)
     for i, p in enumerate(params):
         if not p.is_contiguous():
             raise ValueError(f"params[{i}]: must be contiguous to be perturbed in place")
@@ -295,7 +296,7 @@ def noise(numel: int, delta: float, seed: int, offset: int = 0, *, start: int = 
     """
     numel = _validate.integer("numel", numel, lo=0)
     start = _validate.integer("start", start, lo=0)
-    delta, seed = _check_stream(delta, seed)
+    delta, seed = check_stream(delta, seed)
     offset = _validate.integer("offset", offset, lo=0, hi=_MAX_U64)
     device = torch.device(device)
     impl = implementation(device, "noise.noise")
@@ -308,67 +309,6 @@ def noise(numel: int, delta: float, seed: int, offset: int = 0, *, start: int = 
         backend.extension().noise_fill(out, start, delta, seed, offset, _stream_handle(device))
     backend.record("noise.noise", impl)
     return out
-
-
-def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, delta: float, q: int,
-              seed: int, offset: Offset = 0, loss: str = "ce", batch: str = "loop") -> torch.Tensor:
-    """Mean over copies ``c < q`` of d CE(model_{theta + Delta(seed, offset + c)}(x), labels) / dx.
-
-    The loss is summed over the batch, so each example's gradient is its own. The model runs in
-    eval mode (its mode is restored afterwards) and is never modified: no ``.grad`` is
-    accumulated on its parameters (TorchScript modules get the noise in place and their weights
-    back bit for bit).
-
-    ``batch="loop"`` (default, measured faster on CPU) draws the copies one after the other
-    into one scratch copy of the weights; ``batch="vmap"`` stacks the q noisy copies
-    (q x the weights in memory) and runs them in one ``torch.func.vmap`` forward and one
-    backward (same values up to summation order). ``offset``: an int or a one-element int64
-    tensor on x's device. Returns a tensor shaped like ``x``. Works under ``torch.no_grad()`` and
-    ``torch.inference_mode()`` too. The work is :func:`fastfp.cexamples.gradmean.grad_mean`'s.
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    _validate.tensor("x", x, min_dim=1, floating=True)
-    _validate.tensor("labels", labels, min_dim=1)
-    if labels.dtype != torch.int64:
-        raise TypeError(f"labels: expected int64 class indices, got {labels.dtype}")
-    if labels.shape != x.shape[:1]:
-        raise ValueError(f"labels: expected shape ({x.shape[0]},) (one per example of x), "
-                         f"got {tuple(labels.shape)}")
-    if labels.device != x.device:
-        raise ValueError(f"labels: on {labels.device}, but x is on {x.device}")
-    q = _validate.integer("q", q, lo=1)
-    delta, seed = _check_stream(delta, seed)
-    offset = _check_offset(offset, x.device, copies=q)
-    _validate.choice("loss", loss, ("ce",))
-    _validate.choice("batch", batch, ("loop", "vmap"))
-    if not list(model.parameters()):
-        raise ValueError("model: has no parameters to perturb")
-    masters = _check_params("model.parameters()", list(model.parameters()))
-    if masters[0].device != x.device:
-        raise ValueError(f"x: on {x.device}, but the model's parameters are on {masters[0].device}")
-    dtypes = {p.dtype for p in masters}
-    if len(dtypes) == 1 and x.dtype not in dtypes:
-        raise TypeError(f"x: {x.dtype} does not match the model's parameters ({masters[0].dtype})")
-    # one sync: cross_entropy would silently skip a label of -100 (its ignore_index) and name
-    # no argument for the others; the upper bound is checked against the first logits
-    top = None
-    if labels.numel():
-        low, top = (int(v) for v in labels.aminmax())
-        if low < 0:
-            raise ValueError(f"labels: expected class indices >= 0, got {low}")
-    from .cexamples import gradmean  # lazily: cexamples imports this module
-
-    was_training = model.training
-    model.eval()
-    try:
-        g = gradmean.grad_mean(model, x, labels, delta, q, seed, offset,
-                               strategy="vmap" if batch == "vmap" else "auto",
-                               copies=q if batch == "vmap" else 1, max_label=top)
-    finally:
-        model.train(was_training)
-    backend.record("noise.grad_mean", implementation(x.device))
-    return g
 
 
 # ----------------------------------------------------------------------------- torch.library op
@@ -392,3 +332,17 @@ def _perturb_backward(ctx, grads):
 
 
 _perturb_op.register_autograd(_perturb_backward)
+
+
+def __getattr__(name: str) -> Any:
+    # ``fastfp.noise.grad_mean`` (0.1.0) moved to :func:`fastfp.cexamples.gradmean.grad_mean`: the
+    # gradient mean is method code and this module is the stream only. A deprecated alias, looked
+    # up by name on first use so that this lower layer imports nothing from the method layer.
+    if name == "grad_mean":
+        import importlib
+        import warnings
+
+        warnings.warn("fastfp.noise.grad_mean moved to fastfp.cexamples.gradmean.grad_mean",
+                      DeprecationWarning, stacklevel=2)
+        return importlib.import_module("fastfp.cexamples.gradmean").grad_mean
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

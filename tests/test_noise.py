@@ -434,7 +434,7 @@ def test_grad_mean_equals_literal_deepcopy_loop(monkeypatch, forced):
     before = copy.deepcopy(model.state_dict())
     x = torch.rand(3, 3, 6, 5)
     labels = torch.tensor([0, 4, 2])
-    got = N.grad_mean(model, x, labels, delta=0.05, q=3, seed=7, offset=6)
+    got = gradmean.grad_mean(model, x, labels, delta=0.05, q=3, seed=7, offset=6)
     want = R.grad_mean(model, x, labels, delta=0.05, q=3, seed=7, offset=6)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     assert got.shape == x.shape and not got.requires_grad
@@ -446,23 +446,32 @@ def test_grad_mean_equals_literal_deepcopy_loop(monkeypatch, forced):
                                                     ("ext" if HAS_EXT else "torch"))
 
 
+def test_noise_grad_mean_is_a_deprecated_alias_of_the_cexamples_one():
+    # the stream module holds no method code: its old grad_mean name points to the one in cexamples
+    with pytest.warns(DeprecationWarning, match="cexamples.gradmean.grad_mean"):
+        alias = N.grad_mean
+    assert alias is gradmean.grad_mean
+    with pytest.raises(AttributeError):
+        N.no_such_name  # noqa: B018
+
+
 def test_grad_mean_copies_are_the_offset_streams():
     model = _tiny_cnn(1).eval()
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([1, 3])
-    singles = [N.grad_mean(model, x, labels, 0.1, 1, seed=2, offset=o) for o in (4, 5)]
-    both = N.grad_mean(model, x, labels, 0.1, 2, seed=2, offset=4)
+    singles = [gradmean.grad_mean(model, x, labels, 0.1, 1, seed=2, offset=o) for o in (4, 5)]
+    both = gradmean.grad_mean(model, x, labels, 0.1, 2, seed=2, offset=4)
     torch.testing.assert_close(both, (singles[0] + singles[1]) / 2, rtol=1e-6, atol=1e-7)
     assert not torch.allclose(singles[0], singles[1])
     # per-example gradients: the loss is summed, so an example's gradient ignores its batch
-    alone = N.grad_mean(model, x[:1], labels[:1], 0.1, 1, seed=2, offset=4)
+    alone = gradmean.grad_mean(model, x[:1], labels[:1], 0.1, 1, seed=2, offset=4)
     torch.testing.assert_close(alone, singles[0][:1], rtol=1e-5, atol=1e-7)
 
 
 def test_grad_mean_vmap_batch_equals_loop():
     model = _tiny_cnn(4).train()
     x, labels = torch.rand(3, 3, 6, 5), torch.tensor([2, 0, 1])
-    loop = N.grad_mean(model, x, labels, 0.05, 4, seed=3, offset=8)
-    vm = N.grad_mean(model, x, labels, 0.05, 4, seed=3, offset=8, batch="vmap")
+    loop = gradmean.grad_mean(model, x, labels, 0.05, 4, seed=3, offset=8)
+    vm = gradmean.grad_mean(model, x, labels, 0.05, 4, seed=3, offset=8, batch="vmap")
     torch.testing.assert_close(vm, loop, rtol=1e-5, atol=1e-7)
     assert model.training and all(p.grad is None for p in model.parameters())
 
@@ -471,13 +480,13 @@ def test_grad_mean_vmap_batch_equals_loop():
 def test_grad_mean_under_no_grad_and_inference_mode(batch):
     model = _tiny_cnn(6).eval()
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([3, 1])
-    want = N.grad_mean(model, x, labels, 0.05, 2, seed=4, batch=batch)
+    want = gradmean.grad_mean(model, x, labels, 0.05, 2, seed=4, batch=batch)
     with torch.no_grad():
-        got = N.grad_mean(model, x, labels, 0.05, 2, seed=4, batch=batch)
+        got = gradmean.grad_mean(model, x, labels, 0.05, 2, seed=4, batch=batch)
     assert torch.equal(got, want)
     with torch.inference_mode():
         xi, li = x.clone(), labels.clone()  # inference tensors
-        got = N.grad_mean(model, xi, li, 0.05, 2, seed=4, batch=batch)
+        got = gradmean.grad_mean(model, xi, li, 0.05, 2, seed=4, batch=batch)
     assert torch.equal(got, want)
     assert all(p.grad is None for p in model.parameters())
 
@@ -487,19 +496,19 @@ def test_grad_mean_zero_delta_is_the_plain_gradient():
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([0, 1])
     xg = x.clone().requires_grad_(True)
     torch.nn.functional.cross_entropy(model(xg), labels, reduction="sum").backward()
-    torch.testing.assert_close(N.grad_mean(model, x, labels, 0.0, 2, seed=0), xg.grad)
+    torch.testing.assert_close(gradmean.grad_mean(model, x, labels, 0.0, 2, seed=0), xg.grad)
 
 
 def test_grad_mean_tensor_offset_equals_int_offset():
     model = _tiny_cnn(7).eval()
     x, labels = torch.rand(2, 3, 6, 5), torch.tensor([1, 4])
-    want = gradmean.grad_mean(model, x, labels, 0.05, 3, 2, 6, strategy="loop")
+    want = gradmean.mean_grad(model, x, labels, 0.05, 3, 2, 6, strategy="loop")
     for strategy, m, copies in [("loop", model, 1), ("vmap", model, 2),
                                 ("in_place", torch.jit.script(model), 1)]:
-        got = gradmean.grad_mean(m, x, labels, 0.05, 3, 2, torch.tensor([6]), strategy=strategy,
+        got = gradmean.mean_grad(m, x, labels, 0.05, 3, 2, torch.tensor([6]), strategy=strategy,
                                  copies=copies)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    got = N.grad_mean(model, x, labels, 0.05, 3, 2, offset=torch.tensor([6]))
+    got = gradmean.grad_mean(model, x, labels, 0.05, 3, 2, offset=torch.tensor([6]))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -507,12 +516,12 @@ def test_grad_mean_tensor_offset_equals_int_offset():
 def test_gradmean_vmap_groups_equal_the_loop_and_the_literal_twin(copies):
     model = tiny_cnn()
     x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 4, 2])
-    loop = gradmean.grad_mean(model, x, y, 0.05, 5, 2, 10)
-    batched = gradmean.grad_mean(model, x, y, 0.05, 5, 2, 10, copies=copies)  # auto: vmap
+    loop = gradmean.mean_grad(model, x, y, 0.05, 5, 2, 10)
+    batched = gradmean.mean_grad(model, x, y, 0.05, 5, 2, 10, copies=copies)  # auto: vmap
     torch.testing.assert_close(batched, loop, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(loop, R.grad_mean(model, x, y, 0.05, 5, seed=2, offset=10),
                                atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(loop, gradmean.grad_mean(model, x, y, 0.05, 5, 2, 11))
+    assert not torch.allclose(loop, gradmean.mean_grad(model, x, y, 0.05, 5, 2, 11))
 
 
 class DataDependent(torch.nn.Module):
@@ -532,15 +541,15 @@ class DataDependent(torch.nn.Module):
 def test_untraceable_model_falls_back_to_the_loop_once():
     model = DataDependent()
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
-    got = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, copies=3)
+    got = gradmean.mean_grad(model, x, y, 0.05, 3, 0, 0, copies=3)
     assert model.calls == 1 + 3  # the failed vmap attempt, then the loop's three copies
-    torch.testing.assert_close(got, gradmean.grad_mean(model.net, x, y, 0.05, 3, 0, 0),
+    torch.testing.assert_close(got, gradmean.mean_grad(model.net, x, y, 0.05, 3, 0, 0),
                                atol=1e-6, rtol=1e-5)
     model.calls = 0
-    gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, copies=3)
+    gradmean.mean_grad(model, x, y, 0.05, 3, 0, 0, copies=3)
     assert model.calls == 3  # remembered: no second attempt
     with pytest.raises(RuntimeError):  # asked for explicitly, vmap's error is the caller's
-        gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0, strategy="vmap", copies=3)
+        gradmean.mean_grad(model, x, y, 0.05, 3, 0, 0, strategy="vmap", copies=3)
 
 
 def test_torchscript_models_get_the_noise_in_place_and_their_weights_back():
@@ -548,13 +557,14 @@ def test_torchscript_models_get_the_noise_in_place_and_their_weights_back():
     model = torch.jit.script(tiny_cnn())
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 3])
-    g = gradmean.grad_mean(model, x, y, 0.05, 3, 0, 0)  # auto: in place
+    g = gradmean.mean_grad(model, x, y, 0.05, 3, 0, 0)  # auto: in place
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    want = gradmean.grad_mean(plain, x, y, 0.05, 3, 0, 0)
+    want = gradmean.mean_grad(plain, x, y, 0.05, 3, 0, 0)
     torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(N.grad_mean(model, x, y, 0.05, 3, 0), want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gradmean.grad_mean(model, x, y, 0.05, 3, 0), want, atol=1e-6,
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="strategy: expected one of"):
-        gradmean.grad_mean(plain, x, y, 0.05, 3, 0, 0, strategy="stacked")
+        gradmean.mean_grad(plain, x, y, 0.05, 3, 0, 0, strategy="stacked")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -614,7 +624,7 @@ def test_grad_mean_bad_input():
         kw = dict(model=model, x=x, labels=labels, delta=0.1, q=2, seed=0)
         kw.update(override)
         with pytest.raises(exc, match=match):
-            N.grad_mean(**kw)
+            gradmean.grad_mean(**kw)
 
 
 @needs_ext
@@ -692,8 +702,8 @@ def test_cuda_torch_fallback_equals_kernel(monkeypatch):
 def test_cuda_grad_mean_matches_cpu():
     model = _tiny_cnn(3).eval()
     x, labels = torch.rand(4, 3, 6, 5), torch.tensor([0, 1, 2, 3])
-    cpu = N.grad_mean(model, x, labels, 0.05, 3, seed=1)
-    gpu = N.grad_mean(model.cuda(), x.cuda(), labels.cuda(), 0.05, 3, seed=1)
+    cpu = gradmean.grad_mean(model, x, labels, 0.05, 3, seed=1)
+    gpu = gradmean.grad_mean(model.cuda(), x.cuda(), labels.cuda(), 0.05, 3, seed=1)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
 
 

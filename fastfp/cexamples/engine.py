@@ -87,7 +87,7 @@ def noisy_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, offset:
         # logits_of does for the clean model); the caller casts the gradient back.
         x = x.to(mdtype)
     with autocast(settings, x.device):
-        return gradmean.grad_mean(model, x, y, settings.delta, settings.q, settings.seed, offset,
+        return gradmean.mean_grad(model, x, y, settings.delta, settings.q, settings.seed, offset,
                                   copies=settings.copies)
 
 

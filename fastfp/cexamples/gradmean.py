@@ -12,10 +12,11 @@ the strategy, so every strategy gives the same mean (up to summation order):
   :func:`fastfp.noise.perturbed`, which writes the noise into the parameters and restores them
   bit for bit.
 
-The arguments are the caller's to validate (:func:`fastfp.noise.grad_mean` is the checked public
-entry; the cexamples engine checks once per run), and so is the model's eval mode. Nothing here
-reads a device value on the host: ``offset`` may be a one-element int64 tensor on x's device,
-which is what a captured CUDA graph needs (each replay draws the streams that tensor then holds).
+The arguments of :func:`mean_grad` are the caller's to validate (:func:`grad_mean` is the
+checked public entry; the cexamples engine checks once per run), and so is the model's eval mode.
+Nothing here reads a device value on the host: ``offset`` may be a one-element int64 tensor on
+x's device, which is what a captured CUDA graph needs (each replay draws the streams that tensor
+then holds).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import noise
+from .. import _validate, backend, noise
 
 STRATEGIES = ("auto", "loop", "vmap", "in_place")
 _NO_VMAP: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models vmap could not trace
 
 
-def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, delta: float, q: int,
+def mean_grad(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, delta: float, q: int,
               seed: int, offset: noise.Offset, *, strategy: str = "auto", copies: int = 1,
               max_label: int | None = None) -> torch.Tensor:
     """Mean over ``c < q`` of d CE(model_{theta + Delta(seed, offset + c)}(x), labels).sum() / dx.
@@ -138,3 +139,63 @@ def _in_place(model, xg, labels, delta, q, seed, offsets, copies, max_label):
 
 
 _RUN = {"loop": _loop, "vmap": _vmap, "in_place": _in_place}
+
+
+def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, delta: float, q: int,
+              seed: int, offset: noise.Offset = 0, loss: str = "ce",
+              batch: str = "loop") -> torch.Tensor:
+    """Mean over copies ``c < q`` of d CE(model_{theta + Delta(seed, offset + c)}(x), labels) / dx.
+
+    The loss is summed over the batch, so each example's gradient is its own. The model runs in
+    eval mode (its mode is restored afterwards) and is never modified: no ``.grad`` is
+    accumulated on its parameters (TorchScript modules get the noise in place and their weights
+    back bit for bit).
+
+    ``batch="loop"`` (default, measured faster on CPU) draws the copies one after the other
+    into one scratch copy of the weights; ``batch="vmap"`` stacks the q noisy copies
+    (q x the weights in memory) and runs them in one ``torch.func.vmap`` forward and one
+    backward (same values up to summation order). ``offset``: an int or a one-element int64
+    tensor on x's device. Returns a tensor shaped like ``x``. Works under ``torch.no_grad()`` and
+    ``torch.inference_mode()`` too. The work is :func:`mean_grad`'s.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    _validate.tensor("x", x, min_dim=1, floating=True)
+    _validate.tensor("labels", labels, min_dim=1)
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels: expected int64 class indices, got {labels.dtype}")
+    if labels.shape != x.shape[:1]:
+        raise ValueError(f"labels: expected shape ({x.shape[0]},) (one per example of x), "
+                         f"got {tuple(labels.shape)}")
+    if labels.device != x.device:
+        raise ValueError(f"labels: on {labels.device}, but x is on {x.device}")
+    q = _validate.integer("q", q, lo=1)
+    delta, seed = noise.check_stream(delta, seed)
+    offset = noise.check_offset(offset, x.device, copies=q)
+    _validate.choice("loss", loss, ("ce",))
+    _validate.choice("batch", batch, ("loop", "vmap"))
+    if not list(model.parameters()):
+        raise ValueError("model: has no parameters to perturb")
+    masters = noise.check_params("model.parameters()", list(model.parameters()))
+    if masters[0].device != x.device:
+        raise ValueError(f"x: on {x.device}, but the model's parameters are on {masters[0].device}")
+    dtypes = {p.dtype for p in masters}
+    if len(dtypes) == 1 and x.dtype not in dtypes:
+        raise TypeError(f"x: {x.dtype} does not match the model's parameters ({masters[0].dtype})")
+    # one sync: cross_entropy would silently skip a label of -100 (its ignore_index) and name
+    # no argument for the others; the upper bound is checked against the first logits
+    top = None
+    if labels.numel():
+        low, top = (int(v) for v in labels.aminmax())
+        if low < 0:
+            raise ValueError(f"labels: expected class indices >= 0, got {low}")
+    was_training = model.training
+    model.eval()
+    try:
+        g = mean_grad(model, x, labels, delta, q, seed, offset,
+                               strategy="vmap" if batch == "vmap" else "auto",
+                               copies=q if batch == "vmap" else 1, max_label=top)
+    finally:
+        model.train(was_training)
+    backend.record("noise.grad_mean", noise.implementation(x.device))
+    return g
