@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import store
@@ -228,38 +227,6 @@ def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
     return tqdm(items, desc=desc, unit="shard")
 
 
-def pairwise_rajski_tiled(A: torch.Tensor | np.ndarray, B: torch.Tensor | np.ndarray | None = None,
-                          ctx: Context | None = None,
-                          tile_rows: int = 256) -> torch.Tensor | None:
-    """All-pairs Rajski distances, each rank computing tiles of rows; the matrix lands on rank 0.
-
-    Memory per rank is bounded by one (tile_rows x n) block plus the rank's finished tiles; other
-    ranks return ``None``.
-    """
-    from . import fbi
-    from ._validate import integer
-
-    integer("tile_rows", tile_rows, lo=1)
-    ctx = ctx or Context()
-    A = torch.as_tensor(A)
-    B = A if B is None else torch.as_tensor(B)
-    n_tiles = (A.shape[0] + tile_rows - 1) // tile_rows
-    mine = {t: fbi.pairwise_rajski(A[t * tile_rows:(t + 1) * tile_rows], B)
-            for t in my_items(n_tiles, ctx)}
-    if not ctx.distributed:
-        if not n_tiles:
-            return A.new_zeros((0, B.shape[0]))
-        return torch.cat([mine[t] for t in range(n_tiles)])
-    import torch.distributed as dist
-
-    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(mine, gathered, dst=0)
-    if gathered is None:  # not rank 0
-        return None
-    tiles = {t: block for part in gathered for t, block in part.items()}
-    return torch.cat([tiles[t] for t in range(n_tiles)])
-
-
 def shutdown() -> None:
     """Leave the process group cleanly: wait for every rank (rank 0 may still be merging), then
     destroy it, so no rank exits while a collective is still in flight."""
@@ -268,3 +235,16 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def __getattr__(name: str) -> Any:
+    # ``pairwise_rajski_tiled`` (0.1.0) is FBI code and moved to :mod:`fastfp.fbi.sharded`; a
+    # deprecated alias, looked up by name so that this layer imports nothing from the methods.
+    if name == "pairwise_rajski_tiled":
+        import importlib
+        import warnings
+
+        warnings.warn("fastfp.distributed.pairwise_rajski_tiled moved to "
+                      "fastfp.fbi.pairwise_rajski_tiled", DeprecationWarning, stacklevel=2)
+        return importlib.import_module("fastfp.fbi.sharded").pairwise_rajski_tiled
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -119,3 +119,14 @@ def test_shards_are_checksummed_and_reproducible(tmp_path):
     shards.shard_path(1).write_bytes(data[:at] + b"7" + data[at + 1:])
     with pytest.raises(ValueError, match="checksum mismatch"):
         dd.merge(shards)
+
+
+def test_tiled_rajski_lives_in_fbi_and_equals_the_untiled_one():
+    from fastfp import fbi
+
+    sym = torch.randint(0, 3, (7, 40), generator=torch.Generator().manual_seed(0))
+    tiled = fbi.pairwise_rajski_tiled(sym, tile_rows=3)  # one process: every tile here
+    torch.testing.assert_close(tiled, torch.as_tensor(fbi.pairwise_rajski(sym)))
+    with pytest.warns(DeprecationWarning, match="fastfp.fbi.pairwise_rajski_tiled"):
+        alias = dd.pairwise_rajski_tiled
+    assert alias is fbi.pairwise_rajski_tiled

@@ -668,8 +668,8 @@ def run_distances(args: argparse.Namespace) -> int:
     if ctx.distributed:  # tiles of rows across the ranks, gathered on rank 0
         import torch
 
-        tiled = dd.pairwise_rajski_tiled(torch.from_numpy(np.ascontiguousarray(sym)), ctx=ctx,
-                                         tile_rows=args.tile_rows)
+        tiled = fbi.pairwise_rajski_tiled(torch.from_numpy(np.ascontiguousarray(sym)), ctx=ctx,
+                                          tile_rows=args.tile_rows)
         if tiled is None:
             return 0
         d = tiled.numpy()

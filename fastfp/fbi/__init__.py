@@ -33,7 +33,7 @@ from .greedy import (
 from .information import entropy, mutual_information, pairwise_rajski, rajski_distance
 from .law import fit_query_law, query_law_experiment
 from .openworld import OpenWorld, label_entropy, select_inputs
-from .sharded import build_sharded
+from .sharded import build_sharded, pairwise_rajski_tiled
 from .surjection import surjection
 from .synthetic import paper_database, synthetic_database
 
@@ -43,6 +43,7 @@ __all__ = [
     "Database",
     "query_topk",
     "build_sharded",
+    "pairwise_rajski_tiled",
     "surjection",
     "entropy",
     "mutual_information",

@@ -32,6 +32,7 @@ from .database import (
     release,
     wants_inputs,
 )
+from .information import pairwise_rajski
 
 
 def build_sharded(
@@ -157,3 +158,32 @@ def _settings(pairs, families, k, digest, chunk, gt, batch_size) -> dict[str, An
         "chunk": chunk,
         "labels": None if gt is None else inputs_digest(torch.from_numpy(gt)),
     }
+
+
+def pairwise_rajski_tiled(A: torch.Tensor | np.ndarray, B: torch.Tensor | np.ndarray | None = None,
+                          ctx: dd.Context | None = None,
+                          tile_rows: int = 256) -> torch.Tensor | None:
+    """All-pairs Rajski distances, each rank computing tiles of rows; the matrix lands on rank 0.
+
+    Memory per rank is bounded by one (tile_rows x n) block plus the rank's finished tiles; other
+    ranks return ``None``.
+    """
+    _validate.integer("tile_rows", tile_rows, lo=1)
+    ctx = ctx or dd.Context()
+    A = torch.as_tensor(A)
+    B = A if B is None else torch.as_tensor(B)
+    n_tiles = (A.shape[0] + tile_rows - 1) // tile_rows
+    mine = {t: pairwise_rajski(A[t * tile_rows:(t + 1) * tile_rows], B)
+            for t in dd.my_items(n_tiles, ctx)}
+    if not ctx.distributed:
+        if not n_tiles:
+            return A.new_zeros((0, B.shape[0]))
+        return torch.cat([mine[t] for t in range(n_tiles)])
+    import torch.distributed as dist
+
+    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(mine, gathered, dst=0)
+    if gathered is None:  # not rank 0
+        return None
+    tiles = {t: block for part in gathered for t, block in part.items()}
+    return torch.cat([tiles[t] for t in range(n_tiles)])
