@@ -58,7 +58,26 @@ def check_params(name: str, params: Any) -> list[torch.Tensor]:
         elif p.device != device:
             raise ValueError(f"{name}[{i}]: on {p.device}, but {name}[0] is on {device} "
                              "(all tensors must share one device)")
+        _check_storage(f"{name}[{i}]", p)
     return params
+
+
+def _check_storage(name: str, t: torch.Tensor) -> None:
+    """The tensor's storage holds every element its shape and strides reach.
+
+    A storage can shrink under a tensor after the fact (FSDP frees parameters with
+    ``untyped_storage().resize_(0)``); the extension writes through raw pointers, so that must be
+    an error here, not a read or write out of bounds.
+    """
+    if t.numel() == 0:
+        return
+    reach = t.storage_offset() + 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride(),
+                                                                          strict=True))
+    have = t.untyped_storage().nbytes()
+    if have < reach * t.element_size():
+        raise ValueError(f"{name}: its storage holds {have} bytes, but its shape "
+                         f"{tuple(t.shape)} needs {reach * t.element_size()} (was the storage "
+                         "resized or freed, e.g. by FSDP, after the tensor was made?)")
 
 
 def check_stream(delta: object, seed: object) -> tuple[float, int]:
@@ -166,8 +185,9 @@ def _fill_torch(masters: list[torch.Tensor], outs: list[torch.Tensor], delta: fl
 
 
 def _layout(tensors: list[torch.Tensor]) -> list[tuple]:
-    """What a plan depends on: storage address, shape, strides, dtype of each tensor."""
-    return [(t.data_ptr(), t.shape, t.stride(), t.dtype) for t in tensors]
+    """What a plan depends on: storage address and size, shape, strides, dtype of each tensor."""
+    return [(t.data_ptr(), t.untyped_storage().nbytes(), t.shape, t.stride(), t.dtype)
+            for t in tensors]
 
 
 class Perturber:

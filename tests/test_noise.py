@@ -404,6 +404,22 @@ def test_perturber_rebinds_after_resize(forced, monkeypatch):
 
 
 @pytest.mark.parametrize("forced", ["auto", "torch"])
+@pytest.mark.parametrize("which", ["out", "params"])
+def test_perturber_refuses_a_storage_freed_under_its_tensors(forced, which, monkeypatch):
+    # FSDP frees a tensor's storage with untyped_storage().resize_(0) and keeps its shape: the
+    # extension writes through raw pointers, so this used to segfault
+    monkeypatch.setenv("FASTFP_BACKEND", forced)
+    params, outs = [torch.randn(100, 100), torch.randn(7)], [torch.empty(100, 100), torch.empty(7)]
+    noisy = N.Perturber(params, outs)
+    noisy.draw(0.1, 0, 0)
+    (outs if which == "out" else params)[0].untyped_storage().resize_(0)
+    with pytest.raises(ValueError, match=rf"{which}\[0\]: its storage holds 0 bytes"):
+        noisy.draw(0.1, 0, 1)
+    with pytest.raises(ValueError, match="storage holds 0 bytes"):
+        N.Perturber(params, outs)
+
+
+@pytest.mark.parametrize("forced", ["auto", "torch"])
 def test_perturber_follows_replaced_data(forced, monkeypatch):
     monkeypatch.setenv("FASTFP_BACKEND", forced)
     lin = torch.nn.Linear(6, 4)
