@@ -200,7 +200,7 @@ def plot(area: str, curves: list[Curve], device_name: str, path: str | Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastfp.store import atomic_path
+    from fastfp.io import atomic_path
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False)
     for ax, curve in zip(axes[0], curves, strict=True):
@@ -234,7 +234,7 @@ def run(out_dir: str | Path, areas: tuple[str, ...] = AREAS, *, device: torch.de
     """Draw the curves of ``areas`` into ``out_dir``; returns what ``curves.json`` holds."""
     from tqdm import tqdm
 
-    from fastfp.store import write_json
+    from fastfp.io import write_json
 
     device = device or common.bench_device()
     name = common.device_name(device)

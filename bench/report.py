@@ -361,7 +361,7 @@ def plot(report: dict, path: str | os.PathLike[str]) -> bool:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from fastfp.store import atomic_path
+    from fastfp.io import atomic_path
 
     labels = [r["group"] + (f" [{_short(r['name'], 30)}]" if _several(report, r["group"]) else "")
               + (" (baseline ~)" if r["baseline_extrapolated"] else "") for r in rows]
@@ -417,7 +417,7 @@ def _several(report, group) -> bool:
 
 def save(report: dict, out_dir, *, stem: str = "report") -> list[Path]:
     """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.png`` (atomically) into ``out_dir``."""
-    from fastfp.store import write_json, write_text
+    from fastfp.io import write_json, write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         report = {"cpu_count": os.cpu_count(), "models": a.models, "inputs": 2048,
                   "examples": a.examples, "steps": a.steps, "rows": rows,
                   "note": "wall time including process start-up and the rank-0 merge"}
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         write_json(out / "scaling.json", report)
         _plot(rows, out / "scaling.png")
@@ -111,7 +111,7 @@ def _plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastfp.store import atomic_path
+    from fastfp.io import atomic_path
 
     procs = [r["procs"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))

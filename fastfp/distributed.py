@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import store
+from . import io
 
 MANIFEST = "manifest.json"
 
@@ -134,10 +134,10 @@ class ShardStore:
             wanted = {"settings_hash": self.digest, "world_size": self.ctx.world_size,
                       "n_items": self.n_items, "settings": self.settings}
             if manifest.exists():
-                have = json.loads(store.read_bytes(manifest, name=str(manifest)))
+                have = io.read_json(manifest, name=str(manifest), sealed=True)
                 self._check_manifest(have, wanted)
             else:
-                store.write_json(manifest, wanted)
+                io.write_json(manifest, wanted, sealed=True)
         barrier(self.ctx)
         return self
 
@@ -162,10 +162,11 @@ class ShardStore:
 
     def save(self, item: int, tensors: dict[str, torch.Tensor],
              meta: dict[str, Any] | None = None) -> None:
-        """Write item ``item``'s shard atomically, with a checksum over its header and tensors."""
-        header = {"settings_hash": self.digest, "item": str(item),
-                  "meta": json.dumps(meta or {}, sort_keys=True, default=str)}
-        store.write_bytes(self.shard_path(item), store.sealed_safetensors(tensors, header))
+        """Write item ``item``'s shard atomically: the sealed container of :mod:`fastfp.io`
+        (one checksum over its tensors and meta)."""
+        header = {"settings_hash": self.digest, "item": int(item),
+                  "meta": json.loads(json.dumps(meta or {}, default=str))}  # as JSON reads it back
+        io.write_bytes(self.shard_path(item), io.pack(tensors, header, format=io.SHARD))
 
     def load(self, item: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Item ``item``'s tensors and meta; a missing, foreign or corrupt shard is an error."""
@@ -174,16 +175,19 @@ class ShardStore:
             raise FileNotFoundError(f"shard {path.name}: missing in {self.folder} (item {item} of "
                                     f"{self.n_items}; was the rank computing it killed? "
                                     "run again to finish it)")
-        data = store.read_bytes(path, name=f"shard {path.name}")
-        try:  # shards from before the checksum have none
-            tensors, header = store.read_safetensors(data, name=f"shard {path}")
+        data = io.read_bytes(path, name=f"shard {path.name}")
+        try:
+            tensors, header = io.unpack(data, format=io.SHARD, source=str(path))
+        except io.LegacyFileError:
+            raise
         except ValueError as exc:
             raise ValueError(f"{exc}; delete it and run again") from None
-        if header.get("settings_hash") != self.digest or header.get("item") != str(item):
+        if header.get("settings_hash") != self.digest or header.get("item") != item:
             raise ValueError(f"shard {path}: written by a different configuration or item "
                              f"(hash {header.get('settings_hash')}, item {header.get('item')}); "
                              "delete it and run again")
-        return tensors, json.loads(header.get("meta", "{}"))
+        meta = header.get("meta")
+        return tensors, meta if isinstance(meta, dict) else {}
 
     def missing(self) -> list[int]:
         return [i for i in range(self.n_items) if not self.done(i)]

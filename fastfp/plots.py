@@ -25,7 +25,7 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: PathArg) -> Path:
-    from .store import atomic_path
+    from .io import atomic_path
 
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

@@ -1,5 +1,5 @@
 """Database files without silent loss: locked builds, sharded extend/refuse, checked shards,
-stored inputs."""
+stored inputs, and the databases of fastfp 0.1.0 (refused, then converted)."""
 
 import multiprocessing as mp
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastfp import fbi, store
+from fastfp import fbi, io
 
 
 def _model(seed, classes=10):
@@ -54,7 +54,7 @@ def test_a_held_lock_fails_the_build_naming_the_holder_before_any_query(tmp_path
     try:
         assert ready.wait(60)
         models, families = _zoo(0, 2)
-        with pytest.raises(store.LockTimeout, match=f"pid {holder.pid}"):
+        with pytest.raises(io.LockTimeout, match=f"pid {holder.pid}"):
             fbi.Database.build(models, _inputs(), k=2, families=families, path=path,
                                progress=False, lock_wait=0.1)
     finally:
@@ -64,7 +64,7 @@ def test_a_held_lock_fails_the_build_naming_the_holder_before_any_query(tmp_path
 
 
 def _hold(path, ready, release):
-    with store.lock(path):
+    with io.lock(path):
         ready.set()
         release.wait(30)
 
@@ -168,3 +168,80 @@ def test_a_finished_sharded_build_still_refuses_a_resume_under_other_settings(tm
         fbi.build_sharded(models, _inputs(), k=2, families=families, shard_dir=shard_dir,
                           path=path, batch_size=4, chunk_batches=1, progress=False)
     assert path.read_bytes() == before
+
+
+def _legacy_database(path, db, *, checksum=True):
+    """``db`` as fastfp 0.1.0 wrote it: one ``fastfp`` JSON entry of format
+    fastfp.fbi.database/1, and its own SHA-256 of the metadata and arrays."""
+    import hashlib
+    import json
+
+    from safetensors.numpy import save
+
+    tensors = {"topk": np.ascontiguousarray(db.topk)}
+    if db.ground_truth is not None:
+        tensors["ground_truth"] = np.ascontiguousarray(db.ground_truth)
+    meta = {"format": "fastfp.fbi.database/1", "names": db.names, "families": db.families,
+            "k": db.k, "num_classes": db.num_classes, "num_inputs": db.num_inputs,
+            "digest": db.digest}
+    if checksum:
+        h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+        for key in sorted(tensors):
+            h.update(f"{key}:{tensors[key].dtype.str}:{tensors[key].shape}".encode())
+            h.update(tensors[key].tobytes())
+        meta["sha256"] = h.hexdigest()
+    path.write_bytes(save(tensors, metadata={"fastfp": json.dumps(meta)}))
+    return path
+
+
+def test_a_0_1_0_database_is_refused_then_converts_and_loads_the_same(tmp_path):
+    models, families = _zoo(0, 3)
+    db = fbi.Database.build(models, _inputs(), k=2, families=families, progress=False,
+                            labels=np.arange(37) % 10, store_inputs=False)
+    old = _legacy_database(tmp_path / "old.safetensors", db)
+    with pytest.raises(io.LegacyFileError) as info:
+        fbi.Database.load(old)
+    assert str(info.value) == (f"{old}: written by fastfp 0.1.0 (format version 1); convert it "
+                               f"with `fastfp convert {old}`")
+    done = io.convert_legacy(old, tmp_path / "new.safetensors")
+    assert done.checked and done.format == "fastfp.fbi.database"
+    back = fbi.Database.load(done.out)
+    assert back.names == db.names and back.families == db.families and back.k == db.k
+    np.testing.assert_array_equal(back.topk, db.topk)
+    np.testing.assert_array_equal(back.ground_truth, db.ground_truth)
+    # a wrong old checksum (a label changed after it was written) is refused, nothing written
+    data = bytearray(old.read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    old.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        io.convert_legacy(old, tmp_path / "other.safetensors")
+    assert not (tmp_path / "other.safetensors").exists()
+
+
+def test_a_database_whose_seal_is_removed_or_downgraded_is_refused(tmp_path):
+    import json
+
+    models, families = _zoo(0, 2)
+    path = tmp_path / "db.safetensors"
+    db = fbi.Database.build(models, _inputs(), k=2, families=families, path=path, progress=False)
+
+    def rewrite(change):
+        data = path.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        header["__metadata__"] = change(header["__metadata__"])
+        text = json.dumps(header).encode()
+        path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+
+    rewrite(lambda m: {k: v for k, v in m.items() if k != "sha256"})
+    with pytest.raises(ValueError, match=f"{path}: FBI database without its checksum"):
+        fbi.Database.load(path)
+    db.save(path)
+    # rewritten in the 0.1.0 layout without a valid old checksum: refused, and not converted
+    rewrite(lambda m: {"fastfp": json.dumps({**json.loads(m["meta"]),
+                                             "format": "fastfp.fbi.database/1",
+                                             "sha256": m["sha256"]})})
+    with pytest.raises(io.LegacyFileError):
+        fbi.Database.load(path)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        io.convert_legacy(path, tmp_path / "out.safetensors")

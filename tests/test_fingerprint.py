@@ -98,13 +98,37 @@ def test_corrupt_tensor_data_raises_value_error(tmp_path):
             Fingerprint.load(tmp_path / "bad.safetensors")
 
 
-def test_files_without_checksum_still_load(tmp_path):
+def _legacy(path, x, y, meta='{"method": "rc"}', digest=True):
+    """A fingerprint as fastfp 0.1.0 wrote it: format version 1, the SHA-256 of the tensor bytes
+    only (or, the oldest files, no checksum)."""
+    import hashlib
+
     from safetensors.torch import save_file
 
-    header = {"format": "fastfp.fingerprint", "version": "1", "meta": '{"method": "rc"}'}
-    old = tmp_path / "old.safetensors"
-    x = torch.rand(2, 1, 3, 3)
-    save_file({"inputs": x, "labels": torch.tensor([1, 0])}, str(old), metadata=header)
+    header = {"format": "fastfp.fingerprint", "version": "1", "meta": meta}
+    if digest:
+        header["sha256"] = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    save_file({"inputs": x, "labels": y}, str(path), metadata=header)
+    return path
+
+
+def _refused_as_legacy(path):
+    line = (f"{path}: written by fastfp 0.1.0 (format version 1); convert it with "
+            f"`fastfp convert {path}`")
+    with pytest.raises(ValueError) as info:
+        Fingerprint.load(path)
+    assert str(info.value) == line
+    return line
+
+
+def test_version_1_files_without_checksum_are_refused_then_convert(tmp_path):
+    from fastfp import io
+
+    x, y = torch.rand(2, 1, 3, 3), torch.tensor([1, 0])
+    old = _legacy(tmp_path / "old.safetensors", x, y, digest=False)
+    _refused_as_legacy(old)
+    done = io.convert_legacy(old)  # in place
+    assert done.out == old and not done.checked
     fp = Fingerprint.load(old)
     assert torch.equal(fp.inputs, x) and fp.meta == {"method": "rc"}
 
@@ -118,16 +142,20 @@ def test_foreign_files_raise_value_error(tmp_path):
     with pytest.raises(ValueError, match="format"):
         Fingerprint.load(plain)
 
-    header = {"format": "fastfp.fingerprint", "version": "1", "meta": "{}"}
-    extra = tmp_path / "extra.safetensors"
-    save_file({"inputs": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1, dtype=torch.int64),
-               "weights": torch.zeros(3)}, str(extra), metadata=header)
+    from fastfp import io
+
+    header = {"format": "fastfp.fingerprint", "version": "2", "meta": "{}"}
+    extra = tmp_path / "extra.safetensors"  # sealed, of the right format, with a third tensor
+    extra.write_bytes(io.pack({"inputs": torch.zeros(1, 1, 2, 2),
+                               "labels": torch.zeros(1, dtype=torch.int64),
+                               "weights": torch.zeros(3)}, {}, format=io.FINGERPRINT))
     with pytest.raises(ValueError, match="expected tensors"):
         Fingerprint.load(extra)
 
     wrong = tmp_path / "wrong.safetensors"
-    save_file({"inputs": torch.zeros(2, 1, 2, 2), "labels": torch.zeros(3, dtype=torch.int64)},
-              str(wrong), metadata=header)
+    wrong.write_bytes(io.pack({"inputs": torch.zeros(2, 1, 2, 2),
+                               "labels": torch.zeros(3, dtype=torch.int64)}, {},
+                              format=io.FINGERPRINT))
     with pytest.raises(ValueError, match="labels must be int64"):
         Fingerprint.load(wrong)
 
@@ -199,21 +227,59 @@ def test_same_fingerprint_same_bytes(tmp_path):
     assert list(meta) == sorted(meta) and meta["version"] == "2"
 
 
-def test_version_1_files_with_a_tensor_checksum_still_load(tmp_path):
-    import hashlib
+def test_version_1_files_are_refused_by_load_and_verify_and_convert_exactly(tmp_path, capsys):
+    from fastfp import io
+    from fastfp.cli.main import main
 
-    from safetensors.torch import save_file
-
-    x, y = torch.rand(2, 1, 3, 3), torch.tensor([1, 0])
-    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
-    header = {"format": "fastfp.fingerprint", "version": "1", "meta": '{"method": "rc"}',
-              "sha256": digest}
-    old = tmp_path / "old.safetensors"
-    save_file({"inputs": x, "labels": y}, str(old), metadata=header)
-    assert torch.equal(Fingerprint.load(old).inputs, x)
-    save_file({"inputs": x + 1, "labels": y}, str(old), metadata=header)
+    x, y = torch.rand(3, 1, 3, 3), torch.tensor([1, 0, 2])
+    meta = {"method": "ltrc", "k": 2, "nested": {"a": [1, 2]}}
+    old = _legacy(tmp_path / "old.safetensors", x, y, meta=json.dumps(meta))
+    line = _refused_as_legacy(old)
+    capsys.readouterr()
+    assert main(["verify", "cnn-s0", str(old)]) == 2  # refused before the suspect is loaded
+    assert capsys.readouterr().err == f"fastfp verify: error: {line}\n"
+    new = tmp_path / "new.safetensors"
+    assert main(["convert", str(old), "--out", str(new)]) == 0
+    assert "old checksum verified" in capsys.readouterr().out
+    fp = Fingerprint.load(new)
+    assert torch.equal(fp.inputs, x) and torch.equal(fp.labels, y) and fp.meta == meta
+    assert new.read_bytes() == Fingerprint(x, y, meta).to_bytes()
+    assert main(["convert", str(old), "--out", str(new)]) == 2  # never over another file
+    assert "exists" in capsys.readouterr().err
+    assert main(["convert", str(new)]) == 2  # a current file: nothing to convert
+    assert "nothing to convert" in capsys.readouterr().err
+    # the old checksum is checked: other tensor bytes under the same header are refused
+    tampered = _legacy(tmp_path / "t.safetensors", x, y)
+    data = tampered.read_bytes()
+    tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(ValueError, match="checksum mismatch"):
-        Fingerprint.load(old)
+        io.convert_legacy(tampered, tmp_path / "t2.safetensors")
+    assert not (tmp_path / "t2.safetensors").exists()
+
+
+def _rewritten(path, change):
+    """The file at ``path`` with its header metadata changed by ``change`` (tensors kept)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = change(header["__metadata__"])
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+
+
+def test_a_removed_or_downgraded_seal_is_refused(tmp_path):
+    from fastfp import io
+
+    path = make().save(tmp_path / "fp.safetensors")
+    _rewritten(path, lambda m: {k: v for k, v in m.items() if k != "sha256"})
+    with pytest.raises(ValueError, match=f"{path}: fastfp fingerprint without its checksum"):
+        Fingerprint.load(path)
+    # rewritten as version 1, its checksum (now not a valid version 1 one) kept
+    path = make().save(tmp_path / "fp.safetensors")
+    _rewritten(path, lambda m: {**m, "version": "1"})
+    _refused_as_legacy(path)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        io.convert_legacy(path, tmp_path / "out.safetensors")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="FIFOs and device nodes as on POSIX")

@@ -189,7 +189,7 @@ def _summarize(args: argparse.Namespace, report_path: Path) -> int:
         return 1
     report = json.loads(report_path.read_text())
     if args.json:
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         write_json(args.json, report)
     summary = report["summary"]

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fastfp import demo
-    from fastfp.store import write_json
+    from fastfp.io import write_json
 
     cfg = demo.config(quick=args.quick, model=args.model, seeds=args.seeds, num=args.num,
                       steps=args.steps,

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     info = backend.report()
     print(backend.format_report(info))
     if args.json:
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         write_json(args.json, info)
     return 0

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 # Each sub-command module defines add_parser(subparsers) and run(args) -> int.
-SUBCOMMANDS = ("demo", "generate", "verify", "evaluate", "fbi", "bench", "info")
+SUBCOMMANDS = ("demo", "generate", "verify", "evaluate", "fbi", "bench", "info", "convert")
 
 # One line per sub-command for ``fastfp --help``, without importing the sub-command modules.
 HELP = {
@@ -25,6 +25,7 @@ HELP = {
     "fbi": "FBI: fingerprinting with benign inputs (database, detect, identify, distances)",
     "bench": "benchmark fastfp against the baselines a user would write (ratio table)",
     "info": "print the available backends (CUDA, Triton, CuPy, extension)",
+    "convert": "upgrade a fingerprint, FBI database or shard written by fastfp 0.1.0",
 }
 
 EXIT_ERROR = 2

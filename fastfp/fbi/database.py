@@ -3,8 +3,10 @@
 Stores the top-k labels of M models on N inputs compactly (uint8 when the classes fit, else
 int16/int32), the inputs' reference classes (ground truth, or the majority vote of all known
 models' top-1 outputs, recomputed from the stored outputs so appending a model never needs the
-others again), model names and one family per model. One ``.safetensors`` file holds it all
-(tensors + JSON metadata in the header), written atomically through :mod:`fastfp.store`.
+others again), model names and one family per model. One ``.safetensors`` file holds it all:
+:mod:`fastfp.io`'s sealed container of format ``fastfp.fbi.database`` (tensors + JSON metadata
+under one checksum), written atomically. Databases of fastfp 0.1.0 are refused with the
+``fastfp convert`` command that upgrades them.
 
 Building streams: inputs go through each model in batches, one model on the device at a time,
 with a progress bar; given ``path``, finished models are checkpointed (at most every
@@ -15,7 +17,6 @@ models already stored, so an interruption loses only the model in progress.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastfp import _validate, store
+from fastfp import _validate, io
+from fastfp._models import eval_mode
 
 from .surjection import surjection
 
-FORMAT = "fastfp.fbi.database/1"
+FORMAT = io.DATABASE.name
 STORE_INPUTS_MAX_BYTES = 256 * 2**20  # store_inputs=None keeps the benign inputs up to this size
 
 
@@ -316,7 +318,7 @@ class Database:
         that much work and a long zoo is not rewritten once per model.
 
         store_inputs: keep the inputs in the database (None: when they take at most
-        ``STORE_INPUTS_MAX_BYTES``). The whole build holds :func:`fastfp.store.lock` on ``path``:
+        ``STORE_INPUTS_MAX_BYTES``). The whole build holds :func:`fastfp.io.lock` on ``path``:
         a concurrent build of the same file waits up to ``lock_wait`` seconds (None: until the
         other ends, then extends its file) and then fails naming the holder.
         """
@@ -332,8 +334,8 @@ class Database:
         if path is None:
             return cls._build(pairs, inputs, k, families, labels, num_classes, batch_size,
                               device, None, progress, checkpoint_s, keep)
-        path = store.check_target(path)  # before any model is queried
-        with store.lock(path, wait=lock_wait):
+        path = io.check_target(path)  # before any model is queried
+        with io.lock(path, wait=lock_wait):
             return cls._build(pairs, inputs, k, families, labels, num_classes, batch_size,
                               device, path, progress, checkpoint_s, keep)
 
@@ -412,15 +414,13 @@ class Database:
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: PathLike) -> None:
-        from safetensors.numpy import save
-
-        tensors = {"topk": np.ascontiguousarray(self.topk)}
+        """Write the database to ``path`` atomically, under the file's lock."""
+        tensors: dict[str, Any] = {"topk": np.ascontiguousarray(self.topk)}
         if self.ground_truth is not None:
             tensors["ground_truth"] = np.ascontiguousarray(self.ground_truth)
         if self._inputs is not None:
-            tensors["inputs"] = self._inputs.numpy()
+            tensors["inputs"] = self._inputs
         meta = {
-            "format": FORMAT,
             "names": self.names,
             "families": self.families,
             "k": self.k,
@@ -428,61 +428,47 @@ class Database:
             "num_inputs": self.num_inputs,
             "digest": self.digest,
         }
-        meta["sha256"] = _checksum(tensors, meta)
-        blob = save(tensors, metadata={"fastfp": json.dumps(meta)})
-        path = store.check_target(path)  # a missing folder is named before the lock is made
-        with store.lock(path):  # re-entrant: a locked build saves under its own lock
-            store.write_bytes(path, blob)
+        blob = io.pack(tensors, meta, format=io.DATABASE)
+        path = io.check_target(path)  # a missing folder is named before the lock is made
+        with io.lock(path):  # re-entrant: a locked build saves under its own lock
+            io.write_bytes(path, blob)
 
     @classmethod
     def load(cls, path: PathLike) -> Database:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"path: no database at {str(path)!r}")
-        try:
-            with safe_open(str(path), framework="np") as fh:
-                meta = json.loads((fh.metadata() or {}).get("fastfp", "{}"))
-                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-        except Exception as exc:
-            raise ValueError(f"path: {str(path)!r} is not a readable FBI database ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "topk" not in tensors:
-            fmt = meta.get("format") if isinstance(meta, dict) else None
-            raise ValueError(f"path: {str(path)!r} is not an FBI database (format {fmt!r})")
+        """Read a database written by :meth:`save`; anything else raises ``ValueError``
+        (:class:`fastfp.io.LegacyFileError` for a file of fastfp 0.1.0)."""
+        data = io.read_bytes(path, name="path")  # a regular file only
+        where = str(path)
+        tensors, meta = io.unpack(data, format=io.DATABASE, source=where)
         missing = [
             key
             for key in ("names", "families", "k", "num_classes", "num_inputs")
             if key not in meta
         ]
-        if missing:
+        if missing or "topk" not in tensors:
             raise ValueError(
-                f"path: {str(path)!r} is a corrupt FBI database (metadata lacks {missing})"
+                f"{where}: corrupt FBI database (it lacks {missing or ['topk']})"
             )
-        # safetensors checks the layout, not the values: a flipped bit in the outputs or the names
-        # would load as a silently different database. Files from before the checksum have none.
-        if "sha256" in meta and meta["sha256"] != _checksum(tensors, meta):
-            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (checksum mismatch)")
-        topk = tensors["topk"]
+        topk = tensors["topk"].numpy()
         if topk.shape[0] == 0:
             topk = topk.reshape(0, meta["num_inputs"], meta["k"])
         if topk.ndim != 3 or topk.shape[1] != meta["num_inputs"]:
             raise ValueError(
-                f"path: {str(path)!r} is a corrupt FBI database (outputs of shape {topk.shape}, "
+                f"{where}: corrupt FBI database (outputs of shape {topk.shape}, "
                 f"expected {meta['num_inputs']} inputs)"
             )
         inputs = tensors.get("inputs")
-        inputs = None if inputs is None else torch.from_numpy(np.array(inputs))  # writable copy
         if inputs is not None and meta.get("digest") is not None \
                 and inputs_digest(inputs) != meta["digest"]:
-            raise ValueError(f"path: {str(path)!r} is a corrupt FBI database (inputs digest)")
+            raise ValueError(f"{where}: corrupt FBI database (inputs digest)")
+        gt = tensors.get("ground_truth")
         return cls(
             topk,
             meta["names"],
             meta["families"],
             k=meta["k"],
             num_classes=meta["num_classes"],
-            ground_truth=tensors.get("ground_truth"),
+            ground_truth=None if gt is None else gt.numpy(),
             digest=meta.get("digest"),
             inputs=inputs,
         )
@@ -492,18 +478,6 @@ class Database:
             f"Database({self.num_models} models, {len(self.family_names)} families, "
             f"{self.num_inputs} inputs, k={self.k}, classes={self.num_classes})"
         )
-
-
-def _checksum(tensors: dict, meta: dict) -> str:
-    """SHA-256 of the stored arrays (name, dtype, shape, bytes) and of the metadata but itself."""
-    h = hashlib.sha256(
-        json.dumps({key: v for key, v in meta.items() if key != "sha256"}, sort_keys=True).encode()
-    )
-    for key in sorted(tensors):
-        a = np.ascontiguousarray(tensors[key])
-        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def load_resumable(
@@ -597,20 +571,17 @@ def query_one(
 ) -> np.ndarray:
     """Top-k labels of one model (as :func:`query_topk`), in eval mode and on ``device`` for the
     query only: the caller's model comes back as it was given (train/eval mode, device)."""
-    training = getattr(model, "training", None)
     parameters = getattr(model, "parameters", None)
     params = parameters() if callable(parameters) else iter(())
     home = next((p.device for p in params), torch.device("cpu"))
     if device is not None and hasattr(model, "to"):
         model = model.to(device)
-    if hasattr(model, "eval"):
-        model.eval()
     try:
-        return query_topk(
-            model, inputs, k, batch_size=batch_size, device=device, progress=progress, desc=name
-        )
+        with eval_mode(model):
+            return query_topk(
+                model, inputs, k, batch_size=batch_size, device=device, progress=progress,
+                desc=name
+            )
     finally:
         if device is not None and hasattr(model, "to"):
             model.to(home)  # one model on the device at a time
-        if training is True and hasattr(model, "train"):
-            model.train()
