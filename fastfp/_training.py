@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 def check_data(data: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Training data: a pair (x, y) of float inputs and class labels of one non-zero length."""
-    from . import _validate as V
+    from . import _validate
+    from ._models import check_labels
 
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError("data: expected a pair (x, y) of tensors")
     x, y = data
-    V.tensor("data[0]", x, floating=True)
-    V.labels("data[1]", y)
+    _validate.tensor("data[0]", x, floating=True)
+    check_labels(y, "data[1]")
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"data: x and y must have the same non-zero length, got {len(x)} and "
                          f"{len(y)}")

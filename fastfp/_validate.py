@@ -67,31 +67,6 @@ def choice(name: str, v: T, options: Sequence[T]) -> T:
     return v
 
 
-def module(name: str, model: object) -> torch.nn.Module:
-    """A ``torch.nn.Module`` whose parameters and buffers hold data (none on the meta device)."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_meta:
-            raise ValueError(f"{name}: has tensors on the meta device (shapes without data); "
-                             "load its weights first (model.to_empty(device=...), then "
-                             "load_state_dict)")
-    return model
-
-
-def labels(name: str, y: object, n: int | None = None) -> torch.Tensor:
-    """Class indices: a 1-D integer tensor of non-negative values (of length ``n`` if given)."""
-    y = tensor(name, y)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer class indices, got {y.dtype}")
-    if y.dim() != 1 or (n is not None and y.shape[0] != n):
-        want = "(N,)" if n is None else f"({n},)"
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(y.shape)}")
-    if y.numel() and int(y.min()) < 0:
-        raise ValueError(f"{name}: expected non-negative class indices, got {int(y.min())}")
-    return y
-
-
 def device(name: str, value: object) -> torch.device:
     """A torch device from a string, index-less name or ``torch.device``."""
     if isinstance(value, torch.device):

@@ -14,24 +14,39 @@ C-examples (Wang et al., IJCAI'21, Sect. 4.1):
 - **uniqueness** = robustness - transferability (in [-1, 1]; higher is better).
 
 FBI (Maho et al., TIFS'23): ROC AUC, TPR at a target FPR (threshold from the negatives), F1, and
-identification outcomes correct / abstain / wrong. Scores follow scikit-learn's convention: higher
-score = more positive (pass ``-distance`` for distances).
+identification outcomes correct / abstain / wrong, from :mod:`fastfp.stats` (re-exported here).
+Scores follow scikit-learn's convention: higher score = more positive (pass ``-distance`` for
+distances).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
-from numpy.typing import ArrayLike
 
-from . import _validate as V
+from . import _validate
+from ._models import check_labels, check_model
 from ._training import check_data, deterministic, fit, prunable
 from .fingerprint import Fingerprint
+from .stats import (
+    f1,
+    identification_counts,
+    roc_auc,
+    roc_curve,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
+from .variants import prune_global
+
+__all__ = ["PRUNE_RATES", "Copies", "Data", "FingerprintLike", "f1", "fp_accuracy",
+           "identification_counts", "pruned_copies", "robustness", "robustness_per_rate",
+           "roc_auc", "roc_curve", "threshold_at_fpr", "tpr_at_fpr", "transferability",
+           "uniqueness"]
 
 PRUNE_RATES = (0.4, 0.5, 0.6, 0.7, 0.8)
 Data = tuple[torch.Tensor, torch.Tensor]  # (x, y): images and their classes
@@ -55,15 +70,15 @@ def _as_fingerprint(fp: Fingerprint | FingerprintLike) -> Fingerprint:
     inputs, labels = getattr(fp, "inputs", None), getattr(fp, "labels", None)
     if inputs is None and isinstance(fp, (tuple, list)) and len(fp) == 2:
         inputs, labels = fp
-    inputs = V.tensor("fp.inputs", inputs, floating=True)
-    labels = V.tensor("fp.labels", labels)
+    inputs = _validate.tensor("fp.inputs", inputs, floating=True)
+    labels = _validate.tensor("fp.labels", labels)
     if inputs.dim() != 4:
         raise ValueError(f"fp.inputs: expected images (num, C, H, W), got shape "
                          f"{tuple(inputs.shape)}")
     if len(inputs) != len(labels) or len(labels) == 0:
         raise ValueError(f"fp: inputs and labels must have the same non-zero length, "
                          f"got {len(inputs)} and {len(labels)}")
-    V.labels("fp.labels", labels)
+    check_labels(labels, "fp.labels")
     return Fingerprint(inputs, labels)
 
 
@@ -77,50 +92,50 @@ def fp_accuracy(fp: Fingerprint | FingerprintLike, model: nn.Module,
     """
     from .cexamples import verify
 
-    V.module("model", model)
-    batch_size = V.integer("batch_size", batch_size, lo=1)
+    check_model(model)
+    batch_size = _validate.integer("batch_size", batch_size, lo=1)
     return verify(model, _as_fingerprint(fp), batch_size=batch_size)
 
 
 def pruned_copies(model: nn.Module, rates: Iterable[float] = PRUNE_RATES, repeats: int = 5,
                   data: Data | None = None, *, epochs: int = 1, lr: float = 0.01, seed: int = 0,
                   progress: bool = False) -> dict[float, list[nn.Module]]:
-    """``{rate: [pruned model per repeat]}``: global magnitude pruning, then (with ``data``) a short
-    retraining of the remaining weights, the mask fixed (Han et al.). See the module docstring."""
-    from torch.nn.utils import prune
+    """``{rate: [pruned model per repeat]}``: global magnitude pruning
+    (:func:`fastfp.variants.prune_global`), then (with ``data``) a short retraining of the
+    remaining weights, the mask fixed (Han et al.). See the module docstring."""
     from tqdm.auto import tqdm
 
-    rates = [V.real("rates", r, lo=0.0, hi=1.0) for r in rates]
+    rates = [_validate.real("rates", r, lo=0.0, hi=1.0) for r in rates]
     if not rates:
         raise ValueError("rates: expected at least one pruning rate")
-    repeats = V.integer("repeats", repeats, lo=1)
-    epochs = V.integer("epochs", epochs, lo=0)
-    lr = V.real("lr", lr, lo=0.0)
-    seed = V.integer("seed", seed, lo=0)
-    V.module("model", model)
+    repeats = _validate.integer("repeats", repeats, lo=1)
+    epochs = _validate.integer("epochs", epochs, lo=0)
+    lr = _validate.real("lr", lr, lo=0.0)
+    seed = _validate.integer("seed", seed, lo=0)
+    check_model(model)
     if data is None:
         repeats = 1  # deterministic: every repeat would be the same model
     else:
         x, y = check_data(data)
     if not prunable(model):  # checked here: torch's global pruning fails obscurely on no layers
         raise ValueError("model: has no Conv2d or Linear layer to prune")
+    base = copy.deepcopy(model).float()  # pruned and retrained in float32, whatever the model's
+
+    def retrainer(rep: int) -> Callable[[nn.Module], None] | None:
+        def retrain(m: nn.Module) -> None:
+            opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+            m.train()
+            with deterministic():
+                fit(m, x, y, opt, epochs=epochs, batch_size=64,
+                    generator=torch.Generator().manual_seed(seed + rep))
+        return retrain if data is not None and epochs > 0 else None
+
     out: dict[float, list[nn.Module]] = {}
     bar = tqdm(total=len(rates) * repeats, desc="pruned copies", disable=not progress)
     for r in rates:
         out[r] = []
         for rep in range(repeats):
-            m = copy.deepcopy(model).float()
-            params = [(layer, "weight") for layer in prunable(m)]
-            prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=r)
-            if data is not None and epochs > 0:
-                opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
-                m.train()
-                with deterministic():
-                    fit(m, x, y, opt, epochs=epochs, batch_size=64,
-                        generator=torch.Generator().manual_seed(seed + rep))
-            for layer, name in params:
-                prune.remove(layer, name)  # bake the mask in: weights stay exactly zero
-            out[r].append(m.eval())
+            out[r].append(prune_global(base, r, retrain=retrainer(rep)).eval())
             bar.update(1)
     bar.close()
     return out
@@ -134,7 +149,7 @@ def robustness_per_rate(fp: Fingerprint | FingerprintLike, model: nn.Module | No
     :func:`pruned_copies`) to reuse pruned models across fingerprints."""
     fp = _as_fingerprint(fp)
     if copies is None:
-        copies = pruned_copies(V.module("model", model), rates, repeats, data, epochs=epochs,
+        copies = pruned_copies(check_model(model), rates, repeats, data, epochs=epochs,
                                seed=seed)
     return {r: float(np.mean([fp_accuracy(fp, m) for m in ms])) for r, ms in copies.items()}
 
@@ -168,94 +183,3 @@ def uniqueness(fp: Fingerprint | FingerprintLike, model: nn.Module | None = None
         raise ValueError("other_models: expected at least one model")
     return robustness(fp, model, rates, repeats, data, copies=copies, epochs=epochs, seed=seed) \
         - transferability(fp, other_models)
-
-
-# --------------------------------------------------------------------------- binary decisions
-def _scores_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel()
-    if s.shape != y.shape:
-        raise ValueError(f"labels: length {y.size} does not match scores' {s.size}")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores: must be finite")
-    if not np.all(np.isin(y, (0, 1))):
-        raise ValueError("labels: expected 0 (negative) / 1 (positive) values")
-    y = y.astype(bool)
-    if y.all() or not y.any():
-        raise ValueError("labels: need at least one positive and one negative")
-    return s, y
-
-
-def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fpr, tpr, thresholds)``: one point per distinct score (decide positive iff score >= t),
-    starting at (0, 0) with threshold +inf (scikit-learn's curve, no point dropped)."""
-    from sklearn.metrics import roc_curve as sk_roc_curve
-
-    s, y = _scores_labels(scores, labels)
-    fpr, tpr, thresholds = sk_roc_curve(y, s, drop_intermediate=False)
-    thresholds[0] = np.inf  # scikit-learn < 1.3 put max(score) + 1 there
-    return fpr, tpr, thresholds
-
-
-def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
-    """Area under the ROC curve = P(score_pos > score_neg) + P(tie) / 2 (Mann-Whitney)."""
-    from sklearn.metrics import roc_auc_score
-
-    s, y = _scores_labels(scores, labels)
-    return float(roc_auc_score(y, s))
-
-
-def threshold_at_fpr(scores: ArrayLike, labels: ArrayLike, fpr: float = 0.05) -> float:
-    """Smallest threshold t whose false-positive rate (negatives with score >= t) is <= ``fpr``
-    (the paper's empirical quantile of the negatives)."""
-    fpr = V.real("fpr", fpr, lo=0.0, hi=1.0)
-    f, _, t = roc_curve(scores, labels)
-    return float(t[np.nonzero(f <= fpr + 1e-12)[0][-1]])
-
-
-def tpr_at_fpr(scores: ArrayLike, labels: ArrayLike, fpr: float = 0.05) -> float:
-    """True-positive rate at the threshold :func:`threshold_at_fpr` sets."""
-    fpr = V.real("fpr", fpr, lo=0.0, hi=1.0)
-    f, t, _ = roc_curve(scores, labels)
-    return float(t[np.nonzero(f <= fpr + 1e-12)[0][-1]])
-
-
-def f1(predicted: ArrayLike, labels: ArrayLike) -> float:
-    """F1 score of binary decisions (1 = positive); 0 when there are no true positives."""
-    p = np.asarray(predicted).ravel()
-    y = np.asarray(labels).ravel()
-    if p.shape != y.shape:
-        raise ValueError(f"labels: length {y.size} does not match predicted's {p.size}")
-    for name, a in (("predicted", p), ("labels", y)):
-        if not np.all(np.isin(a, (0, 1))):
-            raise ValueError(f"{name}: expected 0 / 1 values")
-    p, y = p.astype(bool), y.astype(bool)
-    tp = np.sum(p & y)
-    denom = 2 * tp + np.sum(p & ~y) + np.sum(~p & y)
-    return float(2 * tp / denom) if denom else 0.0
-
-
-def identification_counts(predicted: Iterable[Any], truth: Iterable[Any], *,
-                          abstain: Any = None) -> dict[str, Any]:
-    """Outcomes of identification with abstention: ``predicted[i] == abstain`` (default None; also
-    -1 for integer arrays) is an abstention (H0), else correct iff equal to ``truth[i]``.
-
-    Returns counts and rates: ``{"correct", "abstain", "wrong", "n", "success", "abstain_rate",
-    "error"}`` (rates are fractions of n)."""
-    pred, tru = list(predicted), list(truth)
-    if len(pred) != len(tru):
-        raise ValueError(f"truth: length {len(tru)} does not match predicted's {len(pred)}")
-    if not pred:
-        raise ValueError("predicted: expected at least one decision")
-
-    def is_abstain(p: Any) -> bool:
-        if abstain is not None:
-            return p == abstain
-        return p is None or (isinstance(p, (int, np.integer)) and p == -1)
-
-    n_abs = sum(is_abstain(p) for p in pred)
-    n_ok = sum((not is_abstain(p)) and p == t for p, t in zip(pred, tru, strict=True))
-    n = len(pred)
-    n_bad = n - n_abs - n_ok
-    return {"correct": n_ok, "abstain": n_abs, "wrong": n_bad, "n": n,
-            "success": n_ok / n, "abstain_rate": n_abs / n, "error": n_bad / n}

@@ -18,7 +18,9 @@ Procedures and parameters (the paper's):
   of conv output channels) 10..30 %, last layer (L1 unstructured) 70..95 %;
 - global unstructured magnitude pruning (C-examples paper, Han et al.) 40..80 %.
 
-:func:`accuracy_filter` drops variants losing more than 15 points of accuracy (the paper's rule).
+Which variants stay in a family is the FBI paper's eq. (1), a relative accuracy drop of at most
+15 %: :func:`fastfp.fbi.protocol.accuracy_filter` (:func:`accuracy_filter` here is a deprecated
+model-level alias of the same rule).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _validate as V
+from . import _validate
+from ._models import check_labels, check_model
 from ._training import check_data, deterministic, fit, prunable
 
 Data = tuple[torch.Tensor, torch.Tensor]  # (x, y): images and their classes
@@ -48,12 +52,12 @@ PRUNE_FILTERS = (0.10, 0.20, 0.30)
 PRUNE_LAST = (0.70, 0.80, 0.90, 0.95)
 PRUNE_GLOBAL = (0.40, 0.50, 0.60, 0.70, 0.80)
 FINETUNE_EPOCHS = (1, 3)
-MAX_DROP = 0.15
+MAX_DROP = 0.15  # eq. (1)'s tolerance, relative (fastfp.fbi.protocol.MAX_DROP)
 
 
 # ------------------------------------------------------------------------- input transforms
 def _check_images(x: torch.Tensor) -> torch.Tensor:
-    V.tensor("x", x, floating=True)
+    _validate.tensor("x", x, floating=True)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"x: expected images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
     return x
@@ -85,7 +89,7 @@ def _per_image_pil(x: torch.Tensor, fn: Callable[[Any], Any]) -> torch.Tensor:
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """JPEG encode + decode each image at ``quality`` (1..95), via PIL."""
-    quality = V.integer("quality", quality, lo=1, hi=95)
+    quality = _validate.integer("quality", quality, lo=1, hi=95)
     from PIL import Image
 
     def fn(img: Any) -> Any:
@@ -106,7 +110,7 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 
 def posterize(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Keep the top ``bits`` (1..8) bits of each 8-bit value (torchvision / PIL posterize)."""
-    bits = V.integer("bits", bits, lo=1, hi=8)
+    bits = _validate.integer("bits", bits, lo=1, hi=8)
     _check_images(x)
     u = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     mask = (0xFF << (8 - bits)) & 0xFF
@@ -119,7 +123,7 @@ class InputTransform(nn.Module):
     def __init__(self, model: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor],
                  name: str) -> None:
         super().__init__()
-        self.model = V.module("model", model)
+        self.model = check_model(model)
         self.transform = transform
         self.name = name
 
@@ -135,7 +139,7 @@ class HalfPrecision(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = copy.deepcopy(V.module("model", model)).half()
+        self.model = copy.deepcopy(check_model(model)).half()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.half()).float()
@@ -153,15 +157,15 @@ class RandomizedSmoothing(nn.Module):
     def __init__(self, model: nn.Module, sigma: float, n: int = 100, seed: int = 0,
                  chunk: int = 4096) -> None:
         super().__init__()
-        self.model = V.module("model", model)
-        self.sigma = V.real("sigma", sigma, lo=0.0)
-        self.n = V.integer("n", n, lo=1)
-        self.seed = V.integer("seed", seed, lo=0)
-        self.chunk = V.integer("chunk", chunk, lo=1)
+        self.model = check_model(model)
+        self.sigma = _validate.real("sigma", sigma, lo=0.0)
+        self.n = _validate.integer("n", n, lo=1)
+        self.seed = _validate.integer("seed", seed, lo=0)
+        self.chunk = _validate.integer("chunk", chunk, lo=1)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        V.tensor("x", x, min_dim=1, floating=True)  # the Gaussian noise needs float inputs
+        _validate.tensor("x", x, min_dim=1, floating=True)  # the Gaussian noise needs float inputs
         g = torch.Generator(device=x.device).manual_seed(self.seed)
         counts: torch.Tensor | None = None
         per = max(1, self.chunk // max(x.shape[0], 1))  # noisy copies per model call
@@ -193,19 +197,25 @@ class RandomizedSmoothing(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ pruning
-def prune_global(model: nn.Module, rate: float) -> nn.Module:
+def prune_global(model: nn.Module, rate: float, *,
+                 retrain: Callable[[nn.Module], object] | None = None) -> nn.Module:
     """Unstructured global magnitude pruning (Han et al.): zero the ``rate`` fraction of all conv
-    and linear weights with the smallest |w|, across layers. Returns a pruned deep copy."""
+    and linear weights with the smallest |w|, across layers. Returns a pruned deep copy.
+
+    ``retrain(pruned)``, if given, runs while the mask is held (the pruned weights stay zero
+    through optimizer steps), before the mask is baked into the weights."""
     from torch.nn.utils import prune
 
-    rate = V.real("rate", rate, lo=0.0, hi=1.0)
-    m = copy.deepcopy(V.module("model", model))
+    rate = _validate.real("rate", rate, lo=0.0, hi=1.0)
+    m = copy.deepcopy(check_model(model))
     params = [(layer, "weight") for layer in prunable(m)]
     if not params:
         raise ValueError("model: has no Conv2d or Linear layer to prune")
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=rate)
+    if retrain is not None:
+        retrain(m)
     for layer, name in params:
-        prune.remove(layer, name)
+        prune.remove(layer, name)  # bake the mask in: weights stay exactly zero
     return m
 
 
@@ -213,8 +223,8 @@ def prune_all(model: nn.Module, amount: float) -> nn.Module:
     """L1 unstructured pruning of ``amount`` of the weights of every conv / linear layer."""
     from torch.nn.utils import prune
 
-    amount = V.real("amount", amount, lo=0.0, hi=1.0)
-    m = copy.deepcopy(V.module("model", model))
+    amount = _validate.real("amount", amount, lo=0.0, hi=1.0)
+    m = copy.deepcopy(check_model(model))
     for layer in prunable(m):
         prune.l1_unstructured(layer, "weight", amount=amount)
         prune.remove(layer, "weight")
@@ -227,8 +237,8 @@ def prune_filters(model: nn.Module, amount: float) -> nn.Module:
     instead."""
     from torch.nn.utils import prune
 
-    amount = V.real("amount", amount, lo=0.0, hi=1.0)
-    m = copy.deepcopy(V.module("model", model))
+    amount = _validate.real("amount", amount, lo=0.0, hi=1.0)
+    m = copy.deepcopy(check_model(model))
     layers = [x for x in m.modules() if isinstance(x, nn.Conv2d)] or prunable(m)[:-1]
     for layer in layers:
         prune.ln_structured(layer, "weight", amount=amount, n=1, dim=0)
@@ -240,8 +250,8 @@ def prune_last(model: nn.Module, amount: float) -> nn.Module:
     """L1 unstructured pruning of ``amount`` of the weights of the last conv / linear layer."""
     from torch.nn.utils import prune
 
-    amount = V.real("amount", amount, lo=0.0, hi=1.0)
-    m = copy.deepcopy(V.module("model", model))
+    amount = _validate.real("amount", amount, lo=0.0, hi=1.0)
+    m = copy.deepcopy(check_model(model))
     layers = prunable(m)
     if not layers:
         raise ValueError("model: has no Conv2d or Linear layer to prune")
@@ -258,12 +268,12 @@ def finetune(model: nn.Module, data: Data, *, layers: str = "all", epochs: int =
     ``layers="all"`` trains every parameter (BatchNorm statistics update too); ``"last"`` only the
     last conv / linear layer, with the rest frozen and in eval mode.
     """
-    V.module("model", model)
-    V.choice("layers", layers, ("all", "last"))
-    epochs = V.integer("epochs", epochs, lo=0)
-    lr = V.real("lr", lr, lo=0.0)
-    batch_size = V.integer("batch_size", batch_size, lo=1)
-    seed = V.integer("seed", seed, lo=0)
+    check_model(model)
+    _validate.choice("layers", layers, ("all", "last"))
+    epochs = _validate.integer("epochs", epochs, lo=0)
+    lr = _validate.real("lr", lr, lo=0.0)
+    batch_size = _validate.integer("batch_size", batch_size, lo=1)
+    seed = _validate.integer("seed", seed, lo=0)
     x, y = check_data(data)
     m = copy.deepcopy(model).float()
     if layers == "all":
@@ -310,7 +320,7 @@ class Spec:
         """The variant of ``model`` (a new module; ``model`` is left untouched)."""
         k, o = self.kind, self.options
         p: Any = self.param
-        V.module("model", model)
+        check_model(model)
         if k == "identity":
             return copy.deepcopy(model).eval()
         if k == "half":
@@ -355,11 +365,11 @@ def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = 
     range; ``quick`` is ``per_range=3`` (for tests and quick demos). Fine-tuning keeps one epoch
     count whenever ``per_range`` is set.
     """
-    smoothing_n = V.integer("smoothing_n", smoothing_n, lo=1)
+    smoothing_n = _validate.integer("smoothing_n", smoothing_n, lo=1)
     if quick and per_range is None:
         per_range = 3
     if per_range is not None:
-        V.choice("per_range", per_range, (2, 3))
+        _validate.choice("per_range", per_range, (2, 3))
 
     def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
         if per_range is None or len(values) <= per_range:
@@ -387,7 +397,7 @@ def catalog(*, quick: bool = False, smoothing_n: int = 100, with_global: bool = 
 def make_variants(model: nn.Module, specs: Iterable[Spec] | None = None, data: Data | None = None,
                   *, progress: bool = False) -> dict[str, nn.Module]:
     """``{spec.name: variant}`` for each spec (default :func:`catalog`)."""
-    V.module("model", model)
+    check_model(model)
     specs = catalog() if specs is None else list(specs)
     for s in specs:
         if not isinstance(s, Spec):
@@ -406,21 +416,31 @@ def make_variants(model: nn.Module, specs: Iterable[Spec] | None = None, data: D
 def accuracy_filter(model: nn.Module, variants: Mapping[str, nn.Module], x: torch.Tensor,
                     y: torch.Tensor, *, max_drop: float = MAX_DROP
                     ) -> tuple[dict[str, nn.Module], dict[str | None, float]]:
-    """Keep the variants whose accuracy on ``(x, y)`` is at least ``acc(model) - max_drop``
-    (absolute drop, fractions). Returns ``(kept, accuracies)`` where ``accuracies`` covers every
-    variant and the base model (key ``None``)."""
-    from .zoo import accuracy
+    """Deprecated: put the models in a :class:`fastfp.fbi.Database` and use
+    :func:`fastfp.fbi.protocol.accuracy_filter`.
 
-    max_drop = V.real("max_drop", max_drop, lo=0.0, hi=1.0)
-    V.tensor("x", x, floating=True)
-    V.tensor("y", y)
-    if len(x) != len(y):
-        raise ValueError(f"y: length {len(y)} does not match x's {len(x)}")
-    base = accuracy(model, x, y)
+    Keep the variants whose accuracy on ``(x, y)`` lost at most ``max_drop`` relative to
+    ``model``'s (eq. (1), :func:`fastfp.fbi.protocol.within_accuracy_drop`). Returns ``(kept,
+    accuracies)`` where ``accuracies`` covers every variant and the base model (key ``None``)."""
+    from .cexamples import verify
+    from .fbi.protocol import within_accuracy_drop
+    from .fingerprint import Fingerprint
+
+    warnings.warn("fastfp.variants.accuracy_filter is deprecated: use "
+                  "fastfp.fbi.protocol.accuracy_filter on a Database", DeprecationWarning,
+                  stacklevel=2)
+    max_drop = _validate.real("max_drop", max_drop, lo=0.0, hi=1.0)
+    check_model(model)
+    _validate.tensor("x", x, floating=True)
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"x: expected a non-empty batch of images (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    data = Fingerprint(x, check_labels(y, "y", n=len(x)))  # top-1 accuracy = verify's rate
+    base = verify(model, data, batch_size=512)
     accs: dict[str | None, float] = {None: base}
     kept = {}
     for name, v in variants.items():
-        accs[name] = accuracy(v, x, y)
-        if accs[name] >= base - max_drop - 1e-12:
+        accs[name] = verify(v, data, batch_size=512)
+        if within_accuracy_drop(accs[name], base, max_drop):
             kept[name] = v
     return kept, accs

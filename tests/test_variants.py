@@ -216,12 +216,37 @@ def test_accuracy_filter_on_a_zoo_model():
     m = zoo.load("mlp-s0")
     d = zoo.digits()
     vs = V.make_variants(m, [V.Spec("identity"), V.Spec("posterize", 5), V.Spec("prune_last", 1.0)])
-    kept, accs = V.accuracy_filter(m, vs, d.x_test, d.y_test)
+    with pytest.warns(DeprecationWarning, match="fastfp.fbi.protocol.accuracy_filter"):
+        kept, accs = V.accuracy_filter(m, vs, d.x_test, d.y_test)
     assert set(kept) == {"identity", "posterize:5"}
     assert accs["identity"] == accs[None] > 0.85
     assert accs["prune_last:1.0"] < accs[None] - 0.15
-    with pytest.raises(ValueError, match="max_drop: "):
+    with pytest.raises(ValueError, match="max_drop: "), pytest.warns(DeprecationWarning):
         V.accuracy_filter(m, vs, d.x_test, d.y_test, max_drop=2)
+
+
+class _Constant(nn.Module):
+    """Right on the first ``right`` of 100 inputs (labels 0), wrong (class 1) on the others."""
+
+    def __init__(self, right: int) -> None:
+        super().__init__()
+        self.right = right
+        self.dummy = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(x.shape[0]) + int(x[0, 0, 0, 0].round())
+        return torch.nn.functional.one_hot((idx >= self.right).long(), 2).float()
+
+
+def test_deprecated_accuracy_filter_applies_the_relative_rule_of_eq_1():
+    # base 50 % right: 40 % is within 15 points but a 20 % relative loss -> dropped (eq. 1)
+    x = torch.zeros(100, 1, 2, 2)
+    y = torch.zeros(100, dtype=torch.long)
+    vs = {"v40": _Constant(40), "v45": _Constant(45)}
+    with pytest.warns(DeprecationWarning):
+        kept, accs = V.accuracy_filter(_Constant(50), vs, x, y)
+    assert accs == {None: 0.5, "v40": 0.4, "v45": 0.45}
+    assert set(kept) == {"v45"}
 
 
 def test_errors_from_inside_torch_name_the_argument():

@@ -6,11 +6,13 @@ record a null rate), never the reverse.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 
 from .. import _validate, backend
+from .._models import eval_mode
 
 # The start of the paper's setting (uniform pixels and labels from the seed) is a definition, so
 # it is written once, in the literal twin.
@@ -81,21 +83,35 @@ def generate(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_c
     from ..fingerprint import Fingerprint
 
     checks.check_model_name(model_name)
-    s, start_x, targets, dev, per_example, norm = prepare(
+    run = prepare(
         model, num, input_shape, num_classes, method=method, k=k, delta=delta, q=q, alpha=alpha,
         steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, device=device,
         precision=precision, labels=labels, graphs=graphs, x0=x0, normalize=normalize,
         quantize=quantize)
-    net = checks.normalized(model, norm)
-    x, steps_used, final_loss, impl = optimize(net, start_x, targets, s, dev,
+    net = checks.normalized(model, run.normalize)
+    x, steps_used, final_loss, impl = optimize(net, run.x0, run.targets, run.settings, run.device,
                                                batch_size=batch_size, progress=progress,
-                                               graphs=bool(graphs), per_example=per_example)
-    meta = finish_meta(s, model, start_x.shape[1:], num_classes, model_name, steps_used,
-                       final_loss, impl, normalize=norm, given_start=x0 is not None)
-    fp = Fingerprint(x, targets, meta)
+                                               graphs=bool(graphs),
+                                               per_example=run.activation_bytes)
+    meta = finish_meta(run.settings, model, run.x0.shape[1:], num_classes, model_name,
+                       steps_used, final_loss, impl, normalize=run.normalize,
+                       given_start=x0 is not None)
+    fp = Fingerprint(x, run.targets, meta)
     if negatives:
         fp.meta.update(null_rate=null_rate_of(fp, negatives), null_models=len(negatives))
     return fp
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` checked and drew, before any work."""
+
+    settings: Settings
+    x0: torch.Tensor             # [num, C, H, W] float32 start images in [lo, hi]
+    targets: torch.Tensor        # [num] int64 target labels
+    device: torch.device         # the model's device
+    activation_bytes: int        # bytes of activations per example (sizes the batches)
+    normalize: tuple | None      # (mean, std) per channel, or None
 
 
 def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_classes: int, *,
@@ -104,10 +120,8 @@ def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_cl
             batch_size: int | None = None, progress: object = True, device: object = None,
             precision: str = "fp32", labels: torch.Tensor | None = None,
             graphs: bool | None = None, x0: torch.Tensor | None = None, normalize: object = None,
-            quantize: int | None = None,
-            ) -> tuple[Settings, torch.Tensor, torch.Tensor, torch.device, int, tuple | None]:
-    """Validate everything (before any work) and draw the start: (settings, x0, targets, device,
-    bytes of activations per example, normalisation)."""
+            quantize: int | None = None) -> Prepared:
+    """Validate everything (before any work) and draw the start."""
     model = checks.check_model(model)
     num = _validate.integer("num", num, lo=1)
     shape = checks.check_input_shape(input_shape)
@@ -128,7 +142,7 @@ def prepare(model: torch.nn.Module, num: int, input_shape: Sequence[int], num_cl
     start_x = drawn_x if x0 is None else checks.check_images("x0", x0, num, shape, s.lo, s.hi)
     targets = drawn_labels if labels is None else checks.check_labels(labels, num, num_classes)
     per_example, _ = checks.probe(checks.normalized(model, norm), start_x[:1], num_classes, dev)
-    return s, start_x, targets, dev, per_example, norm
+    return Prepared(s, start_x, targets, dev, per_example, norm)
 
 
 def finish_meta(s: Settings, model: torch.nn.Module, input_shape: Sequence[int], num_classes: int,
@@ -185,22 +199,20 @@ def optimize(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, s: 
     steps_used = torch.empty(num, dtype=torch.int64)
     final_loss = torch.empty(num, dtype=torch.float64)
     impl = "cuda-graph" if graphs else "torch"
-    was_training = model.training
-    model.eval()
     bar = progress if callable(progress) else StepBar(num, s.steps, f"{s.method} ({impl})",
                                                          enabled=bool(progress))
     try:
-        for b in range(0, num, bs):
-            xb = x0[b:b + bs].to(device, wdtype)
-            yb = labels[b:b + bs].to(device)
-            xo, used, loss = engine.run_batch(model, xb, yb, s, on_progress=bar, graphs=graphs)
-            out[b:b + bs] = xo.to("cpu", torch.float32)
-            steps_used[b:b + bs] = used
-            final_loss[b:b + bs] = loss
+        with eval_mode(model):
+            for b in range(0, num, bs):
+                xb = x0[b:b + bs].to(device, wdtype)
+                yb = labels[b:b + bs].to(device)
+                xo, used, loss = engine.run_batch(model, xb, yb, s, on_progress=bar, graphs=graphs)
+                out[b:b + bs] = xo.to("cpu", torch.float32)
+                steps_used[b:b + bs] = used
+                final_loss[b:b + bs] = loss
     finally:
         if isinstance(bar, StepBar):
             bar.close()
-        model.train(was_training)
     if not bool(torch.isfinite(final_loss).all()):
         bad = torch.nonzero(~torch.isfinite(final_loss)).flatten()[:5].tolist()
         raise ValueError(f"model: its loss became NaN or inf during generation (examples {bad}); "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _validate
+from .. import _models, _validate
 from .settings import Settings
 
 
@@ -44,9 +44,7 @@ def normalized(model: torch.nn.Module, normalize: tuple | None) -> torch.nn.Modu
 
 
 def check_model(model: object) -> torch.nn.Module:
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module classifier, got {type(model).__name__}")
-    return model
+    return _models.check_model(model)
 
 
 def check_input_shape(input_shape: object) -> tuple[int, int, int]:
@@ -125,15 +123,7 @@ def check_noisy_model(model: torch.nn.Module, s: Settings) -> None:
 
 def check_labels(labels: object, num: int, num_classes: int) -> torch.Tensor:
     """Target labels as a CPU int64 tensor of shape (num,), each in [0, num_classes)."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels: expected an int64 tensor, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels: expected integer class indices, got {labels.dtype}")
-    if labels.dim() != 1 or labels.shape[0] != num:
-        raise ValueError(f"labels: expected shape ({num},), got {tuple(labels.shape)}")
-    if num and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels: expected class indices in [0, {num_classes - 1}], got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    labels = _models.check_labels(labels, n=num, num_classes=num_classes)
     return labels.detach().to("cpu", torch.int64)
 
 
@@ -181,17 +171,14 @@ def probe(model: torch.nn.Module, x1: torch.Tensor, num_classes: int | None,
     leaves = [m for m in model.modules()
               if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule)]
     handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    model.eval()
     try:
         mdtype = model_dtype(model)
-        with torch.no_grad():
+        with torch.no_grad(), _models.eval_mode(model):
             out = model(x1.to(device, mdtype or torch.float32))
     except Exception as exc:
         raise ValueError(f"input_shape: the model's forward pass on one input of shape "
                          f"{tuple(x1.shape)} failed ({type(exc).__name__}: {exc})") from exc
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     check_logits(out, 1)

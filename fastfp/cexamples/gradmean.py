@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validate, backend, noise
+from .._models import check_model, eval_mode
 
 STRATEGIES = ("auto", "loop", "vmap", "in_place")
 _NO_VMAP: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models vmap could not trace
@@ -158,8 +159,7 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
     tensor on x's device. Returns a tensor shaped like ``x``. Works under ``torch.no_grad()`` and
     ``torch.inference_mode()`` too. The work is :func:`mean_grad`'s.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     _validate.tensor("x", x, min_dim=1, floating=True)
     _validate.tensor("labels", labels, min_dim=1)
     if labels.dtype != torch.int64:
@@ -189,13 +189,9 @@ def grad_mean(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, del
         low, top = (int(v) for v in labels.aminmax())
         if low < 0:
             raise ValueError(f"labels: expected class indices >= 0, got {low}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         g = mean_grad(model, x, labels, delta, q, seed, offset,
                                strategy="vmap" if batch == "vmap" else "auto",
                                copies=q if batch == "vmap" else 1, max_label=top)
-    finally:
-        model.train(was_training)
     backend.record("noise.grad_mean", noise.implementation(x.device))
     return g

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import distributed as dd
+from ..fingerprint import Fingerprint
 from .api import StepBar, finish_meta, generate, prepare
 from .checks import check_model_name
 
@@ -23,37 +25,43 @@ DEFAULT_BATCH = 64  # fixed, not memory-sized: the shard layout must not depend 
 
 def generate_sharded(model: torch.nn.Module, num: int, input_shape: Sequence[int],
                      num_classes: int, *, shard_dir: str | Path, ctx: dd.Context | None = None,
-                     batch_size: int | None = None, progress: bool = True,
-                     model_name: str | None = None, graphs: bool | None = None, **settings):
-    """:func:`fastfp.cexamples.generate` over the ranks of ``ctx``; the Fingerprint on rank 0,
-    ``None`` elsewhere. ``settings``: method, k, delta, q, alpha, steps, eta, seed, precision,
-    labels, x0, device (as for ``generate``)."""
-    from ..fingerprint import Fingerprint
-
+                     method: str = "ltrc", k: int | None = None, delta: float | None = None,
+                     q: int = 10, alpha: float | None = None, steps: int = 500,
+                     eta: float = 1e-6, seed: int = 0, batch_size: int | None = None,
+                     progress: bool = True, device: object = None, precision: str = "fp32",
+                     labels: torch.Tensor | None = None,  # [num] int64 target labels
+                     graphs: bool | None = None,
+                     x0: torch.Tensor | None = None,  # [num, C, H, W] start images
+                     normalize: object = None, quantize: int | None = None,
+                     model_name: str | None = None) -> Fingerprint | None:
+    """:func:`fastfp.cexamples.generate` over the ranks of ``ctx`` (the same arguments); the
+    Fingerprint on rank 0, ``None`` elsewhere."""
     check_model_name(model_name)
     ctx = ctx or dd.Context()
     batch_size = DEFAULT_BATCH if batch_size is None else batch_size
-    s, x0, targets, _dev, _per_example, norm = prepare(model, num, input_shape, num_classes,
-                                                       batch_size=batch_size, progress=progress,
-                                                       graphs=graphs, **settings)
-    per_batch = {k: v for k, v in settings.items() if k not in ("labels", "x0")}
-    n_items = (x0.shape[0] + batch_size - 1) // batch_size
-    key = dict(vars(s), normalize=norm, num=x0.shape[0], input_shape=list(x0.shape[1:]),
+    per_batch: dict[str, Any] = dict(
+        method=method, k=k, delta=delta, q=q, alpha=alpha, steps=steps, eta=eta, seed=seed,
+        device=device, precision=precision, normalize=normalize, quantize=quantize)
+    run = prepare(model, num, input_shape, num_classes, batch_size=batch_size,
+                  progress=progress, graphs=graphs, labels=labels, x0=x0, **per_batch)
+    s, start, targets, norm = run.settings, run.x0, run.targets, run.normalize
+    n_items = (start.shape[0] + batch_size - 1) // batch_size
+    key = dict(vars(s), normalize=norm, num=start.shape[0], input_shape=list(start.shape[1:]),
                num_classes=num_classes,
                batch_size=batch_size, model=model_name or type(model).__name__,
                targets=targets.tolist())
     shards = dd.ShardStore(shard_dir, {"job": "cexamples", **key}, n_items, ctx).open()
     # One bar over this rank's example-steps (finished shards count as done), as generate's.
     mine = dd.my_items(n_items, ctx)
-    size = [min(batch_size, x0.shape[0] - i * batch_size) for i in range(n_items)]
+    size = [min(batch_size, start.shape[0] - i * batch_size) for i in range(n_items)]
     bar = StepBar(sum(size[i] for i in mine), s.steps, f"{s.method} (checkpointed)",
                   enabled=progress and ctx.is_main,
                   done=sum(size[i] for i in mine if shards.done(i)))
 
     def work(item: int):
         sl = slice(item * batch_size, (item + 1) * batch_size)
-        fp = generate(model, int(targets[sl].shape[0]), tuple(x0.shape[1:]), num_classes,
-                      **per_batch, x0=x0[sl], labels=targets[sl], batch_size=batch_size,
+        fp = generate(model, int(targets[sl].shape[0]), tuple(start.shape[1:]), num_classes,
+                      **per_batch, x0=start[sl], labels=targets[sl], batch_size=batch_size,
                       progress=bar, graphs=graphs)
         used = torch.tensor(fp.meta["steps_used"], dtype=torch.int64)
         loss = torch.tensor(fp.meta["final_loss"], dtype=torch.float64)
@@ -71,7 +79,7 @@ def generate_sharded(model: torch.nn.Module, num: int, input_shape: Sequence[int
     used = torch.cat([t["steps_used"] for t in tensors])
     loss = torch.cat([t["final_loss"] for t in tensors])
     engines = sorted({m["engine"] for m in metas})
-    meta = finish_meta(s, model, x0.shape[1:], num_classes, model_name, used, loss,
+    meta = finish_meta(s, model, start.shape[1:], num_classes, model_name, used, loss,
                        "+".join(engines), normalize=norm,
-                       given_start=settings.get("x0") is not None)
+                       given_start=x0 is not None)
     return Fingerprint(x, targets, meta)

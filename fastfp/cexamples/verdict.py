@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _validate
+from .. import _validate, stats
+from .._models import check_model, eval_mode
 from . import checks
 from .settings import PRECISIONS, check_normalize
 
@@ -53,10 +54,8 @@ def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = N
     if norm:
         model = checks.normalized(model, check_normalize(norm, fp.inputs.shape[1]))
     mdtype = checks.model_dtype(model) or torch.float32
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             for b in range(0, len(fp), batch_size):
                 x = fp.inputs[b:b + batch_size].to(dev, mdtype)
@@ -82,8 +81,6 @@ def verify(model: torch.nn.Module, fp, batch_size: int = 256, device: object = N
                                      f"outputs {out.shape[1]} classes")
                 pred = out.argmax(dim=1).cpu()
                 correct += int((pred == fp.labels[b:b + batch_size]).sum())
-    finally:
-        model.train(was_training)
     return correct / len(fp)
 
 
@@ -94,9 +91,7 @@ def null_rate_of(fp, negatives: Sequence[torch.nn.Module] | None, batch_size: in
         if isinstance(negatives, torch.nn.Module):
             negatives = [negatives]
         for i, neg in enumerate(negatives):
-            if not isinstance(neg, torch.nn.Module):
-                raise TypeError(f"negatives[{i}]: expected a torch.nn.Module classifier, got "
-                                f"{type(neg).__name__}")
+            check_model(neg, f"negatives[{i}]")
             try:
                 checks.probe(neg, fp.inputs[:1], num_classes, checks.model_device(neg))
             except (TypeError, ValueError) as exc:
@@ -119,8 +114,6 @@ def verdict(model: torch.nn.Module, fp, *, negatives: Sequence[torch.nn.Module] 
             threshold: float | None = None, alpha: float = 0.01,
             batch_size: int = 256) -> Verdict:
     """Decide whether ``model`` is a copy of the model ``fp`` was generated from."""
-    from scipy import stats
-
     from ..fingerprint import Fingerprint
 
     checks.check_model(model)
@@ -135,12 +128,9 @@ def verdict(model: torch.nn.Module, fp, *, negatives: Sequence[torch.nn.Module] 
     n = len(fp)
     rate = verify(model, fp, batch_size=batch_size)
     count = round(rate * n)
-    p_value = float(stats.binom.sf(count - 1, n, null))
+    p_value = stats.binomial_p_value(count, n, null)
     if threshold is None:
-        # the smallest count whose tail probability is below alpha
-        tails = stats.binom.sf(torch.arange(n + 1).numpy() - 1, n, null)
-        below = (tails < alpha).nonzero()[0]
-        threshold = float(below[0]) / n if below.size else float("inf")
+        threshold = stats.binomial_threshold(n, null, alpha)
         is_copy = p_value < alpha
     else:
         is_copy = rate >= threshold

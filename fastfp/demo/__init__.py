@@ -24,8 +24,11 @@ JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], tim
     sweep           [{method, delta, k, num, fitted, robustness, transferability, uniqueness,
                       base_accuracy}]
                     first protected model: the trade-off over delta (rcgm, ltrc) and the k ablation
-    fbi.database    {models, vanilla, inputs, k, dropped: [names], kinds: {kind: count},
-                     known_families: [names], L, trials}
+    fbi.database    {models, vanilla, inputs, k, dropped: [names], max_drop, kinds: {kind: count},
+                     known_families: [names], L, trials, seed}
+                    dropped: the accuracy filter of eq. (1) on the benign inputs' ground truth
+                    (fastfp.fbi.protocol.accuracy_filter); detection and entropy identification
+                    are fastfp fbi paper-tables' Tables III, IV, VI on the same database
     fbi.detection   {tpr_at_5fpr, roc_auc,                                  (default: 30/70, close)
                      by_selection: {sel: {tpr_at_5fpr, tpr_at_5fpr_std, roc_auc, roc_auc_std,
                                           fpr, tau, positives, negatives}},
@@ -68,11 +71,10 @@ SCHEMA = "fastfp.demo/1"
 # seeds 100 % at k = 2 (uniqueness +0), 18 % at k = 8 (+59), 17 % at k = 16 (+41, but only 60 %
 # of the examples fit the protected model within the steps). The demo's sweep re-measures k = 2, 16.
 K_DIGITS = 8
-FILTER_SIZE = 250
 
 
-def QUICK_SPECS(smoothing_n: int) -> list[Spec]:
-    """One variant per procedure (the --quick FBI database)."""
+def quick_variant_specs(smoothing_n: int) -> list[Spec]:
+    """The variant specs of the --quick FBI database: one per procedure."""
     from ..variants import Spec
 
     return [Spec("half"), Spec("jpeg", 50), Spec("posterize", 4),
@@ -84,8 +86,7 @@ def config(*, quick: bool = False, model: str | None = None, seeds: int | None =
            num: int | None = None, steps: int | None = None,
            full_variants: bool = False) -> dict[str, Any]:
     """Settings of a run; ``quick`` is the < 2 minute version used by the tests."""
-    from .. import _validate as V
-    from .. import zoo
+    from .. import _validate, zoo
 
     cfg: dict[str, Any]
     if quick:
@@ -109,11 +110,11 @@ def config(*, quick: bool = False, model: str | None = None, seeds: int | None =
     else:
         first_seed = 0
     if seeds is not None:
-        cfg["protected_seeds"] = V.integer("seeds", seeds, lo=1)
+        cfg["protected_seeds"] = _validate.integer("seeds", seeds, lo=1)
     if num is not None:
-        cfg["num"] = V.integer("num", num, lo=1)
+        cfg["num"] = _validate.integer("num", num, lo=1)
     if steps is not None:
-        cfg["steps"] = V.integer("steps", steps, lo=1)
+        cfg["steps"] = _validate.integer("steps", steps, lo=1)
     arch_seeds = [int(n.rpartition("-s")[2]) for n in zoo_names
                   if n.rpartition("-s")[0] == cfg["arch"]]
     order = arch_seeds[arch_seeds.index(first_seed):] + arch_seeds[:arch_seeds.index(first_seed)]
@@ -197,28 +198,35 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
 
     # 3. FBI
     t0 = time.perf_counter()
-    from .. import variants as V
+    from .. import variants
 
     # Default: the paper's procedures at the two ends of each parameter range (18 variants per
-    # model); --full-variants: every parameter of the paper (40 per model). The accuracy-drop filter
-    # runs on the first FILTER_SIZE held-out digits.
-    specs = QUICK_SPECS(cfg["smoothing_n"]) if cfg["fbi_quick"] else \
-        V.catalog(per_range=None if cfg.get("full_variants") else 2, smoothing_n=cfg["smoothing_n"])
-    test = (d.x_test[:FILTER_SIZE], d.y_test[:FILTER_SIZE])
-    db, info = FE.build_database(models, xb, yb, specs, data, test, k=1, progress=progress)
+    # model); --full-variants: every parameter of the paper (40 per model). The accuracy filter
+    # (eq. 1) runs in FE.run on the database's ground truth, as fastfp fbi paper-tables does.
+    specs = quick_variant_specs(cfg["smoothing_n"]) if cfg["fbi_quick"] else \
+        variants.catalog(per_range=None if cfg.get("full_variants") else 2,
+                         smoothing_n=cfg["smoothing_n"])
+    db, info = FE.build_database(models, xb, yb, specs, data, k=1, progress=progress)
+    db_path = out / "fbi-database.safetensors"
+    db.save(db_path)  # the same database gives the same tables through fastfp fbi paper-tables
     timing["fbi_database_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     report["fbi"], fbi_figs = FE.run(db, info, L=cfg["L"], trials=cfg["trials"], progress=progress)
     timing["fbi_experiments_s"] = time.perf_counter() - t1
     timing["fbi_s"] = time.perf_counter() - t0
+    fbi_db = report["fbi"]["database"]
+    report["fbi"]["reproduce"] = (
+        f"fastfp fbi paper-tables --db {db_path} --L {fbi_db['L']} --trials {fbi_db['trials']} "
+        f"--seed {fbi_db['seed']} --max-drop {fbi_db['max_drop']} --known-families "
+        + " ".join(fbi_db["known_families"]))
     log(tables.fbi_tables(report["fbi"]))
+    log(f"The same tables from the saved database: {report['fbi']['reproduce']}")
 
     # 4. figures
     t0 = time.perf_counter()
     paths = []
     if figures:
-        from .. import metrics as M
-        from .. import plots
+        from .. import plots, stats
         from ..cexamples import METHODS
 
         imgs = {m: fp.inputs[:64].numpy() for m, fp in fps.items()}
@@ -231,7 +239,7 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
         paths.append(plots.dct_spectra(imgs, out / "cexamples_dct.png"))
         roc = {}
         for sel, (s, y, auc) in fbi_figs["roc"].items():
-            f, t, _ = M.roc_curve(s, y)
+            f, t, _ = stats.roc_curve(s, y)
             roc[sel] = (f, t, auc)
         paths.append(plots.roc_curves(roc, out / "fbi_roc.png",
                                       title=f"FBI detection ROC (L={cfg['L']}, top-1, close "
@@ -248,9 +256,10 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
         paths.append(plots.tradeoff(
             pts, out / "tradeoff.png",
             title=f"Uniqueness trade-off over delta ({cfg['protected'][0]})"))
-        order = np.argsort(np.asarray(db.families), kind="stable")
+        families = fbi_figs["families"]  # the models the accuracy filter kept
+        order = np.argsort(np.asarray(families), kind="stable")
         paths.append(plots.heatmap(fbi_figs["distances"][np.ix_(order, order)],
-                                   [db.families[i] for i in order],
+                                   [families[i] for i in order],
                                    out / "fbi_distances.png",
                                    title="Rajski distance between the FBI database's models "
                                          "(family: a zoo model and its variants)"))

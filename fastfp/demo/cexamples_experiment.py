@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import metrics as M
+from .. import metrics
+from .._models import eval_mode
 from ..cexamples import METHODS
 from ..fingerprint import Fingerprint
 from ..variants import Data
@@ -45,21 +46,21 @@ def _generate(model: nn.Module, method: str, cfg: dict[str, Any], seed: int,
 def fitted(fp: Fingerprint, model: nn.Module) -> Fingerprint:
     """The examples the protected model classifies as their labels (the paper's fingerprints are
     100 % on the base model); all of them when none fits."""
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         keep = model(fp.inputs).argmax(-1) == fp.labels
     if not bool(keep.any()):
         return fp
     return Fingerprint(fp.inputs[keep], fp.labels[keep], dict(fp.meta, fitted=int(keep.sum())))
 
 
-def evaluate(fp: Fingerprint, copies: M.Copies, same: Iterable[nn.Module],
+def evaluate(fp: Fingerprint, copies: metrics.Copies, same: Iterable[nn.Module],
              others: Iterable[nn.Module]) -> dict[str, Any]:
     """Robustness on ``copies``, transferability to ``same`` (other seeds) and ``others`` (other
     architectures), and the uniqueness scores."""
-    per = M.robustness_per_rate(fp, copies=copies)
+    per = metrics.robustness_per_rate(fp, copies=copies)
     rob = float(np.mean(list(per.values())))
-    t_same = M.transferability(fp, same)
-    t_other = M.transferability(fp, others)
+    t_same = metrics.transferability(fp, same)
+    t_other = metrics.transferability(fp, others)
     return {"robustness": rob, "transferability": t_same, "uniqueness": rob - t_same,
             "transferability_other_arch": t_other, "uniqueness_other_arch": rob - t_other,
             "per_rate": {f"{r:g}": {"robustness": v, "uniqueness": v - t_same} for r,
@@ -87,9 +88,8 @@ def run(zoo_models: dict[str, nn.Module], protected: list[str], cfg: dict[str, A
             raise ValueError(f"model: {name!r} needs another seed of its architecture and other "
                              "architectures in the zoo")
         t0 = time.perf_counter()
-        copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data,
-                                 epochs=cfg["prune_epochs"],
-                                 seed=pi)
+        copies = metrics.pruned_copies(model, cfg["rates"], cfg["repeats"], data,
+                                       epochs=cfg["prune_epochs"], seed=pi)
         timing["pruned_copies_s"] += time.perf_counter() - t0
         for method in METHODS:
             bar.set_postfix_str(f"{name} {method}")
@@ -97,7 +97,7 @@ def run(zoo_models: dict[str, nn.Module], protected: list[str], cfg: dict[str, A
             fp = _generate(model, method, cfg, seed=pi)
             timing["generate_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            base = M.fp_accuracy(fp, model)
+            base = metrics.fp_accuracy(fp, model)
             fp = fitted(fp, model)
             r = evaluate(fp, copies, same, others)
             timing["evaluate_s"] += time.perf_counter() - t0
@@ -135,13 +135,13 @@ def sweep(zoo_models: dict[str, nn.Module], name: str, cfg: dict[str, Any], data
     arch = name.rpartition("-s")[0]
     same = [m for n, m in zoo_models.items() if n != name and n.rpartition("-s")[0] == arch]
     others = [m for n, m in zoo_models.items() if n.rpartition("-s")[0] != arch]
-    copies = M.pruned_copies(model, cfg["rates"], cfg["repeats"], data, epochs=cfg["prune_epochs"],
-                             seed=0)
+    copies = metrics.pruned_copies(model, cfg["rates"], cfg["repeats"], data,
+                                   epochs=cfg["prune_epochs"], seed=0)
     out = []
     for method, delta, k in tqdm(list(settings), desc="sweep", unit="fp", disable=not progress):
         c = dict(cfg, k=k, num=num or cfg["num"])
         fp = _generate(model, method, c, seed=0, delta=delta)
-        base = M.fp_accuracy(fp, model)
+        base = metrics.fp_accuracy(fp, model)
         fp = fitted(fp, model)
         r = evaluate(fp, copies, same, others)
         out.append({"method": method, "delta": delta, "k": fp.meta["k"], "num": c["num"],

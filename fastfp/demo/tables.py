@@ -50,7 +50,9 @@ def fbi_tables(fbi: dict) -> str:
     db, det, ide = fbi["database"], fbi["detection"], fbi["identification"]
     lines = ["", f"FBI database: {db['models']} models ({db['vanilla']} vanilla + variants), "
              f"{db['inputs']} benign inputs, top-{db['k']}, {len(db['dropped'])} variants dropped "
-             f"(accuracy drop > 15 points); L = {db['L']} queries, {db['trials']} trials",
+             f"(accuracy drop > {100 * db.get('max_drop', 0.15):.0f} % of the vanilla "
+             "model's, eq. 1); "
+             f"L = {db['L']} queries, {db['trials']} trials",
              "Detection, TPR % at 5 % FPR (tau fitted on the negatives; close delegate)  [ROC AUC]",
              "  " + "  ".join(f"{s:>16s}" for s in det["by_selection"]),
              "  " + "  ".join(f"{_pct(r['tpr_at_5fpr']):>5s} ± {_pct(r['tpr_at_5fpr_std']):>2s} "

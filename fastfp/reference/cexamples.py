@@ -24,6 +24,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from .._models import eval_mode
 from . import dct, noise
 
 
@@ -97,20 +98,16 @@ def generate_one(model, x0, label, settings):
 
 def optimize(model, x0, labels, settings):
     """All examples, one after the other: (x float32, steps_used int64, final_loss float64)."""
-    was_training = model.training
-    model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = torch.float64 if _dtype(model) == torch.float64 else torch.float32
     xs, used, losses = [], [], []
-    try:
+    with eval_mode(model):
         for i in range(x0.shape[0]):
             x, n, value = generate_one(model, x0[i].to(device, dtype), labels[i].to(device),
                                        settings)
             xs.append(x.to("cpu", torch.float32))
             used.append(n)
             losses.append(value)
-    finally:
-        model.train(was_training)
     return (torch.stack(xs), torch.tensor(used, dtype=torch.int64),
             torch.tensor(losses, dtype=torch.float64))
 
