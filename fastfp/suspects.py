@@ -1,14 +1,18 @@
-"""Models from files the checked party supplies, loaded in formats that cannot run code.
+"""What the checked party supplies, read in formats that cannot run code.
 
 A suspect model comes from the party being checked: unpickling it (``torch.load`` with
 ``weights_only=False``), ``torch.jit.load`` (a scripted ``__setstate__`` runs at load) or
 ``torch.export.load`` (a ``.pt2`` holds pickles) would let the file run any code in the checker,
-e.g. patch the verification to report any score. So :func:`load_suspect` reads only:
+e.g. patch the verification to report any score. So this module holds:
 
-- ONNX (``.onnx``), run by onnxruntime (:class:`OnnxClassifier`; CPU and CUDA execution providers;
-  forward only, no gradients);
-- a safetensors state dict (or a ``.pt`` state dict read with ``weights_only=True``) together with
-  its architecture ``arch`` (torchvision / timm, see :func:`fastfp.zoo.load_arch`).
+- :func:`sniff`, the one format sniffer: it tells a file's format from its bytes (nothing is
+  unpickled or run), and :func:`tensors_only` says whether a torch.save archive only rebuilds
+  tensors (so ``weights_only=True`` reads it and no other code is named in it);
+- :func:`load_suspect` / :func:`load_model`, the one suspect loader: ONNX (``.onnx``, run by
+  onnxruntime, :class:`OnnxClassifier`), a safetensors state dict (or a plain ``.pt`` state dict)
+  with its architecture ``arch`` (torchvision / timm, :func:`load_arch`), a model known by name
+  (``named``: the caller's loader, e.g. the embedded zoo's), and an FBI model-list entry
+  (:func:`load_entry`, :class:`DeferredModel`).
 
 Pickles, TorchScript and ``.pt2`` files are refused with :class:`UnsafeFormatError` unless
 ``trust_code=True`` (like ``trust_remote_code`` in the Hugging Face ecosystem), which warns with
@@ -20,14 +24,18 @@ from __future__ import annotations
 
 import io
 import os
+import pickletools
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from fastfp import _validate
 
 SAFE_FORMATS = ("safe formats: ONNX (.onnx), a safetensors state dict with its architecture "
                 "(--arch NAME [--num-classes N]; Python: arch=...), or precomputed top-k labels "
@@ -47,11 +55,11 @@ class TrustCodeWarning(UserWarning):
 
 
 def sniff(path: PathLike, data: bytes | None = None) -> str:
-    """The format of a model file from its content (nothing is unpickled or run):
-    ``"onnx"``, ``"safetensors"``, ``"torchscript"``, ``"pt2"``, ``"torch.save"`` (a zip of
-    pickles), ``"pickle"`` (a bare or legacy pickle) or ``"unknown"``."""
+    """The format of a file from its content (nothing is unpickled or run): ``"onnx"``,
+    ``"safetensors"``, ``"torchscript"``, ``"pt2"``, ``"torch.save"`` (a zip of pickles),
+    ``"pickle"`` (a bare or legacy pickle), ``"npy"``, ``"npz"`` or ``"unknown"``."""
     if data is None:
-        from fastfp.store import read_bytes
+        from fastfp.io import read_bytes
 
         data = read_bytes(path, name="path")
     if data[:4] == b"PK\x03\x04":
@@ -65,7 +73,11 @@ def sniff(path: PathLike, data: bytes | None = None) -> str:
         if any(n.endswith("archive_format") or "serialized_exported_program" in n
                or n.startswith("models/") for n in names) or Path(path).suffix == ".pt2":
             return "pt2"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
         return "torch.save"
+    if data[:6] == b"\x93NUMPY":
+        return "npy"
     if len(data) >= 10:  # safetensors: an 8-byte header length, then the JSON header
         n = int.from_bytes(data[:8], "little")
         if 0 < n <= len(data) - 8 and data[8:9] == b"{":
@@ -75,6 +87,95 @@ def sniff(path: PathLike, data: bytes | None = None) -> str:
     if Path(path).suffix == ".onnx" or data[:1] == b"\x08":  # ModelProto opens with ir_version
         return "onnx"
     return "unknown"
+
+
+# What torch.save writes for tensors, parameters and (ordered) dicts of them: any other name in
+# the pickle (a class, a function) would be called while unpickling.
+TENSOR_GLOBALS = frozenset({("torch._utils", "_rebuild_tensor_v2"),
+                            ("torch._utils", "_rebuild_parameter"),
+                            ("collections", "OrderedDict")})
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                         "SHORT_BINSTRING", "BINSTRING", "STRING"})
+
+
+def _pickle_globals(pkl: bytes) -> set[tuple[str, str]] | None:
+    """The (module, name) pairs a pickle looks up, read from its opcodes (nothing runs); None
+    when one cannot be told from the bytes alone."""
+    found: set[tuple[str, str]] = set()
+    memo: dict[int, str | None] = {}
+    recent: list[str | None] = []  # what the last opcodes pushed (a string or something else)
+    try:
+        for op, arg, _ in pickletools.genops(pkl):
+            name = op.name
+            if name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                found.add((module, attr))
+                recent.append(None)
+            elif name == "STACK_GLOBAL":
+                if len(recent) < 2 or recent[-1] is None or recent[-2] is None:
+                    return None
+                found.add((str(recent[-2]), str(recent[-1])))
+                recent[-2:] = [None]
+            elif name in _STRING_OPS:
+                recent.append(str(arg))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if name == "MEMOIZE" else int(str(arg))] = recent[-1] if recent \
+                    else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(int(str(arg))))
+            else:
+                recent.append(None)
+    except Exception:  # not a well-formed pickle
+        return None
+    return found
+
+
+def tensors_only(path: PathLike, data: bytes | None = None) -> bool:
+    """Whether ``path`` is a torch.save archive (:func:`sniff` ``"torch.save"``) whose pickles
+    only rebuild tensors, parameters and dicts of them (a tensor file or a state dict): read from
+    its bytes, nothing is unpickled. Such a file is then read with ``weights_only=True``."""
+    if data is None:
+        from fastfp.io import read_bytes
+
+        data = read_bytes(path, name="path")
+    if sniff(path, data) != "torch.save":
+        return False
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            pickles = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    if not pickles:
+        return False
+    for pkl in pickles:
+        names = _pickle_globals(pkl)
+        if names is None or any(g not in TENSOR_GLOBALS and not (
+                g[0] == "torch" and g[1].endswith("Storage")) for g in names):
+            return False
+    return True
+
+
+def read_tensors(path: PathLike, data: bytes | None = None, *, name: str = "path") -> Any:
+    """The tensors (one tensor, or a dict of them) of a torch.save file that
+    :func:`tensors_only` accepts, read with ``weights_only=True``. Anything else raises, before
+    torch reads a byte: :class:`UnsafeFormatError` for a file that names other code, ValueError
+    otherwise; messages start with ``name`` (say the file's path)."""
+    if data is None:
+        from fastfp.io import read_bytes
+
+        data = read_bytes(path, name=name)
+    if not tensors_only(path, data):
+        kind = sniff(path, data)
+        if kind in CODE_FORMATS:
+            raise UnsafeFormatError(f"{name}: a {kind} file that holds more than tensors "
+                                    "(reading it runs code from it): refused; save the tensors "
+                                    "with torch.save, numpy or safetensors")
+        raise ValueError(f"{name}: not a tensor file torch can load safely (looks like {kind})")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not its own
+        raise ValueError(f"{name}: not a tensor file torch can load safely "
+                         f"({type(exc).__name__})") from None
 
 
 class OnnxClassifier(nn.Module):
@@ -92,7 +193,7 @@ class OnnxClassifier(nn.Module):
             import onnxruntime as ort
         except ImportError:
             raise ImportError(f"path: ONNX models need onnxruntime ({ONNX_EXTRA})") from None
-        from fastfp.store import read_bytes
+        from fastfp.io import read_bytes
 
         if providers is not None and (not isinstance(providers, list | tuple) or not all(
                 isinstance(p, str) for p in providers)):
@@ -190,9 +291,9 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def arch_config(name: str, model: nn.Module) -> ArchConfig:
-    """The input shape and normalisation of ``model`` built by :func:`fastfp.zoo.load_arch`
-    as ``name``: timm's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``); for torchvision the
-    default weights' transforms (crop size, mean, std), else 3x224x224 and ImageNet's mean/std."""
+    """The input shape and normalisation of ``model`` built by :func:`load_arch` as ``name``:
+    timm's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``); for torchvision the default
+    weights' transforms (crop size, mean, std), else 3x224x224 and ImageNet's mean/std."""
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size") and cfg.get("mean") and cfg.get("std"):
         c, h, w = (int(v) for v in cfg["input_size"])
@@ -208,10 +309,29 @@ def arch_config(name: str, model: nn.Module) -> ArchConfig:
         return ArchConfig((3, 224, 224), IMAGENET)
 
 
+def parse_normalize(text: str, name: str = "normalize"
+                    ) -> str | tuple[list[float], list[float]] | None:
+    """``imagenet``, ``none`` or ``M1,M2,M3/S1,S2,S3`` (what a model expects: it is given
+    ``(x - mean) / std`` of 0..1 images) as ``"imagenet"``, None or ``(mean, std)``; ``name``
+    names the value in errors."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name}: expected a string, got {type(text).__name__}")
+    if text in ("imagenet", "none"):
+        return None if text == "none" else text
+    mean, sep, std = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
+    except ValueError:
+        raise ValueError(f"{name}: expected imagenet, none or MEAN/STD such as "
+                         f"0.5,0.5,0.5/0.25,0.25,0.25, got {text!r}") from None
+
+
 def load_trusted(path: PathLike) -> nn.Module:
     """A TorchScript file, a ``.pt2`` exported program or a torch.save'd module. This RUNS CODE
     from the file: only for files you trust (your own model, or ``trust_code=True``)."""
-    from fastfp.store import read_bytes
+    from fastfp.io import read_bytes
 
     data = read_bytes(path, name="path")
     kind = sniff(path, data)
@@ -247,13 +367,11 @@ def load_suspect(path: PathLike | None, *, arch: str | None = None,
     code from the file.
 
     ``arch``: a torchvision / timm architecture; ``path`` is then its state dict (``.safetensors``,
-    or ``.pt`` read with ``weights_only=True``), or None / ``"random"`` for the random init seeded
-    by ``seed``; ``num_classes`` sizes its head. Without ``arch``: an ONNX file
+    or a ``.pt`` of tensors read with ``weights_only=True``), or None / ``"random"`` for the random
+    init seeded by ``seed``; ``num_classes`` sizes its head. Without ``arch``: an ONNX file
     (:class:`OnnxClassifier`). Pickles, TorchScript and ``.pt2`` raise :class:`UnsafeFormatError`
     unless ``trust_code=True`` (then they load, with a :class:`TrustCodeWarning`).
     """
-    from fastfp import _validate, zoo
-
     if not isinstance(trust_code, bool):
         raise TypeError(f"trust_code: expected a bool, got {type(trust_code).__name__}")
     dev = _validate.device("device", device if device is not None else "cpu")
@@ -264,10 +382,12 @@ def load_suspect(path: PathLike | None, *, arch: str | None = None,
             raise TypeError(f"arch: expected an architecture name such as 'resnet18', got "
                             f"{arch!r}")
         weights = None if path is None or str(path) == "random" else path
-        if weights is not None and sniff(weights) in ("torchscript", "pt2"):
-            raise UnsafeFormatError(f"path: {str(weights)!r} is a {sniff(weights)} file, not a "
-                                    f"state dict for arch={arch!r}; {SAFE_FORMATS}")
-        model = zoo.load_arch(arch, weights, num_classes=num_classes, seed=seed)
+        if weights is not None:
+            kind = sniff(weights)
+            if kind not in ("safetensors", "torch.save"):
+                raise UnsafeFormatError(f"path: {str(weights)!r} is a {kind} file, not a state "
+                                        f"dict for arch={arch!r}; {SAFE_FORMATS}")
+        model = load_arch(arch, weights, num_classes=num_classes, seed=seed)
         return model.to(dev).eval()
     if path is None:
         raise ValueError("path: a model file is needed (or arch=... for a random init)")
@@ -283,7 +403,7 @@ def load_suspect(path: PathLike | None, *, arch: str | None = None,
         raise ValueError(f"path: {str(path)!r} is a safetensors state dict: give its "
                          "architecture (arch=... / --arch NAME, with --num-classes N for a "
                          "fine-tuned head)")
-    if kind == "unknown":
+    if kind not in CODE_FORMATS:
         raise ValueError(f"path: cannot tell the format of {str(path)!r}; {SAFE_FORMATS}")
     if not trust_code:
         raise UnsafeFormatError(f"path: {str(path)!r} is a {kind} file, whose loading runs code "
@@ -292,3 +412,346 @@ def load_suspect(path: PathLike | None, *, arch: str | None = None,
     warnings.warn(f"trust_code: loading {str(path)!r} ({kind}) runs code from the file",
                   TrustCodeWarning, stacklevel=2)
     return load_trusted(path).to(dev).eval()
+
+
+# --- models by name, by spec, by model-list entry --------------------------------------------
+
+@dataclass(frozen=True)
+class NamedModels:
+    """Models known by name, which a higher layer supplies (the command line passes the embedded
+    zoo's loader): ``load(name)`` raises ValueError for a name it does not know."""
+
+    load: Callable[[str], nn.Module]
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W) of all of them, when known
+    kind: str = "model name"  # what a name is, for errors ("zoo model")
+
+
+def as_named(named: NamedModels | Callable[[str], nn.Module] | None) -> NamedModels | None:
+    """``named`` as :class:`NamedModels` (a bare loader has no known input shape)."""
+    if named is None or isinstance(named, NamedModels):
+        return named
+    if not callable(named):
+        raise TypeError(f"named: expected a loader of models by name, got "
+                        f"{type(named).__name__}")
+    return NamedModels(named)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model and what is known about it."""
+
+    model: nn.Module  # on its device, in eval mode
+    name: str
+    input_shape: tuple[int, int, int] | None  # (C, H, W) from the names / arch config / ONNX
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None  # the arch's own (mean, std)
+
+
+def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = None,
+               seed: int = 0, trust_code: bool = False, own: bool = False,
+               device: str | torch.device | None = None,
+               named: NamedModels | Callable[[str], nn.Module] | None = None,
+               what: str = "model") -> LoadedModel:
+    """The model ``spec`` names, in eval mode on ``device``: with ``arch``, its state dict file or
+    ``"random"``; else a model file (:func:`load_suspect`) or a name that ``named`` knows.
+
+    ``own``: the caller's own model, whose code formats (TorchScript, torch.save'd modules) load
+    without ``trust_code`` and without a warning. Errors start with ``what``."""
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"{what}: expected a file, a name or 'random', got {spec!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+            num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes: expected a positive number, got {num_classes}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a number >= 0, got {seed}")
+    names = as_named(named)
+    try:
+        if arch:
+            if spec != "random" and not Path(spec).is_file():
+                raise ValueError(f"with --arch, expected a .safetensors state dict or 'random', "
+                                 f"got {spec!r} (no such file)")
+            model = load_suspect(None if spec == "random" else spec, arch=arch,
+                                 num_classes=num_classes, seed=seed, device=device)
+            cfg = arch_config(arch, model)
+            return LoadedModel(model, arch if spec == "random" else Path(spec).stem,
+                               cfg.input_shape, cfg.normalize)
+        if Path(spec).exists():
+            with warnings.catch_warnings():
+                if own:  # the owner's model: its code is theirs to run
+                    warnings.simplefilter("ignore", TrustCodeWarning)
+                model = load_suspect(spec, trust_code=trust_code or own, device=device)
+            shape = getattr(model, "input_shape", None)  # an ONNX model's declared input
+            return LoadedModel(model, Path(spec).stem, shape, None)
+    except (ValueError, TypeError, ImportError, OSError) as exc:  # refused, unreadable, no ort
+        raise _prefixed(exc, what) from None
+    if names is None:
+        raise FileNotFoundError(f"{what}: no such file: {spec!r}")
+    try:
+        model = names.load(spec)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {spec!r} is neither an existing file nor a {names.kind} "
+                         f"({exc})") from None
+    dev = _validate.device("device", device if device is not None else "cpu")
+    return LoadedModel(model.to(dev).eval(), spec, names.input_shape, None)
+
+
+def _prefixed(exc: Exception, what: str) -> Exception:
+    """``exc`` again, its message starting with ``what`` instead of ``path:``."""
+    msg = f"{what}: {str(exc).removeprefix('path: ')}"
+    try:
+        return type(exc)(msg)
+    except Exception:  # an exception type that takes other arguments
+        return ValueError(msg)
+
+
+def read_model_list(path: PathLike) -> dict[str, Any]:
+    """An FBI model list (JSON, or TOML for ``.toml``): ``{"models": [{"name", "family", one
+    source}, ...], "inputs": ..., "labels": ...}``, its names unique; ValueError naming the file
+    otherwise. Its model files are checked by :func:`check_entry`."""
+    from fastfp.io import read_bytes
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such spec file: {str(path)!r}")
+    try:
+        text = read_bytes(p, name="spec").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason})") from None
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            spec = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    else:
+        import json
+
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected an object {{\"models\": [...]}}, got a JSON "
+                         f"{type(spec).__name__} (see fastfp fbi build --help)")
+    models = spec.get("models")
+    if not isinstance(models, list) or not models:
+        raise ValueError(f"{path}: expected a non-empty 'models' list")
+    seen: set[str] = set()
+    for i, e in enumerate(models):
+        if not isinstance(e, dict) or "name" not in e or "family" not in e:
+            raise ValueError(f"{path}: model {i + 1}: every model needs a 'name' and a "
+                             f"'family', got {e!r}")
+        if str(e["name"]) in seen:
+            raise ValueError(f"{path}: model {i + 1}: duplicate name {e['name']!r}")
+        seen.add(str(e["name"]))
+    return spec
+
+
+def confined_path(value: Any, base: Path, *, allow_absolute: bool, what: str) -> Path:
+    """A file named in a model list: relative to the list's folder ``base`` and inside it (no
+    ``..`` or symlink out of it), unless ``allow_absolute``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what}: expected a file name, got {value!r}")
+    p = Path(value)
+    if allow_absolute:
+        return p if p.is_absolute() else base / p
+    root = base.resolve()
+    full = (root / p).resolve()
+    if p.is_absolute() or not full.is_relative_to(root):
+        raise ValueError(f"{what}: {value!r} lies outside the model list's folder {str(root)!r} "
+                         "(pass --allow-absolute-paths to allow it)")
+    return full
+
+
+def check_entry(entry: dict[str, Any], base: Path, *, trust_code: bool = False,
+                allow_absolute: bool = False) -> None:
+    """Check a model-list entry before any work: its files stay in ``base`` (see
+    :func:`confined_path`) and a ``path`` is in a safe format (or ``trust_code``). Reads no
+    model (only the bytes :func:`sniff` needs)."""
+    what = f"model {entry.get('name')!r}"
+    for key in ("path", "weights"):
+        if key in entry:
+            path = confined_path(entry[key], base, allow_absolute=allow_absolute,
+                                 what=f"{what}: {key}")
+            if key == "path" and not trust_code and path.is_file():
+                kind = sniff(path)
+                if kind in CODE_FORMATS:
+                    raise UnsafeFormatError(f"{what}: {str(path)!r} is a {kind} file, whose "
+                                            f"loading runs code from it: refused; {SAFE_FORMATS}"
+                                            "; or pass --trust-code for files you trust")
+
+
+def load_entry(entry: dict[str, Any], base: Path, what: str | None = None, *,
+               trust_code: bool = False, allow_absolute: bool = False,
+               num_classes: int | None = None,
+               named: NamedModels | Callable[[str], nn.Module] | None = None) -> nn.Module:
+    """The model of a model-list entry (``zoo``: a name ``named`` knows; ``arch`` [+ ``weights``,
+    ``num_classes``, ``seed``]; or ``path``), loaded as a suspect; files lie in ``base`` (see
+    :func:`confined_path`); ``num_classes``: the head of an ``arch`` entry that gives none;
+    ``what`` names it in errors (default: by its name)."""
+    what = what or f"model {entry.get('name')!r}"
+    if "zoo" in entry:
+        names = as_named(named)
+        if names is None:
+            raise ValueError(f"{what}: 'zoo' entries need a loader of named models (named=...)")
+        try:
+            return names.load(entry["zoo"])
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    try:
+        if "arch" in entry:
+            weights = entry.get("weights")
+            path = None if weights is None else confined_path(
+                weights, base, allow_absolute=allow_absolute, what="weights")
+            return load_suspect(path, arch=entry["arch"],
+                                num_classes=entry.get("num_classes", num_classes),
+                                seed=entry.get("seed", 0))
+        if "path" in entry:
+            path = confined_path(entry["path"], base, allow_absolute=allow_absolute, what="path")
+            return load_suspect(path, trust_code=trust_code)
+    except (ValueError, TypeError, ImportError, OSError) as exc:
+        raise _prefixed(exc, what) from None
+    raise ValueError(f"{what}: give one of 'zoo', 'arch' or 'path'")
+
+
+class DeferredModel:
+    """A model-list entry's model, loaded when first used (a resumed database build skips the
+    models it already has) and released when the caller is done with it."""
+
+    def __init__(self, entry: dict[str, Any], base: Path, **load: Any) -> None:
+        self.entry, self.base, self.load = entry, base, load
+        self.model: nn.Module | None = None
+
+    def _get(self) -> nn.Module:
+        if self.model is None:
+            with torch.enable_grad():  # a zoo model may be trained now, even if asked under no_grad
+                self.model = load_entry(self.entry, self.base, **self.load).eval()
+        return self.model
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._get()(x)
+
+    def to(self, device: str | torch.device) -> DeferredModel:
+        self._get().to(device)
+        return self
+
+    def eval(self) -> DeferredModel:
+        self._get()  # load (or train) before the no_grad queries start
+        return self
+
+    def release(self) -> None:
+        self.model = None  # the database has this model's outputs; a rerun loads it again
+
+
+def deferred_models(entries: list[dict[str, Any]], base: Path,
+                    **load: Any) -> Iterator[tuple[str, DeferredModel]]:
+    """``(name, model)`` for each model-list entry, each loaded only when first used; ``load``:
+    the keywords of :func:`load_entry`."""
+    for e in entries:
+        yield str(e["name"]), DeferredModel(e, base, **load)
+
+
+# ----------------------------------------------------------------- timm / torchvision by name
+def load_arch(name: str, weights: str | os.PathLike[str] | None = None, *,
+              num_classes: int | None = None, seed: int = 0, source: str = "auto") -> nn.Module:
+    """A torchvision or timm architecture by name (``"resnet18"``, ``"vgg16"``, ...), in eval mode.
+
+    ``num_classes``: the classes of the head it builds (default: the architecture's own).
+    ``weights``: path of a state dict (``.safetensors``, or a torch ``.pt``/``.pth`` file of
+    tensors, sniffed by :func:`tensors_only` and read with ``weights_only=True``); random init
+    when None, seeded by ``seed`` so that the same call builds the same network (the global RNG is
+    left as it was). A file that does not match the architecture (strict) raises ValueError naming
+    the file and the mismatching keys. ``source``: ``"auto"`` (torchvision first, then timm),
+    ``"torchvision"`` or ``"timm"``.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected an architecture name such as 'resnet18', got {name!r}")
+    _validate.choice("source", source, ("auto", "torchvision", "timm"))
+    seed = _validate.integer("seed", seed, lo=0)
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = _validate.integer("num_classes", num_classes, lo=1)
+    path = None if weights is None else Path(weights)
+    state = None if path is None else _read_state(path)  # a bad file fails before the build
+    with torch.random.fork_rng(devices=[]):  # seeded init on CPU, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = _build_arch(name, source, kwargs)
+    if path is not None and state is not None:
+        _check_state(model, state, path)
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _build_arch(name: str, source: str, kwargs: dict[str, Any]) -> nn.Module:
+    model = None
+    errors = []
+    if source in ("auto", "torchvision"):
+        try:
+            import torchvision
+        except ImportError:
+            errors.append("torchvision is not installed (pip install torchvision)")
+        else:
+            if name in torchvision.models.list_models():
+                model = torchvision.models.get_model(name, weights=None, **kwargs)
+            else:
+                errors.append(f"torchvision has no model {name!r}")
+    if model is None and source in ("auto", "timm"):
+        try:
+            import timm
+        except ImportError:
+            errors.append("timm is not installed (pip install timm, or pip install "
+                          "'fastfp[vision]')")
+        else:
+            if name in timm.list_models():
+                model = timm.create_model(name, pretrained=False, **kwargs)
+            else:
+                errors.append(f"timm has no model {name!r}")
+    if model is None:
+        raise ValueError(f"name: unknown architecture {name!r}: " + "; ".join(errors))
+    return model
+
+
+def _read_state(weights: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a torch.save file that only rebuilds tensors
+    (sniffed from its bytes first: TorchScript, .pt2 and pickles naming other code are refused
+    before torch reads them)."""
+    from fastfp.io import read_bytes, read_safetensors
+
+    path = Path(weights)
+    data = read_bytes(path, name="weights")  # a regular file only (a FIFO would hang)
+    kind = sniff(path, data)
+    state: Any
+    try:
+        if kind == "safetensors":
+            state, _ = read_safetensors(data, name="weights")
+        elif kind == "torch.save":
+            state = read_tensors(path, data, name="weights")
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+        else:
+            raise ValueError(f"a {kind} file, not a state dict (.safetensors, or a .pt of "
+                             "tensors)")
+    except Exception as exc:
+        msg = str(exc).removeprefix("weights: ")
+        raise ValueError(f"weights: cannot read {str(path)!r} as a state dict: {msg}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights: {str(path)!r} does not hold a state dict of tensors")
+    return state
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+        raise ValueError(f"weights: {str(path)!r} does not match the architecture: "
+                         + ", ".join(parts))

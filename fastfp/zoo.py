@@ -10,14 +10,14 @@ retrains; an unreadable or mismatching cache entry retrains too (never stale wei
 Same-architecture, different-seed models are the papers' "other model of the same kind"
 (transferability set); different architectures are other families.
 
-Also :func:`load_arch`: a timm / torchvision architecture by name, random init or a user's weights.
+Also :func:`load_arch` (from :mod:`fastfp.suspects`): a timm / torchvision architecture by name,
+random init or a user's weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 import math
 import os
@@ -30,8 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _validate as V
+from . import _validate
+from ._models import check_labels
 from ._training import deterministic, fit
+from .suspects import load_arch  # noqa: F401  (its old home: zoo.load_arch keeps working)
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 32, 32)
@@ -116,8 +118,8 @@ def benign_inputs(n: int = 2000, seed: int = 0, *,
     Returns ``(x, y)`` (float32 (n, 1, 32, 32) in [0, 1], int64 ground truth) or ``x`` alone.
     The inputs come from the test split only, never from the training data.
     """
-    n = V.integer("n", n, lo=1)
-    seed = V.integer("seed", seed, lo=0)
+    n = _validate.integer("n", n, lo=1)
+    seed = _validate.integer("seed", seed, lo=0)
     d = digits()
     g = torch.Generator().manual_seed(10_000 + seed)
     idx = torch.randint(0, len(d.y_test), (n,), generator=g)
@@ -233,7 +235,7 @@ def parse_name(name: str) -> tuple[str, int]:
 
 def build(arch: str) -> nn.Module:
     """An untrained zoo architecture."""
-    V.choice("arch", arch, tuple(ARCHITECTURES))
+    _validate.choice("arch", arch, tuple(ARCHITECTURES))
     cls, kwargs, _ = ARCHITECTURES[arch]
     return cls(**kwargs)
 
@@ -289,12 +291,12 @@ def _cache_file(arch: str, seed: int) -> Path:
 def _try_load(path: Path, arch: str, seed: int) -> nn.Module | None:
     """The cached model, or None when absent, unreadable, corrupt (checksum) or made by another
     recipe."""
-    from .store import read_bytes, read_safetensors
+    from .io import ZOO_MODEL, read_bytes, unpack
 
     if not path.is_file():
         return None
     try:
-        state, meta = read_safetensors(read_bytes(path), name=str(path))
+        state, meta = unpack(read_bytes(path), format=ZOO_MODEL, source=str(path))
         if meta.get("recipe_hash") != recipe_hash(arch, seed):
             return None
         model = build(arch)
@@ -305,12 +307,11 @@ def _try_load(path: Path, arch: str, seed: int) -> nn.Module | None:
 
 
 def _save(path: Path, model: nn.Module, arch: str, seed: int) -> None:
-    from .store import sealed_safetensors, write_bytes
+    from .io import ZOO_MODEL, pack, write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"recipe_hash": recipe_hash(arch, seed),
-            "recipe": json.dumps(recipe(arch, seed), sort_keys=True)}
-    write_bytes(path, sealed_safetensors(model.state_dict(), meta))
+    meta = {"recipe_hash": recipe_hash(arch, seed), "recipe": recipe(arch, seed)}
+    write_bytes(path, pack(model.state_dict(), meta, format=ZOO_MODEL))
 
 
 def load(name: str, *, train: bool = True) -> nn.Module:
@@ -364,109 +365,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Top-1 accuracy of ``model`` on images ``x`` (N, C, H, W) with classes ``y`` (N,)."""
     from .metrics import fp_accuracy
 
-    V.tensor("x", x, floating=True)
+    _validate.tensor("x", x, floating=True)
     if x.dim() != 4 or len(x) == 0:
         raise ValueError(f"x: expected a non-empty batch of images (N, C, H, W), got shape "
                          f"{tuple(x.shape)}")
-    V.labels("y", y, len(x))
+    check_labels(y, "y", n=len(x))
     return fp_accuracy((x, y), model, batch_size)
-
-
-# ----------------------------------------------------------------- timm / torchvision by name
-def load_arch(name: str, weights: str | os.PathLike[str] | None = None, *,
-              num_classes: int | None = None, seed: int = 0, source: str = "auto") -> nn.Module:
-    """A torchvision or timm architecture by name (``"resnet18"``, ``"vgg16"``, ...), in eval mode.
-
-    ``num_classes``: the classes of the head it builds (default: the architecture's own).
-    ``weights``: path of a state dict (``.safetensors``, or a torch ``.pt``/``.pth`` file holding a
-    state dict, read with ``torch.load(weights_only=True)``: no code runs); random initialisation
-    when None, seeded by ``seed`` so that the same call builds the same network (the global RNG is
-    left as it was). A file that does not match the architecture (strict) raises ValueError naming
-    the file and the mismatching keys. ``source``: ``"auto"`` (torchvision first, then timm),
-    ``"torchvision"`` or ``"timm"``.
-    """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name: expected an architecture name such as 'resnet18', got {name!r}")
-    V.choice("source", source, ("auto", "torchvision", "timm"))
-    seed = V.integer("seed", seed, lo=0)
-    kwargs: dict[str, Any] = {}
-    if num_classes is not None:
-        kwargs["num_classes"] = V.integer("num_classes", num_classes, lo=1)
-    path = None if weights is None else Path(weights)
-    state = None if path is None else _read_state(path)  # a bad file fails before the build
-    with torch.random.fork_rng(devices=[]):  # seeded init on CPU, the caller's RNG untouched
-        torch.manual_seed(seed)
-        model = _build_arch(name, source, kwargs)
-    if path is not None and state is not None:
-        _check_state(model, state, path)
-        model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def _build_arch(name: str, source: str, kwargs: dict[str, Any]) -> nn.Module:
-    model = None
-    errors = []
-    if source in ("auto", "torchvision"):
-        try:
-            import torchvision
-        except ImportError:
-            errors.append("torchvision is not installed (pip install torchvision)")
-        else:
-            if name in torchvision.models.list_models():
-                model = torchvision.models.get_model(name, weights=None, **kwargs)
-            else:
-                errors.append(f"torchvision has no model {name!r}")
-    if model is None and source in ("auto", "timm"):
-        try:
-            import timm
-        except ImportError:
-            errors.append("timm is not installed (pip install timm, or pip install "
-                          "'fastfp[vision]')")
-        else:
-            if name in timm.list_models():
-                model = timm.create_model(name, pretrained=False, **kwargs)
-            else:
-                errors.append(f"timm has no model {name!r}")
-    if model is None:
-        raise ValueError(f"name: unknown architecture {name!r}: " + "; ".join(errors))
-    return model
-
-
-def _read_state(weights: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    from .store import read_bytes
-
-    path = Path(weights)
-    data = read_bytes(path, name="weights")  # a regular file only (a FIFO would hang)
-    state: Any
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load
-
-            state = load(data)
-        else:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-    except Exception as exc:
-        raise ValueError(f"weights: cannot read {str(path)!r} as a state dict: {exc}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights: {str(path)!r} does not hold a state dict of tensors")
-    return state
-
-
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
-        raise ValueError(f"weights: {str(path)!r} does not match the architecture: "
-                         + ", ".join(parts))

@@ -1,4 +1,5 @@
-"""Black boxes as services: a real Open Inference Protocol server (KServe) serving a zoo model."""
+"""Black boxes (fastfp.blackbox): a real Open Inference Protocol server (KServe) serving a zoo
+model, ONNX files, functions, recorded answers, and the one spec grammar (resolve)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastfp import store, zoo
-from fastfp.fbi import blackbox as B
+from fastfp import blackbox as B
+from fastfp import io, zoo
 from fastfp.fbi.database import query_topk
 
 MODEL = "mlp-s0"
@@ -171,7 +172,7 @@ def test_server_lost_midway_keeps_cached_answers(data, tmp_path):
         _stop(proc)
     with pytest.raises(B.ServiceUnavailable, match="after 2 attempts"):
         bb(np.arange(20))
-    stored = store.read_records(cache, header=B.CACHE_HEADER)
+    stored = io.read_records(cache, header=B.CACHE_HEADER)
     assert len(stored) == 10 and {r["box"] for r in stored} == {f"oip:{url}"}
     np.testing.assert_array_equal(bb(np.arange(10)), want[:10])  # still answered offline
 
@@ -247,7 +248,7 @@ def test_onnx_black_box_equals_the_models_topk(data, tmp_path):
 
 def test_callable_ties_are_stable(data):
     x = data[0]
-    bb = B.Callable(lambda b: torch.zeros(len(b), 10), x, K)
+    bb = B.FunctionBlackBox(lambda b: torch.zeros(len(b), 10), x, K)
     np.testing.assert_array_equal(bb(np.arange(3)), np.tile(np.arange(K), (3, 1)))
 
 
@@ -262,11 +263,11 @@ def test_cache_shared_by_two_black_boxes_keeps_both_answers(data, tmp_path):
         calls.append(len(b))
         return torch.arange(10, dtype=torch.float32).repeat(len(b), 1)
 
-    first = B.Callable(answer, x, K, cache=cache, batch_size=4)
-    second = B.Callable(answer, x, K, cache=cache, batch_size=4)
+    first = B.FunctionBlackBox(answer, x, K, cache=cache, batch_size=4)
+    second = B.FunctionBlackBox(answer, x, K, cache=cache, batch_size=4)
     first(np.arange(0, 6))
     second(np.arange(6, 12))
-    again = B.Callable(answer, x, K, cache=cache)
+    again = B.FunctionBlackBox(answer, x, K, cache=cache)
     before = sum(calls)
     again(np.arange(12))
     assert sum(calls) == before == 12  # all 12 answers survived: nothing asked twice
@@ -276,20 +277,20 @@ def test_cache_shared_by_two_black_boxes_keeps_both_answers(data, tmp_path):
 def test_corrupted_cache_is_refused(data, tmp_path):
     x = data[0]
     cache = tmp_path / "answers.jsonl"
-    B.Callable(lambda b: torch.rand(len(b), 10), x, K, cache=cache)(np.arange(3))
+    B.FunctionBlackBox(lambda b: torch.rand(len(b), 10), x, K, cache=cache)(np.arange(3))
     text = cache.read_text()
     at = text.index('"labels":[') + len('"labels":[')  # the first answer's first label
     cache.write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:])
     with pytest.raises(ValueError, match="cache: .* line 2: corrupt record"):
-        B.Callable(lambda b: torch.rand(len(b), 10), x, K, cache=cache)
+        B.FunctionBlackBox(lambda b: torch.rand(len(b), 10), x, K, cache=cache)
 
 
-def _db_black_box(db, m: int, **kw) -> B.Callable:
+def _db_black_box(db, m: int, **kw) -> B.FunctionBlackBox:
     """Database model m as an image black box: image i holds the value i / N in one pixel."""
     N = db.num_inputs
     x = (torch.arange(N, dtype=torch.float32) / N).reshape(N, 1, 1, 1)
     answers = torch.from_numpy(db.topk[m])
-    return B.Callable(lambda b: answers[(b[:, 0, 0, 0] * N).round().long()], x, db.k, **kw)
+    return B.FunctionBlackBox(lambda b: answers[(b[:, 0, 0, 0] * N).round().long()], x, db.k, **kw)
 
 
 def test_open_world_sends_only_its_selected_inputs():
@@ -352,3 +353,55 @@ def test_cli_decides_on_a_served_model_within_its_budget(server, tmp_path, capsy
     err = capsys.readouterr().err
     assert "budget of 10 images" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_old_names_keep_working():
+    import warnings
+
+    from fastfp.fbi import blackbox as old
+
+    assert old.OpenInference is B.OpenInference and old.resolve is B.resolve
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert old.Callable is B.FunctionBlackBox and B.Callable is B.FunctionBlackBox
+    assert [w.category for w in caught] == [DeprecationWarning] * 2
+
+
+def test_resolve_grammar_answers_recorded_named_and_models(data, tmp_path):
+    x, net, want = data
+    # answers files (any format the readers take) and recorded outputs send nothing
+    np.save(tmp_path / "a.npy", want)
+    torch.save(torch.from_numpy(want), tmp_path / "a.pt")
+    (tmp_path / "a.json").write_text(json.dumps(want.tolist()))
+    for name in ("a.npy", "a.pt", "a.json"):
+        bb = B.resolve(str(tmp_path / name), None, K, num_inputs=len(x))
+        assert isinstance(bb, B.Recorded) and bb.report()["images"] == 0
+        np.testing.assert_array_equal(bb(np.arange(5)), want[:5])
+        np.testing.assert_array_equal(bb(3), want[3])
+    rec = B.resolve("db:m", None, K, recorded={"m": want}.__getitem__)
+    np.testing.assert_array_equal(rec(np.array([7, 1])), want[[7, 1]])
+    # a model known by name (a loader the caller gives) is asked on x, taken only now
+    with pytest.raises(ValueError, match="named"):
+        B.resolve(f"zoo:{MODEL}", x, K)
+    bb = B.resolve(f"zoo:{MODEL}", lambda: x, K, named=lambda name: net)
+    assert isinstance(bb, B.FunctionBlackBox)
+    np.testing.assert_array_equal(bb(np.arange(40)), want)
+    assert bb.images == 40
+    # a state dict is no answers file and no model: it needs its architecture
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="expected one tensor"):
+        B.resolve(str(tmp_path / "w.pt"), x, K)
+    with pytest.raises(ValueError, match="blackbox: expected http"):
+        B.resolve(str(tmp_path / "missing.onnx"), x, K)
+    with pytest.raises(ValueError, match="x: the black box"):
+        B.resolve(f"zoo:{MODEL}", None, K, named=lambda name: net)
+
+
+def test_recorded_answers_of_exported_queries_refuse_other_inputs():
+    labels = np.arange(12).reshape(6, 2)
+    bb = B.Recorded(labels, 2, indices=np.array([10, 3, 7, 0, 1, 2]))
+    np.testing.assert_array_equal(bb(np.array([3, 10])), labels[[1, 0]])
+    with pytest.raises(ValueError, match="input 4 was not exported"):
+        bb(np.array([4]))
+    with pytest.raises(ValueError, match="fewer than k"):
+        B.Recorded(labels, 3)

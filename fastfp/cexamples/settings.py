@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _validate
+from ..suspects import IMAGENET  # torchvision's / timm's default, defined once
 from . import defaults
 
 METHODS = ("vanilla", "rc", "rcgm", "ltrc")
@@ -46,7 +47,6 @@ class Settings:
 
 
 QUANTIZE = (None, 8, 16)
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's / timm's default
 
 
 def check_normalize(normalize: object, channels: int) -> tuple[tuple[float, ...],

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from fastfp import Fingerprint, metrics
     from fastfp.cexamples import checks, verify
     from fastfp.cli.loader import load_classifier, load_model
-    from fastfp.store import check_target
+    from fastfp.io import check_target
 
     if args.json:
         check_target(args.json, name="--json")
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("  transferability and uniqueness: give --others MODEL")
     if args.json:
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         write_json(args.json, {"command": "evaluate", "model": owner.name,
                                "fingerprint": str(args.fingerprint), "num": len(fp),

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastfp.cli.loader import check_device, check_entry, load_entry, spec_file
+from fastfp.cli.loader import check_device, trust_warnings, zoo_models
 from fastfp.cli.main import SubParsers
 
 if TYPE_CHECKING:
@@ -240,88 +239,19 @@ def _labels(path: str) -> np.ndarray:
     return y[:, 0]
 
 
-def _read_spec(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such spec file: {path!r}")
-    text = p.read_text()
-    if p.suffix == ".toml":
-        import tomllib
-
-        try:
-            spec = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise _user_error(f"{path}: not valid TOML ({exc})") from exc
-    else:
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _user_error(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(spec, dict):
-        raise _user_error(f"{path}: expected an object {{\"models\": [...]}}, got a JSON "
-                          f"{type(spec).__name__} (see fastfp fbi build --help)")
-    models = spec.get("models")
-    if not isinstance(models, list) or not models:
-        raise _user_error(f"{path}: expected a non-empty 'models' list")
-    seen: set[str] = set()
-    for i, e in enumerate(models):
-        if not isinstance(e, dict) or "name" not in e or "family" not in e:
-            raise _user_error(f"{path}: model {i + 1}: every model needs a 'name' and a "
-                              f"'family', got {e!r}")
-        if str(e["name"]) in seen:
-            raise _user_error(f"{path}: model {i + 1}: duplicate name {e['name']!r}")
-        seen.add(str(e["name"]))
-    return spec
-
-
 def _spec_path(value, base: Path, allow_absolute: bool, what: str):
     """A file named in the spec lies in its folder, like the spec's model files (not in the cwd)."""
+    from fastfp import suspects
+
     if value is None or str(value).startswith("zoo:"):
         return value
-    return str(spec_file(str(value), base, allow_absolute=allow_absolute, what=what))
-
-
-class _LazyModels:
-    """name -> model, loaded only when the database needs it (resumed builds skip finished ones)."""
-
-    def __init__(self, entries, base, **load):
-        self.entries, self.base, self.load = entries, base, load
-
-    def __iter__(self):
-        for e in self.entries:
-            yield str(e["name"]), _Deferred(e, self.base, self.load)
-
-
-class _Deferred:
-    def __init__(self, entry, base, load):
-        self.entry, self.base, self.load, self.model = entry, base, load, None
-
-    def _get(self):
-        if self.model is None:
-            import torch
-
-            with torch.enable_grad():  # a zoo model may be trained now, even if asked under no_grad
-                self.model = load_entry(self.entry, self.base, **self.load).eval()
-        return self.model
-
-    def __call__(self, x):
-        return self._get()(x)
-
-    def to(self, device):
-        self._get().to(device)
-        return self
-
-    def eval(self):
-        self._get()  # load (or train) before the no_grad queries start
-        return self
-
-    def release(self):
-        self.model = None  # the database has this model's outputs; a rerun loads it again
+    return str(suspects.confined_path(str(value), base, allow_absolute=allow_absolute,
+                                      what=what))
 
 
 def _report(args, data: dict) -> None:
     if getattr(args, "json", None):
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         write_json(args.json, data)
 
@@ -329,22 +259,28 @@ def _report(args, data: dict) -> None:
 # --- sub-commands ------------------------------------------------------------------------------
 
 def run_build(args: argparse.Namespace) -> int:
-    from fastfp import fbi, store
+    with trust_warnings():  # a model list's code-running files load (with --trust-code) later
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from fastfp import fbi, suspects
+    from fastfp.io import check_target
 
     # everything is checked before the first model is queried: device, output, spec, files
     device = check_device(args.device, "--device")
-    store.check_target(args.out, "--out")
-    spec = _read_spec(args.spec)
+    check_target(args.out, "--out")
+    spec = suspects.read_model_list(args.spec)
     base = Path(args.spec).resolve().parent
     absolute = args.allow_absolute_paths
     entries = spec["models"]
     for e in entries:
-        check_entry(e, base, trust_code=args.trust_code, allow_absolute=absolute)
+        suspects.check_entry(e, base, trust_code=args.trust_code, allow_absolute=absolute)
     x, labels = _inputs(args.inputs or _spec_path(spec.get("inputs"), base, absolute, "inputs"),
                         args.labels or _spec_path(spec.get("labels"), base, absolute, "labels"))
     families = {str(e["name"]): str(e["family"]) for e in entries}
-    models = list(_LazyModels(entries, base, trust_code=args.trust_code,
-                              allow_absolute=absolute))
+    models = list(suspects.deferred_models(entries, base, trust_code=args.trust_code,
+                                           allow_absolute=absolute, named=zoo_models()))
     from fastfp import distributed as dd
 
     ctx = dd.init()
@@ -365,9 +301,6 @@ def run_build(args: argparse.Namespace) -> int:
                    "num_inputs": db.num_inputs, "num_classes": db.num_classes,
                    "inputs_stored": db.inputs is not None})
     return 0
-
-
-_ANSWER_FILES = (".npy", ".npz", ".pt", ".csv", ".json")
 
 
 def _database_inputs(args, db):
@@ -399,110 +332,31 @@ def _cache_path(args, what: str) -> Path | None:
     return folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.jsonl"
 
 
-def _blackbox(args, db) -> tuple[Any, Any]:
-    """(the black box as the fbi functions take it, the object that counts its queries or None).
-
-    Answers given as a file or a database model are the outputs on every input; a model or a
+def _blackbox(args, db):
+    """The black box --blackbox names (:func:`fastfp.blackbox.resolve`, the one spec grammar):
+    answers given as a file or a database model are its outputs on every input; a model or a
     service is asked only the inputs the decision needs."""
-    bb = args.blackbox
+    from fastfp import blackbox, suspects
+
+    spec = args.blackbox
     if args.max_queries is not None and args.max_queries < 1:
         raise _user_error(f"--max-queries: expected a positive number, got {args.max_queries}")
-    if bb.startswith("db:"):
-        return db.outputs(bb[3:]), None
-    p = Path(bb)
-    if p.suffix.lower() in _ANSWER_FILES and not (p.suffix == ".pt" and _is_model_file(p)):
-        from fastfp.fbi import answers
-
-        asked = None if args.queries is None else _exported_queries(args.queries, db)
-        out, notes = answers.read_answers(
-            bb, num_inputs=db.num_inputs if asked is None else len(asked), k=db.k,
-            num_classes=db.num_classes)
-        for n in notes:
-            _note(n)
-        return (out if asked is None else _ExportedAnswers(asked, out)), None
-    from fastfp.cli.generate import parse_normalize
-    from fastfp.fbi import blackbox
-
-    x = _database_inputs(args, db)
-    normalize: Any = None if args.normalize is None else parse_normalize(args.normalize)
-    if normalize == "imagenet":
-        from fastfp.cexamples.settings import IMAGENET
-
-        normalize = IMAGENET
-    budget = {"max_queries": args.max_queries, "batch_size": args.batch_size}
-    if bb.startswith(("http://", "https://")):
-        box = blackbox.resolve(bb, x, db.k, normalize=normalize, timeout=args.timeout,
-                               cache=_cache_path(args, bb), **budget)
-        return box, box
-    if bb.startswith("onnx:") or p.suffix.lower() == ".onnx":
-        box = blackbox.resolve(bb if bb.startswith("onnx:") else f"onnx:{bb}", x, db.k,
-                               normalize=normalize, **budget)
-        return box, box
-    if bb.startswith("zoo:"):
-        entry = {"zoo": bb[4:]}
-    elif bb.startswith("arch:"):
-        name, _, weights = bb[5:].partition(":")
-        entry = {"arch": name, **({"weights": weights} if weights else {})}
-    else:
-        entry = {"path": bb}
-    model = load_entry(entry, Path.cwd(), what="--blackbox", trust_code=args.trust_code,
-                       allow_absolute=True, num_classes=db.num_classes).eval()
-    box = blackbox.Callable(_no_grad(model), x, db.k, **budget)
-    return box, box
-
-
-def _exported_queries(path: str, db) -> np.ndarray:
-    import numpy as np
-
-    from fastfp import store
-
+    normalize = None if args.normalize is None else suspects.parse_normalize(args.normalize,
+                                                                             "--normalize")
     try:
-        indices = np.asarray(store.read_json(path, name="--queries")["indices"])
-    except (KeyError, TypeError) as exc:
-        raise _user_error(f"--queries: {path} is not a queries.json of export-queries") from exc
-    if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0 or \
-            indices.min() < 0 or indices.max() >= db.num_inputs:
-        raise _user_error(f"--queries: {path} does not hold input indices of this database")
-    return indices
-
-
-class _ExportedAnswers:
-    """Answers to the exported queries only: asking any other input is an error."""
-
-    def __init__(self, indices: np.ndarray, labels: np.ndarray):
-        self.row = {int(i): r for r, i in enumerate(indices)}
-        self.labels = labels
-
-    def __call__(self, S):
-        import numpy as np
-
-        missing = [int(i) for i in np.atleast_1d(S) if int(i) not in self.row]
-        if missing:
-            raise _user_error(f"--queries: input {missing[0]} was not exported; give detect / "
-                              "identify the same --family, --L, --selection and --seed as "
-                              "export-queries")
-        rows = [self.row[int(i)] for i in np.atleast_1d(S)]
-        return self.labels[rows[0]] if np.ndim(S) == 0 else self.labels[rows]
-
-
-def _no_grad(model):
-    import torch
-
-    def predict(x):
-        with torch.no_grad():
-            return model(x)
-
-    return predict
-
-
-def _is_model_file(p: Path) -> bool:
-    """A .pt file that is not one tensor (a pickled model): loaded as a model, if trusted."""
-    import torch
-
-    try:
-        return not isinstance(torch.load(p, map_location="cpu", weights_only=True), torch.Tensor)
-    except Exception:
-        return True
+        with trust_warnings():
+            box = blackbox.resolve(
+                spec, lambda: _database_inputs(args, db), db.k, trust_code=args.trust_code,
+                named=zoo_models(), recorded=db.outputs, num_inputs=db.num_inputs,
+                num_classes=db.num_classes, queries=args.queries, normalize=normalize,
+                timeout=args.timeout, batch_size=args.batch_size, max_queries=args.max_queries,
+                cache=_cache_path(args, spec) if blackbox.is_service(spec) else None)
+    except (ValueError, TypeError, OSError) as exc:
+        msg = str(exc).removeprefix("blackbox: ").removeprefix("path: ")
+        raise _user_error(f"--blackbox: {msg}") from None
+    for n in getattr(box, "notes", ()):
+        _note(n)
+    return box
 
 
 def _open_world(args, db):
@@ -515,11 +369,13 @@ def _open_world(args, db):
                          seed=args.seed, **kwargs).fit(db, progress=True)
 
 
-def _sent(counter) -> dict:
-    """What the black box was sent: requests and images (0 for answers given as a file)."""
-    if counter is None:
+def _sent(box) -> dict:
+    """What the black box was sent: requests and images (0 for answers given in advance)."""
+    from fastfp import blackbox
+
+    if not isinstance(box, blackbox.BlackBox):
         return {"requests": 0, "images": 0}
-    rep = counter.report()
+    rep = box.report()
     print(f"black box: {rep.get('queries', 0)} requests, {rep.get('images', 0)} images sent"
           + (f", {rep['cached']} answers from the cache" if rep.get("cached") else ""))
     return {"requests": rep.get("queries", 0), "images": rep.get("images", 0), **rep}
@@ -535,7 +391,7 @@ def _walled_warning(consistent: bool) -> None:
 @contextlib.contextmanager
 def _within_budget():
     """--max-queries reached: a user error (the answers received so far stay cached)."""
-    from fastfp.fbi import blackbox
+    from fastfp import blackbox
 
     try:
         yield
@@ -560,7 +416,7 @@ def _detect(args: argparse.Namespace) -> int:
 
     db = fbi.Database.load(args.db)
     db.members(args.family)  # unknown family -> clear error before any work
-    box, counter = _blackbox(args, db)
+    box = _blackbox(args, db)
     if args.mode == "walled":
         r = fbi.greedy_detect(db.topk, np.asarray(db.families) == args.family, box,
                               max_queries=args.max_queries, seed=args.seed)
@@ -568,7 +424,7 @@ def _detect(args: argparse.Namespace) -> int:
               f"{r.queries}")
         _walled_warning(bool(r.family_left or r.others_left))
         _report(args, {"mode": "walled", "family": args.family, "decision": r.decision, "L": r.L,
-                       "queries": r.queries, "sent": _sent(counter)})
+                       "queries": r.queries, "sent": _sent(box)})
         return 0 if r.decision == "positive" else 1
     ow = _open_world(args, db)
     r = ow.detect(box, args.family)
@@ -577,7 +433,7 @@ def _detect(args: argparse.Namespace) -> int:
           f"tau = {r.tau:.4f}, L = {len(r.queries)}, FPR target {args.fpr})")
     _report(args, {"mode": "open", "family": args.family, "positive": bool(r.positive),
                    "distance": r.distance, "tau": r.tau, "L": len(r.queries),
-                   "queries": r.queries.tolist(), "sent": _sent(counter), "fit": ow.report()})
+                   "queries": r.queries.tolist(), "sent": _sent(box), "fit": ow.report()})
     return 0 if r.positive else 1
 
 
@@ -585,7 +441,7 @@ def _identify(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
     db = fbi.Database.load(args.db)
-    box, counter = _blackbox(args, db)
+    box = _blackbox(args, db)
     if args.mode == "walled":
         r = fbi.greedy_identify(db.topk, db.families, box, max_queries=args.max_queries,
                                 seed=args.seed)
@@ -593,7 +449,7 @@ def _identify(args: argparse.Namespace) -> int:
               f"({r.status}) after L = {r.L} queries {r.queries}")
         _walled_warning(r.status != "unknown")
         _report(args, {"mode": "walled", "family": r.family, "status": r.status, "L": r.L,
-                       "queries": r.queries, "sent": _sent(counter)})
+                       "queries": r.queries, "sent": _sent(box)})
         return 0 if r.status == "identified" else 1
     ow = _open_world(args, db)
     r = ow.identify(box)
@@ -603,14 +459,15 @@ def _identify(args: argparse.Namespace) -> int:
         print(f"  {f:<24} D = {d:.4f}")
     _report(args, {"mode": "open", "family": r.family, "status": r.status,
                    "distances": r.distances, "tau": r.tau, "L": len(r.queries),
-                   "queries": r.queries.tolist(), "sent": _sent(counter), "fit": ow.report()})
+                   "queries": r.queries.tolist(), "sent": _sent(box), "fit": ow.report()})
     return 0 if r.status == "identified" else 1
 
 
 def run_export_queries(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fastfp import fbi, store
+    from fastfp import fbi
+    from fastfp.io import PNG_MODES, png_bytes, write_bytes, write_json
 
     db = fbi.Database.load(args.db)
     if args.family is not None:
@@ -623,8 +480,6 @@ def run_export_queries(args: argparse.Namespace) -> int:
     queries = ow.queries(args.family)
     images = x[np.asarray(queries)]
     if args.format == "png":
-        from fastfp.cli.generate import PNG_MODES, png_bytes
-
         if images.shape[1] not in PNG_MODES:
             raise _user_error(f"--format: PNG holds 1 or 3 channels, the inputs have "
                               f"{images.shape[1]}; use --format npy")
@@ -637,13 +492,13 @@ def run_export_queries(args: argparse.Namespace) -> int:
 
         buf = io.BytesIO()
         np.save(buf, images.numpy())
-        store.write_bytes(out / "queries.npy", buf.getvalue(), name="--out")
+        write_bytes(out / "queries.npy", buf.getvalue(), name="--out")
     else:
         for i, data in enumerate(png_bytes(images)):
-            store.write_bytes(out / f"{i:05d}.png", data, name="--out")
-    store.write_json(out / "queries.json", {"database": str(args.db), "family": args.family,
-                                            "indices": np.asarray(queries).tolist(),
-                                            "format": args.format}, sealed=True)
+            write_bytes(out / f"{i:05d}.png", data, name="--out")
+    write_json(out / "queries.json", {"database": str(args.db), "family": args.family,
+                                      "indices": np.asarray(queries).tolist(),
+                                      "format": args.format}, sealed=True)
     print(f"{len(queries)} query images -> {out} (answer them in this order)")
     return 0
 

@@ -25,7 +25,6 @@ examples:
 A killed run resumes from its last finished batch when the same command is run again.
 """
 
-PNG_MODES = {1: "L", 3: "RGB"}
 PILOT_STEPS = 2  # steps of the timed first batch behind the up-front estimate
 
 
@@ -38,21 +37,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) != 3:
         raise UserError(f"--input-shape: expected 3 numbers C,H,W, got {text!r}")
     return shape
-
-
-def parse_normalize(text: str) -> str | tuple[list[float], list[float]] | None:
-    """``imagenet``, ``none`` or ``M1,M2,M3/S1,S2,S3`` as :func:`fastfp.cexamples.generate`'s
-    ``normalize``."""
-    if text in ("imagenet", "none"):
-        return None if text == "none" else text
-    mean, sep, std = text.partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        return [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
-    except ValueError:
-        raise UserError(f"--normalize: expected imagenet, none or MEAN/STD such as "
-                        f"0.5,0.5,0.5/0.25,0.25,0.25, got {text!r}") from None
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -114,7 +98,7 @@ def add_parser(sub: SubParsers) -> None:
 
 def check_outputs(args: argparse.Namespace) -> Path | None:
     """Every output path, before any work: --out, --json and the PNG folder (created)."""
-    from fastfp.store import check_target
+    from fastfp.io import check_target
 
     check_target(args.out, name="--out")
     if args.json:
@@ -151,27 +135,11 @@ def read_inputs(path: str) -> Any:
 
 def write_pngs(fp: Any, folder: Path) -> int:
     """Each example as ``NNNNN-labelL.png``: 8 bits per pixel, exactly the (8-bit) example."""
-    from fastfp.store import write_bytes
+    from fastfp.io import png_bytes, write_bytes
 
     for i, (data, label) in enumerate(zip(png_bytes(fp.inputs), fp.labels.tolist(), strict=True)):
         write_bytes(folder / f"{i:05d}-label{label}.png", data, name="--png")
     return len(fp.inputs)
-
-
-def png_bytes(images: Any) -> list[bytes]:
-    """(B, C, H, W) images in 0..1 (C = 1 or 3) as 8-bit PNG files, rounded to 1/255 steps."""
-    import io
-
-    from PIL import Image
-
-    pixels = (images * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    mode = PNG_MODES[images.shape[1]]
-    out = []
-    for img in pixels:
-        buf = io.BytesIO()
-        Image.fromarray(img[..., 0] if mode == "L" else img, mode=mode).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
 
 
 def estimate(model: Any, shape: tuple[int, ...], num_classes: int, batch: int, num: int,
@@ -196,12 +164,16 @@ def run(args: argparse.Namespace) -> int:
     from fastfp import distributed as dd
     from fastfp.cexamples.sharded import DEFAULT_BATCH
     from fastfp.cli.loader import load_classifier, load_model
+    from fastfp.io import PNG_MODES
 
     ctx = dd.init()
     if ctx.distributed and args.device is None:
         args.device = str(dd.device_for(ctx))
     png_dir = check_outputs(args)  # before the work that fills them
-    normalize: object = None if args.normalize is None else parse_normalize(args.normalize)
+    from fastfp.suspects import parse_normalize
+
+    normalize: object = None if args.normalize is None else parse_normalize(args.normalize,
+                                                                            "--normalize")
     x0 = None if args.inputs is None else read_inputs(args.inputs)
     loaded = load_model(args, suspect=False)
     model, name = loaded.model, loaded.name
@@ -272,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
           f"alpha={m['alpha']:g} steps={m['steps']} normalize={m.get('normalize')} "
           f"quantize={m.get('quantize')}")
     if args.json:
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         meta = {k: v for k, v in m.items() if k not in ("steps_used", "final_loss")}
         write_json(args.json, {"command": "generate", "out": str(args.out), "num": len(fp),

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from fastfp import Fingerprint, cexamples
     from fastfp.cexamples import checks
     from fastfp.cli.loader import load_classifier, load_model
-    from fastfp.store import check_target
+    from fastfp.io import check_target
 
     if args.json:
         check_target(args.json, name="--json")
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  p-value     {v.p_value:.3g}")
     print("COPY" if v.is_copy else "NOT A COPY")
     if args.json:
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         report = v.to_dict()
         report["threshold"] = None if math.isinf(v.threshold) else v.threshold  # JSON has no inf

@@ -1,260 +1,36 @@
-"""Forgiving readers for a suspect's answers and for benign inputs.
+"""Forgiving readers for benign inputs (and, re-exported from :mod:`fastfp.answers`, for a
+suspect's answers).
 
-Answers arrive in whatever a remote API or a notebook wrote: ``.npy`` / ``.npz`` / ``.pt`` integer
-arrays, CSV or JSON rows of top-k labels, or float logits / probabilities (the top-k is taken here).
 Inputs arrive as tensor files or a folder of PNG images, often as uint8 0..255 in either layout.
 Every reader returns ``(value, notes)``: the notes say what was converted (the CLI prints them), and
 anything it cannot read raises one ``ValueError`` naming the file, never a parser's traceback.
+Tensor files are read by :func:`fastfp.answers.read_tensor_file`, which never unpickles code.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fastfp import _validate
+# the answers readers moved below the methods (what the checked party supplies); their old
+# names here keep working
+from fastfp.answers import (  # noqa: F401
+    ANSWER_KEYS,
+    INDEX_COLUMNS,
+    TENSOR_FILES,
+    existing_path,
+    read_answers,
+    read_tensor_file,
+    top_k_labels,
+)
 
-# a CSV header cell naming a leading index column (dropped)
-INDEX_COLUMNS = ("index", "idx", "id", "image", "image_id", "input", "i", "n", "#")
-# keys of an .npz / JSON object that hold the rows
-ANSWER_KEYS = ("labels", "predictions")
 INPUT_KEYS = ("inputs", "images", "x")
 # floats may leave [0, 1] by this much (rounding of a resize, say) before they are refused
 RANGE_SLACK = 0.01
-TENSOR_FILES = (".npy", ".npz", ".pt", ".safetensors")
-
-
-def top_k_labels(scores: np.ndarray, k: int) -> np.ndarray:
-    """(N, C) scores -> (N, k) int64 classes, best first; of tied scores the lower class first."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-
-
-def _check_path(path: object, name: str) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a path, got {type(path).__name__}")
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{name}: no such file or folder: {str(p)!r}")
-    return p
-
-
-# --- answers ---------------------------------------------------------------------------------
-
-def read_answers(path: str | os.PathLike, *, num_inputs: int | None, k: int,
-                 num_classes: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """A suspect's answers as (N, k') int64 labels with k' >= k, and the notes to print.
-
-    ``num_inputs`` (None: any) is the number of rows expected; ``num_classes`` (None: unknown)
-    bounds the labels and tells (N, C) scores from (N, k') labels."""
-    if num_inputs is not None:
-        _validate.integer("num_inputs", num_inputs, lo=1)
-    _validate.integer("k", k, lo=1)
-    if num_classes is not None:
-        _validate.integer("num_classes", num_classes, lo=1)
-    p = _check_path(path, "answers")
-    if p.is_dir():
-        raise ValueError(f"{p}: a folder, expected an answers file (.npy, .npz, .pt, .csv, "
-                         ".json)")
-    notes: list[str] = []
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        a = _read_csv(p, notes)
-    elif suffix == ".json":
-        a = _read_json(p)
-    elif suffix in TENSOR_FILES:
-        a = _read_tensor_file(p, ANSWER_KEYS)
-    else:
-        raise ValueError(f"{p}: unknown answers format {p.suffix!r} (expected .npy, .npz, .pt, "
-                         ".csv or .json)")
-    return _as_labels(p, a, num_inputs, k, num_classes, notes), notes
-
-
-def _as_labels(p: Path, a: np.ndarray, num_inputs: int | None, k: int,
-               num_classes: int | None, notes: list[str]) -> np.ndarray:
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer)
-                               or np.issubdtype(a.dtype, np.floating)):
-        raise ValueError(f"{p}: expected integer labels or float scores, got {a.dtype} values")
-    if a.size == 0:
-        raise ValueError(f"{p}: no answers (the file is empty)")
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.ndim != 2:
-        raise ValueError(f"{p}: expected (N,) or (N, k) answers, got shape {tuple(a.shape)}")
-    if num_inputs is not None and a.shape[0] != num_inputs:
-        raise ValueError(f"{p}: {a.shape[0]} rows of answers, the database has {num_inputs} "
-                         "inputs (one row per input, in the database's order)")
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{p}: NaN or infinite values in the answers")
-        integral = bool((a == np.round(a)).all())
-        if (num_classes is not None and a.shape[1] == num_classes and a.shape[1] > 1) or (
-                not integral and a.shape[1] > 1):
-            if num_classes is not None and a.shape[1] != num_classes:
-                raise ValueError(f"{p}: {a.shape[1]} scores per input, the database has "
-                                 f"{num_classes} classes")
-            notes.append(f"{p}: (N, C) = {tuple(a.shape)} float scores: took the top-{k} "
-                         "classes (ties to the lower class)")
-            return top_k_labels(a, k)
-        if not integral:
-            raise ValueError(f"{p}: non-integer labels (expected class indices, or (N, C) "
-                             "scores with C = the number of classes)")
-    labels = a.astype(np.int64)
-    if labels.shape[1] < k:
-        raise ValueError(f"{p}: top-{labels.shape[1]} answers, the database needs top-{k} "
-                         f"(k' = {labels.shape[1]} < k = {k})")
-    if labels.min() < 0:
-        raise ValueError(f"{p}: negative label {int(labels.min())}")
-    if num_classes is not None and labels.max() >= num_classes:
-        raise ValueError(f"{p}: label {int(labels.max())} is too large for {num_classes} "
-                         f"classes (labels are 0..{num_classes - 1})")
-    return np.ascontiguousarray(labels)
-
-
-def _number(cell: str) -> int | float | None:
-    try:
-        return int(cell)
-    except ValueError:
-        pass
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def _read_csv(p: Path, notes: list[str]) -> np.ndarray:
-    try:
-        with p.open(newline="") as f:
-            rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{p}: not a readable CSV file ({exc})") from None
-    if not rows:
-        raise ValueError(f"{p}: no answers (the file is empty)")
-    drop_index, first_line = False, 1
-    if any(_number(c) is None for c in rows[0]):  # a header row
-        header, rows, first_line = rows[0], rows[1:], 2
-        notes.append(f"{p}: skipped the header row {','.join(header)!r}")
-        if header and header[0].lower() in INDEX_COLUMNS:
-            drop_index = True
-            notes.append(f"{p}: dropped the index column {header[0]!r}")
-        if not rows:
-            raise ValueError(f"{p}: no answers (only a header row)")
-    width = len(rows[0])
-    values: list[list[int | float]] = []
-    for line, row in enumerate(rows, start=first_line):
-        if len(row) != width:
-            raise ValueError(f"{p}: row {line} has {len(row)} values, the first has {width} "
-                             "(every row needs the same number of labels)")
-        cells = row[1:] if drop_index else row
-        nums = [_number(c) for c in cells]
-        bad = [c for c, n in zip(cells, nums, strict=True) if n is None]
-        if bad:
-            raise ValueError(f"{p}: row {line}: non-numeric value {bad[0]!r}")
-        values.append(nums)  # type: ignore[arg-type]
-    return _from_rows(p, values)
-
-
-def _from_rows(p: Path, rows: list[Any]) -> np.ndarray:
-    """Nested lists of numbers (already checked rectangular) as an int64 or float64 array."""
-    flat = [v for r in rows for v in (r if isinstance(r, list) else [r])]
-    floats = any(isinstance(v, float) for v in flat)
-    if floats and any(math.isnan(v) for v in flat):
-        raise ValueError(f"{p}: NaN in the answers")
-    try:
-        return np.asarray(rows, dtype=np.float64 if floats else np.int64)
-    except OverflowError:
-        raise ValueError(f"{p}: a label is too large") from None
-
-
-def _read_json(p: Path) -> np.ndarray:
-    try:
-        data = json.loads(p.read_text())
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{p}: not a text file ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        if not p.read_text().strip():
-            raise ValueError(f"{p}: no answers (the file is empty)") from None
-        raise ValueError(f"{p}: not valid JSON ({exc})") from None
-    if isinstance(data, dict):
-        key = next((key for key in ANSWER_KEYS if key in data), None)
-        if key is None:
-            raise ValueError(f"{p}: expected a list of rows or an object with 'labels' or "
-                             f"'predictions', got keys {sorted(data)}")
-        data = data[key]
-    if not isinstance(data, list):
-        raise ValueError(f"{p}: expected a list of rows, got a JSON {type(data).__name__}")
-    if not data:
-        raise ValueError(f"{p}: no answers (an empty list)")
-
-    def number(v: object) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    width = len(data[0]) if isinstance(data[0], list) else None
-    for i, row in enumerate(data):
-        cells = row if isinstance(row, list) else [row]
-        if (len(cells) if isinstance(row, list) else None) != width:
-            raise ValueError(f"{p}: row {i + 1} has {len(cells)} values, the first has "
-                             f"{width or 1} (every row needs the same number of labels)")
-        bad = [v for v in cells if not number(v)]
-        if bad:
-            raise ValueError(f"{p}: row {i + 1}: non-numeric value {bad[0]!r}")
-    return _from_rows(p, data)
-
-
-def _read_tensor_file(p: Path, keys: tuple[str, ...]) -> np.ndarray:
-    """One array from .npy, .npz / .safetensors (one array, or one of ``keys``) or .pt (one
-    tensor), no pickle."""
-    suffix = p.suffix.lower()
-    if p.stat().st_size == 0:
-        raise ValueError(f"{p}: the file is empty")
-    if suffix == ".safetensors":
-        from fastfp.store import read_bytes, read_safetensors
-
-        tensors, _ = read_safetensors(read_bytes(p, name=str(p)), name=str(p))
-        return _numpy(tensors[_one_key(p, sorted(tensors), keys, "tensors")])
-    if suffix == ".pt":
-        try:
-            t = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a file that is not its own
-            raise ValueError(f"{p}: not a tensor file torch can load safely "
-                             f"({type(exc).__name__})") from None
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{p}: expected one tensor, got a {type(t).__name__}")
-        return _numpy(t.detach().cpu())
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{p}: not a valid {suffix} file ({exc})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        key = _one_key(p, list(loaded.files), keys, "arrays")
-        try:
-            return loaded[key]
-        except ValueError as exc:  # an object array needs pickle
-            raise ValueError(f"{p}: array {key!r} cannot be read without pickle "
-                             f"({exc})") from None
-
-
-def _one_key(p: Path, names: list[str], keys: tuple[str, ...], what: str) -> str:
-    """The only array of a file holding several, or the one named as one of ``keys``."""
-    key = names[0] if len(names) == 1 else next((n for n in keys if n in names), None)
-    if key is None:
-        raise ValueError(f"{p}: {len(names)} {what} {names}: name one of them "
-                         f"{' or '.join(repr(n) for n in keys)}")
-    return key
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as numpy (half floats, which numpy lacks or mishandles, as float32)."""
-    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -311,13 +87,13 @@ def read_inputs(path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
     """Inputs (benign inputs, start images) from a .npy / .npz / .pt / .safetensors tensor file
     or a folder of PNG images (sorted by name), as float32 NCHW in 0..1, and the notes to
     print."""
-    p = _check_path(path, "inputs")
+    p = existing_path(path, "inputs")
     if p.is_dir():
         return _read_png_folder(p)
     if p.suffix.lower() not in TENSOR_FILES:
         raise ValueError(f"{p}: not a tensor file (.npy, .npz, .pt, .safetensors) or a folder of "
                          "PNG images")
-    a = _read_tensor_file(p, INPUT_KEYS)
+    a = read_tensor_file(p, INPUT_KEYS)
     try:
         return as_float_images(a, name=str(p))
     except TypeError as exc:
@@ -325,35 +101,8 @@ def read_inputs(path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
 
 
 def _read_png_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
-    from PIL import Image, UnidentifiedImageError
+    from fastfp.io import read_png_folder
 
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() == ".png")
-    if not files:
-        raise ValueError(f"{folder}: no .png files in the folder")
-    notes = [f"{folder}: {len(files)} PNG images, in the order of their names"]
-    others = sum(1 for f in folder.iterdir() if f.is_file()) - len(files)
-    if others:
-        notes.append(f"{folder}: skipped {others} files that are not .png")
-    images: list[np.ndarray] = []
-    converted: set[str] = set()
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                if img.mode.startswith("I") or img.mode == "F":
-                    raise ValueError(f"{f}: {img.mode} PNG, expected 8-bit images")
-                if img.mode not in ("L", "RGB"):  # palette, alpha, 1-bit: to grey or colour
-                    converted.add(img.mode)
-                    img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
-                arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{f}: not a readable PNG image ({exc})") from None
-        arr = arr[..., None] if arr.ndim == 2 else arr
-        if images and arr.shape != images[0].shape:
-            raise ValueError(f"{f}: image of shape {arr.shape} (H, W, C), {files[0].name} has "
-                             f"{images[0].shape}: every image needs the same size and mode")
-        images.append(arr)
-    if converted:
-        notes.append(f"{folder}: images of mode {', '.join(sorted(converted))} converted to "
-                     "L (grey) or RGB (alpha dropped)")
-    x, more = as_float_images(np.stack(images), name=str(folder))
+    images, notes = read_png_folder(folder)
+    x, more = as_float_images(images, name=str(folder))
     return x, notes + more

@@ -32,8 +32,8 @@ from fastfp import _validate, backend
 from . import arrays
 from .arrays import Array
 
-# a model index in A, its outputs on every input, or a callable input index -> top-k labels
-Blackbox = int | Array | Callable[[int], Array]
+# a model of the database (its index), its answers, or a function answering one query index
+WalledGardenSuspect = int | Array | Callable[[int], Array]
 
 
 @dataclass
@@ -328,7 +328,7 @@ class _DetectState(_Counts):
 def greedy_detect(
     outputs: Array | Encoded,
     family: Array,
-    blackbox: Blackbox,
+    blackbox: WalledGardenSuspect,
     *,
     k: int | None = None,
     max_queries: int | None = None,
@@ -467,7 +467,7 @@ def _family_ids(name: str, families, M: int, device):
 def greedy_identify(
     outputs: Array | Encoded,
     families: Sequence[Any],
-    blackbox: Blackbox,
+    blackbox: WalledGardenSuspect,
     *,
     k: int | None = None,
     max_queries: int | None = None,
@@ -546,7 +546,7 @@ class SequentialResult:
 def sequential_identify(
     outputs: Array | Encoded,
     families: Sequence[Any],
-    blackbox: Blackbox,
+    blackbox: WalledGardenSuspect,
     *,
     order: Sequence[Any] | None = None,
     k: int | None = None,
