@@ -2,8 +2,10 @@
 
 Each is a ``torch.library.custom_op`` (``torch.ops.fastfp.highpass`` /
 ``torch.ops.fastfp.sign_step``) with its fake kernel and autograd registered right below it, so
-both work under autograd and ``torch.compile``. The op's kernel picks an implementation per call
-from the tensor's device, its dtype and ``FASTFP_BACKEND``:
+both work under autograd and ``torch.compile``. They are registered when this module runs, which
+``import fastfp`` arranges as soon as torch is loaded too (whichever of the two comes first), so a
+``torch.export``-ed program holding them loads after ``import fastfp``. The op's kernel picks an
+implementation per call from the tensor's device, its dtype and ``FASTFP_BACKEND``:
 
 - ``triton``: the fused Triton kernel (CUDA tensors; CPU tensors only when forced and
   ``TRITON_INTERPRET=1``); float16 / bfloat16 / float32 (float64 goes to the torch path);

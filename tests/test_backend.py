@@ -15,6 +15,15 @@ def test_import_is_light():
     assert out.stdout.strip() == "False"
 
 
+def test_import_after_torch_registers_the_ops_and_stays_light():
+    # with torch loaded, `import fastfp` imports fastfp.ops (its torch ops), still nothing optional
+    code = ("import sys, torch, fastfp; "
+            "print(any(m in sys.modules for m in ('triton', 'cupy', 'fastfp._ext')), "
+            "'fastfp.ops' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_report_has_every_field():
     info = backend.report()
     for key in ("cuda", "triton", "triton_interpreter", "cupy", "cupy_usable", "extension",

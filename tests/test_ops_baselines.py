@@ -3,17 +3,13 @@ a speed-up against a wrong baseline would mean nothing."""
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import numpy as np
 import oracles
 import pytest
 import scipy.fft
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-from baselines import dct as base  # noqa: E402
+from fastfp.bench.baselines import dct as base
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (1, 5), (2, 2), (7, 9), (31, 32), (64, 48)])
