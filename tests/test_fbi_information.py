@@ -1,6 +1,7 @@
 """Surjection, entropy, mutual information and Rajski distances vs the literal twins and sklearn."""
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -215,3 +216,99 @@ def test_exact_counts_by_bincount_equal_the_matmul_ones_to_the_bit(shape, k, mon
     want = [[[ref.rajski_distance(a.tolist(), b.tolist()) for b in Bi] for a in Ai]
             for Ai, Bi in zip(A, B, strict=True)]
     np.testing.assert_allclose(tiny, want, atol=1e-9, rtol=0)
+
+
+# --- the distance setting: rajski, mi, mi_min through the same fast paths ----------------------
+
+
+def _ref_distance(A, B, distance):
+    return np.array(ref.pairwise_distance(np.asarray(A).tolist(),
+                                          None if B is None else np.asarray(B).tolist(), distance))
+
+
+def _close(got, want, atol):
+    """Equal infinities where the twin has them, finite values within atol elsewhere."""
+    got = np.asarray(got)
+    fin = np.isfinite(want)
+    assert np.array_equal(np.isfinite(got), fin)
+    assert np.array_equal(got[~fin], want[~fin])
+    np.testing.assert_allclose(got[fin], want[fin], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("distance", ["rajski", "mi", "mi_min"])
+@pytest.mark.parametrize("m,n,L,k", [(1, 1, 1, 1), (5, 7, 1, 3), (9, 4, 13, 1), (17, 23, 50, 10),
+                                     (3, 5, 300, 3), (4, 3, 7, 254)])
+def test_pairwise_distance_matches_the_contingency_twin(m, n, L, k, distance, path):
+    rng = np.random.default_rng(m * n + L + k)
+    A, B = rng.integers(k + 1, size=(m, L)), rng.integers(k + 1, size=(n, L))
+    B[: min(m, n)] = np.where(rng.random((min(m, n), L)) < 0.7, A[: min(m, n)], B[: min(m, n)])
+    A[0] = 1  # a constant row: mi = 0, mi_min = inf
+    if n > 2:
+        B[2] = B[1]  # ties
+    # matmul: fp32 entropies, relative 1e-6 of H(a, b) <= log(K^2) on I
+    atol = path if distance != "mi" or path < 1e-7 else 1e-6 * max(1.0, 2 * math.log(k + 1))
+    got = fbi.pairwise_distance(A, B, k=k, distance=distance)
+    assert got.shape == (m, n) and got.dtype == np.float64
+    _close(got, _ref_distance(A, B, distance), atol)
+    assert backend.last_used("fbi.pairwise_distance") == "torch"
+    sym = fbi.pairwise_distance(torch.from_numpy(B), k=k, distance=distance)
+    assert isinstance(sym, torch.Tensor)
+    _close(sym.numpy(), _ref_distance(B, None, distance), atol)
+    assert torch.equal(sym, sym.T)
+    if distance == "mi":  # the outside oracle
+        for i in range(min(m, 3)):
+            for j in range(min(n, 3)):
+                assert abs(got[i, j] - mutual_info_score(A[i], B[j])) <= max(atol, 1e-12)
+    if distance == "rajski":  # the old name is the same call
+        np.testing.assert_array_equal(got, fbi.pairwise_rajski(A, B, k=k))
+
+
+def test_pairwise_distance_diagonals_and_extremes():
+    a = np.array([[0, 1, 2, 0, 1, 2], [1, 1, 1, 1, 1, 1], [2, 0, 1, 2, 0, 1]])  # row 2: relabelled
+    h = np.array([ref.entropy(r.tolist()) for r in a])
+    mi = fbi.pairwise_distance(a, distance="mi")
+    np.testing.assert_allclose(np.diag(mi), h, atol=0, rtol=0)  # I(a; a) = H(a), exactly
+    assert mi[0, 1] == 0.0 and mi[1, 1] == 0.0
+    d = fbi.pairwise_distance(a, distance="mi_min")
+    assert d[0, 0] == 0.0 and d[1, 1] == math.inf and d[0, 1] == math.inf and d[0, 2] <= 1e-12
+    # one symbol only (k = 0 rows): every sequence constant
+    z = np.zeros((2, 5), dtype=int)
+    assert np.all(fbi.pairwise_distance(z, z, distance="mi") == 0.0)
+    assert np.all(fbi.pairwise_distance(z, z, distance="mi_min") == math.inf)
+    assert np.all(fbi.pairwise_distance(z, z) == 0.0)
+
+
+@pytest.mark.parametrize("distance", ["mi", "mi_min"])
+def test_pairwise_distance_exact_paths_agree_to_the_bit(distance, monkeypatch):
+    from fastfp.fbi import information
+
+    rng = np.random.default_rng(7)
+    A = rng.integers(3, size=(2, 4, 37)).astype(np.uint8)
+    B = rng.integers(3, size=(2, 5, 37)).astype(np.uint8)
+    B[:, 0] = A[:, 0]
+    tiny = np.asarray(fbi.pairwise_distance(A, B, k=2, distance=distance, exact=True))
+    monkeypatch.setattr(information, "_TINY", -1)
+    matmul = np.asarray(fbi.pairwise_distance(A, B, k=2, distance=distance, exact=True))
+    np.testing.assert_array_equal(tiny, matmul)
+    for i in range(2):
+        _close(tiny[i], _ref_distance(A[i], B[i], distance), 1e-12)
+
+
+def test_pairwise_distance_reference_backend_and_bad_input(monkeypatch):
+    rng = np.random.default_rng(3)
+    A = rng.integers(3, size=(4, 9))
+    A[1] = 0
+    for distance in ("mi", "mi_min"):
+        want = _ref_distance(A, None, distance)
+        monkeypatch.setenv("FASTFP_BACKEND", "reference")
+        slow = fbi.pairwise_distance(A, distance=distance)
+        assert backend.last_used("fbi.pairwise_distance") == "reference"
+        monkeypatch.delenv("FASTFP_BACKEND")
+        np.testing.assert_array_equal(slow, want)
+        _close(fbi.pairwise_distance(A, distance=distance), want, 1e-12)
+    with pytest.raises(ValueError, match="distance: expected one of 'rajski', 'mi', 'mi_min'"):
+        fbi.pairwise_distance(A, distance="l2")
+    with pytest.raises(ValueError, match="distance: expected one of"):
+        ref.distance([0, 1], [1, 0], "mutual_information")
+    with pytest.raises(ValueError, match="mismatched"):
+        fbi.pairwise_distance(np.zeros((2, 3), int), np.zeros((2, 4), int), distance="mi")

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import mutual_info_score
 
 from fastfp import backend, fbi
 from fastfp.reference import fbi as ref
@@ -632,3 +633,67 @@ def test_ratio_draws_from_a_long_pool_equal_the_literal_twin(p_right, cover):
                                     anchor_correct=anchor)
             want = ref.select_inputs(20, strategy, np.random.default_rng(seed), correct, anchor)
             assert got.tolist() == want
+
+
+# --- the distance setting -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distance", ["mi", "mi_min"])
+def test_open_world_distance_setting_matches_the_literal_twin(db, distance):
+    """Scores are smaller-is-closer for every distance (-I for "mi"): delegates, compound
+    distance (the max of I over delegates), tau and the identification argmin follow."""
+    sign = -1.0 if distance == "mi" else 1.0
+    ow = fbi.OpenWorld(L=60, trials=3, delegates=("close", "far"), seed=1, distance=distance)
+    ow.fit(db)
+    assert ow.report()["distance"] == distance
+    sym = db.symbols()
+
+    def score(a, b):
+        return sign * ref.distance(a.tolist(), b.tolist(), distance)
+
+    for f in ow.families_:
+        members = db.members(f)
+        d = [score(sym[ow.anchors_[f]], sym[m]) for m in members]
+        order = [members[i] for i in np.argsort(d, kind="stable")]
+        assert ow.delegates_[f] == list(dict.fromkeys([order[0], order[-1]]))
+    neg, pos = [], []
+    for t, draw in enumerate(ow.samples_["detect"]):
+        for j, (f, S) in enumerate(draw.items()):
+            for m in range(db.num_models):
+                want = min(score(sym[m][S], sym[x][S]) for x in ow.delegates_[f])
+                assert abs(ow.detect_distances_[t][m, j] - want) < 1e-12
+                (pos if db.families[m] == f else neg).append(want)
+    assert abs(ow.tau_ - ref.threshold(neg, ow.fpr)) < 1e-12
+    assert ow.detect_tpr_ > 0.9
+    det = ow.detect(db.names[5], db.families[5], seed=3)
+    S = det.queries
+    want = min(score(sym[5][S], sym[x][S]) for x in ow.delegates_[db.families[5]])
+    assert abs(det.distance - want) < 1e-12 and det.positive == (det.distance < ow.tau_)
+    for i in (0, 6, 13):
+        got = ow.identify(db.names[i], seed=i)
+        assert got.family == ref.identify_decision(got.distances, got.tau)
+        S = got.queries
+        for f, d in got.distances.items():
+            assert abs(d - min(score(sym[i][S], sym[x][S]) for x in ow.delegates_[f])) < 1e-12
+    assert np.mean([ow.identify(n, seed=i).family == f
+                    for i, (n, f) in enumerate(zip(db.names, db.families, strict=True))]) > 0.8
+
+
+def test_open_world_mi_scores_are_minus_the_mutual_information(db):
+    raj = fbi.OpenWorld(L=50, trials=2, seed=4).fit(db)
+    mi = fbi.OpenWorld(L=50, trials=2, seed=4, distance="mi").fit(db)
+    # the same draws (the distance changes no random draw); the scores are -I
+    for a, b in zip(raj.samples_["detect"], mi.samples_["detect"], strict=True):
+        assert all(np.array_equal(a[f], b[f]) for f in a)
+    r = mi.identify(db.names[2], seed=0)
+    S = r.queries
+    sym = db.symbols()
+    best = min(r.distances, key=r.distances.get)
+    assert r.distances[best] < 0  # -I: the most informative family scores lowest
+    x = mi.delegates_[best][0]
+    assert abs(-r.distances[best] - mutual_info_score(sym[2][S], sym[x][S])) < 1e-12
+
+
+def test_open_world_distance_checked_first():
+    with pytest.raises(ValueError, match="distance: expected one of 'rajski', 'mi', 'mi_min'"):
+        fbi.OpenWorld(L=0, distance="mutual_information")  # before L is even looked at

@@ -10,10 +10,12 @@ Decide whether a black-box classifier belongs to a model family (detection) and 
 - :mod:`.greedy`      walled garden (A = B): greedy detection / identification
 - :mod:`.openworld`   open world (A != B): thresholds, input selection, delegates, abstention
 - :mod:`.law`         the fitted E(L) ~ a E|F| nF / k + beta(k) report
-- :mod:`.blackbox`    suspects to query: Open Inference Protocol services, ONNX files, callables
+- :mod:`.blackbox`    old home of :mod:`fastfp.blackbox` (the suspects to query: Open Inference
+                      Protocol services, ONNX files, models, answers files; kept as an alias)
 - :mod:`.release`     import the FBI authors' released predictions (one .npy per model)
 - :mod:`.protocol`    the paper's protocol: accuracy filter, Tables III-VI
-- :mod:`.answers`     a suspect's answers and benign inputs read from files (forgiving formats)
+- :mod:`.answers`     benign inputs read from files (forgiving formats); a suspect's answers are
+                      read by :mod:`fastfp.answers` (re-exported here)
 
 Array functions take numpy, torch or cupy arrays and return the same kind.
 """
@@ -30,7 +32,14 @@ from .greedy import (
     greedy_identify,
     sequential_identify,
 )
-from .information import entropy, mutual_information, pairwise_rajski, rajski_distance
+from .information import (
+    DISTANCES,
+    entropy,
+    mutual_information,
+    pairwise_distance,
+    pairwise_rajski,
+    rajski_distance,
+)
 from .law import fit_query_law, query_law_experiment
 from .openworld import OpenWorld, label_entropy, select_inputs
 from .sharded import build_sharded, pairwise_rajski_tiled
@@ -49,6 +58,8 @@ __all__ = [
     "mutual_information",
     "rajski_distance",
     "pairwise_rajski",
+    "pairwise_distance",
+    "DISTANCES",
     "encode",
     "detection_scores",
     "greedy_detect",

@@ -6,6 +6,18 @@ For two sequences a, b of L symbols in 0..k (K = k + 1 values), with joint count
     I(a; b) = H(a) + H(b) - H(a, b)          (== sklearn.metrics.mutual_info_score)
     D(a, b) = 1 - I(a; b) / H(a, b),  0 when H(a, b) = 0           (paper eq. 21)
 
+The all-pairs functions serve three distances (``distance=``, :data:`DISTANCES`):
+
+- ``"rajski"``: D above, in [0, 1], smaller is closer (the paper's text, eq. 21);
+- ``"mi"``: I(a; b) itself in nats, LARGER is closer (the default of the FBI authors'
+  ``unknown/detection.py``, ``--distance mutual_information``; they compute it in bits, a
+  constant factor that changes no ranking);
+- ``"mi_min"``: 1 - clip(I / min(H(a), H(b)), 0, 1), smaller is closer, +inf when
+  min(H(a), H(b)) = 0 (the authors' ``mutual_distance``, ``utils/distances.py``
+  ``score_mutual_information(..., to_distance=True)``: there 0 / 0 is NaN, mapped to inf).
+
+All three come from the same three entropies, so one count serves every distance.
+
 ``pairwise_rajski`` computes all m x n pairs at once: the joint (K x K) histograms of every pair
 are one matrix product of one-hot encodings, ``onehot(A) (mK x L) @ onehot(B)^T (L x nK)``,
 whose entries are exact integer counts (one-hot inputs hold 0/1 exactly and fp32 accumulates
@@ -22,10 +34,13 @@ import math
 import numpy as np
 import torch
 
-from fastfp import backend
+from fastfp import _validate, backend
 
 from . import arrays
 from .arrays import Array
+
+# the distances the all-pairs functions serve; "mi" is the only one where larger is closer
+DISTANCES = ("rajski", "mi", "mi_min")
 
 
 def _counts(a: torch.Tensor, b: torch.Tensor, K: int) -> torch.Tensor:
@@ -308,24 +323,44 @@ def _marginal_entropy(X: torch.Tensor, K: int) -> torch.Tensor:
     return _entropy_from_counts(c, X.shape[1], (-1,))
 
 
-def _distances(h_a, h_b, h_ab, xp):
-    """D = 1 - I / H(a, b) from (..., m), (..., n), (..., m, n) entropies."""
+def _distances(h_a, h_b, h_ab, xp, distance: str = "rajski"):
+    """The ``distance`` (see :data:`DISTANCES`) from (..., m), (..., n), (..., m, n) entropies."""
     # H(a, b) = 0 exactly iff both sequences are constant: never trust round-off there.
     zero = (h_a == 0)[..., :, None] & (h_b == 0)[..., None, :]
     h_ab = xp.where(zero, 0.0, h_ab)
     mi = _clip(h_a[..., :, None] + h_b[..., None, :] - h_ab, 0.0, None, xp)
-    safe = xp.where(h_ab > 0, h_ab, 1.0)
-    return _clip(xp.where(h_ab > 0, 1.0 - mi / safe, 0.0), 0.0, 1.0, xp)
+    if distance == "rajski":
+        safe = xp.where(h_ab > 0, h_ab, 1.0)
+        return _clip(xp.where(h_ab > 0, 1.0 - mi / safe, 0.0), 0.0, 1.0, xp)
+    if distance == "mi":
+        return mi
+    # mi_min: a constant sequence has min(H) = 0, where the authors' 0 / 0 becomes inf
+    h_min = xp.minimum(h_a[..., :, None], h_b[..., None, :])
+    safe = xp.where(h_min > 0, h_min, 1.0)
+    return xp.where(h_min > 0, 1.0 - _clip(mi / safe, 0.0, 1.0, xp), math.inf)
+
+
+def _fill_diagonal(d, h_a, distance: str) -> None:
+    """D(a, a) by definition, whatever the round-off: 0 (rajski), H(a) (mi), 0 or inf (mi_min)."""
+    diag = d.diagonal(dim1=-2, dim2=-1)
+    if distance == "rajski":
+        diag.zero_()
+    elif distance == "mi":
+        diag.copy_(h_a)
+    else:
+        diag.copy_(torch.where(h_a > 0, torch.zeros_like(h_a), torch.full_like(h_a, math.inf)))
 
 
 def _pairwise_torch(
-    A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool, exact: bool
+    A: torch.Tensor, B: torch.Tensor, K: int, symmetric: bool, exact: bool,
+    distance: str = "rajski",
 ) -> torch.Tensor:
     """(b, m, L) x (b, n, L) -> (b, m, n) distances."""
     nb, m, L = A.shape
     n = B.shape[1]
-    if K == 1:  # one symbol: every sequence is constant, every distance 0
-        return torch.zeros(nb, m, n, dtype=torch.float64, device=A.device)
+    if K == 1:  # one symbol: every sequence is constant, I = 0 and H = 0 everywhere
+        fill = math.inf if distance == "mi_min" else 0.0
+        return torch.full((nb, m, n), fill, dtype=torch.float64, device=A.device)
     if exact or nb * m * n * max(L, K * K) <= SMALL:
         cpu = A.device.type == "cpu"
         xp = np if cpu else torch
@@ -333,16 +368,22 @@ def _pairwise_torch(
         h_a, h_b, h_ab = _exact_terms(a, b, K, xp)
         if symmetric:  # the same bits for (i, j) and (j, i)
             h_ab = xp.triu(h_ab) + xp.swapaxes(xp.triu(h_ab, 1), -1, -2)
-        d = _distances(h_a, h_b, h_ab, xp)
+        d = _distances(h_a, h_b, h_ab, xp, distance)
         d = torch.from_numpy(np.ascontiguousarray(d)) if cpu else d
+        if symmetric:
+            h_diag = torch.from_numpy(np.ascontiguousarray(h_a)) if cpu else h_a
     else:
         d = torch.empty(nb, m, n, dtype=torch.float64, device=A.device)
+        h_diag = torch.empty(nb, m, dtype=torch.float64, device=A.device)
         for i in range(nb):
             h_a = _marginal_entropy(A[i], K)
             h_b = h_a if symmetric else _marginal_entropy(B[i], K)
-            d[i] = _distances(h_a, h_b, _joint_entropies(A[i], B[i], K, symmetric), torch)
+            h_diag[i] = h_a
+            d[i] = _distances(
+                h_a, h_b, _joint_entropies(A[i], B[i], K, symmetric), torch, distance
+            )
     if symmetric:
-        d.diagonal(dim1=-2, dim2=-1).zero_()  # D(a, a) = 0 by definition, whatever the round-off
+        _fill_diagonal(d, h_diag, distance)
     return d
 
 
@@ -358,7 +399,31 @@ def pairwise_rajski(
     exact: always take the small-problem path (exact counts, fp64 entropies), where each distance
     depends only on its pair, so batching rows differently never changes a bit; by default large
     problems take the blocked matmul (fp32 entropies, within 1e-6).
+    ``pairwise_distance(A, B, k, distance="rajski")`` is the same call.
     """
+    return _pairwise(A, B, k, exact, "rajski", "fbi.pairwise_rajski")
+
+
+def pairwise_distance(
+    A: Array,
+    B: Array | None = None,
+    k: int | None = None,
+    *,
+    distance: str = "rajski",
+    exact: bool = False,
+) -> Array:
+    """``pairwise_rajski`` for any of :data:`DISTANCES`: A (m, L) or (b, m, L), B (n, L) or
+    (b, n, L) -> (m, n) or (b, m, n) float64, through the same fast paths.
+
+    distance: "rajski" (1 - I / H(a, b), smaller is closer), "mi" (I in nats, LARGER is closer)
+    or "mi_min" (1 - clip(I / min(H(a), H(b)), 0, 1), smaller is closer, inf when a sequence is
+    constant). With ``B=None`` the diagonal is D(a, a) exactly: 0, H(a), or 0 (inf if constant).
+    """
+    distance = _validate.choice("distance", distance, DISTANCES)
+    return _pairwise(A, B, k, exact, distance, "fbi.pairwise_distance")
+
+
+def _pairwise(A, B, k, exact, distance: str, op: str):
     kind = arrays.kind_of(A)
     k = arrays.check_k(k)
     tA = arrays.symbols("A", A, k, min_dim=2)
@@ -391,20 +456,26 @@ def pairwise_rajski(
     if backend.forced() == "reference":
         from fastfp.reference import fbi as ref
 
-        d = torch.tensor(
-            [
+        if distance == "rajski":  # the sklearn-based twin of the paper's equation
+            rows = [
                 ref.pairwise_rajski(a.tolist(), None if symmetric else b.tolist())
                 for a, b in zip(tA.cpu(), tB.cpu(), strict=True)
-            ],
-            dtype=torch.float64,
-        ).reshape(tA.shape[0], tA.shape[1], tB.shape[1])
-        backend.record("fbi.pairwise_rajski", "reference")
+            ]
+        else:
+            rows = [
+                ref.pairwise_distance(a.tolist(), None if symmetric else b.tolist(), distance)
+                for a, b in zip(tA.cpu(), tB.cpu(), strict=True)
+            ]
+        d = torch.tensor(rows, dtype=torch.float64).reshape(
+            tA.shape[0], tA.shape[1], tB.shape[1]
+        )
+        backend.record(op, "reference")
         return arrays.restore(d.to(tA.device) if batched else d[0].to(tA.device), kind)
     if tA.shape[1] == 0 or tB.shape[1] == 0:
         d = torch.zeros(
             tA.shape[0], tA.shape[1], tB.shape[1], dtype=torch.float64, device=tA.device
         )
     else:
-        d = _pairwise_torch(tA, tB, K, symmetric, bool(exact))
-    backend.record("fbi.pairwise_rajski", "torch")
+        d = _pairwise_torch(tA, tB, K, symmetric, bool(exact), distance)
+    backend.record(op, "torch")
     return arrays.restore(d if batched else d[0], kind)

@@ -2,8 +2,10 @@
 
 Alice queries L benign inputs drawn from a selection X' of X, maps the black box's top-k answers
 through S_k, and measures the Rajski distance to a family's delegates (compound distance: min over
-delegates, eq. 22). Detection says "positive" when D < tau; identification picks the closest
-family, abstains (H0) when even that one is at D >= tau, and abstains on ties.
+delegates, eq. 22); ``distance="mi"`` / ``"mi_min"`` take the FBI authors' distances instead
+(as scores where smaller is closer: -I for "mi"). Detection says "positive" when D < tau;
+identification picks the closest family, abstains (H0) when even that one is at D >= tau, and
+abstains on ties.
 
 ``fit`` sets tau from a target false-positive rate as the empirical quantile of the distances of
 negative pairs drawn from the database itself (``trials`` random draws of L inputs): for
@@ -23,7 +25,7 @@ import numpy as np
 from fastfp import _validate, backend
 
 from . import arrays
-from .information import entropy, pairwise_rajski
+from .information import DISTANCES, entropy, pairwise_distance, pairwise_rajski
 from .surjection import surjection
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 # a database model name (simulation), its outputs (N,) / (N, c) on every input, or a callable
 # input indices -> (L, c) top-k labels
-Blackbox = str | Any | Callable[[np.ndarray], Any]
+OpenWorldSuspect = str | Any | Callable[[np.ndarray], Any]
 
 SELECTIONS = ("all", "50/50", "30/70", "entropy")
 DELEGATES = ("close", "median", "far")
@@ -281,7 +283,7 @@ def _threshold(negatives: np.ndarray, fpr: float) -> float:
 class OpenDetection:
     family: str
     positive: bool
-    distance: float
+    distance: float  # smaller is closer: -I for distance="mi"
     tau: float
     queries: np.ndarray
 
@@ -315,12 +317,19 @@ class OpenWorld:
       threshold tau as the empirical alpha-quantile", FPR set to 5 %).
     - trials = 20: "20 measurements of any considered distance thanks to 20 independent inputs
       samples" (IV-D).
+    - distance = "rajski": 1 - I / H(joint), the paper's text (eq. 21). "mi" is the raw mutual
+      information (nats), the default of the authors' ``unknown/detection.py`` (larger is
+      closer); "mi_min" their ``mutual_distance`` (``utils/distances.py``, I / min(H)). Every
+      distance the open world holds or reports is a score where SMALLER is closer: for "mi"
+      that score is -I, so tau, ``d < tau``, the compound min over delegates (the max of I),
+      the delegate ranking and the argmin of identification read the same for all three.
 
     L: queries per decision; selection: for detection (All, 50/50, 30/70, Entropy);
     identify_selection: All or Entropy (the 50/50-style selections need a hypothesis);
     delegates: "close" / "median" / "far" or several of them (compound distance, min over them),
     ranked by the distance of each member to the family's anchor (vanilla) model on all inputs;
-    fpr: target false-positive rate in (0, 1); trials: random draws used to set tau.
+    fpr: target false-positive rate in (0, 1); trials: random draws used to set tau;
+    distance: "rajski", "mi" or "mi_min" (see above; "mi" scores are -I).
     """
 
     def __init__(
@@ -337,7 +346,9 @@ class OpenWorld:
         entropy_models: str = "anchors",
         k: int | None = None,
         seed: int = 0,
+        distance: str = "rajski",
     ) -> None:
+        self.distance = _validate.choice("distance", distance, DISTANCES)
         self.L = _validate.integer("L", L, lo=1)
         self.selection = _validate.choice("selection", selection, SELECTIONS)
         self.identify_selection = _validate.choice(
@@ -506,7 +517,7 @@ class OpenWorld:
         draws = np.stack([self.sample(f, rng) for f in self.families_])  # (nF, L)
         Z = np.ascontiguousarray(self._sym_t[draws].transpose(0, 2, 1))  # (nF, M, L)
         dele = self.sym_[self.delegate_table_[:, :, None], draws[:, None, :]]  # (nF, d, L)
-        D = np.asarray(pairwise_rajski(Z, dele, k=self.k_, exact=True)).min(-1).T  # (M, nF)
+        D = self._pairwise(Z, dele).min(-1).T  # (M, nF)
         S = self.sample(None, rng)
         return draws, D, S, self._compound(np.ascontiguousarray(self._sym_t[S].T), S)
 
@@ -529,7 +540,7 @@ class OpenWorld:
         (eq. 23), from one exact call: every model against every anchor."""
         db = self._check_fitted()
         anchors = [self.anchors_[f] for f in self.families_]
-        D = np.asarray(pairwise_rajski(self.sym_, self.sym_[anchors], k=self.k_, exact=True))
+        D = self._pairwise(self.sym_, self.sym_[anchors])
         out = {}
         for j, f in enumerate(self.families_):
             members = db.members(f)
@@ -578,10 +589,16 @@ class OpenWorld:
         """Compound distance (min over delegates) of symbol rows Z (n, L) on inputs S to every
         family: (n, nF), from one exact pairwise_rajski call against all delegates stacked (each
         distance depends only on its pair: the same bits as one call per family)."""
-        D = np.asarray(
-            pairwise_rajski(Z, self.sym_[self.delegate_rows_][:, S], k=self.k_, exact=True)
-        )
+        D = self._pairwise(Z, self.sym_[self.delegate_rows_][:, S])
         return np.minimum.reduceat(D, self.delegate_starts_, axis=1)
+
+    def _pairwise(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """Exact all-pairs scores, smaller is closer: Rajski, -I for "mi", or mi_min. The
+        default (Rajski) calls ``pairwise_rajski`` directly: no extra work on its path."""
+        if self.distance == "rajski":
+            return np.asarray(pairwise_rajski(A, B, k=self.k_, exact=True))
+        d = np.asarray(pairwise_distance(A, B, k=self.k_, distance=self.distance, exact=True))
+        return np.negative(d) if self.distance == "mi" else d
 
     # --- black box -------------------------------------------------------------------------
     def _symbols(self, blackbox, S: np.ndarray) -> np.ndarray:
@@ -627,7 +644,8 @@ class OpenWorld:
             )
         return labels[:, : self.k_].astype(np.int64)
 
-    def detect(self, blackbox: Blackbox, family: str, *, seed: int | None = None) -> OpenDetection:
+    def detect(self, blackbox: OpenWorldSuspect, family: str, *,
+               seed: int | None = None) -> OpenDetection:
         """Is the black box a variant of ``family``? blackbox: a database model name (simulation),
         its outputs (N,) / (N, c) on every input, or a callable ``indices -> (L, c)`` top-k
         labels. Asks the family's deployment queries (``queries(family)``), the same L inputs at
@@ -644,16 +662,17 @@ class OpenWorld:
             S = self.sample(family, np.random.default_rng(seed))
             dele = self.sym_[self.delegates_[family]][:, S]
         z = self._symbols(blackbox, S)
-        d = float(np.asarray(pairwise_rajski(z[None], dele, k=self.k_, exact=True)).min())
+        d = float(self._pairwise(z[None], dele).min())
         return OpenDetection(family, d < self.tau_, d, self.tau_, S.copy())
 
-    def identify(self, blackbox: Blackbox, *, seed: int | None = None) -> OpenIdentification:
+    def identify(self, blackbox: OpenWorldSuspect, *,
+                 seed: int | None = None) -> OpenIdentification:
         """Which family, or abstain (H0 when every distance >= tau; ties abstain too). Asks the
         deployment queries (``queries()``) unless ``seed`` asks for a fresh draw."""
         return self.identify_many([blackbox], seeds=[seed])[0]
 
     def identify_many(
-        self, blackboxes: Iterable[Blackbox], *, seeds: Sequence[int | None] | None = None
+        self, blackboxes: Iterable[OpenWorldSuspect], *, seeds: Sequence[int | None] | None = None
     ) -> list[OpenIdentification]:
         """``[identify(b, seed=s) for b, s in zip(blackboxes, seeds)]``, with the same results,
         computed in batches. seeds: one per black box, or None. A None seed (the default) asks
@@ -682,13 +701,11 @@ class OpenWorld:
         D = np.empty((len(draws), self.delegate_rows_.size), dtype=np.float64)
         on_fixed = np.array([s is None for s in seeds])
         if fixed is not None:
-            D[on_fixed] = pairwise_rajski(Z[on_fixed], fixed[1], k=self.k_, exact=True)
+            D[on_fixed] = self._pairwise(Z[on_fixed], fixed[1])
         if drawn:
             S_new = S_all[~on_fixed]
             dele = self.sym_[self.delegate_rows_[None, :, None], S_new[:, None, :]]  # (n, d, L)
-            D[~on_fixed] = np.asarray(
-                pairwise_rajski(Z[~on_fixed][:, None, :], dele, k=self.k_, exact=True)
-            )[:, 0]
+            D[~on_fixed] = self._pairwise(Z[~on_fixed][:, None, :], dele)[:, 0]
         D = np.minimum.reduceat(D, self.delegate_starts_, axis=1)  # (n, nF)
         return [
             self._decide(dict(zip(self.families_, d.tolist(), strict=True)), S.copy())
@@ -714,6 +731,7 @@ class OpenWorld:
             "identify_selection": self.identify_selection,
             "delegates": list(self.delegate_kinds),
             "fpr": self.fpr,
+            "distance": self.distance,
             "tau": self.tau_,
             "tau_identify": self.tau_identify_,
             "detect_tpr_on_database": self.detect_tpr_,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -64,6 +65,72 @@ def rajski_distance(a, b):
 def pairwise_rajski(A, B=None):
     B = A if B is None else B
     return [[rajski_distance(a, b) for b in B] for a in A]
+
+
+# --- the three distances from the contingency table (fastfp.fbi.information.DISTANCES) ----------
+
+DISTANCES = ("rajski", "mi", "mi_min")
+
+
+def contingency(a: Sequence, b: Sequence) -> dict[tuple, int]:
+    """The joint counts of two sequences: {(u, v): c(u, v)}, one loop over the L positions."""
+    table: dict[tuple, int] = {}
+    for u, v in zip(a, b, strict=True):
+        table[(u, v)] = table.get((u, v), 0) + 1
+    return table
+
+
+def entropies(table: dict[tuple, int]) -> tuple[float, float, float]:
+    """(H(a), H(b), H(a, b)) in nats from a contingency table, by loops over its cells:
+    H = -sum p log p with p = c / L, the marginals summed cell by cell."""
+    L = sum(table.values())
+    row: dict = {}
+    col: dict = {}
+    for (u, v), c in table.items():
+        row[u] = row.get(u, 0) + c
+        col[v] = col.get(v, 0) + c
+
+    def h(counts):
+        total = 0.0
+        for c in counts:
+            p = c / L
+            total -= p * math.log(p)
+        return max(total, 0.0)
+
+    return h(row.values()), h(col.values()), h(table.values())
+
+
+def distance(a: Sequence, b: Sequence, distance: str = "rajski") -> float:
+    """One distance between two sequences, from their contingency table:
+
+    - "rajski": 1 - I / H(a, b), 0 when H(a, b) = 0 (paper eq. 21), smaller is closer;
+    - "mi": I = H(a) + H(b) - H(a, b) in nats (``sklearn.metrics.mutual_info_score``), larger
+      is closer (the FBI authors' ``--distance mutual_information``, there in bits);
+    - "mi_min": 1 - clip(I / min(H(a), H(b)), 0, 1), +inf when min(H(a), H(b)) = 0 (the
+      authors' ``mutual_distance``: ``utils/distances.py`` ``score_mutual_information(u, v,
+      to_distance=True)`` divides I by the smaller marginal entropy, clips to [0, 1], takes 1 -
+      and maps the NaN of 0 / 0 to inf), smaller is closer.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance: expected one of {', '.join(map(repr, DISTANCES))}, "
+                         f"got {distance!r}")
+    h_a, h_b, h_ab = entropies(contingency(a, b))
+    mi = max(h_a + h_b - h_ab, 0.0)
+    if distance == "mi":
+        return mi
+    if distance == "rajski":
+        return 0.0 if h_ab == 0 else min(max(1.0 - mi / h_ab, 0.0), 1.0)
+    h_min = min(h_a, h_b)
+    if h_min == 0:
+        return math.inf
+    return 1.0 - min(max(mi / h_min, 0.0), 1.0)
+
+
+def pairwise_distance(A: Sequence[Sequence], B: Sequence[Sequence] | None = None,
+                      distance_name: str = "rajski") -> list[list[float]]:
+    """``distance`` of every pair of rows of A and B (B = A when None): nested lists (m, n)."""
+    B = A if B is None else B
+    return [[distance(a, b, distance_name) for b in B] for a in A]
 
 
 # --- walled garden (section III) ----------------------------------------------------------------
