@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastfp import _validate, store
+from fastfp import _validate, io
 from fastfp import distributed as dd
 
 from .database import (
@@ -56,7 +56,7 @@ def build_sharded(
 
     An existing database at ``path`` is extended with the models it lacks, as
     :meth:`Database.build` does, or refused when its k, inputs, labels or classes differ (every
-    rank checks the file before any query). Rank 0 holds :func:`fastfp.store.lock` on ``path``
+    rank checks the file before any query). Rank 0 holds :func:`fastfp.io.lock` on ``path``
     from its check to the save."""
     ctx = ctx or dd.Context()
     _validate.tensor("inputs", inputs, min_dim=1)
@@ -74,11 +74,11 @@ def build_sharded(
     if path is None:
         return _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
                       device, None, ctx, progress, keep)
-    path = store.check_target(path)  # before any model is queried
+    path = io.check_target(path)  # before any model is queried
     if not ctx.is_main:
         return _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
                       device, path, ctx, progress, keep)
-    with store.lock(path, wait=None):
+    with io.lock(path, wait=None):
         return _build(pairs, inputs, k, families, shard_dir, gt, batch_size, chunk_batches,
                       device, path, ctx, progress, keep)
 
