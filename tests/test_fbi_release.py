@@ -131,3 +131,51 @@ def test_paper_tables_cli_end_to_end(folder, tmp_path, capsys):
     assert "Table III" in text and "+-" in text
     data = json.loads(js.read_text())
     assert data["database"]["models"] == 16 and data["database"]["Ls"] == [20, 50]
+
+
+def test_import_extends_an_existing_database_or_refuses_it(folder, tmp_path):
+    d, src = folder
+    out = tmp_path / "db.safetensors"
+    assert _cli(["fbi", "import-predictions", str(d), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    # the same folder again: nothing to add, nothing lost
+    assert _cli(["fbi", "import-predictions", str(d), "--out", str(out)]) == 0
+    assert fbi.Database.load(out).num_models == src.num_models
+    # a folder with one more model: extended, the earlier models kept
+    more = tmp_path / "more"
+    export_predictions(src, more)
+    np.save(more / f"jpeg-{src.families[0]}-9.npy", src.topk[0, :, 0])
+    assert _cli(["fbi", "import-predictions", str(more), "--out", str(out)]) == 0
+    db = fbi.Database.load(out)
+    assert db.num_models == src.num_models + 1 and set(src.names) <= set(db.names)
+    # a model stored with other labels, or other inputs: refused, the file left as it was
+    grown = out.read_bytes()
+    np.save(more / f"{src.names[1]}.npy", (src.topk[1, :, 0] + 1) % src.num_classes)
+    assert _cli(["fbi", "import-predictions", str(more), "--out", str(out)]) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    np.save(other / "a.npy", np.zeros(7, dtype=np.int64))
+    assert _cli(["fbi", "import-predictions", str(other), "--out", str(out)]) == 2
+    assert out.read_bytes() == grown != before
+
+
+@pytest.mark.parametrize("label", [np.int64(2) ** 62, np.iinfo(np.uint64).max])
+def test_huge_labels_are_refused_before_any_cast(folder, tmp_path, label):
+    # they used to wrap: int64 2**62 was stored as 0, uint64 2**64-1 wrote an unloadable file
+    d, _ = folder
+    np.save(d / "huge.npy", np.full(120, label, dtype=np.asarray(label).dtype))
+    with pytest.raises(ValueError, match=r"huge.npy: label \d+ is larger than"):
+        import_predictions(d)
+    out = tmp_path / "db.safetensors"
+    assert _cli(["fbi", "import-predictions", str(d), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_import_checks_its_outputs_before_reading(folder, tmp_path, capsys):
+    d, _ = folder
+    missing = tmp_path / "no-such-folder" / "db.safetensors"
+    assert _cli(["fbi", "import-predictions", str(d), "--out", str(missing)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert _cli(["fbi", "import-predictions", str(d), "--out", str(tmp_path / "db.safetensors"),
+                 "--json", str(missing)]) == 2
+    assert not (tmp_path / "db.safetensors").exists()

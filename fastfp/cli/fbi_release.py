@@ -4,7 +4,6 @@ database, and the FBI paper's Tables III-VI on a database."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -53,6 +52,10 @@ def add_parsers(cmds: Any) -> None:
     t.add_argument("--L", type=int, nargs="+", default=[20, 50, 100, 500], dest="L",
                    help="numbers of queries (default 20 50 100 500)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--known-families", nargs="+", metavar="FAMILY", default=None,
+                   help="Table VI: these families are known, the others unknown, in every "
+                        "trial (default: a random draw per trial). `fastfp demo` prints the "
+                        "command that reproduces its table from the database it saves")
     t.add_argument("--max-drop", type=float, default=0.15,
                    help="relative accuracy drop a variant may have (default 0.15)")
     t.add_argument("--json", metavar="PATH", help="also write the tables as JSON")
@@ -62,22 +65,23 @@ def add_parsers(cmds: Any) -> None:
 
 def _report(args: argparse.Namespace, data: dict) -> None:
     if getattr(args, "json", None):
-        from fastfp.store import write_json
+        from fastfp.io import write_json
 
         write_json(args.json, data)
 
 
 def run_import_predictions(args: argparse.Namespace) -> int:
     """Import ``args.dir`` into ``args.out``; 0 on success."""
-    from fastfp.fbi.release import import_predictions
+    from fastfp import io
+    from fastfp.fbi.release import import_predictions, save_extending
 
+    # outputs first: a missing folder is named before the prediction folder is read
+    io.check_target(args.out, name="--out")
+    if args.json:
+        io.check_target(args.json, name="--json")
     families = None
     if args.families:
-        try:
-            with open(args.families, encoding="utf-8") as f:
-                families = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise _user_error(f"{args.families}: not valid JSON ({exc})") from exc
+        families = io.read_json(args.families, name=args.families)  # a regular file only
         if not isinstance(families, dict) or not all(
                 isinstance(v, str) for v in families.values()):
             raise _user_error(f"{args.families}: expected a JSON object name -> family")
@@ -85,9 +89,10 @@ def run_import_predictions(args: argparse.Namespace) -> int:
                                    k=args.k, num_classes=args.num_classes)
     for n in notes:
         _note(n)
-    db.save(args.out)
-    print(f"{args.out}: {db.num_models} models in {len(db.family_names)} families, "
-          f"{db.num_inputs} inputs, top-{db.k}, {db.num_classes} classes")
+    added = save_extending(db, args.out)  # an existing database is extended or refused
+    print(f"{args.out}: {added} of {db.num_models} models added "
+          f"({len(db.family_names)} families, {db.num_inputs} inputs, top-{db.k}, "
+          f"{db.num_classes} classes)")
     _report(args, {"out": str(args.out), "models": db.num_models,
                    "families": len(db.family_names), "inputs": db.num_inputs, "k": db.k,
                    "num_classes": db.num_classes, "notes": notes})
@@ -101,7 +106,8 @@ def run_paper_tables(args: argparse.Namespace) -> int:
 
     db = Database.load(args.db)
     tables = paper_tables(db, trials=args.trials, Ls=args.L, seed=args.seed,
-                          max_drop=args.max_drop, progress=not args.no_progress)
+                          max_drop=args.max_drop, known_fams=args.known_families,
+                          progress=not args.no_progress)
     print(format_tables(tables), end="")
     _report(args, tables)
     return 0

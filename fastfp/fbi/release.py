@@ -19,6 +19,8 @@ import numpy as np
 from .database import Database
 
 GROUND_TRUTH = "ground_truth.npy"
+# A database stores labels as at most int32: larger labels would wrap silently in the cast.
+MAX_LABEL = np.iinfo(np.int32).max - 1
 
 
 def family_of(name: str) -> str:
@@ -39,6 +41,12 @@ def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
         return None, f"not integer labels (dtype {arr.dtype})"
     if arr.ndim not in (1, 2):
         return None, f"not (N,) or (N, k) labels (shape {arr.shape})"
+    # checked in the file's own dtype, before any cast (a uint64 or int64 label would wrap)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{path.name}: has negative labels")
+    if arr.size and arr.max() > MAX_LABEL:
+        raise ValueError(f"{path.name}: label {int(arr.max())} is larger than {MAX_LABEL}, the "
+                         "largest class index a database stores")
     return (arr[:, None] if arr.ndim == 1 else arr), None
 
 
@@ -95,12 +103,12 @@ def import_predictions(
     for path, arr in models.values():
         if arr.shape[0] != n:
             raise ValueError(f"{path.name}: has {arr.shape[0]} predictions, expected N = {n}")
-        if arr.size and arr.min() < 0:
-            raise ValueError(f"{path.name}: has negative labels")
     top = max([int(a.max()) for _, a in models.values()] + [int(truth.max()) if truth is not None
                                                              else 0])
     if num_classes is None:
         num_classes = top + 1
+    elif not 2 <= int(num_classes) <= MAX_LABEL + 1:
+        raise ValueError(f"num_classes: expected 2..{MAX_LABEL + 1}, got {num_classes}")
     for path, arr in models.values():
         if arr.max() >= num_classes:
             raise ValueError(f"{path.name}: label {int(arr.max())} >= num_classes = {num_classes}")
@@ -120,6 +128,48 @@ def import_predictions(
     for name, (_, arr) in models.items():
         db.add(name, fam[name], arr[:, :k])
     return db, notes
+
+
+def save_extending(db: Database, path: str | os.PathLike) -> int:
+    """Save ``db`` at ``path``, extending the database already there (as a resumed build does);
+    returns the number of models added.
+
+    An existing database is extended only when it has the same inputs (count, ground truth), k
+    and classes, and every model both hold has the same family and the same labels; anything
+    else is refused by name and the file is left as it was.
+    """
+    from fastfp import io
+
+    path = Path(io.check_target(path))
+    with io.lock(path):
+        if not path.exists():
+            db.save(path)
+            return db.num_models
+        old = Database.load(path)
+        for what, have, new in (("inputs", old.num_inputs, db.num_inputs), ("k", old.k, db.k),
+                                ("num_classes", old.num_classes, db.num_classes)):
+            if have != new:
+                raise ValueError(f"{what}: the database at {path} has {what} = {have}, the "
+                                 f"import {new}; write it to another --out")
+        if (old.ground_truth is None) != (db.ground_truth is None) or (
+                old.ground_truth is not None
+                and not np.array_equal(old.ground_truth, db.ground_truth)):
+            raise ValueError(f"ground_truth: differs from the ground truth of the database at "
+                             f"{path}; write it to another --out")
+        added = 0
+        for i, name in enumerate(db.names):
+            if name in old:
+                j = old.index(name)
+                if old.families[j] != db.families[i] or not np.array_equal(old.topk[j],
+                                                                            db.topk[i]):
+                    raise ValueError(f"{name}: is stored at {path} with another family or other "
+                                     "labels; write the import to another --out")
+                continue
+            old.add(name, db.families[i], db.topk[i])
+            added += 1
+        if added:
+            old.save(path)
+        return added
 
 
 def export_predictions(db: Database, folder: str | os.PathLike) -> None:
