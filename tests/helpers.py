@@ -143,3 +143,114 @@ def write_release_folder(folder, seed=0, num_inputs=600, num_classes=10):
     return {"folder": folder, "families": families + ["omega"], "removed": "omega",
             "filtered": [n for n in models if n.startswith("POST-") or n == "JPEG-omega-10"],
             "ties": [(f, f"HALF-{f}") for f in families]}
+
+
+# --- a real Open Inference Protocol server (KServe) on 127.0.0.1 -------------------------------
+
+KSERVE_MODEL = "mlp-s0"  # served as "digits", "digits-labels" and "digits-flat"
+KSERVE_OTHER = "cnn-s1"  # served as "other": a model unrelated to KSERVE_MODEL
+
+# The served models: "digits" answers FP32 scores (B, 10) in NHWC; "digits-labels" INT64 top-3
+# labels in NCHW; "digits-flat" a malformed 1-D output; "other" FP32 scores of another model in
+# NCHW. "digits" declares NHWC so that the client must take the layout from the metadata. Every
+# request appends "MODEL IMAGES" to the log file (argv[4]), so tests count what was received.
+KSERVE_SERVER = r"""
+import sys, numpy as np, torch
+from kserve import Model, ModelServer, InferResponse, InferOutput
+from fastfp import zoo
+net, other = zoo.load(sys.argv[2]).eval(), zoo.load(sys.argv[3]).eval()
+log = sys.argv[4]
+
+class Digits(Model):
+    def __init__(self, name, labels, flat=False, model=net, nhwc=None):
+        super().__init__(name)
+        self.labels, self.flat, self.model = labels, flat, model
+        self.nhwc = not labels if nhwc is None else nhwc
+        self.ready = True
+    def get_input_types(self):
+        shape = [-1, 32, 32, 1] if self.nhwc else [-1, 1, 32, 32]
+        return [{"name": "image", "datatype": "FP32", "shape": shape}]
+    def get_output_types(self):
+        return [{"name": "out", "datatype": "INT64" if self.labels else "FP32", "shape": [-1, -1]}]
+    async def predict(self, payload, headers=None, response_headers=None):
+        x = torch.from_numpy(np.asarray(payload.inputs[0].as_numpy(), np.float32))
+        with open(log, "a") as f:
+            f.write(f"{self.name} {x.shape[0]}\n")
+        if self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        with torch.no_grad():
+            s = self.model(x.contiguous())
+        res = s.topk(3, dim=1).indices.numpy().astype(np.int64) if self.labels else s.numpy()
+        res = res.reshape(-1) if self.flat else res
+        out = InferOutput(name="out", shape=list(res.shape),
+                          datatype="INT64" if self.labels else "FP32")
+        out.set_data_from_numpy(res)
+        return InferResponse(model_name=self.name, infer_outputs=[out],
+                             response_id=payload.id or "0")
+
+ModelServer(http_port=int(sys.argv[1]), enable_grpc=False, workers=1,
+            enable_latency_logging=False).start([Digits("digits", False),
+                                                 Digits("digits-labels", True),
+                                                 Digits("digits-flat", False, flat=True),
+                                                 Digits("other", False, model=other,
+                                                        nhwc=False)])
+"""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (now) on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_kserve(port: int, log: str | None = None):
+    """Start the KServe server above on ``port`` (its request log at ``log``) and wait until it
+    is ready (60 s at most); returns the process."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from fastfp import zoo
+
+    for name in (KSERVE_MODEL, KSERVE_OTHER):
+        zoo.load(name)  # trained (or read from the cache) once, before the server reads it
+    proc = subprocess.Popen([sys.executable, "-c", KSERVE_SERVER, str(port), KSERVE_MODEL,
+                             KSERVE_OTHER, log or os.devnull],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError("server did not become ready in 60 s")
+
+
+def stop_kserve(proc) -> None:
+    proc.kill()
+    proc.wait(10)
+
+
+class KServe:
+    """A running KServe server: its base ``url`` and the images each served model received."""
+
+    def __init__(self, url: str, log):
+        self.url, self.log = url, log
+
+    def received(self, model: str) -> int:
+        """Images the served ``model`` has received so far."""
+        if not self.log.exists():
+            return 0
+        return sum(int(n) for name, n in (line.split() for line in
+                                          self.log.read_text().splitlines()) if name == model)

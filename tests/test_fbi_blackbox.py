@@ -4,100 +4,23 @@ model, ONNX files, functions, recorded answers, and the one spec grammar (resolv
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
+from helpers import KSERVE_MODEL as MODEL
+from helpers import free_port as _free_port
+from helpers import start_kserve as _start
+from helpers import stop_kserve as _stop
 
 from fastfp import blackbox as B
 from fastfp import io, zoo
 from fastfp.fbi.database import query_topk
 
-MODEL = "mlp-s0"
 K = 3
 
-# The served models: "digits" answers FP32 scores (B, 10) in NHWC; "digits-labels" INT64 top-3
-# labels in NCHW; "digits-flat" a malformed 1-D output. "digits" declares NHWC so that the client
-# must take the layout from the metadata.
-SERVER = r"""
-import sys, numpy as np, torch
-from kserve import Model, ModelServer, InferResponse, InferOutput
-from fastfp import zoo
-net = zoo.load(sys.argv[2]).eval()
-
-class Digits(Model):
-    def __init__(self, name, labels, flat=False):
-        super().__init__(name)
-        self.labels, self.flat = labels, flat
-        self.ready = True
-    def get_input_types(self):
-        shape = [-1, 1, 32, 32] if self.labels else [-1, 32, 32, 1]
-        return [{"name": "image", "datatype": "FP32", "shape": shape}]
-    def get_output_types(self):
-        return [{"name": "out", "datatype": "INT64" if self.labels else "FP32", "shape": [-1, -1]}]
-    async def predict(self, payload, headers=None, response_headers=None):
-        x = torch.from_numpy(np.asarray(payload.inputs[0].as_numpy(), np.float32))
-        if not self.labels:
-            x = x.permute(0, 3, 1, 2)
-        with torch.no_grad():
-            s = net(x.contiguous())
-        res = s.topk(3, dim=1).indices.numpy().astype(np.int64) if self.labels else s.numpy()
-        res = res.reshape(-1) if self.flat else res
-        out = InferOutput(name="out", shape=list(res.shape),
-                          datatype="INT64" if self.labels else "FP32")
-        out.set_data_from_numpy(res)
-        return InferResponse(model_name=self.name, infer_outputs=[out],
-                             response_id=payload.id or "0")
-
-ModelServer(http_port=int(sys.argv[1]), enable_grpc=False, workers=1,
-            enable_latency_logging=False).start([Digits("digits", False),
-                                                 Digits("digits-labels", True),
-                                                 Digits("digits-flat", False, flat=True)])
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), MODEL],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 60 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.kill()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def server():
-    pytest.importorskip("kserve")
-    zoo.load(MODEL)  # trained (or read from the cache) once, before the server reads it
-    port = _free_port()
-    proc = _start(port)
-    yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+# the KServe server: the `server` fixture of conftest.py (tests/helpers.py)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +79,19 @@ def test_budget_keeps_answers_already_received(server, data, tmp_path):
     resumed = B.OpenInference(url, x, K, cache=cache, max_queries=20)
     np.testing.assert_array_equal(resumed(np.arange(40)), want)
     assert resumed.images == 20  # only the 20 not yet answered
+
+
+@pytest.mark.slow  # the KServe server takes ~15 s to start on 2 cores
+def test_real_replies_pass_the_strict_checks(server, data):
+    x, _, want = data
+    for model in ("digits", "digits-labels"):  # FP32 scores in NHWC, INT64 labels in NCHW
+        bb = B.OpenInference(server + f"/v2/models/{model}", x, 2, num_classes=10)
+        np.testing.assert_array_equal(bb(np.arange(40)), want[:, :2])
+    # labels beyond the classes the caller knows are refused, never used
+    for model in ("digits", "digits-labels"):
+        few = B.OpenInference(server + f"/v2/models/{model}", x, 2, num_classes=2)
+        with pytest.raises(ValueError, match=r"label \d+ .*outside 0..num_classes-1 = 0..1"):
+            few(np.arange(40))
 
 
 @pytest.mark.slow  # starts its own server, to stop it midway
