@@ -25,6 +25,8 @@ from __future__ import annotations
 import io
 import os
 import pickletools
+import stat
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -42,6 +44,11 @@ SAFE_FORMATS = ("safe formats: ONNX (.onnx), a safetensors state dict with its a
                 "(.npy) for FBI")
 CODE_FORMATS = ("torchscript", "pt2", "torch.save", "pickle")  # what sniff() calls them
 ONNX_EXTRA = "pip install 'fastfp[onnx]'"
+# Wall-clock limit of one inference of a suspect ONNX model (one onnxruntime run), in seconds:
+# a Loop of 2**40 iterations would otherwise hold the checker forever. The CLI's
+# --suspect-timeout sets it; timeout=None lifts it.
+SUSPECT_TIMEOUT_S = 60.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # threading.Timer takes no larger wait
 
 PathLike = str | os.PathLike[str]
 
@@ -52,6 +59,26 @@ class UnsafeFormatError(ValueError):
 
 class TrustCodeWarning(UserWarning):
     """A file was loaded with ``trust_code=True``: its code ran in this process."""
+
+
+class SuspectError(ValueError):
+    """A suspect model misbehaved while it was queried (it failed, answered NaN / inf or a shape
+    that is no classifier's): the message names the model; callers pass it on as it is."""
+
+
+class InferenceTimeout(SuspectError):
+    """One inference of a suspect model took longer than its time limit and was stopped."""
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """A time limit in seconds: None (no limit) or a finite number in (0, 7 days]."""
+    if timeout is None:
+        return None
+    value = _validate.real(name, timeout, hi=MAX_TIMEOUT_S)
+    if not value > 0:
+        raise ValueError(f"{name}: expected a number of seconds > 0 (or None for no limit), "
+                         f"got {value:g}")
+    return value
 
 
 def sniff(path: PathLike, data: bytes | None = None) -> str:
@@ -178,6 +205,121 @@ def read_tensors(path: PathLike, data: bytes | None = None, *, name: str = "path
                          f"({type(exc).__name__})") from None
 
 
+def _onnx_tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto of an ONNX model: initializers (sparse ones too), tensor attributes, in
+    the main graph, every subgraph (Loop / If / Scan bodies), functions and training info."""
+    def graph(g: Any) -> Iterator[Any]:
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in g.node:
+            yield from attributes(node)
+
+    def attributes(node: Any) -> Iterator[Any]:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sparse in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(
+                    a.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            if a.HasField("g"):
+                yield from graph(a.g)
+            for sub in a.graphs:
+                yield from graph(sub)
+
+    yield from graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from attributes(node)
+    for info in model.training_info:
+        yield from graph(info.initialization)
+        yield from graph(info.algorithm)
+
+
+def check_external_data(path: PathLike, model: Any) -> bool:
+    """Check every external-data file that the ONNX ``model`` (a ModelProto read from ``path``)
+    names: a regular file in ``path``'s own folder (no absolute path, no ``..``, no symlink out
+    of the folder), long enough for the bytes it should hold. A suspect must not read the
+    checker's files (say ``./fp.safetensors``) into its weights. Returns whether there are any;
+    ValueError naming the file and the tensor otherwise."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from onnx import TensorProto
+
+    folder = Path(path).parent.resolve()
+    found = False
+    for tensor in _onnx_tensors(model):
+        if not tensor.external_data and tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        found = True
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        what = f"{path}: external data {location!r} of tensor {tensor.name!r}"
+        win = PureWindowsPath(location)  # splits on both separators, knows drives
+        if not location or "\0" in location:
+            raise ValueError(f"{what}: names no file")
+        if PurePosixPath(location).is_absolute() or win.is_absolute() or win.drive or \
+                ".." in win.parts:
+            raise ValueError(f"{what}: lies outside the model's folder (external data must be a "
+                             "file beside the model, named without '..' or an absolute path)")
+        try:
+            real = (folder / location).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            raise ValueError(f"{what}: no such file in the model's folder {str(folder)!r}"
+                             ) from None
+        if not real.is_relative_to(folder):
+            raise ValueError(f"{what}: a symlink out of the model's folder {str(folder)!r}")
+        mode = os.stat(real).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{what}: not a regular file (a "
+                             f"{'folder' if stat.S_ISDIR(mode) else 'special file'})")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
+        except ValueError:
+            raise ValueError(f"{what}: offset and length must be numbers") from None
+        size = os.stat(real).st_size
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ValueError(f"{what}: the file holds {size} bytes, the tensor asks for "
+                             f"{length} at offset {offset}")
+        kind = _structured_kind(real, size)
+        if kind:
+            raise ValueError(f"{what}: a {kind} file, not raw tensor data (a suspect may not "
+                             "read other files, such as a fingerprint or exported queries, into "
+                             "its weights)")
+    return found
+
+
+def _structured_kind(path: Path, size: int) -> str:
+    """What a file that should hold raw tensor bytes looks like from its first bytes, when it
+    is one of the files a checker keeps (fingerprints and databases are safetensors, exported
+    queries JSON or PNG, inputs .npy / .pt): ``""`` for anything else."""
+    from fastfp.io import open_regular
+
+    fd = open_regular(path, "external data")
+    try:
+        head = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    if head[:6] == b"\x93NUMPY":
+        return "numpy"
+    if head[:4] == b"PK\x03\x04":
+        return "zip (torch.save / .npz)"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    n = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if 0 < n <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)  # raw floats never are
+    if text and head.lstrip()[:1] in (b"{", b"["):
+        return "JSON"
+    return ""
+
+
+def _terminate(options: Any) -> None:
+    options.terminate = True  # onnxruntime stops the run between two nodes (Loop steps too)
+
+
 class OnnxClassifier(nn.Module):
     """An ONNX classifier run by onnxruntime, as an ``nn.Module`` (batch -> logits).
 
@@ -185,14 +327,23 @@ class OnnxClassifier(nn.Module):
     queries; generating characteristic examples needs a PyTorch model. ``providers``: onnxruntime
     execution providers (default: CUDA when both onnxruntime and torch see a GPU, then CPU).
     Inputs are moved to the CPU for the session and the logits come back on the input's device.
+
+    The file comes from the checked party: external data is read only from the model's own
+    folder (:func:`check_external_data`), each onnxruntime run is stopped after ``timeout``
+    seconds (:class:`InferenceTimeout`; None: no limit), and outputs that are not finite
+    ``(batch, classes)`` scores, like a failing run, raise :class:`SuspectError` naming the file.
     """
 
-    def __init__(self, path: PathLike, providers: list[str] | None = None) -> None:
+    def __init__(self, path: PathLike, providers: list[str] | None = None, *,
+                 timeout: float | None = SUSPECT_TIMEOUT_S) -> None:
         super().__init__()
+        self.timeout = check_timeout(timeout)
         try:
+            import onnx
             import onnxruntime as ort
         except ImportError:
-            raise ImportError(f"path: ONNX models need onnxruntime ({ONNX_EXTRA})") from None
+            raise ImportError(f"path: ONNX models need onnx and onnxruntime ({ONNX_EXTRA})"
+                              ) from None
         from fastfp.io import read_bytes
 
         if providers is not None and (not isinstance(providers, list | tuple) or not all(
@@ -210,10 +361,20 @@ class OnnxClassifier(nn.Module):
         if unknown:
             raise ValueError(f"providers: {unknown} not available in onnxruntime (available: "
                              f"{available})")
+        try:  # the graph only: nothing is read from external data files here
+            proto = onnx.load_model_from_string(data)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise ValueError(f"path: cannot read {self.path!r} as an ONNX model "
+                             f"({type(exc).__name__}: {exc})") from None
+        # from bytes, onnxruntime would look for external data in the working directory; from
+        # the file (checked above), in the model's folder
+        source = os.fspath(path) if check_external_data(path, proto) else data
+        del proto
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
+        opts.log_severity_level = 4  # failures become exceptions, said in one line
         try:
-            self.session = ort.InferenceSession(data, opts, providers=list(providers))
+            self.session = ort.InferenceSession(source, opts, providers=list(providers))
         except Exception as exc:
             raise ValueError(f"path: cannot read {self.path!r} as an ONNX model "
                              f"({type(exc).__name__}: {exc})") from None
@@ -261,11 +422,41 @@ class OnnxClassifier(nn.Module):
                              for i in range(0, len(arr), batch)])
         else:
             out = self._run(arr)
+        if out.dim() != 2 or out.shape[0] != len(arr):
+            raise SuspectError(f"{self.path}: expected (batch, classes) outputs for a batch of "
+                               f"{len(arr)}, got shape {tuple(out.shape)}")
+        finite = torch.isfinite(out).all(dim=1)
+        if not bool(finite.all()):
+            raise SuspectError(f"{self.path}: non-finite outputs (NaN or inf) on "
+                               f"{int((~finite).sum())} of {len(arr)} inputs")
         return out.to(x.device)
 
     def _run(self, arr: Any) -> torch.Tensor:
-        (out, *_) = self.session.run(None, {self._input: arr})
-        return torch.from_numpy(out).float()
+        import numpy as np
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        timer = None
+        if self.timeout is not None:  # a watchdog: onnxruntime checks the flag between nodes
+            timer = threading.Timer(self.timeout, _terminate, (options,))
+            timer.daemon = True
+            timer.start()
+        try:
+            (out, *_) = self.session.run(None, {self._input: arr}, options)
+        except Exception as exc:
+            if options.terminate:
+                raise InferenceTimeout(f"{self.path}: inference took longer than "
+                                       f"{self.timeout:g} s (--suspect-timeout)") from None
+            raise SuspectError(f"{self.path}: onnxruntime failed ({type(exc).__name__}: {exc})"
+                               ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "fiub":
+            raise SuspectError(f"{self.path}: expected a numeric tensor of scores, got "
+                               f"{getattr(out, 'dtype', type(out).__name__)}")
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
     def _run_fixed(self, arr: Any, batch: int) -> torch.Tensor:
         import numpy as np
@@ -276,7 +467,8 @@ class OnnxClassifier(nn.Module):
         return self._run(arr)[:n]
 
     def extra_repr(self) -> str:
-        return f"{self.path!r}, providers={self.session.get_providers()}"
+        return (f"{self.path!r}, providers={self.session.get_providers()}, "
+                f"timeout={self.timeout}")
 
 
 @dataclass(frozen=True)
@@ -362,18 +554,21 @@ def load_trusted(path: PathLike) -> nn.Module:
 
 def load_suspect(path: PathLike | None, *, arch: str | None = None,
                  num_classes: int | None = None, seed: int = 0, trust_code: bool = False,
-                 device: str | torch.device | None = None) -> nn.Module:
+                 device: str | torch.device | None = None,
+                 timeout: float | None = SUSPECT_TIMEOUT_S) -> nn.Module:
     """A suspect model from a file, in eval mode on ``device`` (default: CPU), without running
     code from the file.
 
     ``arch``: a torchvision / timm architecture; ``path`` is then its state dict (``.safetensors``,
     or a ``.pt`` of tensors read with ``weights_only=True``), or None / ``"random"`` for the random
     init seeded by ``seed``; ``num_classes`` sizes its head. Without ``arch``: an ONNX file
-    (:class:`OnnxClassifier`). Pickles, TorchScript and ``.pt2`` raise :class:`UnsafeFormatError`
-    unless ``trust_code=True`` (then they load, with a :class:`TrustCodeWarning`).
+    (:class:`OnnxClassifier`, each inference stopped after ``timeout`` seconds; None: no limit).
+    Pickles, TorchScript and ``.pt2`` raise :class:`UnsafeFormatError` unless ``trust_code=True``
+    (then they load, with a :class:`TrustCodeWarning`).
     """
     if not isinstance(trust_code, bool):
         raise TypeError(f"trust_code: expected a bool, got {type(trust_code).__name__}")
+    timeout = check_timeout(timeout)
     dev = _validate.device("device", device if device is not None else "cpu")
     if path is not None and not isinstance(path, str | os.PathLike):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
@@ -398,7 +593,7 @@ def load_suspect(path: PathLike | None, *, arch: str | None = None,
         # on a cuda device: onnxruntime's CUDA provider when it has one (else its CPU provider;
         # the logits still come back on the device)
         providers = None if dev.type == "cuda" else ["CPUExecutionProvider"]
-        return OnnxClassifier(path, providers=providers).to(dev).eval()
+        return OnnxClassifier(path, providers=providers, timeout=timeout).to(dev).eval()
     if kind == "safetensors":
         raise ValueError(f"path: {str(path)!r} is a safetensors state dict: give its "
                          "architecture (arch=... / --arch NAME, with --num-classes N for a "
@@ -450,9 +645,10 @@ def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = 
                seed: int = 0, trust_code: bool = False, own: bool = False,
                device: str | torch.device | None = None,
                named: NamedModels | Callable[[str], nn.Module] | None = None,
-               what: str = "model") -> LoadedModel:
+               what: str = "model", timeout: float | None = SUSPECT_TIMEOUT_S) -> LoadedModel:
     """The model ``spec`` names, in eval mode on ``device``: with ``arch``, its state dict file or
-    ``"random"``; else a model file (:func:`load_suspect`) or a name that ``named`` knows.
+    ``"random"``; else a model file (:func:`load_suspect`, ``timeout`` per ONNX inference) or a
+    name that ``named`` knows.
 
     ``own``: the caller's own model, whose code formats (TorchScript, torch.save'd modules) load
     without ``trust_code`` and without a warning. Errors start with ``what``."""
@@ -478,7 +674,8 @@ def load_model(spec: str, *, arch: str | None = None, num_classes: int | None = 
             with warnings.catch_warnings():
                 if own:  # the owner's model: its code is theirs to run
                     warnings.simplefilter("ignore", TrustCodeWarning)
-                model = load_suspect(spec, trust_code=trust_code or own, device=device)
+                model = load_suspect(spec, trust_code=trust_code or own, device=device,
+                                     timeout=timeout)
             shape = getattr(model, "input_shape", None)  # an ONNX model's declared input
             return LoadedModel(model, Path(spec).stem, shape, None)
     except (ValueError, TypeError, ImportError, OSError) as exc:  # refused, unreadable, no ort
@@ -507,15 +704,16 @@ def read_model_list(path: PathLike) -> dict[str, Any]:
     """An FBI model list (JSON, or TOML for ``.toml``): ``{"models": [{"name", "family", one
     source}, ...], "inputs": ..., "labels": ...}``, its names unique; ValueError naming the file
     otherwise. Its model files are checked by :func:`check_entry`."""
-    from fastfp.io import read_bytes
+    from fastfp.io import MAX_FILE_BYTES, check_depth, read_bytes
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"no such spec file: {str(path)!r}")
-    try:
-        text = read_bytes(p, name="spec").decode("utf-8")
+    try:  # a regular file of bounded size (a FIFO would hang), nested boundedly (parsers recurse)
+        text = read_bytes(p, name="spec", max_bytes=MAX_FILE_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text file ({exc.reason})") from None
+    check_depth(text, name="spec", source=path)
     if p.suffix == ".toml":
         import tomllib
 
@@ -584,11 +782,12 @@ def check_entry(entry: dict[str, Any], base: Path, *, trust_code: bool = False,
 def load_entry(entry: dict[str, Any], base: Path, what: str | None = None, *,
                trust_code: bool = False, allow_absolute: bool = False,
                num_classes: int | None = None,
-               named: NamedModels | Callable[[str], nn.Module] | None = None) -> nn.Module:
+               named: NamedModels | Callable[[str], nn.Module] | None = None,
+               timeout: float | None = SUSPECT_TIMEOUT_S) -> nn.Module:
     """The model of a model-list entry (``zoo``: a name ``named`` knows; ``arch`` [+ ``weights``,
     ``num_classes``, ``seed``]; or ``path``), loaded as a suspect; files lie in ``base`` (see
     :func:`confined_path`); ``num_classes``: the head of an ``arch`` entry that gives none;
-    ``what`` names it in errors (default: by its name)."""
+    ``what`` names it in errors (default: by its name); ``timeout``: per ONNX inference."""
     what = what or f"model {entry.get('name')!r}"
     if "zoo" in entry:
         names = as_named(named)
@@ -608,7 +807,7 @@ def load_entry(entry: dict[str, Any], base: Path, what: str | None = None, *,
                                 seed=entry.get("seed", 0))
         if "path" in entry:
             path = confined_path(entry["path"], base, allow_absolute=allow_absolute, what="path")
-            return load_suspect(path, trust_code=trust_code)
+            return load_suspect(path, trust_code=trust_code, timeout=timeout)
     except (ValueError, TypeError, ImportError, OSError) as exc:
         raise _prefixed(exc, what) from None
     raise ValueError(f"{what}: give one of 'zoo', 'arch' or 'path'")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _models, _validate
+from ..suspects import SuspectError
 from .settings import Settings
 
 
@@ -57,7 +58,31 @@ def check_input_shape(input_shape: object) -> tuple[int, int, int]:
         raise ValueError(f"input_shape: expected 3 dims (C, H, W), got {len(input_shape)}: "
                          f"{tuple(input_shape)}")
     c, h, w = (_validate.integer(f"input_shape[{i}]", v, lo=1) for i, v in enumerate(input_shape))
+    if c * h * w > MAX_EXAMPLE_ELEMENTS:
+        raise ValueError(f"input_shape: ({c}, {h}, {w}) is {c * h * w} values per example, more "
+                         f"than the {MAX_EXAMPLE_ELEMENTS} fastfp generates (e.g. 3,224,224)")
     return c, h, w
+
+
+# Sizes beyond these are typos (-n 1e11, 99999x99999), refused before anything is allocated.
+MAX_EXAMPLE_ELEMENTS = 2 ** 27  # C * H * W of one example: 3 x 6688 x 6688
+MAX_EXAMPLES = 10 ** 7
+MAX_FINGERPRINT_ELEMENTS = 2 ** 32  # num * C * H * W: 16 GiB of float32
+
+
+def check_num(num: object) -> int:
+    """The number of examples: 1 .. :data:`MAX_EXAMPLES`."""
+    return _validate.integer("num", num, lo=1, hi=MAX_EXAMPLES)
+
+
+def check_size(num: int, input_shape: Sequence[int]) -> None:
+    """``num`` examples of ``input_shape`` fit in :data:`MAX_FINGERPRINT_ELEMENTS` values."""
+    total = int(num)
+    for d in input_shape:
+        total *= int(d)
+    if total > MAX_FINGERPRINT_ELEMENTS:
+        raise ValueError(f"num: {num} examples of shape {tuple(input_shape)} are {total} values, "
+                         f"more than the {MAX_FINGERPRINT_ELEMENTS} (16 GiB) fastfp generates")
 
 
 def check_model_name(model_name: object) -> None:
@@ -175,6 +200,8 @@ def probe(model: torch.nn.Module, x1: torch.Tensor, num_classes: int | None,
         mdtype = model_dtype(model)
         with torch.no_grad(), _models.eval_mode(model):
             out = model(x1.to(device, mdtype or torch.float32))
+    except SuspectError:
+        raise  # a suspect that misbehaved (a timeout, NaN): its message names it
     except Exception as exc:
         raise ValueError(f"input_shape: the model's forward pass on one input of shape "
                          f"{tuple(x1.shape)} failed ({type(exc).__name__}: {exc})") from exc
@@ -189,14 +216,17 @@ def probe(model: torch.nn.Module, x1: torch.Tensor, num_classes: int | None,
     return int(guess) + x1.numel() * x1.element_size(), int(out.shape[1])
 
 
-def check_logits(out: object, batch: int) -> torch.Tensor:
-    """A classifier's output must be finite 2-D float logits (batch, num_classes)."""
+def check_logits(out: object, batch: int, name: str = "model") -> torch.Tensor:
+    """A classifier's output must be finite 2-D float logits (batch, num_classes); errors start
+    with ``name`` (the model)."""
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"model: expected a classifier returning a logits tensor, got "
+        raise TypeError(f"{name}: expected a classifier returning a logits tensor, got "
                         f"{type(out).__name__}")
     if out.dim() != 2 or out.shape[0] != batch or not out.is_floating_point():
-        raise ValueError(f"model: expected 2-D float logits (batch, num_classes), got "
+        raise ValueError(f"{name}: expected 2-D float logits (batch, num_classes), got "
                          f"{out.dtype} of shape {tuple(out.shape)} for a batch of {batch}")
-    if not bool(torch.isfinite(out).all()):
-        raise ValueError("model: its logits contain NaN or inf")
+    finite = torch.isfinite(out).all(dim=1)
+    if not bool(finite.all()):  # argmax would read NaN as a class: refuse, never guess
+        raise ValueError(f"{name}: non-finite outputs (NaN or inf) on {int((~finite).sum())} "
+                         f"of {batch} inputs")
     return out

@@ -33,6 +33,11 @@ OWNER_HELP = ("your model: with --arch NAME a safetensors state dict of that tor
               "as cnn-s0, a TorchScript file or a torch.save'd nn.Module (yours: it is unpickled)")
 TRUST_WARNING = ("fastfp: warning: --trust-code: loading {what} runs code from the file; use it "
                  "only for files you trust")
+# fastfp.suspects.SUSPECT_TIMEOUT_S, said here without importing torch (fast --help); a test
+# keeps the two equal
+SUSPECT_TIMEOUT_HELP = ("stop a suspect ONNX model's inference (one batch) after SECONDS and "
+                        "fail (exit 2): a hostile model may loop forever (default 60; 0: no "
+                        "limit)")
 
 
 def __getattr__(name: str) -> Any:
@@ -95,6 +100,64 @@ def add_model_args(p: argparse.ArgumentParser, *, suspect: bool) -> None:
                     "models this command loads as suspects; MODEL itself, yours, needs no flag"))
 
 
+def suspect_timeout(text: str) -> float:
+    """``--suspect-timeout``: seconds > 0, or 0 for no limit (argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 7 * 24 * 3600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected seconds in [0, 604800] (0: no limit), got "
+                                         f"{text!r}")
+    return value
+
+
+def add_suspect_timeout(p: argparse.ArgumentParser) -> None:
+    """``--suspect-timeout SECONDS``, for every command that runs a suspect model."""
+    p.add_argument("--suspect-timeout", type=suspect_timeout, default=None, metavar="SECONDS",
+                   help=SUSPECT_TIMEOUT_HELP)
+
+
+def timeout_of(args: argparse.Namespace) -> float | None:
+    """The ``timeout=`` of the suspect loaders from ``--suspect-timeout`` (not given: the
+    library's default; 0: None, no limit)."""
+    value = getattr(args, "suspect_timeout", None)
+    if value is None:
+        from fastfp.suspects import SUSPECT_TIMEOUT_S
+
+        return SUSPECT_TIMEOUT_S
+    return float(value) or None
+
+
+# the devices a model of the command line can run on
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    """``--num`` and ``--input-shape`` (of ``generate``) within what fastfp generates, before a
+    model loads or a tensor of that size is allocated."""
+    from fastfp.cexamples import checks
+
+    num = getattr(args, "num", None)
+    text = getattr(args, "input_shape", None)
+    shape = None
+    if isinstance(text, str):
+        try:  # C,H,W or CxHxW; generate itself names a malformed value
+            shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+        except ValueError:
+            shape = None
+    try:
+        if isinstance(num, int):
+            checks.check_num(num)
+        if shape is not None and len(shape) == 3 and min(shape) >= 1:
+            checks.check_input_shape(shape)
+            if isinstance(num, int) and num >= 1:
+                checks.check_size(num, shape)
+    except ValueError as exc:
+        flag = "--input-shape" if str(exc).startswith("input_shape") else "--num"
+        raise UserError(f"{flag}: {str(exc).split(': ', 1)[-1]}") from None
+
+
 def check_device(value: str | None, flag: str = "--device") -> torch.device | None:
     """``--device`` as a torch device (None stays None), refused up front when absent here."""
     if value is None:
@@ -104,6 +167,10 @@ def check_device(value: str | None, flag: str = "--device") -> torch.device | No
     from fastfp import _validate
 
     device = _validate.device(flag, value)
+    if device.type not in DEVICE_TYPES:  # meta holds no data: a model there cannot answer
+        raise UserError(f"{flag}: expected cpu, cuda or cuda:N, got {value!r}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{flag}: mps asked for, but torch sees no MPS device")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{flag}: cuda asked for, but torch sees no CUDA device")
     if device.type == "cuda" and device.index is not None and \
@@ -120,6 +187,7 @@ def load_model(args: argparse.Namespace, *, suspect: bool) -> suspects.LoadedMod
 
     from fastfp import suspects
 
+    check_sizes(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = getattr(args, "num_classes", None)
     if num_classes is not None and num_classes < 1:
@@ -132,7 +200,7 @@ def load_model(args: argparse.Namespace, *, suspect: bool) -> suspects.LoadedMod
                                    num_classes=num_classes, seed=seed,
                                    trust_code=bool(getattr(args, "trust_code", False)),
                                    own=not suspect, device=device, named=zoo_models(),
-                                   what="MODEL")
+                                   what="MODEL", timeout=timeout_of(args))
 
 
 def load_classifier(args: argparse.Namespace, spec: str, flag: str,
@@ -143,12 +211,15 @@ def load_classifier(args: argparse.Namespace, spec: str, flag: str,
     ``input_shape`` into ``num_classes`` classes, before any work."""
     import torch
 
+    from fastfp import suspects
     from fastfp.cexamples import checks
 
     extra = {"model": spec} if same_arch else {"model": spec, "arch": None}
     model = load_model(argparse.Namespace(**{**vars(args), **extra}), suspect=True).model
     try:
         checks.probe(model, torch.zeros(1, *input_shape), num_classes, checks.model_device(model))
+    except suspects.SuspectError:
+        raise  # it names the model itself (a timeout, NaN outputs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{flag} {spec}: not a classifier of the fingerprint's inputs and "
                          f"classes ({exc})") from None

@@ -56,6 +56,22 @@ Device = torch.device | str | None
 PathLike = str | os.PathLike
 
 
+def check_outputs(logits: Any, batch: int, name: str = "model") -> torch.Tensor:
+    """A queried model's outputs must be finite (batch, classes) scores: top-k would rank a NaN
+    as a label and store it. ValueError naming the model (``name``) otherwise."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
+        raise ValueError(
+            f"{name}: expected logits of shape (batch, classes) for a batch of {batch}, got "
+            f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
+        )
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{name}: non-finite outputs (NaN or inf) on {int((~finite).sum())} of {batch} inputs"
+        )
+    return logits
+
+
 @torch.no_grad()
 def query_topk(
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -67,25 +83,22 @@ def query_topk(
     progress: bool = False,
     desc: str | None = None,
 ) -> np.ndarray:
-    """Top-k labels (N, k) int64 of ``model`` (a callable: batch -> logits) on ``inputs``."""
+    """Top-k labels (N, k) int64 of ``model`` (a callable: batch -> logits) on ``inputs``;
+    outputs that are not finite (batch, classes) scores raise ValueError naming ``desc``."""
     _validate.tensor("inputs", inputs, min_dim=1)
     k = _validate.integer("k", k, lo=1)
     batch_size = _validate.integer("batch_size", batch_size, lo=1)
     from tqdm.auto import tqdm
 
     dev = torch.device(device) if device is not None else None
+    name = "model" if desc is None else f"model {desc!r}"
     out = []
     starts = range(0, inputs.shape[0], batch_size)
     for i in tqdm(starts, desc=desc or "query", disable=not progress, leave=False):
         x = inputs[i : i + batch_size]
         if dev is not None:
             x = x.to(dev)
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ValueError(
-                f"model: expected logits of shape (batch, classes), got "
-                f"{getattr(logits, 'shape', type(logits).__name__)}"
-            )
+        logits = check_outputs(model(x), x.shape[0], name)
         if logits.shape[1] < k:
             raise ValueError(f"k: {k} exceeds the model's {logits.shape[1]} classes")
         out.append(logits.topk(k, dim=1).indices.cpu())
@@ -347,7 +360,9 @@ class Database:
             db = load_resumable(path, pairs, families, k=k, digest=digest, labels=labels)
         else:
             if num_classes is None:
-                num_classes = probe_classes(pairs[0][1], inputs, device)
+                num_classes = probe_classes(
+                    pairs[0][1], inputs, device, f"model {str(pairs[0][0])!r}"
+                )
             gt = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
             if gt is not None and gt.shape[0] != inputs.shape[0]:
                 raise ValueError(
@@ -543,12 +558,15 @@ def check_new_models(
 
 
 def probe_classes(
-    model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: Device
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    device: Device,
+    name: str = "model",
 ) -> int:
-    """The number of classes ``model`` outputs, from one input."""
+    """The number of classes ``model`` outputs, from one input (checked as every query is)."""
     with torch.no_grad():
         x = inputs[:1] if device is None else inputs[:1].to(device)
-        return int(model(x).shape[1])
+        return int(check_outputs(model(x), 1, name).shape[1])
 
 
 def release(model: object) -> None:
