@@ -5,12 +5,16 @@ arrays, CSV or JSON rows of top-k labels, or float logits / probabilities (the t
 Every reader returns ``(value, notes)``: the notes say what was converted (the CLI prints them), and
 anything it cannot read raises one ``ValueError`` naming the file, never a parser's traceback.
 Tensor files are sniffed by :mod:`fastfp.suspects` before anything reads them: pickles,
-TorchScript and ``.pt2`` archives are refused (an answers file never needs code).
+TorchScript and ``.pt2`` archives are refused (an answers file never needs code). Every file is
+opened as a regular file only (a FIFO would hang, ``/dev/zero`` would fill memory) and its size is
+capped before it is parsed: bytes and rows of CSV / JSON, nesting of JSON, the array sizes an
+``.npy`` / ``.npz`` header declares.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from fastfp import _validate, suspects
+from fastfp import io as fileio
 
 # a CSV header cell naming a leading index column (dropped)
 INDEX_COLUMNS = ("index", "idx", "id", "image", "image_id", "input", "i", "n", "#")
@@ -29,6 +34,9 @@ INDEX_COLUMNS = ("index", "idx", "id", "image", "image_id", "input", "i", "n", "
 ANSWER_KEYS = ("labels", "predictions")
 TENSOR_FILES = (".npy", ".npz", ".pt", ".safetensors")
 ANSWER_FILES = (".npy", ".npz", ".pt", ".csv", ".json")
+# Text answers become Python objects (~30 bytes a value): larger answers belong in a .npy.
+MAX_TEXT_BYTES = 64 * 2 ** 20
+MAX_TEXT_VALUES = 2 ** 24
 
 
 def top_k_labels(scores: np.ndarray, k: int) -> np.ndarray:
@@ -127,12 +135,40 @@ def _number(cell: str) -> int | float | None:
         return None
 
 
-def _read_csv(p: Path, notes: list[str]) -> np.ndarray:
+def _text(p: Path) -> str:
+    """The text of the regular file ``p``, capped at :data:`MAX_TEXT_BYTES` before reading."""
     try:
-        with p.open(newline="") as f:
-            rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as exc:
+        data = fileio.read_bytes(p, name="answers", max_bytes=MAX_TEXT_BYTES)
+    except ValueError as exc:
+        if "bytes, more than" in str(exc):
+            raise ValueError(f"{exc} (write larger answers as .npy)") from None
+        raise
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not a text file ({exc.reason})") from None
+
+
+def _too_many(p: Path, values: int) -> None:
+    if values > MAX_TEXT_VALUES:
+        raise ValueError(f"{p}: more than {MAX_TEXT_VALUES} values, more than a CSV / JSON "
+                         "answers file may hold (write larger answers as .npy)")
+
+
+def _read_csv(p: Path, notes: list[str]) -> np.ndarray:
+    text = _text(p)
+    rows: list[list[str]] = []
+    count = 0
+    try:
+        for r in csv.reader(io.StringIO(text, newline="")):
+            cells = [c.strip() for c in r]
+            if any(cells):
+                count += len(cells)
+                _too_many(p, count)  # checked row by row: a huge file never becomes lists
+                rows.append(cells)
+    except csv.Error as exc:
         raise ValueError(f"{p}: not a readable CSV file ({exc})") from None
+    del text
     if not rows:
         raise ValueError(f"{p}: no answers (the file is empty)")
     drop_index, first_line = False, 1
@@ -172,13 +208,13 @@ def _from_rows(p: Path, rows: list[Any]) -> np.ndarray:
 
 
 def _read_json(p: Path) -> np.ndarray:
+    text = _text(p)
+    if not text.strip():
+        raise ValueError(f"{p}: no answers (the file is empty)")
+    fileio.check_depth(text, name="answers", source=p)  # before json recurses per level
     try:
-        data = json.loads(p.read_text())
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{p}: not a text file ({exc.reason})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        if not p.read_text().strip():
-            raise ValueError(f"{p}: no answers (the file is empty)") from None
         raise ValueError(f"{p}: not valid JSON ({exc})") from None
     if isinstance(data, dict):
         key = next((key for key in ANSWER_KEYS if key in data), None)
@@ -195,6 +231,7 @@ def _read_json(p: Path) -> np.ndarray:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     width = len(data[0]) if isinstance(data[0], list) else None
+    _too_many(p, len(data) * (width or 1))
     for i, row in enumerate(data):
         cells = row if isinstance(row, list) else [row]
         if (len(cells) if isinstance(row, list) else None) != width:
@@ -211,31 +248,48 @@ def read_tensor_file(p: Path, keys: tuple[str, ...]) -> np.ndarray:
     tensor; a torch.save archive that :func:`fastfp.suspects.tensors_only` accepts), never a
     pickle: nothing in the file runs."""
     suffix = p.suffix.lower()
-    if p.stat().st_size == 0:
-        raise ValueError(f"{p}: the file is empty")
+    fd = fileio.open_regular(p, str(p))  # a FIFO, a device or a folder is refused here
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise ValueError(f"{p}: the file is empty")
+        if suffix in (".safetensors", ".pt"):
+            fileio.check_size(size, fileio.MAX_ARRAY_BYTES, name=str(p), source=p)
+        elif fh.read(4) == b"PK\x03\x04":  # .npz (a zip of .npy files), whatever its suffix
+            fh.seek(0)
+            return _read_npz(p, fh, keys)
+        else:
+            fh.seek(0)
+            return fileio.npy_from(fh, size, name=str(p))
     if suffix == ".safetensors":
         from fastfp.io import read_bytes, read_safetensors
 
         tensors, _ = read_safetensors(read_bytes(p, name=str(p)), name=str(p))
         return _numpy(tensors[_one_key(p, sorted(tensors), keys, "tensors")])
-    if suffix == ".pt":  # sniffed first: only a torch.save of tensors reaches torch.load
-        t = suspects.read_tensors(p, name=str(p))
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{p}: expected one tensor, got a {type(t).__name__}")
-        return _numpy(t.detach().cpu())
+    # .pt: sniffed first: only a torch.save of tensors reaches torch.load
+    t = suspects.read_tensors(p, name=str(p))
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{p}: expected one tensor, got a {type(t).__name__}")
+    return _numpy(t.detach().cpu())
+
+
+def _read_npz(p: Path, fh: Any, keys: tuple[str, ...]) -> np.ndarray:
+    """One array of the .npz archive open as ``fh``: its declared sizes (the zip's and the
+    member's .npy header) are checked before anything is decompressed."""
     try:
-        loaded = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{p}: not a valid {suffix} file ({exc})") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        key = _one_key(p, list(loaded.files), keys, "arrays")
-        try:
-            return loaded[key]
-        except ValueError as exc:  # an object array needs pickle
-            raise ValueError(f"{p}: array {key!r} cannot be read without pickle "
-                             f"({exc})") from None
+        with zipfile.ZipFile(fh) as zf:
+            members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()
+                       if i.filename.endswith(".npy")}
+            if not members:
+                raise ValueError(f"{p}: an .npz archive without arrays")
+            info = members[_one_key(p, sorted(members), keys, "arrays")]
+            if info.file_size > fileio.MAX_ARRAY_BYTES:
+                raise ValueError(f"{p}: array {info.filename!r} holds {info.file_size} bytes "
+                                 "uncompressed, more than fastfp reads")
+            with zf.open(info) as member:
+                return fileio.npy_from(member, info.file_size, name=f"{p}: {info.filename}")
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise ValueError(f"{p}: not a valid .npz file ({exc})") from None
 
 
 def _one_key(p: Path, names: list[str], keys: tuple[str, ...], what: str) -> str:

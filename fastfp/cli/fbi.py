@@ -21,7 +21,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastfp.cli.loader import check_device, trust_warnings, zoo_models
+from fastfp.cli.loader import (
+    add_suspect_timeout,
+    check_device,
+    timeout_of,
+    trust_warnings,
+    zoo_models,
+)
 from fastfp.cli.main import SubParsers
 
 if TYPE_CHECKING:
@@ -64,7 +70,7 @@ def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser("fbi", help="FBI: fingerprinting with benign inputs (database, detect, "
                                    "identify, distances)",
                        description=__doc__, formatter_class=_Help)
-    cmds = p.add_subparsers(dest="fbi_command", metavar="SUBCOMMAND")
+    cmds = p.add_subparsers(dest="fbi_command", metavar="SUBCOMMAND", required=True)
 
     def command(name: str, helptext: str, epilog: str | None = None) -> argparse.ArgumentParser:
         return cmds.add_parser(name, help=helptext, description=helptext, epilog=epilog,
@@ -97,6 +103,7 @@ def add_parser(sub: SubParsers) -> None:
     b.add_argument("--allow-absolute-paths", action="store_true",
                    help="let the spec name files outside its folder (absolute paths, '..')")
     _add_trust_code(b)
+    add_suspect_timeout(b)
     b.set_defaults(func=run_build)
 
     for name, helptext in (
@@ -130,6 +137,7 @@ def add_parser(sub: SubParsers) -> None:
         d.add_argument("--batch-size", type=int, default=64)
         d.add_argument("--json", metavar="PATH", help="also write a JSON report")
         _add_trust_code(d)
+        add_suspect_timeout(d)
         d.set_defaults(func=run_detect if name == "detect" else run_identify)
 
     e = command("export-queries", "write the inputs the open world would send a black box (PNG "
@@ -206,6 +214,21 @@ def _note(text: str) -> None:
     print(f"fastfp fbi: note: {text}", file=sys.stderr)
 
 
+# zoo:N draws N images of 1x32x32 floats (4 KiB each) and augments them: 1e6 is 4 GiB
+MAX_ZOO_INPUTS = 1_000_000
+
+
+def _check_outputs(args, *flags: str) -> None:
+    """Every output file of ``flags`` (e.g. "json", "png") can be written: checked before any
+    model runs or any image is sent, so that a missing folder never wastes the work."""
+    from fastfp.io import check_target
+
+    for flag in flags:
+        value = getattr(args, flag, None)
+        if value:
+            check_target(value, "--" + flag.replace("_", "-"))
+
+
 def _inputs(spec_value, labels_path):
     """(inputs, labels or None) from zoo:N, a tensor file or a PNG folder."""
     from fastfp.fbi import answers
@@ -220,6 +243,9 @@ def _inputs(spec_value, labels_path):
         count = str(spec_value)[4:]
         if not count.isdigit() or int(count) < 1:
             raise _user_error(f"inputs: expected zoo:N with N a positive number, got "
+                              f"{spec_value!r}")
+        if int(count) > MAX_ZOO_INPUTS:
+            raise _user_error(f"inputs: zoo:N draws at most {MAX_ZOO_INPUTS} inputs, got "
                               f"{spec_value!r}")
         x, y = zoo.benign_inputs(int(count))
         return x, (y.numpy() if labels is None else labels)
@@ -270,6 +296,7 @@ def _build(args: argparse.Namespace) -> int:
     # everything is checked before the first model is queried: device, output, spec, files
     device = check_device(args.device, "--device")
     check_target(args.out, "--out")
+    _check_outputs(args, "json")
     spec = suspects.read_model_list(args.spec)
     base = Path(args.spec).resolve().parent
     absolute = args.allow_absolute_paths
@@ -280,7 +307,8 @@ def _build(args: argparse.Namespace) -> int:
                         args.labels or _spec_path(spec.get("labels"), base, absolute, "labels"))
     families = {str(e["name"]): str(e["family"]) for e in entries}
     models = list(suspects.deferred_models(entries, base, trust_code=args.trust_code,
-                                           allow_absolute=absolute, named=zoo_models()))
+                                           allow_absolute=absolute, named=zoo_models(),
+                                           timeout=timeout_of(args)))
     from fastfp import distributed as dd
 
     ctx = dd.init()
@@ -322,14 +350,16 @@ def _cache_path(args, what: str) -> Path | None:
     import hashlib
 
     from fastfp import zoo
+    from fastfp.io import check_target
 
     if args.no_cache:
         return None
     if args.cache:
-        return Path(args.cache)
+        return check_target(args.cache, "--cache")  # a symlink or a FIFO is refused up front
     folder = zoo.cache_dir() / "answers"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.jsonl"
+    return check_target(folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.jsonl",
+                        "cache")
 
 
 def _blackbox(args, db):
@@ -341,6 +371,10 @@ def _blackbox(args, db):
     spec = args.blackbox
     if args.max_queries is not None and args.max_queries < 1:
         raise _user_error(f"--max-queries: expected a positive number, got {args.max_queries}")
+    if args.batch_size < 1:
+        raise _user_error(f"--batch-size: expected a positive number, got {args.batch_size}")
+    if not args.timeout > 0:  # NaN too
+        raise _user_error(f"--timeout: expected seconds > 0, got {args.timeout}")
     normalize = None if args.normalize is None else suspects.parse_normalize(args.normalize,
                                                                              "--normalize")
     try:
@@ -350,13 +384,42 @@ def _blackbox(args, db):
                 named=zoo_models(), recorded=db.outputs, num_inputs=db.num_inputs,
                 num_classes=db.num_classes, queries=args.queries, normalize=normalize,
                 timeout=args.timeout, batch_size=args.batch_size, max_queries=args.max_queries,
-                cache=_cache_path(args, spec) if blackbox.is_service(spec) else None)
+                cache=_cache_path(args, spec) if blackbox.is_service(spec) else None,
+                suspect_timeout=timeout_of(args))
     except (ValueError, TypeError, OSError) as exc:
         msg = str(exc).removeprefix("blackbox: ").removeprefix("path: ")
         raise _user_error(f"--blackbox: {msg}") from None
     for n in getattr(box, "notes", ()):
         _note(n)
+    _probe(box, spec)
     return box
+
+
+def _probe(box, spec: str) -> None:
+    """A local model (zoo, arch, ONNX, a trusted file) is run once on the first input before
+    any decision, so that a model that cannot take the database's inputs (3 channels for 1,
+    say) is one line naming --blackbox, not a traceback from inside the model."""
+    from fastfp import blackbox, suspects
+
+    run = box.fn if isinstance(box, blackbox.FunctionBlackBox) else \
+        box.model if isinstance(box, blackbox.Onnx) else None
+    if run is None:
+        return
+    import torch
+
+    x = box.x[:1].detach().to("cpu", torch.float32)
+    if box.normalize is not None:
+        x = (x - box.normalize[0]) / box.normalize[1]
+    try:
+        with torch.no_grad():
+            run(x)
+    except suspects.SuspectError:
+        raise  # the suspect's own failure (a timeout, say): it names the model already
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _user_error(f"--blackbox {spec}: cannot run on the database's inputs of shape "
+                          f"{tuple(box.x.shape[1:])} ({first})") from None
+
 
 
 def _open_world(args, db):
@@ -414,6 +477,7 @@ def _detect(args: argparse.Namespace) -> int:
 
     from fastfp import fbi
 
+    _check_outputs(args, "json")  # the cache is checked where its path is chosen
     db = fbi.Database.load(args.db)
     db.members(args.family)  # unknown family -> clear error before any work
     box = _blackbox(args, db)
@@ -440,6 +504,7 @@ def _detect(args: argparse.Namespace) -> int:
 def _identify(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
+    _check_outputs(args, "json")
     db = fbi.Database.load(args.db)
     box = _blackbox(args, db)
     if args.mode == "walled":
@@ -467,14 +532,15 @@ def run_export_queries(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fastfp import fbi
-    from fastfp.io import PNG_MODES, png_bytes, write_bytes, write_json
+    from fastfp.io import PNG_MODES, check_target, png_bytes, write_bytes, write_json
 
+    out = _check_folder(args.out, "--out")
+    if out.is_dir():  # what it would replace is no link or FIFO: refused before any work
+        for f in (out / "queries.json", out / "queries.npy", *out.glob("[0-9]*.png")):
+            check_target(f, "--out")
     db = fbi.Database.load(args.db)
     if args.family is not None:
         db.members(args.family)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise _user_error(f"--out: {args.out!r} exists and is not a folder")
     x = _database_inputs(args, db)
     ow = _open_world(args, db)
     queries = ow.queries(args.family)
@@ -503,11 +569,32 @@ def run_export_queries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_folder(value: str, flag: str) -> Path:
+    """An output folder: a folder that can be written in, or one that can be created."""
+    import os
+
+    out = Path(value)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise _user_error(f"{flag}: {value!r} exists and is not a folder")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise _user_error(f"{flag}: folder {value!r} is not writable")
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # created with its parents
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise _user_error(f"{flag}: cannot create {value!r} ({str(parent)!r} is not a "
+                          "writable folder)")
+    return out
+
+
 def run_distances(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fastfp import fbi
 
+    _check_outputs(args, "png", "embedding_png", "json")
     db = fbi.Database.load(args.db)
     sym = db.symbols(args.k)
     if args.L is not None:
@@ -578,6 +665,7 @@ def _embedding(d, db, path, seed):
 def run_law(args: argparse.Namespace) -> int:
     from fastfp import fbi
 
+    _check_outputs(args, "json")
     db = fbi.Database.load(args.db)
     ks = args.k or list(range(1, db.k + 1))
     res = fbi.query_law_experiment(db.topk, db.families, k_values=ks, trials=args.trials,

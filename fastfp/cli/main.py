@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 # Each sub-command module defines add_parser(subparsers) and run(args) -> int.
-SUBCOMMANDS = ("demo", "generate", "verify", "evaluate", "fbi", "bench", "info", "convert")
+SUBCOMMANDS = ("demo", "generate", "verify", "evaluate", "export", "fbi", "bench", "info",
+               "convert")
 
 # One line per sub-command for ``fastfp --help``, without importing the sub-command modules.
 HELP = {
@@ -22,6 +23,7 @@ HELP = {
     "verify": "decide whether a suspect model is a copy of a fingerprinted one (exit 0 copy, "
               "1 not, 2 error)",
     "evaluate": "robustness / transferability / uniqueness of a fingerprint over given models",
+    "export": "write a fingerprint's examples as PNG images for a remote party to answer",
     "fbi": "FBI: fingerprinting with benign inputs (database, detect, identify, distances)",
     "bench": "benchmark fastfp against the baselines a user would write (ratio table)",
     "info": "print the available backends (CUDA, Triton, CuPy, extension)",
@@ -92,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_ERROR
+    if not callable(getattr(args, "func", None)):  # a command group without its sub-command
+        print(f"fastfp {args.command}: error: give a sub-command (see fastfp {args.command} "
+              "--help)", file=sys.stderr)
+        return EXIT_ERROR
     try:
         code = int(args.func(args) or 0)
         from fastfp import distributed
@@ -102,9 +108,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OSError: a missing or unreadable file, a full disk, a read-only folder
         print(f"fastfp {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    except (RecursionError, MemoryError, OverflowError) as exc:
+        # a last resort: the argument checks refuse such inputs before any work
+        print(f"fastfp {args.command}: error: {resource_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise
+        print(f"fastfp {args.command}: error: {resource_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"fastfp {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (torch reports them as RuntimeError)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or \
+        "can't allocate memory" in text or "unable to allocate" in text
+
+
+def resource_line(exc: BaseException) -> str:
+    """The one line for an input too large or too deep to handle."""
+    if isinstance(exc, RecursionError):
+        return "an input nests too deeply to be read (RecursionError)"
+    if out_of_memory(exc):
+        first = one_line(exc).split(". ")[0] if str(exc) else ""
+        return "out of memory" + (f" ({first[:200]})" if first else "") + \
+            ": a size given is too large for this machine"
+    return f"a number is too large ({one_line(exc)})"
 
 
 if __name__ == "__main__":

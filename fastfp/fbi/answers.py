@@ -27,6 +27,7 @@ from fastfp.answers import (  # noqa: F401
     read_tensor_file,
     top_k_labels,
 )
+from fastfp.io import open_regular
 
 INPUT_KEYS = ("inputs", "images", "x")
 # floats may leave [0, 1] by this much (rounding of a resize, say) before they are refused
@@ -90,6 +91,7 @@ def read_inputs(path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
     p = existing_path(path, "inputs")
     if p.is_dir():
         return _read_png_folder(p)
+    os.close(open_regular(p, str(p)))  # a FIFO or a device is named as such, whatever its suffix
     if p.suffix.lower() not in TENSOR_FILES:
         raise ValueError(f"{p}: not a tensor file (.npy, .npz, .pt, .safetensors) or a folder of "
                          "PNG images")

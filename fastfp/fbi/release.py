@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import io as fileio
 from .database import Database
 
 GROUND_TRUTH = "ground_truth.npy"
@@ -31,16 +32,20 @@ def family_of(name: str) -> str:
 
 def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
     """(array, None) for an integer label array of rank 1 or 2, else (None, why skipped)."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays need pickle: refused
-        return None, f"not a plain array ({exc})"
+    fd = fileio.open_regular(path, path.name)
+    with os.fdopen(fd, "rb") as fh:  # a FIFO or a device is refused above, never read
+        try:  # the header first: object arrays (pickle) and forged sizes are refused
+            arr = fileio.npy_from(fh, os.fstat(fd).st_size, name=path.name)
+        except ValueError as exc:
+            return None, f"not a plain array ({str(exc).removeprefix(path.name + ': ')})"
     if not isinstance(arr, np.ndarray):
         return None, "not a single array"
     if arr.dtype.kind not in "iu":
         return None, f"not integer labels (dtype {arr.dtype})"
     if arr.ndim not in (1, 2):
         return None, f"not (N,) or (N, k) labels (shape {arr.shape})"
+    if arr.size == 0:  # no rows (or no columns): nothing to import
+        return None, f"empty (shape {arr.shape})"
     # checked in the file's own dtype, before any cast (a uint64 or int64 label would wrap)
     if arr.size and arr.min() < 0:
         raise ValueError(f"{path.name}: has negative labels")

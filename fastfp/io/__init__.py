@@ -23,12 +23,20 @@ from .container import (
     unpack,
 )
 from .files import (
+    MAX_ARRAY_BYTES,
+    MAX_FILE_BYTES,
+    MAX_JSON_DEPTH,
     atomic_path,
     canonical_json,
+    check_depth,
+    check_size,
     check_target,
+    npy_from,
     open_regular,
+    parse_json,
     read_bytes,
     read_json,
+    read_npy,
     write_bytes,
     write_json,
     write_text,
@@ -48,6 +56,8 @@ from .legacy import Converted, convert_legacy
 from .lock import LockTimeout, lock
 
 __all__ = [
+    "MAX_ARRAY_BYTES", "MAX_FILE_BYTES", "MAX_JSON_DEPTH", "check_depth", "check_size",
+    "npy_from", "parse_json", "read_npy",
     "DATABASE", "FINGERPRINT", "PNG_MODES", "SHARD", "ZOO_MODEL", "Converted", "Format",
     "LegacyFileError", "LockTimeout", "append_records", "atomic_path", "canonical_json",
     "check_target", "convert_legacy", "legacy_format", "lock", "open_regular", "pack",

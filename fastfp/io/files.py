@@ -1,10 +1,13 @@
-"""Files: atomic writes, reads that refuse what is not a regular file, sealed JSON.
+"""Files: atomic writes, bounded reads of regular files only, sealed JSON, checked ``.npy``.
 
 A write goes to a temporary file beside the target, is fsync'ed, renamed into place, and the folder
 is fsync'ed, so an interrupted save leaves either the old file or the new one, never half of one.
 A write never replaces anything but a regular file (a symlink, FIFO or device node at the target is
 an error), and temporaries left behind by killed saves of the same target are removed. A read
-refuses non-regular files (``/dev/zero`` would be read until memory runs out, a FIFO would hang).
+refuses non-regular files (``/dev/zero`` would be read until memory runs out, a FIFO would hang)
+and caps what it reads before reading it: bytes (:data:`MAX_FILE_BYTES`), JSON nesting
+(:data:`MAX_JSON_DEPTH`; ``json`` recurses once per level), ``.npy`` sizes declared in the header
+(never more than the file holds).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from typing import Any
 from fastfp import _validate
 
 _TMP_TAG = "fastfp-tmp"
+# Reads of files that others may supply are capped before they start.
+MAX_FILE_BYTES = 256 * 2 ** 20  # JSON / CSV / TOML text: parsed into Python objects (~10x)
+MAX_ARRAY_BYTES = 16 * 2 ** 30  # one .npy array (a tensor file is read into memory once)
+MAX_JSON_DEPTH = 64  # nesting of [ and { (fastfp's own files need at most about 5)
 _CLEANED: set[tuple[str, str]] = set()  # (folder, file name) whose stale temporaries are gone
 
 
@@ -173,15 +180,13 @@ def _json_seal(obj: dict) -> str:
                           ).hexdigest()
 
 
-def read_json(path: str | os.PathLike[str], *, name: str = "path", sealed: bool = False) -> Any:
-    """The JSON content of the regular file ``path``; a dict carrying ``"sha256"`` (written with
-    ``sealed=True``) must match it, and ``sealed=True`` requires one (a removed seal would
-    otherwise pass as an unsealed file). ValueError naming ``name`` otherwise."""
-    data = read_bytes(path, name=name)
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name}: {str(path)!r} is not a JSON file ({exc})") from None
+def read_json(path: str | os.PathLike[str], *, name: str = "path", sealed: bool = False,
+              max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """The JSON content of the regular file ``path`` (at most ``max_bytes``, nested at most
+    :data:`MAX_JSON_DEPTH` deep); a dict carrying ``"sha256"`` (written with ``sealed=True``)
+    must match it, and ``sealed=True`` requires one (a removed seal would otherwise pass as an
+    unsealed file). ValueError naming ``name`` otherwise."""
+    obj = parse_json(read_bytes(path, name=name, max_bytes=max_bytes), name=name, source=path)
     if sealed and not (isinstance(obj, dict) and "sha256" in obj):
         raise ValueError(f"{name}: {str(path)!r} has no checksum (\"sha256\"), expected a "
                          "sealed JSON file written by fastfp")
@@ -190,14 +195,129 @@ def read_json(path: str | os.PathLike[str], *, name: str = "path", sealed: bool 
     return obj
 
 
-def read_bytes(path: str | os.PathLike[str], *, name: str = "path") -> bytes:
-    """The content of the regular file ``path``; anything else raises an error naming ``name``."""
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def nesting_depth(data: bytes | str) -> int:
+    """How deeply ``[`` / ``{`` nest in the JSON (or TOML) text ``data``, brackets inside strings
+    not counted: a linear scan, so that a parser that recurses per level is never handed more."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    import numpy as np  # vectorised: a few ms per MB
+
+    codes = np.frombuffer(_STRING.sub(b'""', raw), dtype=np.uint8)
+    step = (np.isin(codes, (0x5B, 0x7B)).astype(np.int64)
+            - np.isin(codes, (0x5D, 0x7D)).astype(np.int64))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def check_depth(data: bytes | str, *, name: str, source: object = None,
+                max_depth: int = MAX_JSON_DEPTH) -> None:
+    """ValueError naming ``name`` when ``data`` nests deeper than ``max_depth``."""
+    opening = data.count("[" if isinstance(data, str) else b"[") + \
+        data.count("{" if isinstance(data, str) else b"{")
+    if opening <= max_depth:  # the common case: too few brackets to nest too deeply
+        return
+    depth = nesting_depth(data)
+    if depth > max_depth:
+        where = "" if source is None else f"{str(source)!r}: "
+        raise ValueError(f"{name}: {where}nested {depth} levels deep, more than the "
+                         f"{max_depth} a fastfp file may have")
+
+
+def parse_json(data: bytes | str, *, name: str = "json", source: object = None,
+               max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` of ``data`` after a depth scan (:func:`check_depth`); ValueError naming
+    ``name`` (and ``source``, the file) for text that is not JSON or nests too deeply."""
+    where = "" if source is None else f"{str(source)!r} "
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name}: {where}is not a JSON file ({exc.reason})") from None
+    check_depth(text, name=name, source=source, max_depth=max_depth)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: {where}is not a JSON file ({exc})") from None
+    except RecursionError:  # a scan miss must still not end in a traceback
+        raise ValueError(f"{name}: {where}nests too deeply") from None
+
+
+def read_bytes(path: str | os.PathLike[str], *, name: str = "path",
+               max_bytes: int | None = None) -> bytes:
+    """The content of the regular file ``path``; anything else raises an error naming ``name``,
+    so does a file over ``max_bytes`` (None: no cap), before it is read."""
     fd = open_regular(path, name)
     try:
+        if max_bytes is not None:
+            check_size(os.fstat(fd).st_size, max_bytes, name=name, source=path)
         with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read()
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        if max_bytes is not None:  # a file that grew while it was read
+            check_size(len(data), max_bytes, name=name, source=path)
+        return data
     finally:
         os.close(fd)
+
+
+def check_size(size: int, max_bytes: int, *, name: str, source: object) -> None:
+    """ValueError naming ``name`` when a file of ``size`` bytes is over ``max_bytes``."""
+    if size > max_bytes:
+        raise ValueError(f"{name}: {str(source)!r} holds {size} bytes, more than the "
+                         f"{_human(max_bytes)} this file may have")
+
+
+def _human(n: int) -> str:
+    if n >= 2 ** 30:
+        return f"{n / 2 ** 30:.0f} GiB"
+    return f"{n / 2 ** 20:.0f} MiB" if n >= 2 ** 20 else f"{n} bytes"
+
+
+def read_npy(path: str | os.PathLike[str], *, name: str = "path",
+             max_bytes: int = MAX_ARRAY_BYTES) -> Any:
+    """The array of the ``.npy`` file ``path`` (a regular file), without pickle. Its header is
+    read first: a declared size over ``max_bytes`` or over what the file holds (a header may
+    claim terabytes) is refused before any memory is taken. ValueError naming ``name``."""
+    fd = open_regular(path, name)
+    with os.fdopen(fd, "rb") as fh:
+        return npy_from(fh, os.fstat(fh.fileno()).st_size, name=name, source=path,
+                        max_bytes=max_bytes)
+
+
+def npy_from(fh: Any, size: int, *, name: str, source: object = None,
+             max_bytes: int = MAX_ARRAY_BYTES) -> Any:
+    """The array of the ``.npy`` stream ``fh`` of ``size`` bytes, checked like :func:`read_npy`
+    (also for the members of an ``.npz``)."""
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    at = f"{name}: " if source is None else f"{name}: {str(source)!r}: "
+    try:
+        version = npformat.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+        else:  # 3.0 only adds UTF-8 field names of structured arrays: never labels or images
+            raise ValueError(f".npy version {version[0]}.{version[1]} is not supported")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"{at}not a valid .npy file ({exc})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{at}not a valid .npy file: it holds Python objects (pickle), "
+                         "which fastfp never loads")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    declared = count * dtype.itemsize
+    if declared > max_bytes:
+        raise ValueError(f"{at}declares a {shape} {dtype} array of {declared} bytes, "
+                         f"more than the {_human(max_bytes)} fastfp reads")
+    if declared > size - fh.tell():
+        raise ValueError(f"{at}declares a {shape} {dtype} array of {declared} bytes, "
+                         f"but holds {max(size - fh.tell(), 0)} (truncated or forged header)")
+    array = np.empty(count, dtype=dtype)
+    if declared and fh.readinto(array.view(np.uint8)) != declared:
+        raise ValueError(f"{at}truncated")
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def open_regular(path: str | os.PathLike[str], name: str) -> int:
