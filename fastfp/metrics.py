@@ -22,8 +22,9 @@ distances).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -43,8 +44,12 @@ from .stats import (
 )
 from .variants import prune_global
 
+if TYPE_CHECKING:
+    from .cexamples.verdict import Suspect
+
 __all__ = ["PRUNE_RATES", "Copies", "Data", "FingerprintLike", "f1", "fp_accuracy",
-           "identification_counts", "pruned_copies", "robustness", "robustness_per_rate",
+           "Evaluation", "evaluate", "identification_counts", "pruned_copies", "robustness",
+           "robustness_per_rate",
            "roc_auc", "roc_curve", "threshold_at_fpr", "tpr_at_fpr", "transferability",
            "uniqueness"]
 
@@ -82,17 +87,20 @@ def _as_fingerprint(fp: Fingerprint | FingerprintLike) -> Fingerprint:
     return Fingerprint(inputs, labels)
 
 
-def fp_accuracy(fp: Fingerprint | FingerprintLike, model: nn.Module,
+def fp_accuracy(fp: Fingerprint | FingerprintLike, model: Suspect,
                 batch_size: int = 256) -> float:
     """Fraction of the fingerprint's inputs that ``model`` classifies as the fingerprint's labels.
 
     ``fp``: a Fingerprint, an object with ``inputs`` and ``labels``, or an ``(inputs, labels)``
     pair. This is :func:`fastfp.cexamples.verify`: the model runs in eval mode (restored
-    afterwards), on inputs cast to its device and dtype.
+    afterwards), on inputs cast to its device and dtype; a black box (:mod:`fastfp.blackbox`)
+    is asked the 8-bit examples.
     """
     from .cexamples import verify
+    from .cexamples.verdict import is_blackbox
 
-    check_model(model)
+    if not is_blackbox(model):
+        check_model(model)
     batch_size = _validate.integer("batch_size", batch_size, lo=1)
     return verify(model, _as_fingerprint(fp), batch_size=batch_size)
 
@@ -164,8 +172,9 @@ def robustness(fp: Fingerprint | FingerprintLike, model: nn.Module | None = None
 
 
 def transferability(fp: Fingerprint | FingerprintLike,
-                    other_models: Mapping[str, nn.Module] | Iterable[nn.Module]) -> float:
-    """Mean accuracy of the fingerprint on ``other_models`` (a list or a dict of models)."""
+                    other_models: Mapping[str, Suspect] | Iterable[Suspect]) -> float:
+    """Mean accuracy of the fingerprint on ``other_models`` (a list or a dict of models or black
+    boxes)."""
     models = list(other_models.values()) if isinstance(other_models, Mapping) \
         else list(other_models)
     if not models:
@@ -183,3 +192,32 @@ def uniqueness(fp: Fingerprint | FingerprintLike, model: nn.Module | None = None
         raise ValueError("other_models: expected at least one model")
     return robustness(fp, model, rates, repeats, data, copies=copies, epochs=epochs, seed=seed) \
         - transferability(fp, other_models)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A fingerprint's scores over the owner's model and other models (``fastfp evaluate``)."""
+
+    accuracy: float                              # on the owner's model
+    robustness_per_rate: dict[float, float]      # {pruning rate: accuracy on pruned copies}
+    robustness: float                            # their mean
+    transferability_per_model: dict[str, float]  # {name: accuracy on that other model}
+    transferability: float | None                # their mean (None without other models)
+    uniqueness: float | None                     # robustness - transferability
+
+
+def evaluate(fp: Fingerprint, model: nn.Module, others: Mapping[str, Suspect] | None = None,
+             rates: Iterable[float] = PRUNE_RATES) -> Evaluation:
+    """Robustness on pruned copies of ``model`` at ``rates``, transferability to ``others``
+    (models or black boxes, each asked once) and uniqueness, as :func:`robustness`,
+    :func:`transferability` and :func:`uniqueness` define them."""
+    fp = _as_fingerprint(fp)
+    check_model(model)
+    others = dict(others or {})
+    copies = pruned_copies(model, rates)
+    per_rate = robustness_per_rate(fp, copies=copies)
+    robust = float(np.mean(list(per_rate.values())))
+    per_other = {name: fp_accuracy(fp, m) for name, m in others.items()}
+    transfer = float(np.mean(list(per_other.values()))) if per_other else None
+    return Evaluation(fp_accuracy(fp, model), per_rate, robust, per_other, transfer,
+                      None if transfer is None else robust - transfer)

@@ -1,5 +1,6 @@
 """Characteristic-examples engine: paper-literal equivalence, success on a real model, bad input."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -460,9 +461,12 @@ def test_verdict_tells_a_copy_from_an_unrelated_model():
     assert not other.is_copy and other.p_value > 0.01
     fixed = cexamples.verdict(model, fp, negatives=others, threshold=0.9)
     assert fixed.is_copy and fixed.threshold == 0.9
-    with pytest.warns(UserWarning, match="chance level 1/10"):
-        chance = cexamples.verdict(model, fp)
-    assert chance.null_rate == pytest.approx(0.1) and chance.is_copy
+    assert copy.null == "negatives" and copy.null_models == 2
+    # no measured null: no decision, unless chance level is asked for explicitly
+    with pytest.raises(ValueError, match="null: no null rate measured on unrelated models"):
+        cexamples.verdict(model, fp)
+    chance = cexamples.verdict(model, fp, null="chance")
+    assert chance.null_rate == pytest.approx(0.1) and chance.is_copy and chance.null == "chance"
 
 
 def test_verdict_p_value_is_the_binomial_tail():
@@ -530,3 +534,70 @@ def test_null_rate_recorded_at_generation_is_the_verdicts_null():
     assert fp.meta["null_models"] == 2
     v = cexamples.verdict(model, fp)  # no warning: the recorded null is used
     assert v.null_rate == fp.meta["null_rate"]
+
+
+def test_verdict_needs_a_measured_null_before_any_work():
+    calls = []
+    model = tiny_cnn()
+    model.register_forward_hook(lambda *a: calls.append(1))
+    fp = fastfp.Fingerprint(torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,)),
+                            {"num_classes": 5})
+    with pytest.raises(ValueError, match="null: no null rate.*negatives.*null='chance'"):
+        cexamples.verdict(model, fp)
+    assert not calls
+    v = cexamples.verdict(model, fp, threshold=0.5)
+    assert v.null == "threshold" and v.null_rate == pytest.approx(0.2) and v.null_models == 0
+    with pytest.raises(ValueError, match="null: expected None or 'chance'"):
+        cexamples.verdict(model, fp, null="uniform")
+
+
+def test_verdict_on_black_boxes_is_the_models_verdict():
+    from fastfp import blackbox as B
+
+    model, others = tiny_cnn(), [tiny_cnn(seed=s) for s in (1, 2)]
+    fp = cexamples.generate(model, 10, (1, 8, 8), 5, method="vanilla", steps=30, quantize=8,
+                            negatives=others, progress=False)
+    want = cexamples.verdict(model, fp)
+    assert want.null == "recorded" and want.null_models == 2 and not want.rounded
+    box = B.FunctionBlackBox(model, torch.zeros(1, 1, 8, 8), 2)  # its own x is not asked
+    got = cexamples.verdict(box, fp)
+    assert got == want and box.images == 10
+    with torch.no_grad():
+        labels = model(fp.inputs).argmax(1).numpy()[:, None]
+    assert cexamples.verdict(B.Recorded(labels, 1), fp) == want
+    assert cexamples.verify(box, fp) == want.match_rate and box.images == 10  # memory: no resend
+    # a black box as a negative counts like a model
+    neg = [B.FunctionBlackBox(m, fp.inputs, 1) for m in others]
+    assert cexamples.verdict(model, fp, negatives=neg) == \
+        cexamples.verdict(model, fp, negatives=others)
+
+
+def test_black_box_budget_is_checked_before_sending():
+    from fastfp import blackbox as B
+
+    model = tiny_cnn()
+    pixels = (torch.rand(8, 1, 8, 8) * 255).round() / 255  # 8-bit: sent exactly
+    fp = fastfp.Fingerprint(pixels, torch.randint(0, 5, (8,)),
+                            {"num_classes": 5, "null_rate": 0.2})
+    box = B.FunctionBlackBox(model, fp.inputs, 1, batch_size=4, max_queries=7)
+    with pytest.raises(B.BudgetExceeded, match="budget of 7 images"):
+        cexamples.verdict(box, fp)
+    assert box.images == 0  # not even the first batch of 4
+    with pytest.raises(ValueError, match="answers: 7 rows, the fingerprint has 8"):
+        cexamples.verdict(B.Recorded(np.zeros((7, 1), dtype=np.int64), 1), fp)
+
+
+def test_black_box_gets_the_examples_rounded_to_8_bits():
+    from fastfp import blackbox as B
+
+    seen = []
+
+    def fn(x):
+        seen.append(x.clone())
+        return tiny_cnn()(x)
+
+    fp = fastfp.Fingerprint(torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,)),
+                            {"num_classes": 5, "null_rate": 0.2})
+    with pytest.warns(UserWarning, match="rounded to 8 bits"):
+        v = cexamples.verdict(B.FunctionBlackBox(fn, fp.inputs, 1), fp)
+    assert v.rounded and torch.equal(seen[0], (fp.inputs * 255).round() / 255)

@@ -84,7 +84,8 @@ def test_generate_then_verify(which, model_files, tmp_path, capsys):
     torch.testing.assert_close(same.inputs, fp.inputs, atol=1e-6, rtol=0)
 
     vreport = tmp_path / "ver.json"
-    rc = main(["verify", str(path), str(out), "--trust-code", "--json", str(vreport)])
+    rc = main(["verify", str(path), str(out), "--trust-code", "--null", "chance", "--json",
+               str(vreport)])
     v = json.loads(vreport.read_text())
     assert v["match_rate"] == rep["accuracy"] and rc == (0 if v["is_copy"] else 1)
     assert set(v) >= {"match_rate", "null_rate", "threshold", "p_value", "is_copy"}
@@ -124,11 +125,14 @@ def fitted(tmp_path_factory):
 def test_verify_exits_0_for_a_copy_and_1_for_another_model(fitted, tmp_path, capsys):
     scripted, _, out = fitted
     report = tmp_path / "v.json"
-    assert main(["verify", str(scripted), str(out), "--trust-code", "--json", str(report)]) == 0
+    assert main(["verify", str(scripted), str(out), "--trust-code", "--null", "chance",
+                 "--json", str(report)]) == 0
     text = capsys.readouterr().out
     assert text.strip().endswith("\nCOPY") and "chance level 1/10" in text
+    assert "the weakest null" in text
     v = json.loads(report.read_text())
     assert v["match_rate"] == 1.0 and v["null_rate"] == 0.1 and v["is_copy"] is True
+    assert v["null"] == "chance" and v["null_models"] == 0
     assert v["p_value"] == pytest.approx(0.1 ** 12)
 
     other = scripted_file(tmp_path, "other.pt", num_classes=10, seed=3)
@@ -139,6 +143,7 @@ def test_verify_exits_0_for_a_copy_and_1_for_another_model(fitted, tmp_path, cap
     v = json.loads(report.read_text())
     assert rc == 1 and text.strip().endswith("NOT A COPY") and v["is_copy"] is False
     assert "1 negative model" in text and v["negatives"] == [str(negative)]
+    assert v["null"] == "negatives" and v["null_models"] == 1
     expected = cexamples.verdict(torch.jit.load(str(other)), Fingerprint.load(out),
                                  negatives=[torch.jit.load(str(negative))])
     assert v["null_rate"] == expected.null_rate and v["p_value"] == expected.p_value
@@ -154,7 +159,8 @@ def test_verify_threshold_and_unreachable_threshold(fitted, tmp_path, capsys):
     fp = Fingerprint.load(out)
     one = tmp_path / "one.safetensors"
     Fingerprint(fp.inputs[:1], fp.labels[:1], fp.meta).save(one)
-    rc = main(["verify", str(scripted), str(one), "--trust-code", "--json", str(report)])
+    rc = main(["verify", str(scripted), str(one), "--trust-code", "--null", "chance", "--json",
+               str(report)])
     v = json.loads(report.read_text())
     assert rc == 1 and v["threshold"] is None and v["is_copy"] is False
     assert "unreachable" in capsys.readouterr().out
@@ -365,3 +371,137 @@ def test_fifo_model_and_output_are_refused_before_any_work(model_files, tmp_path
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "--out: " in err and "FIFO, not a regular file" in err
+
+
+# ------------------------------------------------- nulls, exported answers, the lock of generate
+
+def test_verify_without_a_measured_null_is_one_line_before_any_work(fitted, tmp_path, capsys,
+                                                                     monkeypatch):
+    scripted, _, out = fitted
+    loads = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a) or 1 / 0)
+    report = tmp_path / "v.json"
+    rc = main(["verify", str(scripted), str(out), "--trust-code", "--json", str(report)])
+    err = capsys.readouterr().err
+    assert rc == 2 and one_error_line(err) and "no null rate" in err, err
+    assert "--negative" in err and "--null chance" in err and "--threshold" in err
+    assert not loads and not report.exists()  # the suspect was never loaded
+
+
+def test_verify_threshold_states_its_null(fitted, tmp_path, capsys):
+    scripted, _, out = fitted
+    report = tmp_path / "v.json"
+    assert main(["verify", str(scripted), str(out), "--trust-code", "--threshold", "0.5",
+                 "--json", str(report)]) == 0
+    v = json.loads(report.read_text())
+    assert v["null"] == "threshold" and v["null_models"] == 0
+    assert "the weakest null" in capsys.readouterr().out
+
+
+@pytest.fixture
+def quantized(tmp_path):
+    """An 8-bit fingerprint of the digits CNN with a null recorded on two unrelated models, and
+    the CNN as a TorchScript file: (model, scripted, fp path)."""
+    from helpers import digits_cnn
+
+    model, _ = digits_cnn()
+    fp = cexamples.generate(model, 12, (1, 32, 32), 10, method="vanilla", steps=50,
+                            quantize=8, negatives=[tiny_cnn(num_classes=10, seed=s)
+                                                   for s in (1, 2)], progress=False)
+    scripted, path = tmp_path / "owner.pt", tmp_path / "fp.safetensors"
+    torch.jit.script(model).save(str(scripted))
+    fp.save(path)
+    return model, scripted, path
+
+
+def answer_exported(model, folder, answers):
+    """The remote party: the model's label of each exported PNG, one CSV row each, in order."""
+    import numpy as np
+    from PIL import Image
+
+    q = json.loads((folder / "queries.json").read_text())
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(folder / f), dtype=np.float32) / 255
+                                   for f in q["files"]]))[:, None]
+    with torch.no_grad():
+        labels = model(x).argmax(1).tolist()
+    answers.write_text("label\n" + "".join(f"{y}\n" for y in labels))
+    return labels
+
+
+def test_export_then_answers_decide_as_the_model(quantized, tmp_path, capsys):
+    model, scripted, path = quantized
+    folder = tmp_path / "queries"
+    assert main(["export", str(path), "--out", str(folder)]) == 0
+    q = json.loads((folder / "queries.json").read_text())
+    fp = Fingerprint.load(path)
+    assert q["files"] == [f"{i:05d}.png" for i in range(12)] and q["count"] == 12
+    assert "labels" not in q and "sha256" in q and q["shape"] == [1, 32, 32]
+    assert q["num_classes"] == 10 and q["rounded"] is False
+    assert str(fp.labels.tolist()) not in (folder / "queries.json").read_text()
+    answers = tmp_path / "answers.csv"
+    answer_exported(model, folder, answers)
+    rep_a, rep_m = tmp_path / "a.json", tmp_path / "m.json"
+    rc_a = main(["verify", str(answers), str(path), "--queries", str(folder / "queries.json"),
+                 "--json", str(rep_a)])
+    rc_m = main(["verify", str(scripted), str(path), "--trust-code", "--json", str(rep_m)])
+    a, m = json.loads(rep_a.read_text()), json.loads(rep_m.read_text())
+    assert rc_a == rc_m == 0 and a["null"] == m["null"] == "recorded"
+    assert (a["match_rate"], a["p_value"]) == (m["match_rate"], m["p_value"])
+
+
+def test_answers_must_match_the_exported_queries(quantized, tmp_path, capsys):
+    model, _, path = quantized
+    folder = tmp_path / "queries"
+    assert main(["export", str(path), "--out", str(folder)]) == 0
+    answers = tmp_path / "answers.csv"
+    labels = answer_exported(model, folder, answers)
+    queries = str(folder / "queries.json")
+    short = tmp_path / "short.csv"
+    short.write_text("".join(f"{y}\n" for y in labels[:-1]))
+    other = tmp_path / "other.safetensors"
+    fp = Fingerprint.load(path)
+    Fingerprint(fp.inputs, fp.labels, {**fp.meta, "seed": 99}).save(other)
+    edited = tmp_path / "edited.json"
+    edited.write_text((folder / "queries.json").read_text().replace('"count": 12',
+                                                                    '"count": 11'))
+    for argv, phrase in [
+        (["verify", str(short), str(path), "--queries", queries], "11 rows"),
+        (["verify", str(answers), str(other), "--queries", queries], "another fingerprint"),
+        (["verify", str(answers), str(path)], "queries.json"),
+        (["verify", str(answers), str(path), "--queries", str(edited)], "checksum"),
+    ]:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and phrase in err and one_error_line(err), (argv, err)
+
+
+def test_export_checks_its_folder_first(quantized, tmp_path, capsys):
+    _, _, path = quantized
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, phrase in [(afile, "--out: "), (tmp_path / "no" / "dir", "does not exist")]:
+        rc = main(["export", str(path), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and phrase in err and one_error_line(err), err
+    assert afile.read_text() == "x"
+
+
+def test_a_second_generate_on_the_same_out_is_one_line(model_files, tmp_path, capsys):
+    _, scripted, _ = model_files
+    out = tmp_path / "o.safetensors"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom fastfp.io import lock\n"
+         "with lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+         str(out)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        rc = main(["generate", str(scripted), *GEN, "--num", "2", "--steps", "3", "--out",
+                   str(out)])
+    finally:
+        holder.kill()
+        holder.wait(10)
+    err = capsys.readouterr().err
+    assert rc == 2 and one_error_line(err) and "another run is writing" in err, err
+    assert "locked by pid" in err and not (tmp_path / "o.safetensors.parts").exists()
+    assert main(["generate", str(scripted), *GEN, "--num", "2", "--steps", "3", "--out",
+                 str(out)]) == 0  # once the other run is gone

@@ -226,11 +226,12 @@ def test_verify_refuses_hostile_suspects(hostile, tmp_path, capsys):
     fp = tmp_path / "fp.safetensors"
     _fingerprint(fp)
     for path in files.values():
-        assert main(["verify", str(path), str(fp), "--device", "cpu"]) == 2
+        assert main(["verify", "--null", "chance", str(path), str(fp), "--device", "cpu"]) == 2
         _one_error_line(capsys, "safe formats: ONNX")
     assert not marker.exists()
     # a state dict for --arch that is really TorchScript is refused too
-    assert main(["verify", str(files["torchscript"]), str(fp), "--arch", "resnet18",
+    assert main(["verify", "--null", "chance",
+                 str(files["torchscript"]), str(fp), "--arch", "resnet18",
                  "--device", "cpu"]) == 2
     _one_error_line(capsys, "not a state dict")
     assert not marker.exists()
@@ -241,7 +242,8 @@ def test_verify_with_trust_code_warns_and_scores(hostile, tmp_path, capsys):
     fp = tmp_path / "fp.safetensors"
     _fingerprint(fp)
     out = tmp_path / "v.json"
-    code = main(["verify", str(files["torch.save"]), str(fp), "--trust-code", "--device", "cpu",
+    code = main(["verify", "--null", "chance",
+                 str(files["torch.save"]), str(fp), "--trust-code", "--device", "cpu",
                  "--json", str(out)])
     assert code in (0, 1)
     assert "warning: --trust-code" in capsys.readouterr().err
@@ -259,7 +261,8 @@ def test_verify_onnx_gives_the_pytorch_score(tmp_path, capsys):
     reports = []
     for args in ([str(onnx_path)], [str(script), "--trust-code"]):
         out = tmp_path / "v.json"
-        assert main(["verify", *args, str(fp), "--device", "cpu", "--json", str(out)]) in (0, 1)
+        assert main(["verify", "--null", "chance",
+                     *args, str(fp), "--device", "cpu", "--json", str(out)]) in (0, 1)
         reports.append(json.loads(out.read_text()))
     assert reports[0]["match_rate"] == reports[1]["match_rate"] == pytest.approx(20 / 30)
     assert reports[0]["is_copy"] == reports[1]["is_copy"]
@@ -281,13 +284,14 @@ def test_verify_arch_safetensors_is_the_same_network_as_its_seeded_random_init(t
     rates = []
     for model_arg in ("random", str(weights)):
         out = tmp_path / "v.json"
-        assert main(["verify", model_arg, str(fp), "--arch", "mobilenet_v3_small",
+        assert main(["verify", "--null", "chance",
+                     model_arg, str(fp), "--arch", "mobilenet_v3_small",
                      "--num-classes", "10", "--seed", "5", "--device", "cpu",
                      "--json", str(out)]) in (0, 1)
         rates.append(json.loads(out.read_text())["match_rate"])
     assert rates == [1.0, 1.0]
     out = tmp_path / "v.json"
-    assert main(["verify", "random", str(fp), "--arch", "mobilenet_v3_small",
+    assert main(["verify", "--null", "chance", "random", str(fp), "--arch", "mobilenet_v3_small",
                  "--num-classes", "10", "--seed", "6", "--device", "cpu",
                  "--json", str(out)]) in (0, 1)
     assert json.loads(out.read_text())["match_rate"] < 1.0  # another seed: another network

@@ -166,7 +166,7 @@ def _suspect_commands(world, path):
     tmp, db, fp, owner = world["tmp"], world["db"], world["fp"], world["owner"]
     cpu = ["--device", "cpu"]
     return [
-        ["verify", path, fp, *cpu],
+        ["verify", "--null", "chance", path, fp, *cpu],
         ["verify", world["suspect"], fp, "--negative", path, *cpu],
         ["evaluate", owner, fp, "--others", path, *cpu],
         ["generate", owner, "--input-shape", "3,2,2", "--negative", path, "--steps", "2",
@@ -207,7 +207,7 @@ def test_state_dicts_inputs_labels_and_spec_entries_refuse_too(world, name, caps
     arch = {"name": "a", "family": "A", "arch": "resnet18", "weights": path.name}
     argvs = [
         # a state dict for --arch that is not a plain one
-        ["verify", path, fp, "--arch", "resnet18", "--device", "cpu"],
+        ["verify", "--null", "chance", path, fp, "--arch", "resnet18", "--device", "cpu"],
         ["fbi", "identify", "--db", db, "--blackbox", f"arch:resnet18:{path}", "--mode",
          "walled"],
         # model-list entries: a model file, the weights of an architecture
@@ -266,7 +266,8 @@ def test_with_trust_code_they_load(world, capsys):
         assert marker.exists()  # its code ran: what the flag allows
         marker.unlink()
         assert json.loads(out.read_text())["sent"]["images"] >= 1
-    assert main(["verify", str(files["scripted.pt"]), str(world["fp"]), "--trust-code",
+    assert main(["verify", "--null", "chance",
+                 str(files["scripted.pt"]), str(world["fp"]), "--trust-code",
                  "--device", "cpu"]) in (0, 1)
     assert marker.exists()
     marker.unlink()

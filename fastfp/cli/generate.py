@@ -8,6 +8,7 @@ with the same command and gives the same file; the folder is removed after the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -160,16 +161,29 @@ def estimate(model: Any, shape: tuple[int, ...], num_classes: int, batch: int, n
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastfp import cexamples
     from fastfp import distributed as dd
-    from fastfp.cexamples.sharded import DEFAULT_BATCH
-    from fastfp.cli.loader import load_classifier, load_model
-    from fastfp.io import PNG_MODES
+    from fastfp.io import LockTimeout, lock
 
     ctx = dd.init()
     if ctx.distributed and args.device is None:
         args.device = str(dd.device_for(ctx))
     png_dir = check_outputs(args)  # before the work that fills them
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:  # one run per output (its checkpoints too), as `fbi build` does
+            try:
+                stack.enter_context(lock(args.out, name="--out"))
+            except LockTimeout as exc:
+                raise UserError(f"{exc}: another run is writing this output; wait for it to "
+                                "finish, or choose another --out") from None
+        return generate_locked(args, ctx, png_dir)
+
+
+def generate_locked(args: argparse.Namespace, ctx: Any, png_dir: Path | None) -> int:
+    """The work of :func:`run`, under the lock of ``--out``."""
+    from fastfp import cexamples
+    from fastfp.cexamples.sharded import DEFAULT_BATCH
+    from fastfp.cli.loader import load_classifier, load_model
+    from fastfp.io import PNG_MODES
     from fastfp.suspects import parse_normalize
 
     normalize: object = None if args.normalize is None else parse_normalize(args.normalize,
