@@ -243,3 +243,33 @@ def test_detect_one(benchmark, request, role):
         assert abs(r.distance - d) < 1e-6 and r.positive == positive
         assert np.array_equal(r.queries, S)
     assert name.endswith(family)
+
+
+@functools.lru_cache(maxsize=2)
+def _protocol_db(small: bool):
+    """A paper-shaped database for the paper-tables row: 200 models x 2,000 inputs (QUICK and
+    --benchmark-disable: 60 x 600)."""
+    if small:
+        return fbi.paper_database(n_families=6, n_variants=54, num_inputs=600, num_classes=100)
+    return fbi.paper_database(n_families=7, n_variants=193, num_inputs=2000)
+
+
+@pytest.mark.parametrize("role", ["baseline", "fastfp"])
+def test_paper_tables_authors_vs_paper(benchmark, request, role):
+    """``paper_tables(protocol="authors")`` (fastfp) against ``protocol="paper"`` (baseline) on
+    the same database in the same run: the authors' protocol must stay within 2x of the
+    paper's (speed-up >= 0.5); trials 2, L = 20, 50, 100."""
+    from fastfp.fbi.protocol import paper_tables
+
+    db = _protocol_db(_disabled(request) or QUICK)
+    protocol = "paper" if role == "baseline" else "authors"
+    group = (f"fbi paper-tables authors vs paper {db.num_models} models {db.num_inputs} "
+             f"inputs trials 2")
+    extra = {} if role == "baseline" else {"target_speedup": {"cpu": 0.5, "cuda": 0.5}}
+    t = measure(benchmark, lambda: paper_tables(db, trials=2, Ls=(20, 50, 100),
+                                                protocol=protocol),
+                group=group, role=role, device=CPU, rounds=1 if role == "baseline" else 3,
+                warmup=0, models=db.num_models, inputs=db.num_inputs, **extra)
+    assert t["database"]["protocol"] == protocol
+    for name, c in t["cells"].items():
+        assert 0.0 <= c["mean"] <= 1.0 and c["fpr"] <= 1.0, name

@@ -697,3 +697,20 @@ def test_open_world_mi_scores_are_minus_the_mutual_information(db):
 def test_open_world_distance_checked_first():
     with pytest.raises(ValueError, match="distance: expected one of 'rajski', 'mi', 'mi_min'"):
         fbi.OpenWorld(L=0, distance="mutual_information")  # before L is even looked at
+
+
+def test_the_actual_fpr_of_the_threshold_is_reported_never_the_target():
+    # small L, top-1: few distinct distances, so the conservative threshold (P(D < tau) <= fpr)
+    # reaches less than the 5 % target; the open world says how much, everywhere it reports tau
+    db = fbi.synthetic_database(6, 5, 200, num_classes=5, k=1, accuracy=0.8, noise=0.1, seed=2)
+    ow = fbi.OpenWorld(L=10, trials=3, seed=0).fit(db)
+    neg = np.concatenate([d[y == 0] for d, y in ow.detection_scores(include_delegates=True)])
+    assert ow.fpr_ == float(np.mean(neg < ow.tau_)) and ow.fpr_ <= ow.fpr
+    assert ow.fpr_ < ow.fpr  # ties at tau: the target is not reached, and that is visible
+    assert 0.0 <= ow.fpr_identify_ <= ow.fpr
+    rep = ow.report()
+    assert rep["actual_fpr"] == ow.fpr_ and rep["actual_fpr_identify"] == ow.fpr_identify_
+    assert rep["fpr"] == 0.05 and rep["threshold_rule"].startswith("conservative")
+    det = ow.detect(db.names[0], db.families[0])
+    assert det.fpr == ow.fpr_
+    assert ow.identify(db.names[0]).fpr == ow.fpr_identify_

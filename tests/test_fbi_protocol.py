@@ -48,7 +48,8 @@ def test_demo_and_paper_tables_give_the_same_numbers_on_one_database():
     info = {"kinds": ["vanilla" if "/" not in n else "v" for n in db.names]}
     rep, _ = FE.run(db, info, L=40, trials=2, progress=False)
     known = FE.known_families(db.families)
-    t = paper_tables(db, trials=2, Ls=[40], seed=FE.SEED, known_fams=known)
+    t = paper_tables(db, trials=2, Ls=[40], seed=FE.SEED, known_fams=known,
+                     protocol="paper")
     assert rep["database"]["dropped"] == t["database"]["dropped"] == ["a-s1/v2"]
     assert rep["database"]["models"] == t["database"]["models"] == 19
     np.testing.assert_equal(rep["detection"]["by_selection"], t["table3_selection"])
@@ -70,7 +71,8 @@ def test_the_paper_tables_command_gives_the_demo_tables_from_the_saved_database(
     rep, _ = FE.run(db, info, L=40, trials=2, progress=False)
     path, js = tmp_path / "fbi-database.safetensors", tmp_path / "tables.json"
     db.save(path)
-    argv = ["fbi", "paper-tables", "--db", str(path), "--L", "40", "--trials", "2", "--seed",
+    argv = ["fbi", "paper-tables", "--db", str(path), "--protocol", "paper", "--L", "40",
+            "--trials", "2", "--seed",
             str(FE.SEED), "--max-drop", str(rep["database"]["max_drop"]), "--known-families",
             *rep["database"]["known_families"], "--json", str(js), "--no-progress"]
     assert main(argv) == 0

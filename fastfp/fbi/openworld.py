@@ -274,9 +274,22 @@ def _rest(perm: np.ndarray, chosen: list[int]) -> np.ndarray:
 
 
 def _threshold(negatives: np.ndarray, fpr: float) -> float:
-    """tau such that P(D < tau) <= fpr over the negatives: the floor(fpr * n)-th smallest."""
+    """tau such that P(D < tau) <= fpr over the negatives: the floor(fpr * n)-th smallest.
+
+    Conservative on ties: every negative at exactly tau is rejected, so with few distinct
+    distances (small L, top-1) the FPR reached can be well under ``fpr`` (2 % for 5 %);
+    :func:`_actual_fpr` gives it, and the open world reports it beside the target."""
     d = np.sort(np.asarray(negatives, dtype=np.float64))
     return float(d[int(math.floor(fpr * d.size))])
+
+
+def _actual_fpr(negatives: np.ndarray, tau: float) -> float:
+    """The FPR tau reaches on the negatives it was set from: P(D < tau)."""
+    return float(np.mean(np.asarray(negatives) < tau))
+
+
+# how tau is set (reported with it): no randomised decision, the actual FPR beside the target
+THRESHOLD_RULE = "conservative: accept iff D < tau, tau the floor(fpr * n)-th smallest negative"
 
 
 @dataclass
@@ -286,6 +299,7 @@ class OpenDetection:
     distance: float  # smaller is closer: -I for distance="mi"
     tau: float
     queries: np.ndarray
+    fpr: float = float("nan")  # the FPR tau reached on the fit's negatives (<= the target)
 
 
 @dataclass
@@ -295,6 +309,7 @@ class OpenIdentification:
     distances: dict = field(default_factory=dict)
     tau: float = float("nan")
     queries: np.ndarray | None = None
+    fpr: float = float("nan")  # the FPR tau_identify reached on the fit's negatives
 
 
 class OpenWorld:
@@ -314,7 +329,10 @@ class OpenWorld:
       (Table IV); "median" is best for F(m, Psi); several give the compound distance (eq. 22).
     - guard = True: every model gets one correct and one wrong input (IV-B2, last paragraph).
     - fpr = 0.05, tau the empirical fpr-quantile of the negatives' distances (IV-D2: "the
-      threshold tau as the empirical alpha-quantile", FPR set to 5 %).
+      threshold tau as the empirical alpha-quantile", FPR set to 5 %). Ties at tau are
+      rejected (a conservative rule, no randomised decision): the FPR actually reached on the
+      fit's negatives is ``fpr_`` / ``fpr_identify_``, at most the target and reported in
+      every result and in ``report()``; with few distinct distances it can be far below.
     - trials = 20: "20 measurements of any considered distance thanks to 20 independent inputs
       samples" (IV-D).
     - distance = "rajski": 1 - I / H(joint), the paper's text (eq. 21). "mi" is the raw mutual
@@ -473,9 +491,12 @@ class OpenWorld:
             pos.append(D[~other])
             self.samples_["identify"].append(S)
             neg_id.append(np.where(other, D_id, np.inf).min(1))
-        self.tau_ = _threshold(np.concatenate(neg), self.fpr)
+        neg_all, neg_id_all = np.concatenate(neg), np.concatenate(neg_id)
+        self.tau_ = _threshold(neg_all, self.fpr)
+        self.fpr_ = _actual_fpr(neg_all, self.tau_)
         self.detect_tpr_ = float(np.mean(np.concatenate(pos) < self.tau_))
-        self.tau_identify_ = _threshold(np.concatenate(neg_id), self.fpr)
+        self.tau_identify_ = _threshold(neg_id_all, self.fpr)
+        self.fpr_identify_ = _actual_fpr(neg_id_all, self.tau_identify_)
         self._deployed: dict = {}  # family (None: identification) -> (queries, delegate symbols)
         return self
 
@@ -663,7 +684,7 @@ class OpenWorld:
             dele = self.sym_[self.delegates_[family]][:, S]
         z = self._symbols(blackbox, S)
         d = float(self._pairwise(z[None], dele).min())
-        return OpenDetection(family, d < self.tau_, d, self.tau_, S.copy())
+        return OpenDetection(family, d < self.tau_, d, self.tau_, S.copy(), self.fpr_)
 
     def identify(self, blackbox: OpenWorldSuspect, *,
                  seed: int | None = None) -> OpenIdentification:
@@ -715,11 +736,12 @@ class OpenWorld:
     def _decide(self, dist: dict, S: np.ndarray) -> OpenIdentification:
         best = min(dist.values())
         winners = [f for f, d in dist.items() if d == best]
+        fpr = getattr(self, "fpr_identify_", float("nan"))
         if best >= self.tau_identify_:
-            return OpenIdentification(None, "abstain-h0", dist, self.tau_identify_, S)
+            return OpenIdentification(None, "abstain-h0", dist, self.tau_identify_, S, fpr)
         if len(winners) > 1:
-            return OpenIdentification(None, "abstain-tie", dist, self.tau_identify_, S)
-        return OpenIdentification(winners[0], "identified", dist, self.tau_identify_, S)
+            return OpenIdentification(None, "abstain-tie", dist, self.tau_identify_, S, fpr)
+        return OpenIdentification(winners[0], "identified", dist, self.tau_identify_, S, fpr)
 
     def report(self) -> dict:
         """The fitted settings, thresholds and delegates, JSON-ready."""
@@ -734,6 +756,9 @@ class OpenWorld:
             "distance": self.distance,
             "tau": self.tau_,
             "tau_identify": self.tau_identify_,
+            "actual_fpr": self.fpr_,
+            "actual_fpr_identify": self.fpr_identify_,
+            "threshold_rule": THRESHOLD_RULE,
             "detect_tpr_on_database": self.detect_tpr_,
             "delegate_models": {f: [db.names[i] for i in r] for f, r in self.delegates_.items()},
         }
