@@ -336,18 +336,7 @@ def _paper_protocol_tables(db: Database, *, trials: int, Ls: list[int], seed: in
     t6 = identification_table(db, Ls=Ls, trials=trials, seed=seed, known_fams=known_fams,
                               tick=tick, distance=distance)
     bar.close()
-    cells: dict[str, dict[str, Any]] = {}
-    names3 = {"all": "III All", "50/50": "III 50/50", "30/70": "III 30/70",
-              "entropy": "III Entropy"}
-    for sel, r in t3.items():
-        cells[names3[sel]] = _cell_entry(names3[sel] if L0 == 100 else None, r["tpr_at_5fpr"],
-                                         r["tpr_at_5fpr_std"], r["fpr"], trials)
-    for dk, r in t4.items():
-        cells[f"IV {dk}"] = _cell_entry(f"IV {dk}" if L0 == 100 else None, r["tpr_at_5fpr"],
-                                        r["tpr_at_5fpr_std"], r["fpr"], trials)
-    for L, r in t5.items():
-        cells[f"V L={L}"] = _cell_entry(f"V L={L}", r["tpr_at_5fpr"], r["tpr_at_5fpr_std"],
-                                        r["fpr"], trials)
+    cells = _detection_cells(t3, t4, t5, L0, trials)
     for L, r in t6["vanilla"].items():
         # FPR: the unknown families' members accepted (not rejected)
         cells[f"VI L={L}"] = _cell_entry(f"VI L={L}", r["success"], r["success_std"],
@@ -361,6 +350,24 @@ def _paper_protocol_tables(db: Database, *, trials: int, Ls: list[int], seed: in
         "table3_selection": t3, "table4_delegate": t4, "table5_queries": t5,
         "table6_identification": t6, "cells": cells,
     }
+
+
+def _detection_cells(t3: dict[str, dict], t4: dict[str, dict], t5: dict[str, dict], L0: int,
+                     trials: int) -> dict[str, dict[str, Any]]:
+    """The cells of Tables III-V (III and IV hold the paper's numbers at L = 100 only)."""
+    cells: dict[str, dict[str, Any]] = {}
+    names3 = {"all": "III All", "50/50": "III 50/50", "30/70": "III 30/70",
+              "entropy": "III Entropy"}
+    for sel, r in t3.items():
+        cells[names3[sel]] = _cell_entry(names3[sel] if L0 == 100 else None, r["tpr_at_5fpr"],
+                                         r["tpr_at_5fpr_std"], r["fpr"], trials)
+    for dk, r in t4.items():
+        cells[f"IV {dk}"] = _cell_entry(f"IV {dk}" if L0 == 100 else None, r["tpr_at_5fpr"],
+                                        r["tpr_at_5fpr_std"], r["fpr"], trials)
+    for L, r in t5.items():
+        cells[f"V L={L}"] = _cell_entry(f"V L={L}", r["tpr_at_5fpr"], r["tpr_at_5fpr_std"],
+                                        r["fpr"], trials)
+    return cells
 
 
 def _cell_entry(name: str | None, mean: float, std: float, fpr: float, trials: int,
@@ -417,18 +424,7 @@ def _authors_tables(db: Database, *, trials: int, Ls: list[int], seed: int, max_
     t3 = {sel: row(out[(sel, "close")][L0]) for sel in SELECTIONS}
     t4 = {dk: row(out[("30/70", dk)][L0]) for dk in DELEGATES}
     t5 = {str(L): row(out[("30/70", "close")][L]) for L in Ls}
-    cells: dict[str, dict[str, Any]] = {}
-    names3 = {"all": "III All", "50/50": "III 50/50", "30/70": "III 30/70",
-              "entropy": "III Entropy"}
-    for sel, r in t3.items():
-        cells[names3[sel]] = _cell_entry(names3[sel] if L0 == 100 else None, r["tpr_at_5fpr"],
-                                         r["tpr_at_5fpr_std"], r["fpr"], trials)
-    for dk, r in t4.items():
-        cells[f"IV {dk}"] = _cell_entry(f"IV {dk}" if L0 == 100 else None, r["tpr_at_5fpr"],
-                                        r["tpr_at_5fpr_std"], r["fpr"], trials)
-    for L, r in t5.items():
-        cells[f"V L={L}"] = _cell_entry(f"V L={L}", r["tpr_at_5fpr"], r["tpr_at_5fpr_std"],
-                                        r["fpr"], trials)
+    cells = _detection_cells(t3, t4, t5, L0, trials)
     for L, r in t6.items():
         cells[f"VI L={L}"] = _cell_entry(f"VI L={L}", r["mean"], r["std"], r["fpr"], trials,
                                          tau=r["tau"], no_threshold=r["no_threshold"])
