@@ -254,3 +254,55 @@ class KServe:
             return 0
         return sum(int(n) for name, n in (line.split() for line in
                                           self.log.read_text().splitlines()) if name == model)
+
+
+
+# ------------------------------------------------------------------ hostile suspect files
+def tiny_linear(seed: int = 0) -> nn.Module:
+    """A small classifier of (B, 1, 3, 4) inputs into 10 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 10)).eval()
+
+
+def plant_marker(marker: str) -> nn.Module:
+    """What a hostile pickle runs when it is unpickled: write the marker, then look normal."""
+    with open(marker, "w") as f:
+        f.write("code ran")
+    return tiny_linear()
+
+
+class HostilePickle(nn.Module):
+    """Unpickling it (torch.save'd or pickled as is) runs :func:`plant_marker`."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def __reduce__(self):
+        return (plant_marker, (self.marker,))
+
+
+class HostileScript(nn.Module):
+    """Scripted, its ``__setstate__`` runs inside ``torch.jit.load`` and creates the marker."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        linear = tiny_linear()[1]
+        self.weight = linear.weight.detach().clone()
+        self.bias = linear.bias.detach().clone()
+        self.marker = marker
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t() + self.bias
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool, torch.Tensor, torch.Tensor]:
+        return (self.marker, self.training, self.weight, self.bias)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool, torch.Tensor, torch.Tensor]) -> None:
+        self.marker = state[0]
+        self.training = state[1]
+        planted = torch.from_file(state[0], True, 1)  # shared=True creates the file
+        self.weight = state[2] + 0.0 * planted.sum()
+        self.bias = state[3]

@@ -7,59 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import HostilePickle, HostileScript, tiny_linear
 
 from fastfp import Fingerprint, cexamples, suspects, zoo
 from fastfp.cli.main import main
 
 SHAPE = (3, 2, 2)
-
-
-def _tiny(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 10)).eval()
-
-
-def _planted_model(marker):
-    """What a hostile pickle runs on load: plant a marker file, then look like a normal model."""
-    with open(marker, "w") as f:
-        f.write("code ran")
-    return _tiny()
-
-
-class _HostilePickle(nn.Module):
-    def __init__(self, marker):
-        super().__init__()
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_planted_model, (self.marker,))
-
-
-class _HostileScript(nn.Module):
-    """A scripted ``__setstate__`` runs at ``torch.jit.load`` and writes any file."""
-
-    def __init__(self, marker: str):
-        super().__init__()
-        linear = _tiny()[1]
-        self.weight = linear.weight.detach().clone()
-        self.bias = linear.bias.detach().clone()
-        self.marker = marker
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight.t() + self.bias
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool, torch.Tensor, torch.Tensor]:
-        return (self.marker, self.training, self.weight, self.bias)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool, torch.Tensor, torch.Tensor]) -> None:
-        self.marker = state[0]
-        self.training = state[1]
-        planted = torch.from_file(state[0], True, 1)  # shared=True creates the file
-        self.weight = state[2] + 0.0 * planted.sum()
-        self.bias = state[3]
 
 
 @pytest.fixture
@@ -68,16 +21,16 @@ def hostile(tmp_path):
     marker = tmp_path / "MARKER"
     files = {"torch.save": tmp_path / "suspect.pt", "pickle": tmp_path / "suspect.pkl",
              "torchscript": tmp_path / "scripted.pt"}
-    torch.save(_HostilePickle(str(marker)), files["torch.save"])
-    files["pickle"].write_bytes(pickle.dumps(_HostilePickle(str(marker))))
-    torch.jit.script(_HostileScript(str(marker))).save(str(files["torchscript"]))
+    torch.save(HostilePickle(str(marker)), files["torch.save"])
+    files["pickle"].write_bytes(pickle.dumps(HostilePickle(str(marker))))
+    torch.jit.script(HostileScript(str(marker))).save(str(files["torchscript"]))
     assert not marker.exists()
     return marker, files
 
 
 def _fingerprint(path, model=None, n=30):
     """A fingerprint the tiny model matches on 20 of 30 examples."""
-    model = model or _tiny()
+    model = model or tiny_linear()
     x = torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -135,13 +88,13 @@ def test_trust_code_loads_them_with_a_warning(hostile):
             model = suspects.load_suspect(path, trust_code=True)
         assert marker.exists()  # the code did run: that is what the flag allows
         marker.unlink()
-        torch.testing.assert_close(model(x), _tiny()(x))
+        torch.testing.assert_close(model(x), tiny_linear()(x))
 
 
 @pytest.mark.slow
 def test_pt2_is_refused(tmp_path):
     path = tmp_path / "suspect.pt2"
-    torch.export.save(torch.export.export(_tiny(), (torch.zeros(2, *SHAPE),)), str(path))
+    torch.export.save(torch.export.export(tiny_linear(), (torch.zeros(2, *SHAPE),)), str(path))
     assert suspects.sniff(path) == "pt2"
     with pytest.raises(suspects.UnsafeFormatError, match="is a pt2 file"):
         suspects.load_suspect(path)
@@ -161,7 +114,7 @@ def test_bad_arguments_are_named(tmp_path):
 
 
 def test_onnx_suspect_scores_like_the_pytorch_model(tmp_path):
-    model = _tiny()
+    model = tiny_linear()
     path = _export_onnx(model, tmp_path / "suspect.onnx")
     fp = _fingerprint(tmp_path / "fp.safetensors", model)
     onnx_model = suspects.load_suspect(path)
@@ -178,7 +131,7 @@ def test_onnx_suspect_scores_like_the_pytorch_model(tmp_path):
 
 def test_onnx_with_a_fixed_batch_runs_any_batch(tmp_path):
     pytest.importorskip("onnxruntime")
-    model = _tiny(3)
+    model = tiny_linear(3)
     path = tmp_path / "fixed.onnx"
     torch.onnx.export(model, (torch.zeros(4, *SHAPE),), str(path), dynamo=False)
     onnx_model = suspects.OnnxClassifier(path, providers=["CPUExecutionProvider"])
@@ -252,7 +205,7 @@ def test_verify_with_trust_code_warns_and_scores(hostile, tmp_path, capsys):
 
 
 def test_verify_onnx_gives_the_pytorch_score(tmp_path, capsys):
-    model = _tiny()
+    model = tiny_linear()
     onnx_path = _export_onnx(model, tmp_path / "suspect.onnx")
     script = tmp_path / "suspect.ts"
     torch.jit.script(model).save(str(script))
@@ -304,9 +257,9 @@ def fbi_setup(tmp_path):
     """A database of three ONNX families (spec 'path' entries: safe, no flag needed)."""
     entries = []
     for fam in range(3):
-        base = _tiny(fam)
+        base = tiny_linear(fam)
         for j in range(2):
-            m = _tiny(fam)
+            m = tiny_linear(fam)
             with torch.no_grad():
                 for p, q in zip(m.parameters(), base.parameters(), strict=True):
                     p.copy_(q + 0.05 * j * torch.randn_like(q))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import HostilePickle, HostileScript, tiny_linear
 
 from fastfp import Fingerprint, fbi
 from fastfp.cli.main import main
@@ -22,53 +22,6 @@ from fastfp.cli.main import main
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notes
 
 SHAPE = (3, 2, 2)
-
-
-def _tiny(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 10)).eval()
-
-
-def _plant(marker: str) -> nn.Module:
-    """What the hostile pickle runs when it is unpickled: the marker, then a normal model."""
-    with open(marker, "w") as f:
-        f.write("code ran")
-    return _tiny()
-
-
-class _PicklePlants(nn.Module):
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_plant, (self.marker,))
-
-
-class _ScriptPlants(nn.Module):
-    """Its scripted ``__setstate__`` runs inside ``torch.jit.load`` and creates the marker."""
-
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        linear = _tiny()[1]
-        self.weight = linear.weight.detach().clone()
-        self.bias = linear.bias.detach().clone()
-        self.marker = marker
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight.t() + self.bias
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool, torch.Tensor, torch.Tensor]:
-        return (self.marker, self.training, self.weight, self.bias)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool, torch.Tensor, torch.Tensor]) -> None:
-        self.marker = state[0]
-        self.training = state[1]
-        planted = torch.from_file(state[0], True, 1)  # shared=True creates the file
-        self.weight = state[2] + 0.0 * planted.sum()
-        self.bias = state[3]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +33,7 @@ def world(tmp_path_factory):
     entries = []
     for fam in range(2):
         for j in range(2):
-            m = _tiny(fam)
+            m = tiny_linear(fam)
             with torch.no_grad():
                 for p in m.parameters():
                     p.add_(0.05 * j * torch.randn_like(p))
@@ -94,7 +47,7 @@ def world(tmp_path_factory):
     assert main(["fbi", "build", "--spec", str(tmp / "models.json"), "--inputs",
                  str(tmp / "inputs.pt"), "--k", "2", "--store-inputs", "--trust-code",
                  "--out", str(db)]) == 0
-    model = _tiny()
+    model = tiny_linear()
     with torch.no_grad():
         y = model(x[:20]).argmax(1)
     fp = tmp / "fp.safetensors"
@@ -112,14 +65,14 @@ def world(tmp_path_factory):
     files = {}
     # the marker pickle inside a torch zip, under the names a model or a tensor file would have
     for name in ("pickled.pt", "pickled.pth", "answers.pt", "inputs.pt"):
-        torch.save(_PicklePlants(str(marker)), hostile / name)
+        torch.save(HostilePickle(str(marker)), hostile / name)
         files[name] = hostile / name
     # a real TorchScript archive under .pt / .pth / .jit
     for name in ("scripted.pt", "scripted.pth", "scripted.jit"):
-        torch.jit.script(_ScriptPlants(str(marker))).save(str(hostile / name))
+        torch.jit.script(HostileScript(str(marker))).save(str(hostile / name))
         files[name] = hostile / name
     # a bare pickle, also renamed as an answers / ONNX / safetensors file
-    raw = pickle.dumps(_PicklePlants(str(marker)))
+    raw = pickle.dumps(HostilePickle(str(marker)))
     for name in ("bare.pkl", "bare.npy", "bare.onnx", "bare.safetensors"):
         (hostile / name).write_bytes(raw)
         files[name] = hostile / name
