@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 
     from fastfp import suspects
 
-SUSPECT_HELP = ("the suspect model: an ONNX file (.onnx, run by onnxruntime), or with --arch NAME "
-                "a safetensors state dict (or 'random'), or a default-zoo name such as cnn-s0. "
-                "Pickles / TorchScript / .pt2 run code when loaded: refused unless --trust-code")
+SUSPECT_HELP = ("the suspect: a served model (an Open Inference Protocol URL "
+                "http(s)://HOST:PORT/v2/models/NAME[/versions/V]), an ONNX file (.onnx, run by "
+                "onnxruntime), with --arch NAME a safetensors state dict (or 'random'), a "
+                "default-zoo name such as cnn-s0, or with --queries an answers file (CSV, JSON or "
+                ".npy labels for the images `fastfp export` wrote). Pickles / TorchScript / .pt2 "
+                "run code when loaded: refused unless --trust-code")
 OWNER_HELP = ("your model: with --arch NAME a safetensors state dict of that torchvision/timm "
               "architecture (or 'random' for a seeded random init); else a default-zoo name such "
               "as cnn-s0, a TorchScript file or a torch.save'd nn.Module (yours: it is unpickled)")
