@@ -6,7 +6,11 @@ examples with the four methods on the protected models, robustness / transferabi
 variants, detection TPR at 5 % FPR and ROC AUC per input selection and delegate, open-world
 identification success / abstain / error (TIFS'23 Tables III-IV, Sect. IV-C), and the walled
 garden's greedy identification (queries per black box, Sect. III-B); (4) figures (PNG) and
-a JSON report.
+a JSON report. The first line of a run says what it does and about how long it takes (measured:
+:data:`MEASURED_S`); bars count optimizer steps (zoo training), example-steps (fingerprints) and
+models (FBI). ``--out`` keeps one run: an earlier run's files there are refused, or removed with
+``force`` (only those: :func:`earlier_outputs`). The fingerprints saved in ``--out/fingerprints``
+carry the transferability measured as their null rate, so ``fastfp verify`` decides on them.
 
 JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], times in seconds)::
 
@@ -20,7 +24,8 @@ JSON report schema ``fastfp.demo/1`` (stable; rates are fractions in [0, 1], tim
                                base_accuracy = the fraction that fit before that selection)
                               per_rate: {"0.4": {robustness, uniqueness}, ...}}}
                     for method in vanilla, rc, rcgm, ltrc
-    cexamples_runs  one row per (protected model, method), same fields
+    cexamples_runs  one row per (protected model, method), same fields + null_rate, null_models
+                    (the null recorded in the fingerprint: see cexamples_experiment)
     sweep           [{method, delta, k, num, fitted, robustness, transferability, uniqueness,
                       base_accuracy}]
                     first protected model: the trade-off over delta (rcgm, ltrc) and the k ablation
@@ -52,17 +57,35 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import torch.nn as nn
+
     from ..variants import Spec
 
 SCHEMA = "fastfp.demo/1"
+
+# Wall time of a whole run on 2 CPU cores, in seconds: (training the zoo on a cold cache, everything
+# else), measured with `fastfp demo [--quick]` and the mode's own settings (x86-64, 2 cores, torch
+# 2.10, 2026-12-03). The first line of a run and `fastfp demo --help` state them; `timing` in the
+# JSON report gives a run's own numbers.
+# --quick, load average 1.0-2.0: cold 68 s (zoo training 46 s), warm 41 s (a cold run with other
+# work on the cores: 2 min 18 s). Default, load average 1.6-2.3: cold 6 min 31 s (zoo training
+# 187 s), warm 3 min 28 s (fastfp 0.1.0 on a quiet machine: 4 min 7 s cold).
+MEASURED_S = {"quick": (48.0, 42.0), "default": (187.0, 206.0)}
+
+# What a run writes into --out (besides nothing else): a later run refuses to mix with them unless
+# forced, and --force removes only these.
+FIGURES = ("cexamples.png", "cexamples_dct.png", "fbi_roc.png", "tradeoff.png",
+           "fbi_distances.png")
+DATABASE = "fbi-database.safetensors"
+FINGERPRINTS = "fingerprints"
+_FINGERPRINT_NAME = re.compile(r"[a-z]+-s[0-9]+-(vanilla|rc|rcgm|ltrc)\.safetensors")
 
 # LTRC band at 32x32 for the digits. The paper's k = 2 is for CIFAR-10, whose images carry detail up
 # to the highest frequencies. The digits are 8x8 images upsampled to 28x28: their content sits in
@@ -85,7 +108,8 @@ def quick_variant_specs(smoothing_n: int) -> list[Spec]:
 def config(*, quick: bool = False, model: str | None = None, seeds: int | None = None,
            num: int | None = None, steps: int | None = None,
            full_variants: bool = False) -> dict[str, Any]:
-    """Settings of a run; ``quick`` is the < 2 minute version used by the tests."""
+    """Settings of a run; ``quick`` is the small version used by the tests (times:
+    :data:`MEASURED_S`)."""
     from .. import _validate, zoo
 
     cfg: dict[str, Any]
@@ -125,9 +149,28 @@ def config(*, quick: bool = False, model: str | None = None, seeds: int | None =
     return cfg
 
 
-def check_output(out: str | os.PathLike[str]) -> Path:
-    """Create ``out`` if needed and make sure it can be written (before any long work)."""
+def earlier_outputs(out: str | os.PathLike[str]) -> list[Path]:
+    """The files an earlier run of the demo wrote into ``out`` (figures, the FBI database and its
+    lock, the fingerprints of its protected model); nothing else in the folder counts."""
     out = Path(out)
+    found = [out / n for n in (*FIGURES, DATABASE, DATABASE + ".lock")]
+    found = [p for p in found if p.is_file() or p.is_symlink()]
+    fps = out / FINGERPRINTS
+    if fps.is_dir() and not fps.is_symlink():
+        found += sorted(p for p in fps.iterdir()
+                        if _FINGERPRINT_NAME.fullmatch(p.name) and (p.is_file() or p.is_symlink()))
+    return found
+
+
+def check_output(out: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Create ``out`` if needed and make sure it can be written (before any long work). A folder
+    that holds an earlier run's files is refused, so that two runs never mix, unless ``force``
+    (then :func:`run` removes those files first)."""
+    from .. import _validate
+
+    out = _validate.path("--out", out)
+    if not isinstance(force, bool):
+        raise TypeError(f"force: expected a bool, got {type(force).__name__}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -137,12 +180,131 @@ def check_output(out: str | os.PathLike[str]) -> Path:
         raise NotADirectoryError(f"--out: {str(out)!r} is not a folder")
     if not os.access(out, os.W_OK | os.X_OK):
         raise PermissionError(f"--out: the output folder {str(out)!r} is not writable")
+    earlier = earlier_outputs(out)
+    if earlier and not force:
+        names = ", ".join(str(p.relative_to(out)) for p in earlier[:3])
+        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        raise FileExistsError(f"--out: {str(out)!r} holds the results of an earlier fastfp demo "
+                              f"run ({names}{more}); pass --force to replace them, or choose "
+                              "another --out")
     return out
 
 
+def clear_earlier(out: str | os.PathLike[str]) -> list[Path]:
+    """Remove the files of an earlier run from ``out`` (:func:`earlier_outputs`, nothing else; the
+    fingerprints folder too when that leaves it empty); returns what was removed."""
+    out = Path(out)
+    removed = earlier_outputs(out)
+    for p in removed:
+        p.unlink(missing_ok=True)
+    fps = out / FINGERPRINTS
+    if fps.is_dir() and not fps.is_symlink() and not any(fps.iterdir()):
+        fps.rmdir()
+    return removed
+
+
+def _duration(seconds: float) -> str:
+    """A rough duration: to 5 s below 90 s, else to half a minute (an estimate, not a promise)."""
+    if seconds < 90:
+        return f"{max(5, round(seconds / 5) * 5)} s"
+    half_minutes = round(seconds / 30)
+    return f"{half_minutes // 2}{'.5' if half_minutes % 2 else ''} min"
+
+
+def expected_seconds(cfg: dict[str, Any], untrained: int, total: int) -> float:
+    """The measured wall time of ``cfg``'s mode on 2 CPU cores when ``untrained`` of the zoo's
+    ``total`` models must be trained first."""
+    zoo_s, rest_s = MEASURED_S["quick" if cfg["quick"] else "default"]
+    return rest_s + zoo_s * untrained / max(total, 1)
+
+
+def intro(cfg: dict[str, Any], untrained: Iterable[str], total: int) -> str:
+    """The first line of a run: what it does and about how long it takes (from
+    :data:`MEASURED_S`)."""
+    from .. import zoo
+
+    untrained = list(untrained)
+    mode = "--quick" if cfg["quick"] else "default settings"
+    zoo_s = MEASURED_S["quick" if cfg["quick"] else "default"][0]
+    cache = f"{zoo.cache_dir()}, set by $FASTFP_CACHE"
+    if untrained:
+        which = "" if len(untrained) == total else f"{len(untrained)} of its models, "
+        first = (f"trains the {total}-model digits zoo once ({which}about "
+                 f"{_duration(zoo_s * len(untrained) / total)}; cached in {cache})")
+    else:
+        first = f"loads the {total}-model digits zoo from its cache ({cache})"
+    protected = ", ".join(cfg["protected"])
+    default = config(quick=cfg["quick"])
+    changed = any(cfg.get(k) != default.get(k)
+                  for k in ("num", "steps", "protected_seeds", "full_variants"))
+    note = (" (measured with the mode's own settings; more --num, --steps, --seeds or "
+            "--full-variants take longer)") if changed else ""
+    return (f"fastfp demo ({mode}): {first}, then fingerprints {protected} with the four "
+            "characteristic-example methods and runs FBI over the zoo's variants: about "
+            f"{_duration(expected_seconds(cfg, len(untrained), total))} on 2 CPU cores{note}.")
+
+
+def help_times() -> str:
+    """The measured wall times, as ``fastfp demo --help`` states them."""
+    q, d = (sum(MEASURED_S[m]) for m in ("quick", "default"))
+    qw, dw = (MEASURED_S[m][1] for m in ("quick", "default"))
+    return (f"Default run: about {_duration(d)} on 2 CPU cores including zoo training "
+            f"({_duration(dw)} with the zoo cached); --quick: about {_duration(q)} "
+            f"({_duration(qw)} cached).")
+
+
+def cached_zoo(names: Iterable[str]) -> dict[str, nn.Module]:
+    """The zoo models among ``names`` that the cache already holds (nothing is trained)."""
+    from .. import zoo
+
+    models: dict[str, nn.Module] = {}
+    for n in names:
+        try:
+            models[n] = zoo.load(n, train=False)
+        except FileNotFoundError:
+            pass
+    return models
+
+
+def train_zoo(names: Iterable[str], have: dict[str, nn.Module], *,
+              progress: bool = True) -> dict[str, nn.Module]:
+    """``{name: model}`` for ``names``: ``have``'s models, the others trained now (and cached),
+    with a bar over their optimizer steps (a model takes seconds to train on a CPU)."""
+    import math
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from tqdm.auto import tqdm
+
+    from .. import zoo
+
+    names = list(names)
+    missing = [n for n in names if n not in have]
+    if not missing:
+        return {n: have[n] for n in names}
+    batches = math.ceil(len(zoo.digits().y_train) / zoo.BATCH)
+    total = sum(zoo.ARCHITECTURES[zoo.parse_name(n)[0]][2] * batches for n in missing)
+    bar = tqdm(total=total, desc="zoo training", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    # zoo.load trains with its own optimizer: a global step hook counts its steps while it runs.
+    hook = register_optimizer_step_post_hook(lambda *_: bar.update(1))
+    try:
+        for i, n in enumerate(missing):
+            bar.set_postfix_str(f"{n} ({i + 1}/{len(missing)} models)", refresh=False)
+            have = {**have, n: zoo.load(n)}
+    finally:
+        hook.remove()
+        bar.close()
+    return {n: have[n] for n in names}
+
+
 def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = True,
-        figures: bool = True, log: Callable[[str], object] = print) -> dict[str, Any]:
-    """Run the whole demo; returns the JSON-ready report (also printed as tables via ``log``)."""
+        figures: bool = True, force: bool = False,
+        log: Callable[[str], object] = print) -> dict[str, Any]:
+    """Run the whole demo; returns the JSON-ready report (also printed as tables via ``log``,
+    after a first line that says what the run does and about how long it takes). ``out`` must
+    not hold an earlier run's files unless ``force``, which removes them first
+    (:func:`clear_earlier`)."""
+    import numpy as np
     import torch
 
     from .. import zoo
@@ -150,7 +312,7 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
     from . import fbi_experiment as FE
     from . import tables
 
-    out = check_output(out)
+    out = check_output(out, force=force)
     t_start = time.perf_counter()
     timing = {}
     report: dict[str, Any] = {"schema": SCHEMA,
@@ -158,11 +320,20 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
 
     # 1. zoo
     t0 = time.perf_counter()
-    models = zoo.default_zoo(quick=cfg["quick"], progress=progress)
+    names = zoo.names(quick=cfg["quick"])
+    models = cached_zoo(names)
+    log(intro(cfg, [n for n in names if n not in models], len(names)))
+    if force:
+        clear_earlier(out)
+    models = train_zoo(names, models, progress=progress)
     d = zoo.digits()
     xb, yb = zoo.benign_inputs(cfg["fbi_inputs"], seed=0)
+    from tqdm.auto import tqdm
+
     report["zoo"] = {n: {"test_accuracy": zoo.accuracy(m, d.x_test, d.y_test),
-                         "benign_accuracy": zoo.accuracy(m, xb, yb)} for n, m in models.items()}
+                         "benign_accuracy": zoo.accuracy(m, xb, yb)}
+                     for n, m in tqdm(models.items(), desc="zoo accuracy", unit="model",
+                                      disable=not progress)}
     timing["zoo_s"] = time.perf_counter() - t0
     log(tables.zoo_table(report["zoo"]))
 
@@ -216,7 +387,8 @@ def run(cfg: dict[str, Any], out: str | os.PathLike[str], *, progress: bool = Tr
     timing["fbi_s"] = time.perf_counter() - t0
     fbi_db = report["fbi"]["database"]
     report["fbi"]["reproduce"] = (
-        f"fastfp fbi paper-tables --db {db_path} --L {fbi_db['L']} --trials {fbi_db['trials']} "
+        f"fastfp fbi paper-tables --db {db_path} --protocol paper --L {fbi_db['L']} "
+        f"--trials {fbi_db['trials']} "
         f"--seed {fbi_db['seed']} --max-drop {fbi_db['max_drop']} --known-families "
         + " ".join(fbi_db["known_families"]))
     log(tables.fbi_tables(report["fbi"]))

@@ -72,12 +72,15 @@ def build_database(zoo_models: dict[str, nn.Module], inputs: torch.Tensor, label
     bar = tqdm(total=len(zoo_models) * (1 + len(specs)), desc="fbi variants", unit="model",
                disable=not progress)
     for fam, m in zoo_models.items():
-        members = [(fam, m, "vanilla")] + [(f"{fam}/{s.name}", s.apply(m, data), s.kind)
-                                          for s in specs]
-        for name, model, kind in members:
+        # One variant at a time, made just before it is queried: the bar moves per model, and
+        # only one variant is held in memory.
+        for spec in [None, *specs]:
+            name = fam if spec is None else f"{fam}/{spec.name}"
+            bar.set_postfix_str(name, refresh=False)
+            model = m if spec is None else spec.apply(m, data)
             with eval_mode(model):
                 db.add(name, fam, fbi.query_topk(model, inputs, k))
-            kinds.append(kind)
+            kinds.append("vanilla" if spec is None else spec.kind)
             bar.update(1)
     bar.close()
     return db, {"kinds": kinds}
@@ -118,7 +121,7 @@ def run(db: fbi.Database, info: dict[str, Any], *, L: int, trials: int, seed: in
     {selection: (scores, labels, auc)}, "distances": (M, M), "families": (M,)})``; ``info["kinds"]``
     holds the variant kind of each row of ``db``. The detection and Entropy identification rows
     are ``fastfp.fbi.protocol.paper_tables(db, trials=trials, Ls=[L], seed=seed,
-    max_drop=max_drop, known_fams=known_families(db.families))``'s."""
+    max_drop=max_drop, known_fams=known_families(db.families), protocol="paper")``'s."""
     from tqdm.auto import tqdm
 
     kind_of = dict(zip(db.names, info["kinds"], strict=True))
