@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # An editable install maps kernels/ and bench/ from the checkout's root into this package, and its
 # import finder then lists that root on __path__, which would make every folder there (tests/, the
