@@ -154,7 +154,14 @@ def test_authors_protocol_refuses_missing_truth_or_vanilla(release, tmp_path, ca
     headless.save(path)
     assert main(["fbi", "paper-tables", "--db", str(path), "--L", "20", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'beta'" in err
+    assert len(err.splitlines()) == 1 and "'beta'" in err and "--vanilla FAMILY=MODEL" in err
+    # the same rule from the command line
+    js = tmp_path / "t.json"
+    assert main(["fbi", "paper-tables", "--db", str(path), "--L", *map(str, LS), "--trials", "1",
+                 "--vanilla", "beta=HALF-beta", "--json", str(js), "--no-progress"]) == 0
+    assert json.loads(js.read_text())["cells"] == json.loads(json.dumps(t["cells"]))
+    assert main(["fbi", "paper-tables", "--db", str(path), "--vanilla", "beta"]) == 2
+    assert "--vanilla: expected FAMILY=MODEL" in capsys.readouterr().err
 
 
 def test_authors_protocol_checks_pools_before_any_trial(release, monkeypatch):

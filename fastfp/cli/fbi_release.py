@@ -65,6 +65,9 @@ def add_parsers(cmds: Any) -> None:
                         "unknown, in every trial (default: a random draw per trial). `fastfp "
                         "demo` prints the command that reproduces its table from the database "
                         "it saves")
+    t.add_argument("--vanilla", nargs="+", metavar="FAMILY=MODEL", default=None,
+                   help="--protocol authors: each family's vanilla model, where it is not the "
+                        "member named like the family (e.g. an `fbi build` database)")
     t.add_argument("--max-drop", type=float, default=0.15,
                    help="relative accuracy drop a variant may have (default 0.15)")
     t.add_argument("--json", metavar="PATH", help="also write the tables as JSON")
@@ -123,13 +126,20 @@ def run_paper_tables(args: argparse.Namespace) -> int:
     if args.protocol == "authors" and args.known_families:
         raise _user_error("--known-families: a setting of --protocol paper (the authors' "
                           "identification draws the known families per repeat)")
+    vanilla = None
+    if args.vanilla:
+        pairs = [v.partition("=") for v in args.vanilla]
+        bad = [v for v, (f, eq, m) in zip(args.vanilla, pairs, strict=True) if not (f and eq and m)]
+        if bad:
+            raise _user_error(f"--vanilla: expected FAMILY=MODEL, got {bad[0]!r}")
+        vanilla = {f: m for f, _, m in pairs}
     if args.json:
         io.check_target(args.json, name="--json")
     db = Database.load(args.db)
     tables = paper_tables(db, trials=args.trials, Ls=args.L, seed=args.seed,
                           max_drop=args.max_drop, known_fams=args.known_families,
                           progress=not args.no_progress, protocol=args.protocol,
-                          distance=args.distance)
+                          distance=args.distance, vanilla=vanilla)
     print(format_tables(tables), end="")
     _report(args, tables)
     return 0

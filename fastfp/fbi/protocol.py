@@ -607,8 +607,8 @@ def authors_vanilla(db: Database, vanilla: Mapping[str, str] | None = None) -> d
         v = given.get(f, f)
         if v not in db.names or db.families[db.index(v)] != f:
             raise ValueError(f"db: family {f!r} has no vanilla model (a member named {v!r}); the "
-                             f"authors' protocol needs one per family (pass vanilla= or rename "
-                             f"it)")
+                             f"authors' protocol needs one per family (name it with vanilla= / "
+                             f"--vanilla FAMILY=MODEL, or use protocol 'paper')")
         out[f] = v
     return out
 
