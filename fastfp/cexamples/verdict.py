@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def query_images(fp) -> tuple[torch.Tensor, bool]:
     return images, not torch.equal(images, fp.inputs)
 
 
-def is_blackbox(suspect: object) -> bool:
+def is_blackbox(suspect: object) -> TypeGuard[BlackBox | Recorded]:
     """Whether ``suspect`` is asked as a black box (a :mod:`fastfp.blackbox` object)."""
     return isinstance(suspect, BlackBox | Recorded)
 
@@ -170,15 +171,15 @@ def _check_negatives(fp, negatives: Sequence[Suspect]) -> list[Suspect]:
     """The negatives as a list, each a black box or a classifier of the fingerprint's classes
     (checked before any work)."""
     if isinstance(negatives, torch.nn.Module) or is_blackbox(negatives):
-        negatives = [negatives]  # type: ignore[list-item]
+        negatives = [negatives]
     negatives = list(negatives)
     num_classes = fp.meta.get("num_classes")
     for i, neg in enumerate(negatives):
         if is_blackbox(neg):
             continue
-        check_model(neg, f"negatives[{i}]")
+        net: torch.nn.Module = check_model(neg, f"negatives[{i}]")
         try:
-            checks.probe(neg, fp.inputs[:1], num_classes, checks.model_device(neg))
+            checks.probe(net, fp.inputs[:1], num_classes, checks.model_device(net))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"negatives[{i}]: not a classifier of the fingerprint's "
                              f"{num_classes} classes ({exc})") from None

@@ -213,8 +213,8 @@ def nesting_depth(data: bytes | str) -> int:
 def check_depth(data: bytes | str, *, name: str, source: object = None,
                 max_depth: int = MAX_JSON_DEPTH) -> None:
     """ValueError naming ``name`` when ``data`` nests deeper than ``max_depth``."""
-    opening = data.count("[" if isinstance(data, str) else b"[") + \
-        data.count("{" if isinstance(data, str) else b"{")
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    opening = raw.count(b"[") + raw.count(b"{")
     if opening <= max_depth:  # the common case: too few brackets to nest too deeply
         return
     depth = nesting_depth(data)
