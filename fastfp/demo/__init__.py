@@ -70,14 +70,13 @@ if TYPE_CHECKING:
 
 SCHEMA = "fastfp.demo/1"
 
-# Wall time of a whole run on 2 CPU cores, in seconds: (training the zoo on a cold cache, everything
-# else), measured with `fastfp demo [--quick]` and the mode's own settings (x86-64, 2 cores, torch
-# 2.10, 2026-12-03). The first line of a run and `fastfp demo --help` state them; `timing` in the
-# JSON report gives a run's own numbers.
-# --quick, load average 1.0-2.0: cold 68 s (zoo training 46 s), warm 41 s (a cold run with other
-# work on the cores: 2 min 18 s). Default, load average 1.6-2.3: cold 6 min 31 s (zoo training
-# 187 s), warm 3 min 28 s (fastfp 0.1.0 on a quiet machine: 4 min 7 s cold).
-MEASURED_S = {"quick": (48.0, 42.0), "default": (187.0, 206.0)}
+# Wall time of a whole run on 2 CPU cores, in seconds: (what a cold zoo cache adds, the rest),
+# measured with `fastfp demo [--quick]` from a fresh clone on a quiet x86-64 machine with 2 cores
+# (torch 2.14.1, 2026-12-07): default, load average 0.1 before the run, cold 4 min 49 s (the zoo's
+# training stage 134 s of it), cached 3 min 28 s; --quick, load average 1.2-1.3, cold 70 s, cached
+# 29 s. The first line of a run and `fastfp demo --help` state them; `timing` in the JSON report
+# gives a run's own numbers.
+MEASURED_S = {"quick": (41.0, 29.0), "default": (81.0, 208.0)}
 
 # What a run writes into --out (besides nothing else): a later run refuses to mix with them unless
 # forced, and --force removes only these.
@@ -229,7 +228,7 @@ def intro(cfg: dict[str, Any], untrained: Iterable[str], total: int) -> str:
     cache = f"{zoo.cache_dir()}, set by $FASTFP_CACHE"
     if untrained:
         which = "" if len(untrained) == total else f"{len(untrained)} of its models, "
-        first = (f"trains the {total}-model digits zoo once ({which}about "
+        first = (f"trains the {total}-model digits zoo once ({which}adding about "
                  f"{_duration(zoo_s * len(untrained) / total)}; cached in {cache})")
     else:
         first = f"loads the {total}-model digits zoo from its cache ({cache})"
