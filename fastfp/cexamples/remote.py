@@ -209,14 +209,10 @@ def check(spec: str, fp: Any, *, negatives: Sequence[str] = (), threshold: float
     ``open_args``; negatives take no ``queries``; their errors start with ``negatives_name``)
     and decide (:func:`verdict`). Whether a null exists is checked before anything is opened or
     sent."""
-    from .verdict import null_of
+    from .verdict import check_decision, null_of
 
     fp = _fingerprint(fp)
-    alpha = _validate.real("alpha", alpha)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha: expected a significance level in (0, 1), got {alpha}")
-    if threshold is not None:
-        threshold = _validate.real("threshold", threshold, lo=0.0, hi=1.0)
+    alpha, threshold = check_decision(alpha, threshold)
     if null is not None and null != "chance":
         raise ValueError(f"null: expected None or 'chance', got {null!r}")
     if not negatives and fp.meta.get("null_rate") is None:

@@ -73,6 +73,16 @@ def query_images(fp) -> tuple[torch.Tensor, bool]:
     return images, not torch.equal(images, fp.inputs)
 
 
+def check_decision(alpha: object, threshold: object) -> tuple[float, float | None]:
+    """The significance level in (0, 1) and the optional fixed threshold in [0, 1], checked."""
+    alpha = _validate.real("alpha", alpha)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a significance level in (0, 1), got {alpha}")
+    if threshold is not None:
+        threshold = _validate.real("threshold", threshold, lo=0.0, hi=1.0)
+    return alpha, threshold
+
+
 def is_blackbox(suspect: object) -> TypeGuard[BlackBox | Recorded]:
     """Whether ``suspect`` is asked as a black box (a :mod:`fastfp.blackbox` object)."""
     return isinstance(suspect, BlackBox | Recorded)
@@ -233,11 +243,7 @@ def verdict(model: Suspect, fp, *, negatives: Sequence[Suspect] | None = None,
     if not is_blackbox(model):
         checks.check_model(model)
     fp = _check_fp(fp)
-    alpha = _validate.real("alpha", alpha)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha: expected a significance level in (0, 1), got {alpha}")
-    if threshold is not None:
-        threshold = _validate.real("threshold", threshold, lo=0.0, hi=1.0)
+    alpha, threshold = check_decision(alpha, threshold)
     h0 = null_of(fp, negatives, null=null, threshold=threshold, batch_size=batch_size)
     n = len(fp)
     count, rounded = _matches(model, fp, batch_size)
