@@ -185,9 +185,10 @@ def _fill_torch(masters: list[torch.Tensor], outs: list[torch.Tensor], delta: fl
 
 
 def _layout(tensors: list[torch.Tensor]) -> list[tuple]:
-    """What a plan depends on: storage address and size, shape, strides, dtype of each tensor."""
-    return [(t.data_ptr(), t.untyped_storage().nbytes(), t.shape, t.stride(), t.dtype)
-            for t in tensors]
+    """What a plan depends on: storage address, shape, strides, dtype of each tensor. A storage
+    freed or resized under a tensor moves its data pointer (to 0 when freed), so the next draw
+    re-binds, and binding checks that each tensor fits its storage."""
+    return [(t.data_ptr(), t.shape, t.stride(), t.dtype) for t in tensors]
 
 
 class Perturber:
