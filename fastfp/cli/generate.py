@@ -29,17 +29,6 @@ A killed run resumes from its last finished batch when the same command is run a
 PILOT_STEPS = 2  # steps of the timed first batch behind the up-front estimate
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``C,H,W`` (or ``CxHxW``) as a tuple of 3 ints."""
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise UserError(f"--input-shape: expected C,H,W such as 3,224,224, got {text!r}") from None
-    if len(shape) != 3:
-        raise UserError(f"--input-shape: expected 3 numbers C,H,W, got {text!r}")
-    return shape
-
-
 def add_parser(sub: SubParsers) -> None:
     from fastfp.cli.loader import add_model_args
 
@@ -182,7 +171,7 @@ def generate_locked(args: argparse.Namespace, ctx: Any, png_dir: Path | None) ->
     """The work of :func:`run`, under the lock of ``--out``."""
     from fastfp import cexamples
     from fastfp.cexamples.sharded import DEFAULT_BATCH
-    from fastfp.cli.loader import load_classifier, load_model
+    from fastfp.cli.loader import load_classifier, load_model, parse_shape
     from fastfp.io import PNG_MODES
     from fastfp.suspects import parse_normalize
 

@@ -136,6 +136,17 @@ def timeout_of(args: argparse.Namespace) -> float | None:
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (or ``CxHxW``) as a tuple of 3 ints."""
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"--input-shape: expected C,H,W such as 3,224,224, got {text!r}") from None
+    if len(shape) != 3:
+        raise UserError(f"--input-shape: expected 3 numbers C,H,W, got {text!r}")
+    return shape
+
+
 def check_sizes(args: argparse.Namespace) -> None:
     """``--num`` and ``--input-shape`` (of ``generate``) within what fastfp generates, before a
     model loads or a tensor of that size is allocated."""
@@ -143,16 +154,11 @@ def check_sizes(args: argparse.Namespace) -> None:
 
     num = getattr(args, "num", None)
     text = getattr(args, "input_shape", None)
-    shape = None
-    if isinstance(text, str):
-        try:  # C,H,W or CxHxW; generate itself names a malformed value
-            shape = tuple(int(v) for v in text.replace("x", ",").split(","))
-        except ValueError:
-            shape = None
+    shape = parse_shape(text) if isinstance(text, str) else None
     try:
         if isinstance(num, int):
             checks.check_num(num)
-        if shape is not None and len(shape) == 3 and min(shape) >= 1:
+        if shape is not None and min(shape) >= 1:
             checks.check_input_shape(shape)
             if isinstance(num, int) and num >= 1:
                 checks.check_size(num, shape)
