@@ -306,3 +306,16 @@ class HostileScript(nn.Module):
         planted = torch.from_file(state[0], True, 1)  # shared=True creates the file
         self.weight = state[2] + 0.0 * planted.sum()
         self.bias = state[3]
+
+
+def rewrite_safetensors_metadata(path, change) -> None:
+    """Rewrite the file at ``path`` with its header metadata changed by ``change`` (tensors kept):
+    how a tampered or downgraded sealed file is made in the tests."""
+    import json
+
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = change(header["__metadata__"])
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 import torch
+from helpers import rewrite_safetensors_metadata
 from torch import nn
 
 from fastfp import fbi, io
@@ -226,12 +227,7 @@ def test_a_database_whose_seal_is_removed_or_downgraded_is_refused(tmp_path):
     db = fbi.Database.build(models, _inputs(), k=2, families=families, path=path, progress=False)
 
     def rewrite(change):
-        data = path.read_bytes()
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + n])
-        header["__metadata__"] = change(header["__metadata__"])
-        text = json.dumps(header).encode()
-        path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+        rewrite_safetensors_metadata(path, change)
 
     rewrite(lambda m: {k: v for k, v in m.items() if k != "sha256"})
     with pytest.raises(ValueError, match=f"{path}: FBI database without its checksum"):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from helpers import rewrite_safetensors_metadata
 
 from fastfp import Fingerprint
 
@@ -257,14 +258,7 @@ def test_version_1_files_are_refused_by_load_and_verify_and_convert_exactly(tmp_
     assert not (tmp_path / "t2.safetensors").exists()
 
 
-def _rewritten(path, change):
-    """The file at ``path`` with its header metadata changed by ``change`` (tensors kept)."""
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    header["__metadata__"] = change(header["__metadata__"])
-    text = json.dumps(header).encode()
-    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+_rewritten = rewrite_safetensors_metadata
 
 
 def test_a_removed_or_downgraded_seal_is_refused(tmp_path):
